@@ -1,0 +1,208 @@
+"""CLI verbs `extes export`, `extes analyze` and `extes agreement` (rendering only; maths in analysis.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from extes.study.analysis_io import (
+    RATING_COLUMNS,
+    RATING_OPTIONAL,
+    VOTE_COLUMNS,
+    VOTE_OPTIONAL,
+    agreement_notes,
+    agreement_table,
+    load_ratings,
+    load_votes,
+    quality_table,
+    write_agreement_report,
+    write_analysis_report,
+    write_csv_atomic,
+)
+
+
+def _open_store(db: str) -> Any:
+    """The study store for ``db`` (a path or an SQLAlchemy URL); a missing file is an error, not a new DB."""
+    if "://" not in db and not Path(db).is_file():
+        raise FileNotFoundError(f"{db}: study database not found")
+    from extes.study.store import Store  # imported here: the analysis verbs work without the app's stack
+
+    return Store(db)
+
+
+def _close(store: Any) -> None:
+    close = getattr(store, "close", None)
+    if callable(close):
+        close()
+
+
+def _votes_from_db(db: str, allow_empty: bool = False) -> pd.DataFrame:
+    store = _open_store(db)
+    try:
+        frame = store.votes_frame()
+    finally:
+        _close(store)
+    return load_votes(frame, where=f"{db} (votes)", allow_empty=allow_empty)
+
+
+def _ratings_from_db(db: str, for_agreement: bool) -> pd.DataFrame:
+    store = _open_store(db)
+    try:
+        frame = store.ratings_frame()
+    finally:
+        _close(store)
+    return load_ratings(
+        frame, where=f"{db} (ratings)", require_pairs=for_agreement, allow_empty=not for_agreement
+    )
+
+
+def _dump(payload: dict[str, Any]) -> None:
+    json.dump(payload, sys.stdout, indent=2, allow_nan=False)
+    sys.stdout.write("\n")
+
+
+def _fmt(value: float, spec: str = ".3f") -> str:
+    return "n/a" if value is None or value != value else format(value, spec)
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def configure_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", required=True, help="study database (SQLite path or SQLAlchemy URL)")
+    parser.add_argument("--votes", type=Path, help="write the Votes CSV here")
+    parser.add_argument("--ratings", type=Path, help="write the Ratings CSV (annotation judgments) here")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if args.votes is None and args.ratings is None:
+        raise ValueError("nothing to export: give --votes FILE and/or --ratings FILE")
+    # Read and validate everything before writing anything, so a bad record leaves no file behind.
+    votes = _votes_from_db(args.db, allow_empty=True) if args.votes else None
+    ratings = _ratings_from_db(args.db, for_agreement=False) if args.ratings else None
+    if votes is not None:
+        write_csv_atomic(votes[list(VOTE_COLUMNS + VOTE_OPTIONAL)], args.votes)
+        print(f"wrote {len(votes)} votes to {args.votes}")
+    if ratings is not None:
+        write_csv_atomic(ratings[list(RATING_COLUMNS + RATING_OPTIONAL)], args.ratings)
+        print(f"wrote {len(ratings)} ratings to {args.ratings}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- analyze
+
+
+def configure_analyze(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--votes", type=Path, help="Votes CSV")
+    source.add_argument("--db", help="study database (SQLite path or SQLAlchemy URL)")
+    parser.add_argument("--reference", required=True, help="the arm whose win/tie/loss is reported")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--out", type=Path, help="write Markdown, CSV and PNG reports into this directory")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from extes.study.analysis import bradley_terry, win_rate_matrix, win_tie_loss
+
+    votes = load_votes(args.votes) if args.votes else _votes_from_db(args.db)
+    wtl = win_tie_loss(votes, args.reference, n_boot=args.n_boot, seed=args.seed)
+    bt = bradley_terry(votes, n_boot=args.n_boot, seed=args.seed)
+    matrices = [win_rate_matrix(votes, aspect) for aspect in dict.fromkeys(bt.ratings["aspect"])]
+    written = write_analysis_report(args.out, wtl, bt, matrices) if args.out else []
+    if args.json:
+        payload = wtl.to_dict()
+        payload["bradley_terry"] = bt.to_dict()
+        payload["win_rate"] = {m.aspect: m.to_dict() for m in matrices}
+        payload.update(votes=len(votes), sessions=wtl.sessions, n_boot=args.n_boot, seed=args.seed)
+        _dump(payload)
+        return 0
+    level = round(100 * wtl.confidence)
+    print(
+        f"{wtl.reference} against each arm: win / tie / loss (%) from {wtl.reference}'s side; "
+        f"* = sign test p < 0.05"
+    )
+    print(wtl.table().to_string(index=False))
+    print(
+        f"\nDetails ({len(votes)} votes, {wtl.sessions} sessions with {wtl.reference}; "
+        f"CI = {level}% session bootstrap of win - loss, {args.n_boot} resamples)"
+    )
+    details = wtl.rows[
+        ["opponent", "aspect", "n", "n_win", "n_tie", "n_loss", "p_value", "ci_low", "ci_high"]
+    ]
+    print(details.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("\nBradley-Terry ratings (Elo scale; ties = half a win each way)")
+    print(bt.ratings.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    for matrix in matrices:
+        print(f"\nWin rate, row arm vs column arm ({matrix.aspect}; ties = half)")
+        print(matrix.rates.to_string(float_format=lambda v: f"{v:.2f}", na_rep="-"))
+    if written:
+        print(f"\nwrote {len(written)} files to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------- agreement
+
+
+def configure_agreement(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--ratings", type=Path, help="Ratings CSV (item_id, rater_id, label[, aspect, source])"
+    )
+    source.add_argument("--db", help="study database: use its annotation judgments")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--out", type=Path, help="write report.md and CSV tables into this directory")
+
+
+def run_agreement(args: argparse.Namespace) -> int:
+    from extes.study.analysis import agreement, dataset_quality
+
+    ratings = load_ratings(args.ratings) if args.ratings else _ratings_from_db(args.db, for_agreement=True)
+    result = agreement(ratings)
+    quality = None
+    # Table 4 needs scores: sources whose labels are all numbers (the store's "likert", not "pairwise").
+    numeric = [
+        s
+        for s, labels in ratings.groupby("source")["label"]
+        if s and pd.to_numeric(labels, errors="coerce").notna().all()
+    ]
+    if numeric:
+        quality = dataset_quality(ratings[ratings["source"].isin(numeric)])
+    written = write_agreement_report(args.out, result, quality) if args.out else []
+    if args.json:
+        payload = result.to_dict()
+        if quality is not None:
+            payload["dataset_quality"] = [
+                {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+                for row in quality.to_dict(orient="records")
+            ]
+        _dump(payload)
+        return 0
+    print(
+        f"{result.items} items, {result.raters} raters, {result.ratings} ratings; "
+        f"Fleiss' kappa {_fmt(result.fleiss_kappa)}, Krippendorff's alpha nominal "
+        f"{_fmt(result.krippendorff_alpha['nominal'])}"
+        + (
+            f", ordinal {_fmt(result.krippendorff_alpha['ordinal'])}"
+            if result.krippendorff_alpha["ordinal"] is not None
+            else ""
+        )
+        + f", percent agreement {_fmt(result.percent_agreement)}"
+    )
+    print(f"Fleiss' kappa variant: {result.fleiss_variant}")
+    print()
+    print(agreement_table(result).to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
+    for note in agreement_notes(result):
+        print(f"note: {note}")
+    if quality is not None:
+        print("\nDataset quality: mean score per metric per source")
+        print(quality_table(quality).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if written:
+        print(f"\nwrote {len(written)} files to {args.out}")
+    return 0
