@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"extes {verb}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `extes stats ... --json | head`: the reader went away, not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
