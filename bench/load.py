@@ -1,0 +1,294 @@
+"""Load test of the study app (not a test; no timing assertions): N simulated participants at once.
+
+    .venv/bin/python bench/load.py [--participants 20] [--turns 3] [--max-new-tokens 48] [--port 0] [--keep]
+    .venv/bin/python bench/load.py --protocol my_study.yaml
+
+Starts the real app (`python app.py`) in a subprocess on a loopback port with a copy of the protocol (default:
+eval_protocol/default.yaml, arms on the embedded model SmolLM2-135M-Instruct), a fresh database, a minimum
+of `--turns` turns per pane and one conversation per participant. Replies are capped at `--max-new-tokens`
+(default 48, below the protocol's 160, so a run on 2 CPU cores takes minutes, not an hour). When the
+protocol's adapter arms are not trained yet (no adapter_config.json under results/adapters/...), they are
+replaced by arms on their base with other sampling settings, and the run says so.
+
+Each participant, through `gradio_client`, consents, starts a conversation, sends turn 1 to each pane on
+its own (send_a, send_b, send_c), the other turns with "send to all", then submits a complete rating form.
+All participants start at the same moment (one thread each). Afterwards the database is read back.
+
+Prints: wall time; per-reply latency p50/p95 and time to first token as the engine measured them (stored
+with each reply); per-request latency p50/p95 as the client saw it (send until every targeted pane
+finished); tokens/s; and checks zero lost messages (every pane: `turns` user messages and `turns` replies,
+and what the client was last shown is what was stored) and zero lost votes (15 per conversation).
+Exit status 1 when anything was lost or a participant failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PROTOCOL = REPO / "eval_protocol" / "default.yaml"
+SCENARIOS = ["Academic Stress", "Work-related Stress and Burnout", "Breakups or Divorce", "Anxiety and Panic"]
+MESSAGES = [
+    "I have been feeling really overwhelmed lately and I do not know where to start.",
+    "It is mostly about my exams, I keep thinking I will fail.",
+    "Do you have any ideas for how I could calm down before sleeping?",
+    "Thanks. I also feel a bit lonely since my friends moved away.",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _repo_path(value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() or p.exists() else REPO / p
+
+
+def bench_protocol(source: Path, out_dir: Path, turns: int, max_new_tokens: int) -> tuple[Path, list[str]]:
+    """A copy of the protocol with the bench's minimum and reply cap; adapter arms whose adapter is not
+    trained yet (no adapter_config.json) become arms on their base with other sampling settings. Validated
+    here, so a bad protocol fails with its own error before the app starts. Returns the path and notes."""
+    from extes.study.protocol import protocol_from_dict
+
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    notes = []
+    arms = []
+    temperatures = [0.7, 0.9, 0.5]
+    for i, arm in enumerate(data["arms"]):
+        arm = dict(arm)
+        adapter = arm.get("adapter")
+        if adapter and not (_repo_path(adapter) / "adapter_config.json").is_file():
+            notes.append(f"arm {arm['name']}: adapter {adapter} not trained yet; using its base with "
+                         f"temperature {temperatures[i % 3]} instead")
+            arm = {"name": arm["name"], "base": arm.get("base", "smollm2-135m-instruct"),
+                   "generation": {**arm.get("generation", {}), "temperature": temperatures[i % 3]}}
+        elif adapter:
+            arm["adapter"] = str(_repo_path(adapter))
+        arms.append(arm)
+    data.update(arms=arms, min_user_turns=turns, conversations_per_participant=1, max_reply_tokens=max_new_tokens)
+    protocol_from_dict(data, where=str(source), base_dir=REPO)
+    path = out_dir / "eval_protocol" / "bench.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path, notes
+
+
+def start_app(protocol: Path, db: Path, port: int, log_path: Path) -> subprocess.Popen:
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(port),
+                             "--protocol", str(protocol), "--db", str(db)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with status {proc.returncode}")
+        try:
+            if httpx.get(url + "config", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the app did not answer within {timeout:.0f} s")
+
+
+def chat_texts(chat) -> list[tuple[str, str]]:
+    """(role, text) of a Chatbot value as gradio_client returns it."""
+    out = []
+    for m in chat:
+        content = m["content"]
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        out.append((m["role"], str(content)))
+    return out
+
+
+class Participant(threading.Thread):
+    def __init__(self, index: int, url: str, turns: int, start_gate: threading.Barrier):
+        super().__init__(daemon=True)
+        self.index, self.url, self.turns, self.gate = index, url, turns, start_gate
+        self.rng = random.Random(index)
+        self.request_latency: list[float] = []
+        self.shown: dict[str, list[tuple[str, str]]] = {}  # pane -> what the client was last shown
+        self.turns_done = {pane: 0 for pane in "ABC"}
+        self.code = self.conversation = ""
+        self.error: str | None = None
+
+    def send(self, client, endpoint: str, text: str, panes: str) -> list:
+        """One send, returned when the targeted panes came back with the new turn. A send that arrives
+        while the previous replies are still being stored is refused with a hint and changes nothing (the
+        outputs are skipped); retry then, as a person would."""
+        for _ in range(20):
+            t0 = time.perf_counter()
+            out = client.predict(self.code, self.conversation, text, api_name=endpoint)
+            chats = {pane: out[1 + "ABC".index(pane)] for pane in panes}
+            if all(isinstance(c, list) and len(c) == 2 * (self.turns_done[pane] + 1) for pane, c in chats.items()):
+                self.request_latency.append(time.perf_counter() - t0)
+                for pane in panes:
+                    self.turns_done[pane] += 1
+                return out
+            time.sleep(0.5)
+        raise RuntimeError(f"{endpoint} was refused twenty times")
+
+    def run(self) -> None:
+        from gradio_client import Client
+
+        try:
+            client = Client(self.url, verbose=False)
+            self.gate.wait()
+            self.code = client.predict(api_name="/consent")[0]
+            out = client.predict(self.code, self.rng.choice(SCENARIOS), "", api_name="/start")
+            self.conversation = out[1]
+            last = None
+            for turn in range(self.turns):
+                text = MESSAGES[(self.index + turn) % len(MESSAGES)]
+                if turn == 0:
+                    for pane in "ABC":
+                        last = self.send(client, f"/send_{pane.lower()}", text, pane)
+                else:
+                    last = self.send(client, "/send_all", text, "ABC")
+            # outputs: banner, chat A, chat B, chat C, three counters, hint, rating column, the box
+            for pane, chat in zip("ABC", last[1:4]):
+                self.shown[pane] = chat_texts(chat)
+            answers = [self.rng.choice(["left", "tie", "right"]) for _ in range(15)]
+            client.predict(self.code, self.conversation, *answers, "", api_name="/rate")
+        except Exception as exc:  # noqa: BLE001 - reported at the end
+            self.error = f"{type(exc).__name__}: {exc}"
+
+
+def shown_as(text: str) -> str:
+    """What the participant page shows for a stored text (HTML escaped, images not loaded)."""
+    return html.escape(text or "", quote=False).replace("![", "!\\[") or "…"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--participants", type=int, default=20)
+    parser.add_argument("--turns", type=int, default=3, help="turns per pane (the protocol minimum)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL, help="study protocol to copy")
+    parser.add_argument("--keep", action="store_true", help="keep the database and app log")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO))
+    work = Path(tempfile.mkdtemp(prefix="extes-load-"))
+    protocol, notes = bench_protocol(args.protocol, work, args.turns, args.max_new_tokens)
+    db = work / "study.sqlite"
+    port = args.port or free_port()
+    url = f"http://127.0.0.1:{port}/"
+    for note in notes:
+        print(f"note: {note}")
+    print(f"participants {args.participants}, {args.turns} turns per pane, replies <= {args.max_new_tokens} tokens, "
+          f"app on {url}, database {db}")
+    t0 = time.perf_counter()
+    proc = start_app(protocol, db, port, work / "app.log")
+    try:
+        wait_ready(url, proc, timeout=600)
+        print(f"app ready after {time.perf_counter() - t0:.1f} s (model load and conversion included)")
+        gate = threading.Barrier(args.participants)
+        people = [Participant(i, url, args.turns, gate) for i in range(args.participants)]
+        start = time.perf_counter()
+        for p in people:
+            p.start()
+        for p in people:
+            p.join()
+        wall = time.perf_counter() - start
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    from extes.study.store import Store
+
+    store = Store(db)
+    problems = [f"participant {p.index}: {p.error}" for p in people if p.error]
+    replies, user_msgs, votes_ok = [], 0, 0
+    for p in people:
+        if p.error:
+            continue
+        conv = store.conversation(p.conversation)
+        msgs = store.messages(p.conversation)
+        for pane in "ABC":
+            stored = [(m["role"], shown_as(m["text"])) for m in msgs if m["pane"] == pane]
+            if [r for r, _ in stored] != ["user", "assistant"] * args.turns:
+                problems.append(f"participant {p.index} pane {pane}: stored roles {[r for r, _ in stored]}")
+            if p.shown.get(pane) != stored:
+                problems.append(f"participant {p.index} pane {pane}: what was shown differs from what was stored")
+        user_msgs += sum(1 for m in msgs if m["role"] == "user")
+        replies += [m for m in msgs if m["role"] == "assistant"]
+        n_votes = len(store.votes(p.conversation))
+        if conv["status"] != "rated" or n_votes != 15:
+            problems.append(f"participant {p.index}: conversation {conv['status']}, {n_votes} votes stored")
+        else:
+            votes_ok += 1
+    interrupted = sum(1 for m in replies if m["finish_reason"] == "interrupted")
+    if interrupted:
+        problems.append(f"{interrupted} replies stored as interrupted")
+    latency = [m["latency_s"] for m in replies if m["latency_s"] is not None]
+    ttft = [m["ttft_s"] for m in replies if m["ttft_s"] is not None]
+    tokens = sum(m["n_tokens"] or 0 for m in replies)
+    request = [x for p in people for x in p.request_latency]
+    ok = args.participants - sum(1 for p in people if p.error)
+    print(f"wall time {wall:.1f} s for {ok}/{args.participants} participants; "
+          f"{len(replies)} replies, {tokens} tokens ({tokens / wall:.1f} tokens/s overall)")
+    print(f"reply latency (engine): p50 {percentile(latency, 0.5):.2f} s, p95 {percentile(latency, 0.95):.2f} s; "
+          f"time to first token p50 {percentile(ttft, 0.5):.2f} s, p95 {percentile(ttft, 0.95):.2f} s")
+    print(f"request latency (client, send until all targeted panes replied): "
+          f"p50 {percentile(request, 0.5):.2f} s, p95 {percentile(request, 0.95):.2f} s over {len(request)} sends")
+    if replies:
+        print(f"mean reply length {statistics.mean(m['n_tokens'] or 0 for m in replies):.1f} tokens; "
+              f"empty replies {sum(1 for m in replies if not m['text'].strip())}")
+    expected_msgs = ok * 3 * args.turns
+    print(f"messages: {user_msgs}/{expected_msgs} user, {len(replies)}/{expected_msgs} replies stored; "
+          f"votes: {votes_ok * 15}/{ok * 15} stored")
+    store.close()
+    if problems:
+        print("LOST OR FAILED:")
+        for line in problems[:50]:
+            print("  " + line)
+        print(f"(app log: {work / 'app.log'})")
+        return 1
+    print("zero lost messages and votes")
+    if args.keep:
+        print(f"kept: {db} and {work / 'app.log'}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Third-party annotation: who judges what, what they see, and how their judgments are stored.
+
+Two kinds of items (rows of the store's `annotation_items`):
+- `conversation`: a completed (rated) study conversation. A judge reads the three panes' transcripts,
+  labelled Model A, B, C in a fresh random order per judge (blind: no arm names), and fills the same
+  pairwise per-aspect form as the participant. Judgments are stored with the arms behind the shown
+  panes, so `Store.votes_frame("judge")` and `Store.ratings_frame()` export them.
+- `dialogue`: a dataset dialogue (the protocol's `annotation.dataset`: seeds or a generated set) rated
+  on the paper's Likert scale (0-3) for Informativeness, Understanding, Helpfulness, Consistency and
+  Coherence. Its dataset name is never shown to the judge.
+
+Assignment rules (what makes Fleiss' kappa meaningful):
+- each item is handed out until it reaches `annotation.judges_per_item` judges;
+- a judge never gets the same item twice (the store's unique (item, judge) constraint backs this up);
+- a judge never gets a conversation they took part in (a participant code can also be used to judge);
+- a judge has at most one open item; asking again returns it (refresh, come back later);
+- among eligible items, those closest to their quota go first, so items complete rather than all
+  items creeping up together; ties are broken at random.
+An open assignment left untouched for `stale_after_s` (default 6 hours) no longer counts towards the
+quota, so an abandoned item is handed to someone else; the late judge can still submit theirs.
+Judges are `participants` rows with role "judge"; their codes work like participant codes.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from extes.study.protocol import PANES, Protocol
+from extes.study.store import DuplicateError, Store
+
+PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))  # shown positions: A vs B, A vs C, B vs C
+CHOICES: dict[str, str] = {"left": "a", "tie": "tie", "right": "b"}
+DEFAULT_STALE_S = 6 * 3600
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+_synced_datasets: set[tuple[str, str, int]] = set()
+
+
+class AnnotationError(ValueError):
+    """A request the annotation flow refuses (unknown code, someone else's item, incomplete form...).
+    Messages are safe to show in a browser: they never name an arm or a dataset."""
+
+
+def _store_lock(store: Store) -> threading.Lock:
+    """One lock per database within this process: counting and assigning happen under it."""
+    with _locks_guard:
+        return _locks.setdefault(store.url, threading.Lock())
+
+
+@dataclass
+class ItemView:
+    """What a judge is shown for one assignment; holds no arm names, model names or dataset names."""
+
+    assignment_id: int
+    kind: str  # conversation | dialogue
+    panes: list[list[tuple[str, str]]] = field(default_factory=list)  # conversation: shown A, B, C -> turns
+    turns: list[tuple[str, str]] = field(default_factory=list)  # dialogue: (role, text)
+    scene: str = ""
+
+
+# ------------------------------------------------------------------------------------------ items
+
+
+def _resolve_dataset(path: str, protocol: Protocol) -> Path:
+    """A relative dataset path is read from the working directory, else from the repository root next to
+    the protocol file (the same rule the protocol applies to adapter paths)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        if not p.exists():
+            raise FileNotFoundError(f"{protocol.source}: annotation.dataset: {path} not found")
+        return p
+    source = Path(protocol.source)
+    if source.is_file():
+        candidate = source.resolve().parent.parent / p
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{protocol.source}: annotation.dataset: {path} not found")
+
+
+def dataset_item_id(dataset: str, dialogue_id: str) -> str:
+    return f"{Path(dataset).stem}:{dialogue_id}"
+
+
+def sync_items(store: Store, protocol: Protocol) -> dict[str, int]:
+    """Register every rated conversation (when the protocol's annotation is pairwise) and every dialogue
+    of the protocol's annotation dataset as items. Idempotent; returns how many were new per kind."""
+    new = {"conversation": 0, "dialogue": 0}
+    settings = protocol.annotation
+    if settings.pairwise:
+        known = {r["id"] for r in store.annotation_items("conversation")}
+        for conv in store.all_conversations():
+            if conv["status"] == "rated" and conv["id"] not in known:
+                new["conversation"] += store.add_annotation_item(conv["id"], "conversation", source="study")
+    if settings.dataset:
+        from extes.dialogue import load_dialogues
+
+        path = _resolve_dataset(settings.dataset, protocol)
+        stamp = (store.url, str(path.resolve()), path.stat().st_mtime_ns)
+        if stamp in _synced_datasets:  # the page calls this on every "next item": read the file once
+            return new
+        known = {r["id"] for r in store.annotation_items("dialogue")}
+        for d in load_dialogues(path):
+            item_id = dataset_item_id(settings.dataset, d.id)
+            if item_id in known:
+                continue
+            payload = {"scene": d.scene, "turns": [[t.role, t.text] for t in d.turns]}
+            new["dialogue"] += store.add_annotation_item(item_id, "dialogue", source=str(settings.dataset),
+                                                         payload=payload)
+        _synced_datasets.add(stamp)
+    return new
+
+
+# ------------------------------------------------------------------------------------------ judges
+
+
+def new_judge(store: Store, protocol: Protocol) -> dict[str, Any]:
+    """Issue a judge code (a participant row with role "judge")."""
+    return store.create_participant(role="judge", protocol=protocol.source)
+
+
+def judge_by_code(store: Store, code: str) -> dict[str, Any]:
+    """The judge (or participant acting as judge) behind a code; AnnotationError when unknown."""
+    person = store.participant_by_code(code or "")
+    if person is None:
+        raise AnnotationError("unknown code: check it, or ask for a new judge code")
+    return person
+
+
+# ------------------------------------------------------------------------------------------ assignment
+
+
+def _parse_time(stamp: str) -> datetime:
+    t = datetime.fromisoformat(stamp)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _counting(assignments: list[dict[str, Any]], stale_after_s: float) -> dict[str, int]:
+    """Assignments that count towards each item's quota: done ones, and open ones not yet stale."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_s)
+    counts: dict[str, int] = {}
+    for a in assignments:
+        if a["status"] == "done" or _parse_time(a["created_at"]) > cutoff:
+            counts[a["item_id"]] = counts.get(a["item_id"], 0) + 1
+    return counts
+
+
+def eligible_items(store: Store, protocol: Protocol, judge_id: str,
+                   stale_after_s: float = DEFAULT_STALE_S) -> list[tuple[dict[str, Any], int]]:
+    """Items this judge may get next, with how many judges count towards each so far."""
+    quota = protocol.annotation.judges_per_item
+    all_assignments = store.assignments()
+    counts = _counting(all_assignments, stale_after_s)
+    seen = {a["item_id"] for a in all_assignments if a["judge_id"] == judge_id}
+    own = {c["id"] for c in store.conversations_of(judge_id)}
+    out = []
+    for item in store.annotation_items():
+        if item["id"] in seen or item["id"] in own:
+            continue
+        if item["kind"] == "conversation" and not protocol.annotation.pairwise:
+            continue
+        n = counts.get(item["id"], 0)
+        if n < quota:
+            out.append((item, n))
+    return out
+
+
+def open_assignment(store: Store, judge_id: str) -> dict[str, Any] | None:
+    for a in store.assignments(judge_id=judge_id):
+        if a["status"] == "open":
+            return a
+    return None
+
+
+def next_assignment(store: Store, protocol: Protocol, judge_id: str, rng: random.Random | None = None,
+                    stale_after_s: float = DEFAULT_STALE_S) -> dict[str, Any] | None:
+    """The judge's open assignment, or a new one (None when nothing is left for this judge)."""
+    rng = rng or random.SystemRandom()
+    with _store_lock(store):
+        current = open_assignment(store, judge_id)
+        if current is not None:
+            return current
+        candidates = eligible_items(store, protocol, judge_id, stale_after_s)
+        if not candidates:
+            return None
+        top = max(n for _, n in candidates)
+        item = rng.choice([it for it, n in candidates if n == top])
+        pane_order = None
+        if item["kind"] == "conversation":
+            pane_order = list(PANES)
+            rng.shuffle(pane_order)
+        try:
+            assignment_id = store.create_assignment(item["id"], judge_id, pane_order)
+        except DuplicateError:  # another process handed it to this judge meanwhile
+            return open_assignment(store, judge_id)
+    return _assignment(store, judge_id, assignment_id)
+
+
+def _assignment(store: Store, judge_id: str, assignment_id: int) -> dict[str, Any]:
+    """The assignment, if it belongs to this judge; AnnotationError otherwise (same message for
+    "not yours" and "does not exist", so ids cannot be probed)."""
+    for a in store.assignments(judge_id=judge_id):
+        if a["id"] == int(assignment_id):
+            return a
+    raise AnnotationError(f"assignment {assignment_id} is not one of yours")
+
+
+def _item(store: Store, item_id: str) -> dict[str, Any]:
+    for it in store.annotation_items():
+        if it["id"] == item_id:
+            return it
+    raise AnnotationError(f"annotation item {item_id} no longer exists")
+
+
+def item_view(store: Store, judge_id: str, assignment_id: int) -> ItemView:
+    """The blind transcript for one of the judge's assignments."""
+    a = _assignment(store, judge_id, assignment_id)
+    item = _item(store, a["item_id"])
+    if item["kind"] == "conversation":
+        msgs = store.messages(item["id"])
+        panes = [[(m["role"], m["text"]) for m in msgs if m["pane"] == pane] for pane in a["pane_order"]]
+        return ItemView(a["id"], "conversation", panes=panes)
+    payload = item["payload"] or {}
+    turns = [(str(r), str(t)) for r, t in payload.get("turns", [])]
+    return ItemView(a["id"], "dialogue", turns=turns, scene=str(payload.get("scene") or ""))
+
+
+def progress(store: Store, protocol: Protocol, judge_id: str) -> dict[str, int]:
+    """For the judge's page: items done by this judge, and items still available to them."""
+    done = sum(1 for a in store.assignments(judge_id=judge_id) if a["status"] == "done")
+    return {"done": done, "available": len(eligible_items(store, protocol, judge_id))}
+
+
+def coverage(store: Store, protocol: Protocol) -> dict[str, int]:
+    """For the dashboard: items, items with a full set of completed judgments, completed judgments."""
+    quota = protocol.annotation.judges_per_item
+    done: dict[str, int] = {}
+    for a in store.assignments():
+        if a["status"] == "done":
+            done[a["item_id"]] = done.get(a["item_id"], 0) + 1
+    items = store.annotation_items()
+    return {"items": len(items), "complete_items": sum(1 for it in items if done.get(it["id"], 0) >= quota),
+            "judgments": sum(done.values())}
+
+
+# ------------------------------------------------------------------------------------------ forms
+
+
+def pair_labels() -> list[tuple[str, str]]:
+    """The shown pane labels of each pair: [("A", "B"), ("A", "C"), ("B", "C")]."""
+    return [(PANES[i], PANES[j]) for i, j in PAIRS]
+
+
+def submit_pairwise(store: Store, protocol: Protocol, judge_id: str, assignment_id: int,
+                    choices: dict[tuple[str, int], str | None]) -> int:
+    """Store a judge's pairwise form. `choices[(aspect key, pair index)]` is "left", "tie" or "right"
+    for pair index 0 (A vs B), 1 (A vs C), 2 (B vs C) of the panes as shown. Every cell is required;
+    nothing is written unless the whole form is valid. Returns the number of judgments."""
+    a = _assignment(store, judge_id, assignment_id)
+    item = _item(store, a["item_id"])
+    if item["kind"] != "conversation":
+        raise AnnotationError(f"assignment {assignment_id} is a dataset dialogue: it takes Likert scores")
+    if a["status"] != "open":
+        raise AnnotationError("this item was already submitted")
+    conv = store.conversation(item["id"])
+    if conv is None:
+        raise AnnotationError(f"conversation {item['id']} no longer exists")
+    arm_of = dict(zip(PANES, conv["arm_order"]))
+    shown = a["pane_order"]
+    missing = []
+    rows = []
+    for aspect in protocol.aspects:
+        for k, (i, j) in enumerate(PAIRS):
+            choice = choices.get((aspect.key, k))
+            if choice not in CHOICES:
+                missing.append(f"{aspect.label}: {PANES[i]} vs {PANES[j]}")
+                continue
+            rows.append({"aspect": aspect.key, "arm_a": arm_of[shown[i]], "arm_b": arm_of[shown[j]],
+                         "outcome": CHOICES[choice]})
+    if missing:
+        raise AnnotationError(f"please answer every question; missing: {', '.join(missing)}")
+    try:
+        return store.submit_judgments(a["id"], rows)
+    except DuplicateError:
+        raise AnnotationError("this item was already submitted") from None
+
+
+def submit_likert(store: Store, protocol: Protocol, judge_id: str, assignment_id: int,
+                  scores: dict[str, int | str | None]) -> int:
+    """Store a judge's Likert scores for a dataset dialogue: one score per protocol Likert aspect, each a
+    whole number within the protocol's scale. Nothing is written unless all are valid."""
+    a = _assignment(store, judge_id, assignment_id)
+    item = _item(store, a["item_id"])
+    if item["kind"] != "dialogue":
+        raise AnnotationError(f"assignment {assignment_id} is a study conversation: it takes pairwise votes")
+    if a["status"] != "open":
+        raise AnnotationError("this item was already submitted")
+    extra = set(scores) - set(protocol.annotation.likert_aspects)
+    if extra:
+        raise AnnotationError(f"unknown Likert aspect(s): {', '.join(sorted(extra))}")
+    lo, hi = protocol.annotation.likert_scale
+    clean: dict[str, int] = {}
+    problems = []
+    for aspect in protocol.annotation.likert_aspects:
+        value = scores.get(aspect)
+        text = "" if value is None else str(value).strip()
+        score = int(text) if text.lstrip("-").isdigit() else None
+        if score is None or not lo <= score <= hi:
+            problems.append(aspect)
+        else:
+            clean[aspect] = score
+    if problems:
+        raise AnnotationError(f"please give every score as a whole number from {lo} to {hi}; missing or "
+                              f"invalid: {', '.join(problems)}")
+    try:
+        return store.submit_likert(a["id"], clean)
+    except DuplicateError:
+        raise AnnotationError("this item was already submitted") from None

@@ -1,0 +1,109 @@
+"""`extes app` / `python app.py`: start the study app.
+
+Defaults: http://127.0.0.1:7860, protocol eval_protocol/default.yaml, database results/study.sqlite.
+GRADIO_SERVER_NAME and GRADIO_SERVER_PORT are honoured when --host/--port are not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_PROTOCOL = Path("eval_protocol") / "default.yaml"
+DEFAULT_DB = Path("results") / "study.sqlite"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _default_protocol() -> str:
+    if DEFAULT_PROTOCOL.is_file():
+        return str(DEFAULT_PROTOCOL)
+    return str(REPO_ROOT / DEFAULT_PROTOCOL) if (REPO_ROOT / DEFAULT_PROTOCOL).is_file() else str(DEFAULT_PROTOCOL)
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a number, got {value!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {port}")
+    return port
+
+
+def configure_app(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None,
+                        help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=None,
+                        help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--protocol", default=None, help=f"study protocol YAML (default: {DEFAULT_PROTOCOL})")
+    parser.add_argument("--db", default=str(DEFAULT_DB),
+                        help=f"SQLite file or SQLAlchemy URL (default: {DEFAULT_DB})")
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="chat requests generating at once (the model pool batches them; default 16)")
+
+
+def resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
+    host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    if port is None:
+        env = os.environ.get("GRADIO_SERVER_PORT")
+        if env:
+            try:
+                port = _port(env)
+            except argparse.ArgumentTypeError as exc:
+                raise ValueError(f"GRADIO_SERVER_PORT: {exc}") from None
+        else:
+            port = 7860
+    return host, port
+
+
+def create(protocol_path: str, db: str, concurrency: int = 16):
+    """(app, pool, store) for a protocol file and database; the pool loads the arms' models."""
+    from extes.models import ArmPool
+    from extes.study.app import build_app
+    from extes.study.protocol import load_protocol
+    from extes.study.store import Store, StoreError
+
+    protocol = load_protocol(protocol_path)
+    try:
+        store = Store(db)
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+    pool = ArmPool(list(protocol.arms))
+    return build_app(protocol, store, pool, concurrency=concurrency), pool, store
+
+
+def run_app(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    host, port = resolve_address(args.host, args.port)
+    protocol_path = args.protocol or _default_protocol()
+    if args.concurrency < 1:
+        raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
+    print(f"Loading the study from {protocol_path} (database {args.db}) ...", flush=True)
+    app, pool, store = create(protocol_path, args.db, args.concurrency)
+    print(f"Study app running on http://{host}:{port}  (Ctrl+C to stop)", flush=True)
+    try:
+        # No access log: URLs hold no participant text, but there is no reason to keep them either.
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        pool.close()
+        store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="app.py", description="Run the ExTES study app.")
+    configure_app(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_app(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"app.py: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,683 @@
+"""The study's durable store: participants, conversations, messages, votes, reports, flags and annotation.
+
+SQLAlchemy 2 Core over SQLite in WAL mode by default (`results/study.sqlite`), or any SQLAlchemy URL
+(PostgreSQL for a study spread over several servers). Every write is its own committed transaction, made
+as it happens, so killing the process loses nothing already shown to a participant.
+
+The schema is versioned: the `schema_version` table records each migration applied, and `MIGRATIONS` is
+the ordered list of migration functions. To change the schema, append a migration (never edit an applied
+one) and update the table definitions below to match what the migrations produce.
+
+Participant codes are credentials (they resume a session), so they never leave this module in exports:
+the CSVs use the participant id (`p-...`) as `rater_id`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+DEFAULT_DB = Path("results") / "study.sqlite"
+CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: easy to read back and type
+CODE_GROUPS, CODE_GROUP_LEN = 3, 4
+OUTCOMES = ("a", "b", "tie")
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (e.g. written by a newer version of extes)."""
+
+
+class DuplicateError(ValueError):
+    """A write that would repeat one already stored (a second vote for the same conversation, ...)."""
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def new_code() -> str:
+    groups = ("".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_GROUP_LEN)) for _ in range(CODE_GROUPS))
+    return "-".join(groups)
+
+
+def normalize_code(code: str) -> str:
+    """Upper-case, drop spaces and dashes, re-insert dashes: 'abcd efgh-jkmn' -> 'ABCD-EFGH-JKMN'."""
+    raw = "".join(ch for ch in str(code or "").upper() if ch.isalnum())
+    return "-".join(raw[i:i + CODE_GROUP_LEN] for i in range(0, len(raw), CODE_GROUP_LEN))
+
+
+# ---------------------------------------------------------------------------------------------- schema
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version", metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.String(40), nullable=False),
+)
+
+meta = sa.Table(
+    "meta", metadata,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+participants = sa.Table(
+    "participants", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("code", sa.String(40), nullable=False, unique=True),
+    sa.Column("role", sa.String(20), nullable=False, default="participant"),  # participant | judge
+    sa.Column("consented_at", sa.String(40), nullable=False),
+    sa.Column("protocol", sa.Text, nullable=False, default=""),
+)
+
+conversations = sa.Table(
+    "conversations", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("participant_id", sa.String(40), sa.ForeignKey("participants.id"), nullable=False, index=True),
+    sa.Column("seq", sa.Integer, nullable=False),  # 1, 2, ... within the participant
+    sa.Column("order_index", sa.Integer, nullable=False),  # which of the six arm-to-pane orders
+    sa.Column("arm_order", sa.Text, nullable=False),  # JSON list: arm name in pane A, B, C
+    sa.Column("scenario", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("status", sa.String(20), nullable=False, default="chatting"),  # chatting | rated
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("protocol", sa.Text, nullable=False, default=""),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("rated_at", sa.String(40), nullable=True),
+    sa.UniqueConstraint("participant_id", "seq", name="uq_conversation_seq"),
+)
+
+messages = sa.Table(
+    "messages", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("conversation_id", sa.String(40), sa.ForeignKey("conversations.id"), nullable=False, index=True),
+    sa.Column("pane", sa.String(1), nullable=False),
+    sa.Column("arm", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),  # user | assistant
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("raw_text", sa.Text, nullable=True),  # model output incl. strategy tag
+    sa.Column("strategy", sa.String(200), nullable=True),  # predicted strategy (strategy arms)
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("latency_s", sa.Float, nullable=True),
+    sa.Column("ttft_s", sa.Float, nullable=True),
+    sa.Column("n_tokens", sa.Integer, nullable=True),
+    sa.Column("finish_reason", sa.String(40), nullable=True),
+    sa.Column("settings", sa.Text, nullable=True),  # JSON generation settings
+)
+
+votes = sa.Table(
+    "votes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("conversation_id", sa.String(40), sa.ForeignKey("conversations.id"), nullable=False, index=True),
+    sa.Column("rater_id", sa.String(40), sa.ForeignKey("participants.id"), nullable=False),
+    sa.Column("aspect", sa.String(40), nullable=False),
+    sa.Column("pane_a", sa.String(1), nullable=False),  # left pane of the pair as shown
+    sa.Column("pane_b", sa.String(1), nullable=False),
+    sa.Column("arm_a", sa.String(200), nullable=False),
+    sa.Column("arm_b", sa.String(200), nullable=False),
+    sa.Column("outcome", sa.String(4), nullable=False),  # a | b | tie
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.UniqueConstraint("conversation_id", "rater_id", "aspect", "pane_a", "pane_b", name="uq_vote"),
+)
+
+reports = sa.Table(
+    "reports", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("conversation_id", sa.String(40), sa.ForeignKey("conversations.id"), nullable=False, index=True),
+    sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id"), nullable=False),
+    sa.Column("participant_id", sa.String(40), sa.ForeignKey("participants.id"), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, default="harmful"),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.UniqueConstraint("message_id", "participant_id", name="uq_report"),
+)
+
+flags = sa.Table(
+    "flags", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("conversation_id", sa.String(40), sa.ForeignKey("conversations.id"), nullable=False, index=True),
+    sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id"), nullable=True),
+    sa.Column("participant_id", sa.String(40), sa.ForeignKey("participants.id"), nullable=False),
+    sa.Column("category", sa.String(100), nullable=False),  # risk category (or "report")
+    sa.Column("pattern", sa.Text, nullable=True),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("resolved_at", sa.String(40), nullable=True),
+    sa.Column("note", sa.Text, nullable=True),
+)
+
+# Annotation (third-party judges; built on by extes/study/annotation.py).
+annotation_items = sa.Table(
+    "annotation_items", metadata,
+    sa.Column("id", sa.String(200), primary_key=True),  # conversation id, or "<dataset>:<dialogue id>"
+    sa.Column("kind", sa.String(20), nullable=False),  # conversation | dialogue
+    sa.Column("source", sa.Text, nullable=False, default=""),  # dataset name/path for dialogues
+    sa.Column("payload", sa.Text, nullable=True),  # JSON dialogue for kind=dialogue
+    sa.Column("created_at", sa.String(40), nullable=False),
+)
+
+assignments = sa.Table(
+    "assignments", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("item_id", sa.String(200), sa.ForeignKey("annotation_items.id"), nullable=False, index=True),
+    sa.Column("judge_id", sa.String(40), sa.ForeignKey("participants.id"), nullable=False, index=True),
+    sa.Column("pane_order", sa.Text, nullable=True),  # JSON: panes of the conversation as shown to the judge
+    sa.Column("status", sa.String(20), nullable=False, default="open"),  # open | done
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("completed_at", sa.String(40), nullable=True),
+    sa.UniqueConstraint("item_id", "judge_id", name="uq_assignment"),
+)
+
+judgments = sa.Table(
+    "judgments", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("assignment_id", sa.Integer, sa.ForeignKey("assignments.id"), nullable=False, index=True),
+    sa.Column("judge_id", sa.String(40), sa.ForeignKey("participants.id"), nullable=False),
+    sa.Column("conversation_id", sa.String(40), sa.ForeignKey("conversations.id"), nullable=False),
+    sa.Column("aspect", sa.String(40), nullable=False),
+    sa.Column("arm_a", sa.String(200), nullable=False),
+    sa.Column("arm_b", sa.String(200), nullable=False),
+    sa.Column("outcome", sa.String(4), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.UniqueConstraint("assignment_id", "aspect", "arm_a", "arm_b", name="uq_judgment"),
+)
+
+likert_ratings = sa.Table(
+    "likert_ratings", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("assignment_id", sa.Integer, sa.ForeignKey("assignments.id"), nullable=False, index=True),
+    sa.Column("judge_id", sa.String(40), sa.ForeignKey("participants.id"), nullable=False),
+    sa.Column("item_id", sa.String(200), sa.ForeignKey("annotation_items.id"), nullable=False),
+    sa.Column("aspect", sa.String(100), nullable=False),
+    sa.Column("score", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.UniqueConstraint("assignment_id", "aspect", name="uq_likert"),
+)
+
+
+def _migration_1(conn: Connection) -> None:
+    """Initial schema."""
+    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t.name != "schema_version"])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _url(url_or_path: str | Path | None) -> tuple[str, Path | None]:
+    if url_or_path is None:
+        url_or_path = DEFAULT_DB
+    text = str(url_or_path)
+    if "://" in text:
+        return text, None
+    path = Path(text).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}", path
+
+
+def _row(r: Any) -> dict[str, Any]:
+    return dict(r._mapping)
+
+
+class Store:
+    """One study database. Safe to share between the threads of one app (each call opens its own
+    short transaction); several processes may share an SQLite file (WAL) or a server database."""
+
+    def __init__(self, url_or_path: str | Path | None = None, echo: bool = False):
+        try:
+            self.url, self.path = _url(url_or_path)
+        except OSError as exc:
+            raise StoreError(f"{url_or_path}: cannot create the database folder ({exc})") from None
+        self._lock = threading.Lock()  # serialises balanced assignment within this process
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        try:
+            self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+            raise StoreError(f"{self._where()}: not a usable database URL ({exc})") from None
+        if self.url.startswith("sqlite"):
+            in_memory = self.path is None and (":memory:" in self.url or self.url.rstrip("/").endswith("sqlite:"))
+
+            @sa.event.listens_for(self.engine, "connect")
+            def _pragmas(dbapi_conn, _record):  # pragma: no cover - exercised through every test
+                cur = dbapi_conn.cursor()
+                if not in_memory:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+        try:
+            self.migrate()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"{self._where()}: cannot open the study database ({type(exc).__name__}: "
+                             f"{getattr(exc, 'orig', None) or exc})") from None
+
+    def _where(self) -> str:
+        """The database for messages, without any password in the URL."""
+        if self.path is not None:
+            return str(self.path)
+        try:
+            return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        except sa.exc.ArgumentError:
+            return "<database URL>"
+
+    # ------------------------------------------------------------------------------ housekeeping
+
+    def migrate(self) -> int:
+        """Apply the migrations this database lacks; returns the schema version."""
+        with self.engine.begin() as conn:
+            schema_version.create(conn, checkfirst=True)
+            current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+        where = self._where()
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{where}: database schema version {current} is newer than this version of extes "
+                f"understands ({SCHEMA_VERSION}); upgrade extes or use another database"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with self.engine.begin() as conn:
+                done = conn.execute(sa.select(schema_version.c.version).where(schema_version.c.version == version)).first()
+                if done:  # another process got there first
+                    continue
+                MIGRATIONS[version - 1](conn)
+                conn.execute(schema_version.insert().values(version=version, applied_at=now()))
+        return self.schema_version()
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar()
+        return default if value is None else value
+
+    def meta_value(self, key: str, make: Callable[[], str]) -> str:
+        """The stored value for `key`, creating it with `make()` the first time (first writer wins)."""
+        value = self.get_meta(key)
+        if value is not None:
+            return value
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(meta.insert().values(key=key, value=make()))
+        except sa.exc.IntegrityError:
+            pass
+        return self.get_meta(key)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------ participants
+
+    def create_participant(self, role: str = "participant", protocol: str = "") -> dict[str, Any]:
+        """A new participant with a fresh random code; returns its row (id, code, ...)."""
+        for _ in range(20):
+            row = {"id": f"p-{uuid.uuid4().hex[:12]}", "code": new_code(), "role": role,
+                   "consented_at": now(), "protocol": protocol}
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(participants.insert().values(**row))
+                return row
+            except sa.exc.IntegrityError:  # pragma: no cover - a code collision (about 1 in 10^17)
+                continue
+        raise StoreError("could not issue a unique participant code")  # pragma: no cover
+
+    def participant_by_code(self, code: str) -> dict[str, Any] | None:
+        code = normalize_code(code)
+        if not code:
+            return None
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(participants).where(participants.c.code == code)).first()
+        return _row(r) if r else None
+
+    def participant(self, participant_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(participants).where(participants.c.id == participant_id)).first()
+        return _row(r) if r else None
+
+    # ------------------------------------------------------------------------------ conversations
+
+    def order_counts(self, n_orders: int = 6, protocol: str | None = None) -> list[int]:
+        """How many conversations used each arm-to-pane order so far (optionally within one protocol)."""
+        q = sa.select(conversations.c.order_index, sa.func.count()).group_by(conversations.c.order_index)
+        if protocol is not None:
+            q = q.where(conversations.c.protocol == protocol)
+        counts = [0] * n_orders
+        with self.engine.connect() as conn:
+            for idx, n in conn.execute(q):
+                if 0 <= idx < n_orders:
+                    counts[idx] = n
+        return counts
+
+    def create_conversation(self, participant_id: str, scenario: str, description: str,
+                            choose_order: Callable[[list[int]], tuple[int, Sequence[str]]],
+                            protocol: str = "") -> dict[str, Any]:
+        """Create the participant's next conversation. `choose_order(counts)` gets the per-order usage
+        counts and returns (order_index, arm names for panes A, B, C); counting and inserting happen
+        under one lock so concurrent starts in this process keep the orders balanced."""
+        with self._lock:
+            order_index, arm_order = choose_order(self.order_counts(protocol=protocol))
+            with self.engine.begin() as conn:
+                seq = conn.execute(sa.select(sa.func.count()).select_from(conversations)
+                                   .where(conversations.c.participant_id == participant_id)).scalar() or 0
+                row = {
+                    "id": f"c-{uuid.uuid4().hex[:12]}", "participant_id": participant_id, "seq": seq + 1,
+                    "order_index": int(order_index), "arm_order": json.dumps(list(arm_order)),
+                    "scenario": scenario, "description": description, "status": "chatting",
+                    "protocol": protocol, "created_at": now(),
+                }
+                conn.execute(conversations.insert().values(**row))
+        return self._conversation_dict(row)
+
+    @staticmethod
+    def _conversation_dict(row: dict[str, Any]) -> dict[str, Any]:
+        out = dict(row)
+        out["arm_order"] = json.loads(out["arm_order"])
+        return out
+
+    def conversation(self, conversation_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(conversations).where(conversations.c.id == conversation_id)).first()
+        return self._conversation_dict(_row(r)) if r else None
+
+    def conversations_of(self, participant_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(conversations).where(conversations.c.participant_id == participant_id)
+                                .order_by(conversations.c.seq)).all()
+        return [self._conversation_dict(_row(r)) for r in rows]
+
+    def all_conversations(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(conversations).order_by(conversations.c.created_at)).all()
+        return [self._conversation_dict(_row(r)) for r in rows]
+
+    # ------------------------------------------------------------------------------ messages
+
+    def add_message(self, conversation_id: str, pane: str, arm: str, role: str, text: str, *,
+                    raw_text: str | None = None, strategy: str | None = None, latency_s: float | None = None,
+                    ttft_s: float | None = None, n_tokens: int | None = None, finish_reason: str | None = None,
+                    settings: dict | None = None) -> int:
+        row = {
+            "conversation_id": conversation_id, "pane": pane, "arm": arm, "role": role, "text": text,
+            "raw_text": raw_text, "strategy": strategy, "created_at": now(), "latency_s": latency_s,
+            "ttft_s": ttft_s, "n_tokens": n_tokens, "finish_reason": finish_reason,
+            "settings": json.dumps(settings, sort_keys=True, default=str) if settings is not None else None,
+        }
+        with self.engine.begin() as conn:
+            return int(conn.execute(messages.insert().values(**row)).inserted_primary_key[0])
+
+    def add_messages(self, rows: Iterable[dict[str, Any]]) -> list[int]:
+        """Insert several messages in one transaction (the user's message to each pane); returns ids."""
+        ids = []
+        with self.engine.begin() as conn:
+            for r in rows:
+                r = {"created_at": now(), **r}
+                if isinstance(r.get("settings"), dict):
+                    r["settings"] = json.dumps(r["settings"], sort_keys=True, default=str)
+                ids.append(int(conn.execute(messages.insert().values(**r)).inserted_primary_key[0]))
+        return ids
+
+    def messages(self, conversation_id: str, pane: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(messages).where(messages.c.conversation_id == conversation_id)
+        if pane is not None:
+            q = q.where(messages.c.pane == pane)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.order_by(messages.c.id)).all()
+        out = []
+        for r in rows:
+            d = _row(r)
+            d["settings"] = json.loads(d["settings"]) if d["settings"] else None
+            out.append(d)
+        return out
+
+    def message(self, message_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(messages).where(messages.c.id == int(message_id))).first()
+        return _row(r) if r else None
+
+    # ------------------------------------------------------------------------------ safety
+
+    def add_flag(self, conversation_id: str, participant_id: str, category: str, pattern: str | None = None,
+                 message_id: int | None = None) -> int:
+        with self.engine.begin() as conn:
+            return int(conn.execute(flags.insert().values(
+                conversation_id=conversation_id, participant_id=participant_id, category=category,
+                pattern=pattern, message_id=message_id, created_at=now())).inserted_primary_key[0])
+
+    def flags(self, conversation_id: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(flags).order_by(flags.c.id)
+        if conversation_id is not None:
+            q = q.where(flags.c.conversation_id == conversation_id)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
+    def resolve_flag(self, flag_id: int, note: str = "") -> None:
+        with self.engine.begin() as conn:
+            conn.execute(flags.update().where(flags.c.id == flag_id).values(resolved_at=now(), note=note))
+
+    def add_report(self, conversation_id: str, message_id: int, participant_id: str, reason: str = "harmful") -> int:
+        """Record a participant's report of a model reply (once per reply and participant)."""
+        try:
+            with self.engine.begin() as conn:
+                return int(conn.execute(reports.insert().values(
+                    conversation_id=conversation_id, message_id=int(message_id), participant_id=participant_id,
+                    reason=reason, created_at=now())).inserted_primary_key[0])
+        except sa.exc.IntegrityError:
+            raise DuplicateError("this reply was already reported") from None
+
+    def reports(self, conversation_id: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(reports).order_by(reports.c.id)
+        if conversation_id is not None:
+            q = q.where(reports.c.conversation_id == conversation_id)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
+    # ------------------------------------------------------------------------------ votes
+
+    def submit_votes(self, conversation_id: str, rater_id: str, rows: Sequence[dict[str, Any]],
+                     comment: str | None = None) -> int:
+        """Store a participant's complete rating form and mark the conversation rated, atomically.
+        Each row: aspect, pane_a, pane_b, arm_a, arm_b, outcome (a|b|tie). Raises DuplicateError when the
+        conversation was already rated (nothing is written then)."""
+        for r in rows:
+            if r["outcome"] not in OUTCOMES:
+                raise ValueError(f"vote outcome must be one of {OUTCOMES}, got {r['outcome']!r}")
+        stamp = now()
+        try:
+            with self.engine.begin() as conn:
+                updated = conn.execute(
+                    conversations.update()
+                    .where(conversations.c.id == conversation_id, conversations.c.status == "chatting")
+                    .values(status="rated", rated_at=stamp, comment=comment or None)
+                ).rowcount
+                if updated != 1:
+                    raise DuplicateError("this conversation was already rated")
+                conn.execute(votes.insert(), [
+                    {"conversation_id": conversation_id, "rater_id": rater_id, "created_at": stamp,
+                     **{k: r[k] for k in ("aspect", "pane_a", "pane_b", "arm_a", "arm_b", "outcome")}}
+                    for r in rows
+                ])
+        except sa.exc.IntegrityError:
+            raise DuplicateError("this conversation was already rated") from None
+        return len(rows)
+
+    def votes(self, conversation_id: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(votes).order_by(votes.c.id)
+        if conversation_id is not None:
+            q = q.where(votes.c.conversation_id == conversation_id)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
+    # ------------------------------------------------------------------------------ annotation
+
+    def add_annotation_item(self, item_id: str, kind: str, source: str = "", payload: Any = None) -> bool:
+        """Register an item judges can be assigned (True if new, False if it existed)."""
+        if kind not in ("conversation", "dialogue"):
+            raise ValueError(f"annotation item kind must be 'conversation' or 'dialogue', got {kind!r}")
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(annotation_items.insert().values(
+                    id=item_id, kind=kind, source=source, created_at=now(),
+                    payload=json.dumps(payload, ensure_ascii=False) if payload is not None else None))
+            return True
+        except sa.exc.IntegrityError:
+            return False
+
+    def annotation_items(self, kind: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(annotation_items).order_by(annotation_items.c.created_at, annotation_items.c.id)
+        if kind is not None:
+            q = q.where(annotation_items.c.kind == kind)
+        with self.engine.connect() as conn:
+            rows = [_row(r) for r in conn.execute(q)]
+        for r in rows:
+            r["payload"] = json.loads(r["payload"]) if r["payload"] else None
+        return rows
+
+    def create_assignment(self, item_id: str, judge_id: str, pane_order: Sequence[str] | None = None) -> int:
+        """Assign an item to a judge; DuplicateError if that judge already has it."""
+        try:
+            with self.engine.begin() as conn:
+                return int(conn.execute(assignments.insert().values(
+                    item_id=item_id, judge_id=judge_id, status="open", created_at=now(),
+                    pane_order=json.dumps(list(pane_order)) if pane_order else None)).inserted_primary_key[0])
+        except sa.exc.IntegrityError:
+            raise DuplicateError(f"item {item_id} is already assigned to this judge") from None
+
+    def assignments(self, judge_id: str | None = None, item_id: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(assignments).order_by(assignments.c.id)
+        if judge_id is not None:
+            q = q.where(assignments.c.judge_id == judge_id)
+        if item_id is not None:
+            q = q.where(assignments.c.item_id == item_id)
+        with self.engine.connect() as conn:
+            rows = [_row(r) for r in conn.execute(q)]
+        for r in rows:
+            r["pane_order"] = json.loads(r["pane_order"]) if r["pane_order"] else None
+        return rows
+
+    def assignment_counts(self) -> dict[str, int]:
+        """Number of judges assigned per item id (open or done)."""
+        q = sa.select(assignments.c.item_id, sa.func.count()).group_by(assignments.c.item_id)
+        with self.engine.connect() as conn:
+            return {item: n for item, n in conn.execute(q)}
+
+    def submit_judgments(self, assignment_id: int, rows: Sequence[dict[str, Any]]) -> int:
+        """Pairwise judgments for an assigned conversation (aspect, arm_a, arm_b, outcome), atomically,
+        closing the assignment; DuplicateError when it was already done."""
+        return self._submit_assignment(assignment_id, judgments, rows, ("aspect", "arm_a", "arm_b", "outcome"),
+                                       extra=lambda a: {"conversation_id": a["item_id"]})
+
+    def submit_likert(self, assignment_id: int, scores: dict[str, int]) -> int:
+        """Likert scores (aspect -> score) for an assigned dataset dialogue, atomically."""
+        rows = [{"aspect": k, "score": int(v)} for k, v in scores.items()]
+        return self._submit_assignment(assignment_id, likert_ratings, rows, ("aspect", "score"),
+                                       extra=lambda a: {"item_id": a["item_id"]})
+
+    def _submit_assignment(self, assignment_id: int, table: sa.Table, rows: Sequence[dict[str, Any]],
+                           keys: tuple[str, ...], extra: Callable[[dict], dict]) -> int:
+        stamp = now()
+        try:
+            with self.engine.begin() as conn:
+                a = conn.execute(sa.select(assignments).where(assignments.c.id == assignment_id)).first()
+                if a is None:
+                    raise ValueError(f"no assignment {assignment_id}")
+                a = _row(a)
+                updated = conn.execute(assignments.update().where(
+                    assignments.c.id == assignment_id, assignments.c.status == "open"
+                ).values(status="done", completed_at=stamp)).rowcount
+                if updated != 1:
+                    raise DuplicateError("this assignment was already submitted")
+                conn.execute(table.insert(), [
+                    {"assignment_id": assignment_id, "judge_id": a["judge_id"], "created_at": stamp,
+                     **extra(a), **{k: r[k] for k in keys}} for r in rows
+                ])
+        except sa.exc.IntegrityError:
+            raise DuplicateError("this assignment was already submitted") from None
+        return len(rows)
+
+    # ------------------------------------------------------------------------------ exports
+
+    def votes_frame(self, source: str = "participant"):
+        """Votes CSV frame: session_id, aspect, arm_a, arm_b, outcome, rater_id, conversation_id, created_at.
+
+        source="participant": the participants' own votes (session_id = conversation id: one rating form);
+        "judge": third-party judgments (session_id = "j<assignment id>"); "all": both.
+        """
+        import pandas as pd
+
+        cols = ["session_id", "aspect", "arm_a", "arm_b", "outcome", "rater_id", "conversation_id", "created_at"]
+        rows: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            if source in ("participant", "all"):
+                for r in conn.execute(sa.select(votes).order_by(votes.c.id)):
+                    rows.append({"session_id": r.conversation_id, "aspect": r.aspect, "arm_a": r.arm_a,
+                                 "arm_b": r.arm_b, "outcome": r.outcome, "rater_id": r.rater_id,
+                                 "conversation_id": r.conversation_id, "created_at": r.created_at})
+            if source in ("judge", "all"):
+                for r in conn.execute(sa.select(judgments).order_by(judgments.c.id)):
+                    rows.append({"session_id": f"j{r.assignment_id}", "aspect": r.aspect, "arm_a": r.arm_a,
+                                 "arm_b": r.arm_b, "outcome": r.outcome, "rater_id": r.judge_id,
+                                 "conversation_id": r.conversation_id, "created_at": r.created_at})
+            if source not in ("participant", "judge", "all"):
+                raise ValueError(f"votes source must be participant, judge or all, got {source!r}")
+        return pd.DataFrame(rows, columns=cols)
+
+    def ratings_frame(self):
+        """Ratings CSV frame: item_id, rater_id, label, aspect, source.
+
+        - source "likert": judges' Likert scores of dataset dialogues (item_id = annotation item id,
+          label = the score as text, aspect = the Likert aspect lower-cased);
+        - source "pairwise": every pairwise vote on a conversation, by its participant and by judges,
+          as one item per conversation and arm pair: item_id = "<conversation>/<arm x>~<arm y>" with the
+          two arms sorted, label = "x" (the first arm better), "y" or "tie", so raters who saw the
+          panes in different orders label the same item the same way.
+        """
+        import pandas as pd
+
+        out: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            for r in conn.execute(sa.select(likert_ratings).order_by(likert_ratings.c.id)):
+                out.append({"item_id": r.item_id, "rater_id": r.judge_id, "label": str(r.score),
+                            "aspect": r.aspect.lower(), "source": "likert"})
+            pair_rows = [(r.conversation_id, r.rater_id, r.aspect, r.arm_a, r.arm_b, r.outcome)
+                         for r in conn.execute(sa.select(votes).order_by(votes.c.id))]
+            pair_rows += [(r.conversation_id, r.judge_id, r.aspect, r.arm_a, r.arm_b, r.outcome)
+                          for r in conn.execute(sa.select(judgments).order_by(judgments.c.id))]
+        for conv, rater, aspect, arm_a, arm_b, outcome in pair_rows:
+            x, y = sorted((arm_a, arm_b))
+            if outcome == "tie":
+                label = "tie"
+            else:
+                winner = arm_a if outcome == "a" else arm_b
+                label = "x" if winner == x else "y"
+            out.append({"item_id": f"{conv}/{x}~{y}", "rater_id": rater, "label": label,
+                        "aspect": aspect, "source": "pairwise"})
+        return pd.DataFrame(out, columns=["item_id", "rater_id", "label", "aspect", "source"])
+
+    def counts(self) -> dict[str, int]:
+        """Live counts for the dashboard."""
+        with self.engine.connect() as conn:
+            def n(q):
+                return int(conn.execute(q).scalar() or 0)
+            return {
+                "participants": n(sa.select(sa.func.count()).select_from(participants)
+                                  .where(participants.c.role == "participant")),
+                "conversations": n(sa.select(sa.func.count()).select_from(conversations)),
+                "rated_conversations": n(sa.select(sa.func.count()).select_from(conversations)
+                                         .where(conversations.c.status == "rated")),
+                "votes": n(sa.select(sa.func.count()).select_from(votes)),
+                "messages": n(sa.select(sa.func.count()).select_from(messages)),
+                "flags": n(sa.select(sa.func.count()).select_from(flags)),
+                "open_flags": n(sa.select(sa.func.count()).select_from(flags).where(flags.c.resolved_at.is_(None))),
+                "reports": n(sa.select(sa.func.count()).select_from(reports)),
+            }

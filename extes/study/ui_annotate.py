@@ -1,0 +1,211 @@
+"""The judges' page (`/annotate`): judge code, next item, blind transcript, form, submit.
+
+Only draws: the rules (who gets which item, what a complete form is) live in `extes.study.annotation`.
+The browser holds the judge code and the current assignment id in hidden fields; every call sends
+them back and the annotation module checks that the assignment belongs to that code. Nothing shown
+names an arm, a model or a dataset; transcripts are HTML-escaped before Markdown rendering.
+
+Hook: `extes.study.app.build_app` calls `build_annotate_ui(protocol, store, pool)` and mounts the
+returned Blocks at `/annotate`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import gradio as gr
+
+from extes.study import annotation as ann
+from extes.study.protocol import PANES, Protocol
+from extes.study.store import Store
+from extes.study.ui_participant import safe_text
+
+log = logging.getLogger(__name__)
+
+GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment."
+# build_app mounts this page without page CSS, so the rule travels in the page itself: clearing a
+# transcript would only hide it locally and confuse the judge.
+STYLE = ('<style>.extes-judge-chat button[title="Clear"], .extes-judge-chat button[aria-label="Clear"] '
+         '{display: none !important;}</style>')
+LIKERT_HELP = {0: "0: not at all", 1: "1: a little", 2: "2: mostly", 3: "3: fully"}
+INTRO = """# Judging conversations
+Read each conversation and answer every question. You do not know, and we do not tell you, which model
+is which. There are two kinds of items:
+- **Study conversations**: the same person talked with three models (Model A, Model B, Model C). For each
+  aspect, compare each pair.
+- **Dataset dialogues**: one conversation between a person and a supporter. Score each quality from
+  the lowest to the highest value of the scale.
+
+Enter your judge code to continue where you left off, or ask for a new one."""
+
+
+def _chat(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"role": "user" if role == "user" else "assistant", "content": safe_text(text) or "…"}
+            for role, text in turns]
+
+
+class AnnotateUI:
+    def __init__(self, store: Store, protocol: Protocol):
+        self.store = store
+        self.protocol = protocol
+        lo, hi = protocol.annotation.likert_scale
+        self.scale = list(range(lo, hi + 1))
+
+    # ------------------------------------------------------------------------------ rendering
+
+    def _updates(self, judge: dict[str, Any] | None, message: str = "") -> list[Any]:
+        """Updates for self.outputs: the judge's next item (or the login / all-done state)."""
+        empty_form = [gr.update(value=None) for _ in self.pair_radios + self.likert_radios]
+        if judge is None:
+            return ["", "", gr.update(visible=True), gr.update(value="", visible=False), message,
+                    gr.update(visible=False), [], [], [], gr.update(visible=False), "", [],
+                    gr.update(visible=False), *empty_form]
+        ann.sync_items(self.store, self.protocol)
+        a = ann.next_assignment(self.store, self.protocol, judge["id"])
+        prog = ann.progress(self.store, self.protocol, judge["id"])
+        code_md = (f"Your judge code: **{judge['code']}** (keep it: it brings you back to your next item). "
+                   f"Items done: {prog['done']}.")
+        if a is None:
+            text = (message + "\n\n" if message else "") + (
+                "### Thank you!\nThere is nothing more for you to judge right now. Please come back later.")
+            return [judge["code"], "", gr.update(visible=False), gr.update(value=code_md, visible=True), text,
+                    gr.update(visible=False), [], [], [], gr.update(visible=False), "", [],
+                    gr.update(visible=False), *empty_form]
+        view = ann.item_view(self.store, judge["id"], a["id"])
+        status = message
+        if view.kind == "conversation":
+            chats = [_chat(turns) for turns in view.panes]
+            return [judge["code"], str(a["id"]), gr.update(visible=False), gr.update(value=code_md, visible=True),
+                    status, gr.update(visible=True), *chats, gr.update(visible=False), "", [],
+                    gr.update(visible=True), *empty_form]
+        scene = f"**Topic:** {safe_text(view.scene)}" if view.scene else ""
+        return [judge["code"], str(a["id"]), gr.update(visible=False), gr.update(value=code_md, visible=True),
+                status, gr.update(visible=False), [], [], [], gr.update(visible=True), scene, _chat(view.turns),
+                gr.update(visible=True), *empty_form]
+
+    # ------------------------------------------------------------------------------ handlers
+
+    def _guard(self, fn: Callable) -> Callable:
+        """AnnotationError: shown as is (it names no arm); anything else: logged by type, generic error."""
+
+        @wraps(fn)
+        def wrapper(*args):
+            try:
+                return fn(*args)
+            except ann.AnnotationError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            except gr.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - translated for the browser
+                log.error("annotation handler %s failed: %s", fn.__name__, type(exc).__name__)
+                raise gr.Error(GENERIC_ERROR, print_exception=False) from None
+
+        return wrapper
+
+    def on_new(self):
+        return self._updates(ann.new_judge(self.store, self.protocol))
+
+    def on_login(self, code: str):
+        return self._updates(ann.judge_by_code(self.store, code))
+
+    def on_submit(self, code: str, assignment_id: str, *values):
+        judge = ann.judge_by_code(self.store, code)
+        if not str(assignment_id or "").isdigit():
+            raise ann.AnnotationError("No item is open; press 'Start judging' first.")
+        aid = int(assignment_id)
+        n_pairs = len(self.pair_radios)
+        pair_values, likert_values = values[:n_pairs], values[n_pairs:]
+        view = ann.item_view(self.store, judge["id"], aid)
+        if view.kind == "conversation":
+            choices = {}
+            for (aspect_key, k), value in zip(self.pair_keys, pair_values):
+                choices[(aspect_key, k)] = value
+            ann.submit_pairwise(self.store, self.protocol, judge["id"], aid, choices)
+        else:
+            scores = dict(zip(self.protocol.annotation.likert_aspects, likert_values))
+            ann.submit_likert(self.store, self.protocol, judge["id"], aid, scores)
+        return self._updates(judge, "Saved. Here is your next item.")
+
+    # ------------------------------------------------------------------------------ layout
+
+    def render(self) -> None:
+        """Build the page's components inside the current `gr.Blocks` (or route) context."""
+        p = self.protocol
+        gr.HTML(STYLE, padding=False)
+        code_box = gr.Textbox(visible=False, label="judge code")
+        assignment_box = gr.Textbox(visible=False, label="assignment")
+        gr.Markdown(INTRO)
+        code_md = gr.Markdown(visible=False)
+        with gr.Column(visible=True) as login_col:
+            code_in = gr.Textbox(label="Judge code", max_lines=1, placeholder="XXXX-XXXX-XXXX",
+                                 elem_id="annotate-code")
+            with gr.Row():
+                login_btn = gr.Button("Start judging", variant="primary", elem_id="annotate-login")
+                new_btn = gr.Button("I am a new judge: give me a code", elem_id="annotate-new")
+        status_md = gr.Markdown()
+        self.pair_radios: list[gr.Radio] = []
+        self.pair_keys: list[tuple[str, int]] = []
+        with gr.Column(visible=False) as conv_col:
+            chats = []
+            with gr.Row(equal_height=True):
+                for pane in PANES:
+                    with gr.Column(min_width=260):
+                        chats.append(gr.Chatbot(
+                            label=f"Model {pane}", height=420, feedback_options=[], sanitize_html=True,
+                            render_markdown=True, latex_delimiters=[], buttons=[], allow_tags=False,
+                            allow_file_downloads=False, group_consecutive_messages=False,
+                            elem_classes=["extes-judge-chat"],
+                        ))
+            gr.Markdown("## Your judgment\nFor each question, compare each pair of models. All are required.")
+            for aspect in p.aspects:
+                gr.Markdown(f"### {safe_text(aspect.label)}\n{safe_text(aspect.question)}")
+                with gr.Row():
+                    for k, (left, right) in enumerate(ann.pair_labels()):
+                        self.pair_radios.append(gr.Radio(
+                            choices=[(f"Model {left} better", "left"), ("Tie", "tie"), (f"Model {right} better", "right")],
+                            label=f"Model {left} vs Model {right}", value=None,
+                        ))
+                        self.pair_keys.append((aspect.key, k))
+        self.likert_radios: list[gr.Radio] = []
+        with gr.Column(visible=False) as dlg_col:
+            scene_md = gr.Markdown()
+            dlg_chat = gr.Chatbot(label="Dialogue", height=460, feedback_options=[], sanitize_html=True,
+                                  render_markdown=True, latex_delimiters=[], buttons=[], allow_tags=False,
+                                  allow_file_downloads=False, group_consecutive_messages=False,
+                                  elem_classes=["extes-judge-chat"])
+            lo, hi = self.scale[0], self.scale[-1]
+            gr.Markdown(f"## Your scores\nScore the supporter's side of the dialogue from {lo} (worst) to {hi} (best) "
+                        "on each quality. All are required.")
+            for aspect in p.annotation.likert_aspects:
+                self.likert_radios.append(gr.Radio(
+                    choices=[(LIKERT_HELP.get(v, str(v)) if (lo, hi) == (0, 3) else str(v), str(v)) for v in self.scale],
+                    label=aspect, value=None,
+                ))
+        submit_btn = gr.Button("Submit and show the next item", variant="primary", visible=False,
+                               elem_id="annotate-submit")
+
+        self.outputs = [code_box, assignment_box, login_col, code_md, status_md, conv_col, *chats, dlg_col,
+                        scene_md, dlg_chat, submit_btn, *self.pair_radios, *self.likert_radios]
+        kw = dict(outputs=self.outputs, concurrency_limit=None)
+        new_btn.click(self._guard(self.on_new), inputs=None, api_name="annotate_new_judge", **kw)
+        login_btn.click(self._guard(self.on_login), inputs=[code_in], api_name="annotate_login", **kw)
+        code_in.submit(self._guard(self.on_login), inputs=[code_in], api_visibility="private", **kw)
+        submit_btn.click(self._guard(self.on_submit),
+                         inputs=[code_box, assignment_box, *self.pair_radios, *self.likert_radios],
+                         api_name="annotate_submit", **kw)
+
+
+def render_annotate(store: Store, protocol: Protocol) -> AnnotateUI:
+    ui = AnnotateUI(store, protocol)
+    ui.render()
+    return ui
+
+
+def build_annotate_ui(protocol: Protocol, store: Store, pool: Any = None) -> gr.Blocks:
+    """The `/annotate` Blocks (mounted by extes.study.app.build_app)."""
+    with gr.Blocks(title="Judging", analytics_enabled=False, fill_width=True) as demo:
+        render_annotate(store, protocol)
+    return demo

@@ -1,0 +1,335 @@
+"""The participant page (`/`): Gradio 6 components wired to `extes.study.session.Study`.
+
+This module only draws: every rule lives in `Study`, every fact in the store. The browser holds the
+participant code and the current conversation id (hidden fields, plus the code in encrypted
+localStorage so a refresh resumes); each call sends them back and `Study` checks ownership.
+
+Blinding: nothing here ever names an arm. Panes are "Model A/B/C"; errors from models are replaced by
+a generic message; unexpected exceptions become a generic error. Model output and participant text are
+HTML-escaped before Markdown rendering, so `<script>` shows as text.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import gradio as gr
+
+from extes.study.protocol import PANES
+from extes.study.session import PAIRS, SCENARIO_CHOICES, SessionView, Study, StudyRefusal, pane_label
+
+log = logging.getLogger(__name__)
+
+REPORT_OPTION = "This response is harmful"
+GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment."
+STREAM_INTERVAL_S = 0.05  # at most ~20 page updates a second while replies stream
+CSS = """
+.extes-crisis {border: 2px solid #b91c1c; background: #fef2f2; padding: 0.8em; border-radius: 8px;}
+.extes-code {font-size: 1.1em;}
+/* Clearing a pane would only hide the history locally and invite confusion: not offered. */
+.extes-chat button[title="Clear"], .extes-chat button[aria-label="Clear"] {display: none !important;}
+"""
+
+
+def safe_text(text: str) -> str:
+    """Text for a Markdown renderer that must show it literally: HTML escaped, images not loaded."""
+    return html.escape(text or "", quote=False).replace("![", "!\\[")
+
+
+def _chat_value(pane_state) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": safe_text(m["content"]) or "…"} for m in pane_state.messages]
+
+
+def _counter_text(view: SessionView, i: int) -> str:
+    ps = view.panes[i]
+    if ps.remaining > 0:
+        s = "" if ps.remaining == 1 else "s"
+        return f"**{ps.label}**: {ps.remaining} more message{s} needed"
+    return f"**{ps.label}**: minimum reached ({ps.turns} replies); you can continue or rate below"
+
+
+class ParticipantUI:
+    """Builds the Blocks and owns the mapping SessionView -> component updates."""
+
+    def __init__(self, study: Study, browser_secret: str | None = None, concurrency: int = 16):
+        self.study = study
+        self.concurrency = concurrency  # generating events at once (the pool batches them)
+        self.protocol = study.protocol
+        self.browser_secret = browser_secret
+
+    # ------------------------------------------------------------------------------ rendering
+
+    def _full(self, view: SessionView | None) -> list[Any]:
+        """Updates for self.full_outputs, in order."""
+        if view is None:  # consent page, nothing known
+            stage, code = "consent", ""
+        else:
+            stage, code = view.stage, view.code
+        chat = stage == "chat"
+        code_md = (f"Your participant code: **{code}** (write it down: with it you can come back later "
+                   "and continue where you left off)") if code else ""
+        progress = ""
+        if view is not None and stage in ("setup", "chat"):
+            progress = f"Conversation {view.number} of {view.total}"
+        thanks = ""
+        if stage == "thanks":
+            thanks = (f"### Thank you!\nYour ratings are saved. The study asks for {view.total} conversations; "
+                      "press the button to start the next one (you can also come back later with your code).")
+        elif stage == "done":
+            thanks = "### Thank you!\nYou have completed the study. You can close this page now."
+        if view is not None and view.revealed and stage in ("thanks", "done"):
+            thanks += "\n\nThe models were: " + ", ".join(
+                f"{pane_label(pane)} = {safe_text(arm)}" for pane, arm in view.revealed.items())
+        updates: list[Any] = [
+            code,  # code_box
+            view.conversation_id if (view is not None and chat) else "",  # conv_box
+            code,  # saved code (browser)
+            gr.update(visible=stage == "consent"),  # consent_col
+            gr.update(value=code_md, visible=bool(code)),  # code_md
+            gr.update(visible=stage == "setup"),  # setup_col
+            gr.update(value=progress, visible=bool(progress)),  # progress_md
+            gr.update(value=None) if stage == "setup" else gr.skip(),  # scenario
+            gr.update(value="") if stage == "setup" else gr.skip(),  # description
+            gr.update(visible=chat),  # chat_col
+            gr.update(visible=stage in ("thanks", "done")),  # thanks_col
+            gr.update(value=thanks),  # thanks_md
+            gr.update(visible=stage == "thanks"),  # next_btn
+        ]
+        updates += self._chat_updates(view if chat else None)
+        # A fresh rating form for each conversation.
+        updates += [gr.update(value=None) for _ in self.radios] + [gr.update(value="")]
+        return updates
+
+    def _chat_updates(self, view: SessionView | None) -> list[Any]:
+        """Updates for self.chat_outputs: banner, 3 chatbots, 3 counters, rate hint, rating column."""
+        if view is None or not view.panes:
+            return [gr.update(visible=False)] + [[] for _ in PANES] + ["" for _ in PANES] + ["", gr.update(visible=False)]
+        banner = gr.update(value=self.protocol.crisis.banner, visible=view.crisis)
+        chats = [_chat_value(ps) for ps in view.panes]
+        counters = [_counter_text(view, i) for i in range(len(PANES))]
+        if view.can_rate:
+            hint = "Every model has enough replies: the rating form is open below. You can still keep chatting."
+        elif view.streaming:
+            hint = "The models are replying…"
+        else:
+            hint = f"The rating form opens when every model has at least {view.min_turns} replies."
+        return [banner, *chats, *counters, hint, gr.update(visible=view.can_rate)]
+
+    # ------------------------------------------------------------------------------ handlers
+
+    def _guard(self, n_outputs: int, fn: Callable) -> Callable:
+        """Refusals: hints become a toast and change nothing; others a participant-safe error. Any other
+        exception is logged (type only; never participant text) and shown as a generic error."""
+
+        def handle(exc: BaseException):
+            if isinstance(exc, StudyRefusal):
+                if exc.hint:
+                    gr.Warning(str(exc))
+                    return [gr.skip() for _ in range(n_outputs)] if n_outputs else None
+                raise gr.Error(str(exc), print_exception=False) from None
+            if isinstance(exc, gr.Error):
+                raise exc
+            log.error("participant UI handler %s failed: %s", fn.__name__, type(exc).__name__)
+            raise gr.Error(GENERIC_ERROR, print_exception=False) from None
+
+        @wraps(fn)
+        def wrapper(*args):
+            try:
+                return fn(*args)
+            except Exception as exc:  # noqa: BLE001 - translated for the browser
+                return handle(exc)
+
+        return wrapper
+
+    def _stream_guard(self, n_outputs: int, fn: Callable) -> Callable:
+        @wraps(fn)
+        def wrapper(*args):
+            try:
+                yield from fn(*args)
+            except StudyRefusal as exc:
+                if exc.hint:
+                    gr.Warning(str(exc))
+                    yield [gr.skip() for _ in range(n_outputs)]
+                    return
+                raise gr.Error(str(exc), print_exception=False) from None
+            except gr.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.error("participant UI stream failed: %s", type(exc).__name__)
+                raise gr.Error(GENERIC_ERROR, print_exception=False) from None
+
+        return wrapper
+
+    def on_load(self, saved_code: str | None):
+        if saved_code:
+            try:
+                return self._full(self.study.resume(saved_code))
+            except StudyRefusal:
+                pass
+        return self._full(None)
+
+    def on_consent(self):
+        return self._full(self.study.consent())
+
+    def on_resume(self, code: str):
+        return self._full(self.study.resume(code))
+
+    def on_start(self, code: str, scenario: str, description: str):
+        try:
+            return self._full(self.study.start_conversation(code, scenario, description))
+        except StudyRefusal as exc:
+            if exc.hint:
+                view = self.study.resume(code)
+                if view.stage == "chat":  # a conversation is already in progress (another tab): show it
+                    gr.Info(str(exc))
+                    return self._full(view)
+            raise
+
+    def on_next(self, code: str):
+        return self._full(self.study.next_conversation(code))
+
+    def on_rate(self, code: str, conversation_id: str, *values):
+        *answers, comment = values
+        keyed = {key: value for (key, *_rest), value in zip(self.study.questions(), answers)}
+        return self._full(self.study.submit_rating(code, conversation_id, keyed, comment))
+
+    def make_send(self, panes: str):
+        def send(code: str, conversation_id: str, text: str):
+            cancel = threading.Event()
+            stream = self.study.send(code, conversation_id, panes, text, cancel=cancel)
+            first, last_sent, pending = True, 0.0, None
+            try:
+                for view in stream:
+                    pending = view
+                    now = time.monotonic()
+                    if first or now - last_sent >= STREAM_INTERVAL_S or not view.streaming:
+                        # Clear the box that was used (on the first update only, so typing can go on).
+                        yield [*self._chat_updates(view), "" if first else gr.skip()]
+                        first, last_sent, pending = False, now, None
+                if pending is not None:
+                    yield [*self._chat_updates(pending), gr.skip()]
+            finally:
+                cancel.set()
+                stream.close()
+
+        send.__name__ = f"send_{panes.lower()}"
+        return send
+
+    def make_report(self, pane: str):
+        def report(code: str, conversation_id: str, data: gr.LikeData):
+            index = data.index if isinstance(data.index, int) else data.index[0]
+            self.study.report(code, conversation_id, pane, int(index), reason=str(data.liked))
+            gr.Info("Thank you: the reply was reported to the researchers.")
+
+        report.__name__ = f"report_{pane.lower()}"
+        return report
+
+    # ------------------------------------------------------------------------------ layout
+
+    def build(self) -> gr.Blocks:
+        p = self.protocol
+        with gr.Blocks(title="Study", analytics_enabled=False, fill_width=True) as demo:
+            code_box = gr.Textbox(visible=False, label="code")
+            conv_box = gr.Textbox(visible=False, label="conversation")
+            saved_code = gr.BrowserState("", storage_key="extes-study-code", secret=self.browser_secret)
+            gr.Markdown(f"# {safe_text(p.title)}")
+            code_md = gr.Markdown(visible=False, elem_classes=["extes-code"])
+            with gr.Column(visible=True) as consent_col:
+                gr.Markdown(p.consent)
+                if p.instructions:
+                    gr.Markdown("**How it works.** " + p.instructions)
+                agree_btn = gr.Button("I agree", variant="primary")
+                with gr.Accordion("Coming back? Enter your participant code", open=False):
+                    resume_code = gr.Textbox(label="Participant code", max_lines=1, placeholder="XXXX-XXXX-XXXX")
+                    resume_btn = gr.Button("Continue with this code")
+            progress_md = gr.Markdown(visible=False)
+            with gr.Column(visible=False) as setup_col:
+                scenario = gr.Dropdown(choices=list(SCENARIO_CHOICES), value=None,
+                                       label="What would you like to talk about?")
+                description = gr.Textbox(label="In one sentence, what is it about? (optional; not shown to the models)",
+                                         max_lines=2)
+                start_btn = gr.Button("Start the conversation", variant="primary")
+            with gr.Column(visible=False) as chat_col:
+                banner = gr.Markdown(visible=False, elem_classes=["extes-crisis"])
+                if p.instructions:
+                    with gr.Accordion("Instructions", open=False):
+                        gr.Markdown(p.instructions)
+                chats, counters, boxes, buttons = [], [], [], []
+                with gr.Row(equal_height=True):
+                    for pane in PANES:
+                        with gr.Column(min_width=260):
+                            counters.append(gr.Markdown())
+                            chats.append(gr.Chatbot(
+                                label=pane_label(pane), height=460, feedback_options=[REPORT_OPTION],
+                                sanitize_html=True, render_markdown=True, latex_delimiters=[], buttons=[],
+                                allow_tags=False, allow_file_downloads=False, autoscroll=True,
+                                group_consecutive_messages=False, elem_classes=["extes-chat"],
+                            ))
+                            boxes.append(gr.Textbox(show_label=False, placeholder=f"Message to {pane_label(pane)}",
+                                                    max_lines=6, lines=1))
+                            buttons.append(gr.Button(f"Send to {pane_label(pane)}"))
+                with gr.Row():
+                    all_box = gr.Textbox(label="Send the same message to all three models", max_lines=6, lines=1,
+                                         scale=4)
+                    all_btn = gr.Button("Send to all", variant="primary", scale=1)
+                rate_hint = gr.Markdown()
+                self.radios = []
+                with gr.Column(visible=False) as rating_col:
+                    gr.Markdown("## Your ratings\nFor each question, compare each pair of models. "
+                                "All questions are required.")
+                    for aspect in p.aspects:
+                        gr.Markdown(f"### {safe_text(aspect.label)}\n{safe_text(aspect.question)}")
+                        with gr.Row():
+                            for left, right in PAIRS:
+                                self.radios.append(gr.Radio(
+                                    choices=[(f"{pane_label(left)} better", "left"), ("Tie", "tie"),
+                                             (f"{pane_label(right)} better", "right")],
+                                    label=f"{pane_label(left)} vs {pane_label(right)}", value=None,
+                                ))
+                    comment = gr.Textbox(label="Anything you would like to add? (optional)", lines=2, max_lines=8)
+                    submit_btn = gr.Button("Submit ratings", variant="primary")
+            with gr.Column(visible=False) as thanks_col:
+                thanks_md = gr.Markdown()
+                next_btn = gr.Button("Start the next conversation", variant="primary", visible=False)
+
+            self.chat_outputs = [banner, *chats, *counters, rate_hint, rating_col]
+            self.full_outputs = [code_box, conv_box, saved_code, consent_col, code_md, setup_col, progress_md,
+                                 scenario, description, chat_col, thanks_col, thanks_md, next_btn,
+                                 *self.chat_outputs, *self.radios, comment]
+            n_full = len(self.full_outputs)
+            full = dict(outputs=self.full_outputs, concurrency_limit=None)
+
+            demo.load(self._guard(n_full, self.on_load), inputs=[saved_code], api_visibility="private", **full)
+            agree_btn.click(self._guard(n_full, self.on_consent), inputs=None, api_name="consent", **full)
+            resume_btn.click(self._guard(n_full, self.on_resume), inputs=[resume_code], api_name="resume", **full)
+            start_btn.click(self._guard(n_full, self.on_start), inputs=[code_box, scenario, description],
+                            api_name="start", **full)
+            next_btn.click(self._guard(n_full, self.on_next), inputs=[code_box], api_name="next", **full)
+            submit_btn.click(self._guard(n_full, self.on_rate), inputs=[code_box, conv_box, *self.radios, comment],
+                             api_name="rate", **full)
+            for pane, box, btn, chat in zip(PANES, boxes, buttons, chats):
+                outs = [*self.chat_outputs, box]
+                fn = self._stream_guard(len(outs), self.make_send(pane))
+                for trigger in (btn.click, box.submit):
+                    trigger(fn, inputs=[code_box, conv_box, box], outputs=outs, concurrency_id="generate",
+                            concurrency_limit=self.concurrency, api_name=f"send_{pane.lower()}" if trigger == btn.click else None,
+                            api_visibility="public" if trigger == btn.click else "private")
+                chat.like(self._guard(0, self.make_report(pane)), inputs=[code_box, conv_box], outputs=None,
+                          api_visibility="private", concurrency_limit=None)
+            outs = [*self.chat_outputs, all_box]
+            fn = self._stream_guard(len(outs), self.make_send("ABC"))
+            all_btn.click(fn, inputs=[code_box, conv_box, all_box], outputs=outs, concurrency_id="generate",
+                          concurrency_limit=self.concurrency, api_name="send_all")
+            all_box.submit(fn, inputs=[code_box, conv_box, all_box], outputs=outs, concurrency_id="generate",
+                           concurrency_limit=self.concurrency, api_visibility="private")
+        return demo
+
+
+def build_participant_ui(study: Study, browser_secret: str | None = None, concurrency: int = 16) -> gr.Blocks:
+    return ParticipantUI(study, browser_secret, concurrency).build()

@@ -1,0 +1,402 @@
+"""The researcher dashboard (`/research`): live counts, results, agreement, flags, transcripts, CSVs.
+
+Off unless `EXTES_RESEARCH_PASSWORD` is set (the page then says so and offers nothing). Every handler
+checks the login kept server-side in the session (`gr.State`), so calling the page's endpoints directly
+without the password gets nothing; arm names (which the participant pages never show) are only sent
+after login, so they are not in the page's config either.
+
+It renders the analysis layer's result objects (`extes.study.analysis`) and the store's export frames;
+the only thing it decides itself is which rows to pass in (participants' votes, judges', or both;
+pairwise ratings and Likert ratings separately). The functions above the UI are plain functions of the
+store, tested without a browser.
+
+Hook: `extes.study.app.build_app` calls `build_research_ui(protocol, store, pool)` and mounts the
+returned Blocks at `/research`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from extes.study.protocol import Protocol
+from extes.study.store import Store
+
+log = logging.getLogger(__name__)
+
+PASSWORD_ENV = "EXTES_RESEARCH_PASSWORD"
+VOTE_SOURCES = ("participant", "judge", "all")
+N_BOOT = 1000
+OFF_MESSAGE = (f"The researcher dashboard is off. Set the environment variable `{PASSWORD_ENV}` to a "
+               "password and restart the app to turn it on.")
+FAIL_DELAY_S = 1.0  # slows down password guessing
+
+
+def md_escape(text: str) -> str:
+    """Text shown literally inside Markdown (analysis notes quote item ids like 'c-1/a~b')."""
+    out = html.escape(str(text), quote=False)
+    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", out)
+
+
+def research_password() -> str | None:
+    value = os.environ.get(PASSWORD_ENV, "")
+    return value if value.strip() else None
+
+
+def password_ok(given: str | None) -> bool:
+    """Constant-time comparison with the configured password; always False when the dashboard is off."""
+    expected = research_password()
+    if expected is None or not given:
+        return False
+    return hmac.compare_digest(str(given).encode("utf-8"), expected.encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------------ the numbers
+
+
+def live_counts(store: Store, protocol: Protocol | None = None) -> dict[str, int]:
+    """The store's counts plus annotation coverage (when a protocol is given) and completed ratings
+    (rated conversations plus judges' submitted items)."""
+    out = dict(store.counts())
+    if protocol is not None:
+        from extes.study.annotation import coverage
+
+        cov = coverage(store, protocol)
+        out["annotation_items"] = cov["items"]
+        out["annotation_items_complete"] = cov["complete_items"]
+        out["annotation_judgments"] = cov["judgments"]
+    out["completed_ratings"] = out["rated_conversations"] + out.get("annotation_judgments", 0)
+    return out
+
+
+COUNT_LABELS: tuple[tuple[str, str], ...] = (
+    ("participants", "Participants"), ("conversations", "Conversations"),
+    ("rated_conversations", "Rated conversations"), ("completed_ratings", "Completed ratings (incl. judges)"),
+    ("messages", "Messages"), ("votes", "Participant votes"), ("annotation_judgments", "Judge submissions"),
+    ("annotation_items_complete", "Annotation items with all judges"), ("flags", "Risk flags"),
+    ("open_flags", "Open flags"), ("reports", "Harmful-reply reports"),
+)
+
+
+def counts_markdown(counts: dict[str, int]) -> str:
+    rows = [f"| {label} | {counts[k]} |" for k, label in COUNT_LABELS if k in counts]
+    return "| Live counts | |\n|---|---:|\n" + "\n".join(rows)
+
+
+@dataclass
+class WinTieLossView:
+    table: pd.DataFrame | None = None  # paper layout: "W / T / L" percent per aspect, * for p < 0.05
+    rows: pd.DataFrame | None = None  # one row per opponent and aspect: %, counts, p-value, CI
+    figure: Any = None
+    note: str = ""
+
+
+def win_tie_loss_view(store: Store, reference: str | None, source: str = "participant",
+                      n_boot: int = N_BOOT, seed: int = 0) -> WinTieLossView:
+    """Win/tie/loss of `reference` per aspect (extes.study.analysis.win_tie_loss), or a note saying why
+    there is nothing to show yet."""
+    from extes.study.analysis import AnalysisInputError, plot_win_tie_loss, win_tie_loss
+
+    if source not in VOTE_SOURCES:
+        raise ValueError(f"votes source must be one of {', '.join(VOTE_SOURCES)}, got {source!r}")
+    votes = store.votes_frame(source)
+    if votes.empty:
+        return WinTieLossView(note=f"No votes yet ({source}).")
+    if not reference:
+        return WinTieLossView(note="Choose a reference arm.")
+    try:
+        result = win_tie_loss(votes, reference, n_boot=n_boot, seed=seed)
+    except AnalysisInputError as exc:
+        return WinTieLossView(note=str(exc))
+    rows = result.rows.copy()
+    for col in ("win", "tie", "loss"):
+        rows[col] = (100 * rows[col]).round(1)
+    cols = ["opponent", "aspect", "win", "tie", "loss", "n", "n_win", "n_tie", "n_loss", "p_value", "ci_low", "ci_high"]
+    note = (f"Reference arm: {reference}; {result.sessions} rating session(s). Win / tie / loss in %; "
+            "p: two-sided sign test on wins vs losses (ties left out), * marks p < 0.05; "
+            f"CI: {round(100 * result.confidence)}% session-bootstrap interval of win - loss ({n_boot} resamples).")
+    return WinTieLossView(result.table(), rows[cols], plot_win_tie_loss(result), note)
+
+
+@dataclass
+class AgreementView:
+    table: pd.DataFrame | None = None  # analysis_io.agreement_table: one row per source and aspect scope
+    quality: pd.DataFrame | None = None  # Likert mean per metric (dataset quality, paper Table 4 layout)
+    notes: list[str] = field(default_factory=list)
+
+
+def agreement_view(store: Store) -> AgreementView:
+    """Agreement of all ratings in the store (extes.study.analysis.agreement: overall, per source -
+    pairwise votes and Likert scores - and per aspect), plus the Likert means (dataset_quality)."""
+    from extes.study import analysis_io
+    from extes.study.analysis import AnalysisInputError, agreement, dataset_quality
+
+    view = AgreementView()
+    ratings = store.ratings_frame()
+    if ratings.empty:
+        view.notes.append("No ratings yet.")
+        return view
+    try:
+        result = agreement(ratings)
+    except AnalysisInputError as exc:
+        view.notes.append(str(exc))
+    else:
+        view.table = analysis_io.agreement_table(result)
+        notes_of = getattr(analysis_io, "agreement_notes", None)
+        view.notes += notes_of(result) if notes_of else list(result.notes)
+    likert = ratings[ratings["source"] == "likert"].reset_index(drop=True)
+    if not likert.empty:
+        try:
+            view.quality = analysis_io.quality_table(dataset_quality(likert))
+        except AnalysisInputError as exc:
+            view.notes.append(f"Likert means: {exc}")
+    return view
+
+
+def flagged_conversations(store: Store) -> pd.DataFrame:
+    """Risk flags and harmful-reply reports, newest first (texts stay in the transcript browser)."""
+    rows = [{"conversation_id": f["conversation_id"], "kind": "risk", "category": f["category"],
+             "message_id": f["message_id"], "created_at": f["created_at"],
+             "resolved": "yes" if f["resolved_at"] else "no"} for f in store.flags()]
+    rows += [{"conversation_id": r["conversation_id"], "kind": "report", "category": r["reason"],
+              "message_id": r["message_id"], "created_at": r["created_at"], "resolved": ""} for r in store.reports()]
+    cols = ["conversation_id", "kind", "category", "message_id", "created_at", "resolved"]
+    frame = pd.DataFrame(rows, columns=cols)
+    return frame.sort_values("created_at", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def conversation_list(store: Store) -> pd.DataFrame:
+    """Every conversation, newest first, with its arms (researchers are not blind) and a flag marker."""
+    flagged = {f["conversation_id"] for f in store.flags()} | {r["conversation_id"] for r in store.reports()}
+    cols = ["conversation_id", "participant_id", "seq", "status", "scenario", "arms (A, B, C)", "flagged",
+            "created_at"]
+    rows = [{"conversation_id": c["id"], "participant_id": c["participant_id"], "seq": c["seq"],
+             "status": c["status"], "scenario": c["scenario"], "arms (A, B, C)": ", ".join(c["arm_order"]),
+             "flagged": "yes" if c["id"] in flagged else "", "created_at": c["created_at"]}
+            for c in reversed(store.all_conversations())]
+    return pd.DataFrame(rows, columns=cols)
+
+
+TRANSCRIPT_COLUMNS = ["pane", "arm", "role", "text", "strategy", "latency_s", "n_tokens", "finish_reason",
+                      "created_at"]
+
+
+def transcript(store: Store, conversation_id: str) -> tuple[str, pd.DataFrame]:
+    """A heading (status, arms per pane, flags, comment) and the messages of one conversation, by pane.
+    Participant text and model output go into the data frame (shown as plain text), never into Markdown."""
+    conv = store.conversation((conversation_id or "").strip()) if conversation_id else None
+    if conv is None:
+        return "No such conversation.", pd.DataFrame(columns=TRANSCRIPT_COLUMNS)
+    arms = ", ".join(f"{p} = {a}" for p, a in zip("ABC", conv["arm_order"]))
+    n_flags = len(store.flags(conv["id"])) + len(store.reports(conv["id"]))
+    head = (f"Conversation {conv['id']} ({conv['status']}): panes {arms}; scenario: {conv['scenario']}; "
+            f"{n_flags} flag(s)/report(s)")
+    msgs = store.messages(conv["id"])
+    frame = pd.DataFrame([{c: m.get(c) for c in TRANSCRIPT_COLUMNS} for m in msgs], columns=TRANSCRIPT_COLUMNS)
+    if conv.get("comment"):
+        frame = pd.concat([frame, pd.DataFrame([{"pane": "", "role": "comment", "text": conv["comment"]}])],
+                          ignore_index=True)
+    return head, frame.sort_values("pane", kind="stable").reset_index(drop=True)
+
+
+EXPORTS = ("votes.csv", "judge_votes.csv", "ratings.csv")
+
+
+def export_csvs(store: Store, out_dir: str | Path) -> list[Path]:
+    """votes.csv (participants' votes), judge_votes.csv (judges'), ratings.csv, in the formats the analysis
+    commands read (`extes analyze --votes`, `extes agreement --ratings`); returns the paths."""
+    from extes.study.analysis_io import write_csv_atomic
+
+    out_dir = Path(out_dir)
+    frames = (store.votes_frame("participant"), store.votes_frame("judge"), store.ratings_frame())
+    return [write_csv_atomic(frame, out_dir / name) for name, frame in zip(EXPORTS, frames)]
+
+
+# ------------------------------------------------------------------------------------ handlers
+
+
+class NotLoggedIn(PermissionError):
+    pass
+
+
+class Dashboard:
+    """What the dashboard's buttons do, without Gradio: each call takes the session's login state
+    (`ok`, kept server-side in a gr.State) and refuses with NotLoggedIn when it is False."""
+
+    def __init__(self, store: Store, protocol: Protocol):
+        self.store = store
+        self.protocol = protocol
+
+    def login(self, given: str | None) -> list[str]:
+        """The arm names (for the reference choice) when the password is right; NotLoggedIn otherwise,
+        after a delay that slows down guessing. The UI preselects the last one (in the default and paper
+        protocols, the strategy-trained arm the paper compares against the others)."""
+        if not password_ok(given):
+            time.sleep(FAIL_DELAY_S)
+            raise NotLoggedIn("Wrong password." if research_password() else OFF_MESSAGE)
+        # The protocol's arms first, then any other arm the database holds votes for (an earlier protocol).
+        votes = self.store.votes_frame("all")
+        seen = sorted(set(votes["arm_a"]) | set(votes["arm_b"]))
+        return list(dict.fromkeys([*self.protocol.arm_names, *seen]))
+
+    @staticmethod
+    def _check(ok: bool) -> None:
+        if ok is not True:
+            raise NotLoggedIn("Log in first.")
+
+    def refresh(self, ok: bool, reference: str | None, source: str = "participant") -> dict[str, Any]:
+        self._check(ok)
+        return {
+            "counts": live_counts(self.store, self.protocol),
+            "win_tie_loss": win_tie_loss_view(self.store, reference, source),
+            "agreement": agreement_view(self.store),
+            "flags": flagged_conversations(self.store),
+            "conversations": conversation_list(self.store),
+        }
+
+    def transcript(self, ok: bool, conversation_id: str) -> tuple[str, pd.DataFrame]:
+        self._check(ok)
+        return transcript(self.store, conversation_id)
+
+    def export(self, ok: bool) -> list[Path]:
+        self._check(ok)
+        return export_csvs(self.store, tempfile.mkdtemp(prefix="extes-export-"))
+
+
+# ------------------------------------------------------------------------------------------- UI
+
+
+def render_research(store: Store, protocol: Protocol) -> None:
+    """Build the dashboard's components inside the current `gr.Blocks` context."""
+    gr.Markdown("# Researcher dashboard")
+    if research_password() is None:
+        gr.Markdown(OFF_MESSAGE, elem_id="research-off")
+        return
+
+    authed = gr.State(False)
+    with gr.Column(visible=True) as login_box:
+        password = gr.Textbox(label="Password", type="password", max_lines=1, elem_id="research-password")
+        login_btn = gr.Button("Open the dashboard", variant="primary", elem_id="research-login")
+    with gr.Column(visible=False) as board:
+        with gr.Row():
+            reference = gr.Dropdown(label="Reference arm", choices=[], interactive=True, scale=2)
+            source = gr.Radio(list(VOTE_SOURCES), value="participant", label="Votes from", scale=2)
+            refresh_btn = gr.Button("Refresh", scale=1, elem_id="research-refresh")
+        counts_md = gr.Markdown(elem_id="research-counts")
+        gr.Markdown("## Win / tie / loss per aspect")
+        wtl_note = gr.Markdown()
+        wtl_table = gr.Dataframe(label="W / T / L (%), * p < 0.05", interactive=False, wrap=True)
+        wtl_plot = gr.Plot(label="Win / tie / loss")
+        wtl_rows = gr.Dataframe(label="Details: counts, sign-test p-value, bootstrap CI", interactive=False, wrap=True)
+        gr.Markdown("## Agreement")
+        agree_note = gr.Markdown()
+        agree_table = gr.Dataframe(label="Fleiss' kappa, Krippendorff's alpha, percent agreement "
+                                   "(pairwise: participants' and judges' votes; likert: judges' scores)",
+                                   interactive=False)
+        quality = gr.Dataframe(label="Likert mean per metric", interactive=False)
+        gr.Markdown("## Flagged conversations\nRisk-pattern matches and harmful-reply reports. "
+                    "Click a row to open its transcript below.")
+        flags_note = gr.Markdown()
+        flags_df = gr.Dataframe(interactive=False, wrap=True, visible=False)
+        gr.Markdown("## Transcripts")
+        convs_df = gr.Dataframe(label="Conversations, newest first (click a row)", interactive=False, wrap=True,
+                                max_height=300)
+        with gr.Row():
+            conv_id = gr.Textbox(label="Conversation id", max_lines=1, scale=3)
+            show_btn = gr.Button("Show transcript", scale=1)
+        conv_head = gr.Markdown()
+        conv_msgs = gr.Dataframe(interactive=False, wrap=True, visible=False)
+        gr.Markdown("## Downloads")
+        export_btn = gr.Button("Prepare CSV downloads", elem_id="research-export")
+        files = gr.File(label="votes.csv, judge_votes.csv, ratings.csv", file_count="multiple", interactive=False,
+                        visible=False)
+
+    board_fns = Dashboard(store, protocol)
+
+    def guarded(fn):
+        @wraps(fn)
+        def wrapper(*args):
+            try:
+                return fn(*args)
+            except NotLoggedIn as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            except Exception as exc:  # noqa: BLE001 - logged by type only, shown generically
+                log.error("dashboard handler %s failed: %s", fn.__name__, type(exc).__name__)
+                raise gr.Error("The dashboard could not compute this; see the server log.", print_exception=False) from None
+        return wrapper
+
+    @guarded
+    def login(given: str):
+        arms = board_fns.login(given)
+        return (True, gr.update(visible=False), gr.update(visible=True),
+                gr.update(choices=arms, value=arms[-1] if arms else None))
+
+    def frame(value: pd.DataFrame | None):
+        """An empty table is hidden rather than drawn as Gradio's placeholder grid."""
+        if value is None or value.empty:
+            return gr.update(value=None, visible=False)
+        return gr.update(value=value, visible=True)
+
+    @guarded
+    def refresh(ok: bool, ref: str | None, src: str):
+        d = board_fns.refresh(ok, ref, src)
+        wtl, agree = d["win_tie_loss"], d["agreement"]
+        return (
+            counts_markdown(d["counts"]),
+            md_escape(wtl.note), frame(wtl.table),
+            gr.update(value=wtl.figure, visible=wtl.figure is not None), frame(wtl.rows),
+            "\n".join(f"- {md_escape(n)}" for n in agree.notes),
+            frame(agree.table), frame(agree.quality),
+            frame(d["flags"]) if not d["flags"].empty else gr.update(value=None, visible=False),
+            frame(d["conversations"]),
+            "" if not d["flags"].empty else "No flags or reports.",
+        )
+
+    @guarded
+    def show(ok: bool, cid: str):
+        head, msgs = board_fns.transcript(ok, cid)
+        return md_escape(head), frame(msgs)
+
+    @guarded
+    def select_row(ok: bool, evt: gr.SelectData):
+        row = getattr(evt, "row_value", None) or []
+        cid = str(row[0]) if row else ""
+        head, msgs = board_fns.transcript(ok, cid)
+        return cid, md_escape(head), frame(msgs)
+
+    @guarded
+    def export(ok: bool):
+        return gr.update(value=[str(p) for p in board_fns.export(ok)], visible=True)
+
+    outputs = [counts_md, wtl_note, wtl_table, wtl_plot, wtl_rows, agree_note, agree_table,
+               quality, flags_df, convs_df, flags_note]
+    private = dict(api_visibility="private")
+    for trigger in (login_btn.click, password.submit):
+        trigger(login, [password], [authed, login_box, board, reference], **private).success(
+            refresh, [authed, reference, source], outputs, **private)
+    for trigger in (refresh_btn.click, reference.input, source.input):
+        trigger(refresh, [authed, reference, source], outputs, **private)
+    for trigger in (show_btn.click, conv_id.submit):
+        trigger(show, [authed, conv_id], [conv_head, conv_msgs], **private)
+    for table in (convs_df, flags_df):
+        table.select(select_row, [authed], [conv_id, conv_head, conv_msgs], **private)
+    export_btn.click(export, [authed], [files], **private)
+
+
+def build_research_ui(protocol: Protocol, store: Store, pool: Any = None):
+    """The `/research` Blocks (mounted by extes.study.app.build_app)."""
+    with gr.Blocks(title="Study dashboard", analytics_enabled=False, fill_width=True) as demo:
+        render_research(store, protocol)
+    return demo

@@ -1,0 +1,31 @@
+"""Small helpers the method modules share: loading the base for training and saving PEFT outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from extes.train.config import TrainConfig
+
+
+def load_for_training(cfg: TrainConfig, device: torch.device):
+    """The base model in fp32 on `device` (mixed precision on GPU comes from autocast in the loop)."""
+    from extes.models.loading import load_base
+
+    model, _tok = load_base(cfg.base, dtype="float32", device=str(device))
+    return model
+
+
+def enable_checkpointing(model, cfg: TrainConfig) -> None:
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+
+
+def save_peft(model, out: Path, cfg: TrainConfig) -> None:
+    """Save the adapter only; its config names the base as given to training (e.g. the embedded name),
+    so an arm or `PeftModel.from_pretrained(load_base(base), out)` finds the same base."""
+    for pc in model.peft_config.values():
+        pc.base_model_name_or_path = cfg.base
+    model.save_pretrained(str(out), safe_serialization=True)

@@ -1,0 +1,162 @@
+"""Test doubles and builders for the study app tests (imported by tests/test_study_*.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ARM_NAMES = ("arm-secret-alpha", "arm-secret-beta", "arm-secret-gamma")
+
+
+@dataclass
+class Reply:
+    text: str
+    strategy: str | None
+    raw_text: str
+    n_tokens: int
+    latency_s: float
+    ttft_s: float | None
+    finish_reason: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Event:
+    delta: str
+    done: bool = False
+    reply: Reply | None = None
+
+
+class FakePool:
+    """Follows the ArmPool interface (stream, stream_many, generate, generate_batch, close) with canned,
+    word-by-word replies. Records every request so tests can check what a model was shown."""
+
+    def __init__(self, arm_names=ARM_NAMES, delay: float = 0.0, fail_arm: str | None = None,
+                 words: int = 6):
+        self.arm_names = tuple(arm_names)
+        self.delay = delay
+        self.fail_arm = fail_arm
+        self.words = words
+        self.calls: list[tuple[str, list[dict]]] = []
+        self.lock = threading.Lock()
+
+    def _reply_words(self, messages) -> list[str]:
+        n_user = sum(1 for m in messages if m["role"] == "user")
+        base = f"That sounds hard; thank you for telling me (turn {n_user})."
+        return (base + " Tell me more.").split()[: max(1, self.words)] or ["Okay."]
+
+    def stream(self, arm_name, messages, cancel=None):
+        for _key, ev in self.stream_many({"_": (arm_name, messages)}, cancel=cancel):
+            yield ev
+
+    def stream_many(self, requests, cancel=None):
+        with self.lock:
+            for arm, messages in requests.values():
+                if arm not in self.arm_names:
+                    raise KeyError(f"unknown arm {arm!r}")
+                self.calls.append((arm, [dict(m) for m in messages]))
+        if self.fail_arm and any(arm == self.fail_arm for arm, _ in requests.values()):
+            raise RuntimeError(f"backend for {self.fail_arm} is down")
+        start = time.perf_counter()
+        plans = {k: self._reply_words(m) for k, (_a, m) in requests.items()}
+        texts = {k: "" for k in requests}
+        step = 0
+        while any(step < len(w) for w in plans.values()):
+            for key, words in plans.items():
+                if step < len(words):
+                    if cancel is not None and cancel.is_set():
+                        return
+                    delta = ("" if step == 0 else " ") + words[step]
+                    texts[key] += delta
+                    yield key, Event(delta)
+            step += 1
+            if self.delay:
+                time.sleep(self.delay)
+        for key in requests:
+            arm = requests[key][0]
+            yield key, Event("", True, Reply(texts[key], None, texts[key], len(plans[key]),
+                                               time.perf_counter() - start, 0.0, "stop",
+                                               {"temperature": 0.7, "arm_checked": arm is not None}))
+
+    def generate(self, arm_name, messages):
+        reply = None
+        for ev in self.stream(arm_name, messages):
+            if ev.done:
+                reply = ev.reply
+        return reply
+
+    def generate_batch(self, arm_name, list_of_messages, settings_override=None):
+        return [self.generate(arm_name, m) for m in list_of_messages]
+
+    def close(self):
+        pass
+
+
+def protocol_dict(arms: list[dict] | None = None, min_turns: int = 2, conversations: int = 2, **extra) -> dict:
+    """A small protocol mapping; arms default to three plain tiny-model-free local arms on the embedded name
+    (only validated, never loaded, when used with FakePool)."""
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "eval_protocol" / "default.yaml").read_text())
+    data["arms"] = arms or [{"name": n} for n in ARM_NAMES]
+    data["min_user_turns"] = min_turns
+    data["conversations_per_participant"] = conversations
+    data.update(extra)
+    return data
+
+
+def make_protocol(tmp_path: Path, **kw):
+    from extes.study.protocol import load_protocol
+
+    path = tmp_path / "protocol.yaml"
+    path.write_text(yaml.safe_dump(protocol_dict(**kw), sort_keys=False))
+    return load_protocol(path)
+
+
+def full_answers(study, choice: str = "left") -> dict[str, str]:
+    return {key: choice for key, *_ in study.questions()}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """Serve a FastAPI app with uvicorn on a loopback port in a background thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def tiny_arm_dicts(tiny_base: Path, adapter: Path | None = None, names=ARM_NAMES, max_new_tokens: int = 8):
+    arms = [{"name": n, "base": str(tiny_base), "generation": {"max_new_tokens": max_new_tokens, "seed": 0}}
+            for n in names]
+    if adapter is not None:
+        arms[1]["adapter"] = str(adapter)
+    return arms
