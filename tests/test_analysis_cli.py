@@ -145,7 +145,7 @@ class FakeStore:
     def __init__(self, votes: pd.DataFrame, ratings: pd.DataFrame):
         self._votes, self._ratings, self.closed = votes, ratings, False
 
-    def votes_frame(self) -> pd.DataFrame:
+    def votes_frame(self, source: str = "participant") -> pd.DataFrame:
         return self._votes.copy()
 
     def ratings_frame(self) -> pd.DataFrame:
@@ -268,6 +268,6 @@ def test_against_a_real_study_store(capsys, tmp_path):
     code, out, _ = run(capsys, "agreement", "--ratings", tmp_path / "r.csv", "--json")
     assert code == 0
     payload = json.loads(out)
-    assert payload["per_source"]["likert"]["items"] == 2
-    assert payload["per_source"]["likert"]["krippendorff_alpha"]["ordinal"] is not None
-    assert [r["source"] for r in payload["dataset_quality"]] == ["likert"]
+    assert payload["per_source"]["extes"]["items"] == 2
+    assert payload["per_source"]["extes"]["krippendorff_alpha"]["ordinal"] is not None
+    assert [r["source"] for r in payload["dataset_quality"]] == ["extes"]

@@ -179,7 +179,7 @@ def test_dataset_dialogues_are_rated_on_the_likert_scale(store, tmp_path):
     assert len(store.ratings_frame()) == 1  # only the participant's own vote
     ann.submit_likert(store, protocol, judge, a["id"], {k: "3" for k in aspects})
     frame = store.ratings_frame()
-    likert = frame[frame["source"] == "likert"]
+    likert = frame[frame["source"] != "pairwise"]
     assert len(likert) == 5 and set(likert["label"]) == {"3"} and set(likert["item_id"]) == {a["item_id"]}
     assert set(likert["aspect"]) == {k.lower() for k in aspects}
     assert ann.coverage(store, protocol) == {"items": 2, "complete_items": 0, "judgments": 1}

@@ -128,10 +128,10 @@ def test_refresh_renders_counts_win_tie_loss_agreement_and_flags(setup, monkeypa
 
     agree = d["agreement"]
     table = agree.table.set_index(["source", "aspect"])
-    assert {"pairwise", "likert"} <= set(agree.table["source"])
-    assert table.loc[("likert", "all"), "percent_agreement"] == pytest.approx(1.0)
-    assert table.loc[("likert", "all"), "items"] == 2 * 5  # two dialogues x five metrics, two judges each
-    assert agree.quality is not None and (agree.quality["likert"] == 2.0).all()
+    assert {"pairwise", "extes"} <= set(agree.table["source"])
+    assert table.loc[("extes", "all"), "percent_agreement"] == pytest.approx(1.0)
+    assert table.loc[("extes", "all"), "items"] == 2 * 5  # two dialogues x five metrics, two judges each
+    assert agree.quality is not None and (agree.quality["extes"] == 2.0).all()
 
     flags = d["flags"]
     assert list(flags["conversation_id"]) == [conv_ids[0]] and flags["category"].iloc[0] == "suicide"
@@ -172,6 +172,6 @@ def test_csv_exports_load_in_the_analysis_layer(setup, tmp_path):
     judged = sum(1 for a in store.assignments() if a["status"] == "done" and a["pane_order"])
     assert len(load_votes(str(paths[1]), allow_empty=True)) == 15 * judged
     ratings = pd.read_csv(paths[2], dtype=str)
-    assert len(ratings[ratings["source"] == "likert"]) == 5 * (n_items - judged)
+    assert len(ratings[ratings["source"] != "pairwise"]) == 5 * (n_items - judged)
     assert len(ratings[ratings["source"] == "pairwise"]) == 15 * (2 + judged)
     load_ratings(str(paths[2]), require_pairs=False)

@@ -103,7 +103,7 @@ def test_exports_match_the_analysis_formats(tmp_path):
     ratings = store.ratings_frame()
     assert list(ratings.columns) == ["item_id", "rater_id", "label", "aspect", "source"]
     checked = load_ratings(ratings)
-    likert = checked[checked["source"] == "likert"]
+    likert = checked[checked["source"] != "pairwise"]
     assert sorted(likert["label"]) == ["2", "3", "3", "3"]
     # The participant said tie for x~y overall, both judges said x (arm_b of their judgment) was better.
     item = checked[(checked["item_id"] == f"{conv['id']}/x~y") & (checked["aspect"] == "overall")]

@@ -41,10 +41,10 @@ def _close(store: Any) -> None:
         close()
 
 
-def _votes_from_db(db: str, allow_empty: bool = False) -> pd.DataFrame:
+def _votes_from_db(db: str, allow_empty: bool = False, who: str = "participant") -> pd.DataFrame:
     store = _open_store(db)
     try:
-        frame = store.votes_frame()
+        frame = store.votes_frame(who)
     finally:
         _close(store)
     return load_votes(frame, where=f"{db} (votes)", allow_empty=allow_empty)
@@ -76,6 +76,8 @@ def _fmt(value: float, spec: str = ".3f") -> str:
 def configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, help="study database (SQLite path or SQLAlchemy URL)")
     parser.add_argument("--votes", type=Path, help="write the Votes CSV here")
+    parser.add_argument("--voters", choices=("participant", "judge", "all"), default="participant",
+                        help="whose votes: the participants' own (default), third-party judges', or both")
     parser.add_argument("--ratings", type=Path, help="write the Ratings CSV (annotation judgments) here")
 
 
@@ -83,7 +85,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.votes is None and args.ratings is None:
         raise ValueError("nothing to export: give --votes FILE and/or --ratings FILE")
     # Read and validate everything before writing anything, so a bad record leaves no file behind.
-    votes = _votes_from_db(args.db, allow_empty=True) if args.votes else None
+    votes = _votes_from_db(args.db, allow_empty=True, who=args.voters) if args.votes else None
     ratings = _ratings_from_db(args.db, for_agreement=False) if args.ratings else None
     if votes is not None:
         write_csv_atomic(votes[list(VOTE_COLUMNS + VOTE_OPTIONAL)], args.votes)
@@ -102,6 +104,8 @@ def configure_analyze(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--votes", type=Path, help="Votes CSV")
     source.add_argument("--db", help="study database (SQLite path or SQLAlchemy URL)")
     parser.add_argument("--reference", required=True, help="the arm whose win/tie/loss is reported")
+    parser.add_argument("--voters", choices=("participant", "judge", "all"), default="participant",
+                        help="with --db: whose votes (default: the participants' own)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--out", type=Path, help="write Markdown, CSV and PNG reports into this directory")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -111,7 +115,7 @@ def configure_analyze(parser: argparse.ArgumentParser) -> None:
 def run_analyze(args: argparse.Namespace) -> int:
     from extes.study.analysis import bradley_terry, win_rate_matrix, win_tie_loss
 
-    votes = load_votes(args.votes) if args.votes else _votes_from_db(args.db)
+    votes = load_votes(args.votes) if args.votes else _votes_from_db(args.db, who=args.voters)
     wtl = win_tie_loss(votes, args.reference, n_boot=args.n_boot, seed=args.seed)
     bt = bradley_terry(votes, n_boot=args.n_boot, seed=args.seed)
     matrices = [win_rate_matrix(votes, aspect) for aspect in dict.fromkeys(bt.ratings["aspect"])]

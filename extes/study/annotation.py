@@ -110,7 +110,9 @@ def sync_items(store: Store, protocol: Protocol) -> dict[str, int]:
             if item_id in known:
                 continue
             payload = {"scene": d.scene, "turns": [[t.role, t.text] for t in d.turns]}
-            new["dialogue"] += store.add_annotation_item(item_id, "dialogue", source=str(settings.dataset),
+            # the dialogue's own source ("extes" for ExTES JSON such as the seeds, "extes-build" for
+            # generated JSONL, "esconv") so the Likert means compare datasets as the paper's Table 4
+            new["dialogue"] += store.add_annotation_item(item_id, "dialogue", source=d.source or str(settings.dataset),
                                                          payload=payload)
         _synced_datasets.add(stamp)
     return new

@@ -635,8 +635,9 @@ class Store:
     def ratings_frame(self):
         """Ratings CSV frame: item_id, rater_id, label, aspect, source.
 
-        - source "likert": judges' Likert scores of dataset dialogues (item_id = annotation item id,
-          label = the score as text, aspect = the Likert aspect lower-cased);
+        - Likert rows: judges' 0-3 scores of dataset dialogues (item_id = annotation item id,
+          label = the score as text, aspect = the Likert aspect lower-cased, source = the dialogue's
+          dataset source, e.g. "extes" or "extes-build", so means compare datasets as in Table 4);
         - source "pairwise": every pairwise vote on a conversation, by its participant and by judges,
           as one item per conversation and arm pair: item_id = "<conversation>/<arm x>~<arm y>" with the
           two arms sorted, label = "x" (the first arm better), "y" or "tie", so raters who saw the
@@ -646,9 +647,12 @@ class Store:
 
         out: list[dict[str, Any]] = []
         with self.engine.connect() as conn:
-            for r in conn.execute(sa.select(likert_ratings).order_by(likert_ratings.c.id)):
+            q = (sa.select(likert_ratings, annotation_items.c.source.label("item_source"))
+                 .join(annotation_items, annotation_items.c.id == likert_ratings.c.item_id)
+                 .order_by(likert_ratings.c.id))
+            for r in conn.execute(q):
                 out.append({"item_id": r.item_id, "rater_id": r.judge_id, "label": str(r.score),
-                            "aspect": r.aspect.lower(), "source": "likert"})
+                            "aspect": r.aspect.lower(), "source": r.item_source or "likert"})
             pair_rows = [(r.conversation_id, r.rater_id, r.aspect, r.arm_a, r.arm_b, r.outcome)
                          for r in conn.execute(sa.select(votes).order_by(votes.c.id))]
             pair_rows += [(r.conversation_id, r.judge_id, r.aspect, r.arm_a, r.arm_b, r.outcome)

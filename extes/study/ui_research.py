@@ -156,7 +156,7 @@ def agreement_view(store: Store) -> AgreementView:
         view.table = analysis_io.agreement_table(result)
         notes_of = getattr(analysis_io, "agreement_notes", None)
         view.notes += notes_of(result) if notes_of else list(result.notes)
-    likert = ratings[ratings["source"] == "likert"].reset_index(drop=True)
+    likert = ratings[ratings["source"] != "pairwise"].reset_index(drop=True)  # Likert rows: by dataset
     if not likert.empty:
         try:
             view.quality = analysis_io.quality_table(dataset_quality(likert))
