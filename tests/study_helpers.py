@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from extes.models.engine import (  # the real result types: the fake differs only in how it generates
+    Event,
+    Reply,
+)
+
 ARM_NAMES = ("arm-secret-alpha", "arm-secret-beta", "arm-secret-gamma")
-
-
-@dataclass
-class Reply:
-    text: str
-    strategy: str | None
-    raw_text: str
-    n_tokens: int
-    latency_s: float
-    ttft_s: float | None
-    finish_reason: str
-    settings: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Event:
-    delta: str
-    done: bool = False
-    reply: Reply | None = None
 
 
 class FakePool:

@@ -9,9 +9,10 @@ honours max_tokens.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from extes.build.files import read_mapping
 
 # USD per 1M tokens (input, output). Defaults only: providers change prices; pass --prices FILE
 # (JSON or YAML {model: {"input": x, "output": y}}) or --price-in/--price-out to be exact.
@@ -36,18 +37,7 @@ class Price:
 
 def load_prices(path: str | Path) -> dict[str, tuple[float, float]]:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such prices file")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    data = read_mapping(path, "prices")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of model -> {{input, output}} USD per 1M tokens")
     out = {}

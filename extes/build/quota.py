@@ -8,9 +8,9 @@ split is deterministic and consecutive rounds together follow the proportions.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from extes.build.files import read_mapping
 from extes.taxonomy import SCENARIO_NAMES, UnknownLabelError, normalize_scenario, scenario_proportions
 
 
@@ -18,18 +18,7 @@ def load_proportions(path: str | Path | None = None) -> dict[str, float]:
     if path is None:
         return scenario_proportions()
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such quota file")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    data = read_mapping(path, "quota")
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{path}: expected a non-empty mapping of scenario name -> weight")
     weights: dict[str, float] = {}
