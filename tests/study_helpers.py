@@ -21,10 +21,12 @@ class FakePool:
     word-by-word replies. Records every request so tests can check what a model was shown."""
 
     def __init__(self, arm_names=ARM_NAMES, delay: float = 0.0, fail_arm: str | None = None,
-                 words: int = 6):
+                 words: int = 6, error_arm: str | None = None, finish: str = "stop"):
         self.arm_names = tuple(arm_names)
         self.delay = delay
-        self.fail_arm = fail_arm
+        self.fail_arm = fail_arm  # the whole stream_many call raises
+        self.error_arm = error_arm  # only this arm's request ends with an error event, as in ArmPool
+        self.finish = finish
         self.words = words
         self.calls: list[tuple[str, list[dict]]] = []
         self.lock = threading.Lock()
@@ -63,8 +65,11 @@ class FakePool:
                 time.sleep(self.delay)
         for key in requests:
             arm = requests[key][0]
+            if arm == self.error_arm:
+                yield key, Event("", True, None, error="the backend went away")
+                continue
             yield key, Event("", True, Reply(texts[key], None, texts[key], len(plans[key]),
-                                               time.perf_counter() - start, 0.0, "stop",
+                                               time.perf_counter() - start, 0.0, self.finish,
                                                {"temperature": 0.7, "arm_checked": arm is not None}))
 
     def generate(self, arm_name, messages):

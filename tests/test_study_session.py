@@ -220,6 +220,37 @@ def test_model_failure_is_generic_and_keeps_the_user_message(tmp_path):
     assert [m["role"] for m in s.store.messages(view.conversation_id)] == ["user"] * 3
 
 
+def test_one_failing_pane_keeps_what_was_shown_and_the_other_panes(tmp_path):
+    protocol = make_protocol(tmp_path, min_turns=2)
+    s = Study(protocol, Store(tmp_path / "s.sqlite"), FakePool(error_arm=ARM_NAMES[1]))
+    view = s.start_conversation(s.consent().code, "Academic Stress")
+    failing = "ABC"[view_order(s, view).index(ARM_NAMES[1])]
+    with pytest.raises(StudyRefusal, match="send your message again"):
+        chat(s, view, "hello")
+    rows = s.store.messages(view.conversation_id)
+    by_pane = {p: [r["role"] for r in rows if r["pane"] == p] for p in "ABC"}
+    assert by_pane[failing] == ["user", "assistant"]  # the partial text, kept
+    assert [r["finish_reason"] for r in rows if r["pane"] == failing and r["role"] == "assistant"] == ["error"]
+    others = [r["finish_reason"] for r in rows if r["pane"] != failing and r["role"] == "assistant"]
+    assert others == ["stop", "stop"]  # the other panes finished normally
+
+
+def view_order(s, view):
+    return s.store.conversation(view.conversation_id)["arm_order"]
+
+
+def test_a_reply_cut_by_the_length_cap_is_shown_up_to_its_last_sentence(tmp_path):
+    protocol = make_protocol(tmp_path)
+    pool = FakePool(finish="length")
+    pool._reply_words = lambda messages: ["That", "sounds", "hard.", "Maybe", "you"]
+    s = Study(protocol, Store(tmp_path / "s.sqlite"), pool)
+    view = s.start_conversation(s.consent().code, "Academic Stress")
+    last = chat(s, view, "hello", panes="A")
+    [reply] = [r for r in s.store.messages(view.conversation_id, "A") if r["role"] == "assistant"]
+    assert reply["text"] == "That sounds hard." and reply["raw_text"] == "That sounds hard. Maybe you"
+    assert last is not None
+
+
 def test_abandoned_stream_keeps_the_partial_reply(study):
     view = study.start_conversation(study.consent().code, "Academic Stress")
     stream = study.send(view.code, view.conversation_id, "A", "hello")

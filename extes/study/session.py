@@ -41,6 +41,19 @@ def answer_key(aspect_key: str, pair: tuple[str, str]) -> str:
     return f"{aspect_key}:{pair[0]}{pair[1]}"
 
 
+
+def trim_to_sentence(text: str, keep: float = 0.5) -> str:
+    """A reply cut by the length cap ends mid-sentence ("... That could help. If you"): show it up to its
+    last complete sentence, when that keeps at least `keep` of the text (the raw text is stored too)."""
+    cut = max(text.rfind(c) for c in ".!?")
+    if cut < 0:
+        return text
+    end = cut + 1
+    while end < len(text) and text[end] in "\"')]*":
+        end += 1
+    return text[:end].rstrip() if end >= keep * len(text) else text
+
+
 class StudyRefusal(ValueError):
     """A request the study refuses; nothing was stored. `hint=True` for gentle nudges (an empty message)."""
 
@@ -290,9 +303,20 @@ class Study:
                 slot = by_pane[pane].messages[-1]
                 if event.delta:
                     partial[pane] += event.delta
+                if event.done and event.reply is None and getattr(event, "error", None):
+                    # this pane's model failed (the others go on): keep what was shown, as for an
+                    # interrupted reply; the participant is asked to send again below
+                    if partial[pane]:
+                        self._store_reply(conv, pane, partial[pane], None, finish_reason="error")
+                    else:
+                        by_pane[pane].messages.pop()
+                    log.error("generation failed in conversation %s (pane %s)", conv["id"], pane)
+                    continue
                 if event.done:
                     reply = event.reply
                     reply_text = reply.text if reply is not None else partial[pane]
+                    if reply is not None and reply.finish_reason == "length":
+                        reply_text = trim_to_sentence(reply_text)
                     mid = self._store_reply(conv, pane, reply_text, reply)
                     slot.update(content=reply_text, id=mid)
                     by_pane[pane].turns += 1
