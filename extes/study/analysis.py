@@ -636,7 +636,7 @@ def agreement(ratings: pd.DataFrame | str | os.PathLike) -> AgreementResult:
     """Inter-rater agreement overall and, when an ``aspect`` column is filled, per aspect.
 
     For the pooled figures each (source, item, aspect) is one unit. With several sources (e.g. the
-    study store's "likert" and "pairwise" ratings, whose labels are on different scales) each source
+    study store's Likert ratings of each dataset and its "pairwise" ratings, whose labels are on different scales) each source
     also gets its own result in ``per_source``; the pooled figures then mix scales, and a note says so.
     """
     ratings = _as_ratings(ratings)

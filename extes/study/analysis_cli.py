@@ -170,7 +170,7 @@ def run_agreement(args: argparse.Namespace) -> int:
     ratings = load_ratings(args.ratings) if args.ratings else _ratings_from_db(args.db, for_agreement=True)
     result = agreement(ratings)
     quality = None
-    # Table 4 needs scores: sources whose labels are all numbers (the store's "likert", not "pairwise").
+    # Table 4 needs scores: sources whose labels are all numbers (the store's Likert rows, by dataset, not "pairwise").
     numeric = [
         s
         for s, labels in ratings.groupby("source")["label"]
