@@ -12,7 +12,7 @@ from pathlib import Path
 
 from extes.dialogue import (
     Dialogue,
-    _atomic_write,
+    atomic_write,
     iter_data_files,
     load_dialogues,
     write_extes_json,
@@ -91,7 +91,7 @@ def write_split(split: Split, out_dir: str | Path, sources: list[str | Path], se
     }
     for name, ds in split.parts().items():
         write_jsonl(ds, out / f"{name}.jsonl")
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return out
 
 

@@ -143,7 +143,7 @@ def _stable_id(prefix: str, payload: Any) -> str:
     return f"{prefix}-{h}"
 
 
-def _merge_consecutive(turns: list[Turn]) -> list[Turn]:
+def merge_consecutive_turns(turns: list[Turn]) -> list[Turn]:
     merged: list[Turn] = []
     for t in turns:
         if merged and merged[-1].role == t.role:
@@ -252,7 +252,7 @@ def _esconv_record(rec: Any, where: str, index: int, merge_consecutive: bool) ->
     if not turns:
         raise DataError(f"{where}: record {index}: no turns")
     if merge_consecutive:
-        turns = _merge_consecutive(turns)
+        turns = merge_consecutive_turns(turns)
     meta = {k: rec[k] for k in ("experience_type", "emotion_type", "survey_score", "seeker_question1",
                                  "seeker_question2", "supporter_question1", "supporter_question2") if k in rec}
     return Dialogue(
@@ -397,7 +397,7 @@ def load_dialogues(paths: str | Path | Iterable[str | Path], lenient: bool = Fal
 # Writing (atomic: write a temp file, then rename, so a crash never leaves a half-written file)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -413,11 +413,11 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def write_jsonl(dialogues: Iterable[Dialogue], path: str | Path) -> Path:
     path = Path(path)
-    _atomic_write(path, "".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in dialogues))
+    atomic_write(path, "".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in dialogues))
     return path
 
 
 def write_extes_json(dialogues: Iterable[Dialogue], path: str | Path) -> Path:
     path = Path(path)
-    _atomic_write(path, json.dumps([d.to_extes() for d in dialogues], ensure_ascii=False, indent=2) + "\n")
+    atomic_write(path, json.dumps([d.to_extes() for d in dialogues], ensure_ascii=False, indent=2) + "\n")
     return path

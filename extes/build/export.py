@@ -16,7 +16,7 @@ from typing import Any
 
 from extes.build.dedup import words
 from extes.build.state import RunState, round_of
-from extes.dialogue import Dialogue, _atomic_write, write_extes_json, write_jsonl
+from extes.dialogue import Dialogue, atomic_write, write_extes_json, write_jsonl
 from extes.taxonomy import SCENARIO_NAMES
 
 
@@ -100,11 +100,11 @@ def export_run(run_dir: str | Path, seeds: list[Dialogue], n_rounds: int | None 
         "human_adjustment_rate": (sum(r["accepted_by_review"] for r in rounds) / len(generated)
                                   if generated else 0.0),
     }
-    _atomic_write(run_dir / "rounds.json", json.dumps({"rounds": rounds, "total": totals}, indent=2) + "\n")
+    atomic_write(run_dir / "rounds.json", json.dumps({"rounds": rounds, "total": totals}, indent=2) + "\n")
     if generated:  # `extes stats` for the generated part (Tables 1-3 and 5 of the paper)
         from extes.stats import compute_stats, format_stats
 
         st = compute_stats(generated)
-        _atomic_write(run_dir / "stats.txt", format_stats(st) + "\n")
-        _atomic_write(run_dir / "stats.json", json.dumps(st.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        atomic_write(run_dir / "stats.txt", format_stats(st) + "\n")
+        atomic_write(run_dir / "stats.json", json.dumps(st.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return rounds

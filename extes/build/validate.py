@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from extes.build.dedup import NearDupIndex, TurnIndex, dialogue_text, jaccard, shingles, turn_key, words
 from extes.build.parse import ParseError, parse_reply
-from extes.dialogue import Dialogue, Turn, _merge_consecutive
+from extes.dialogue import Dialogue, Turn, merge_consecutive_turns
 from extes.taxonomy import SCENARIO_NAMES, UnknownLabelError, normalize_scenario
 
 ACCEPTED, REJECTED, NEEDS_REVIEW = "accepted", "rejected", "needs_review"
@@ -70,7 +70,7 @@ def check_structure(d: Dialogue, requested_scene: str, rules: Rules) -> tuple[li
             reasons.append(f"roles_not_alternating: {n_runs} places where a speaker talks twice in a row")
         else:
             notes.append(f"merged {n_runs} consecutive same-speaker turn(s)")
-            merged = _merge_consecutive(d.turns)
+            merged = merge_consecutive_turns(d.turns)
             for t in merged:  # a merged assistant turn is labelled if either part was
                 if t.strategy:
                     t.meta.pop("missing_strategy", None)

@@ -197,7 +197,7 @@ def _sources(args) -> list[tuple[str, list[str]]]:
 
 
 def run_toxicity(args) -> int:
-    from extes.dialogue import _atomic_write
+    from extes.dialogue import atomic_write
     from extes.metrics.toxicity import ATTRIBUTES, ScoreCache, ToxicityError, make_scorer, score_texts
 
     label_map = {}
@@ -232,8 +232,8 @@ def run_toxicity(args) -> int:
         lines.append("| " + " | ".join([r["source"], *cells, str(r["n_scored"]), str(r["n_failed"])]) + " |")
     table = "\n".join(lines) + f"\n\n- Scorer: {rows[0]['scorer']}. Mean probability per attribute.\n"
     out = Path(args.out)
-    _atomic_write(out / "toxicity.json", json.dumps(rows, indent=2, ensure_ascii=False, default=_nan_none) + "\n")
-    _atomic_write(out / "toxicity.md", table)
+    atomic_write(out / "toxicity.json", json.dumps(rows, indent=2, ensure_ascii=False, default=_nan_none) + "\n")
+    atomic_write(out / "toxicity.md", table)
     print(json.dumps(rows, indent=2, default=_nan_none) if args.json else table)
     return 0
 

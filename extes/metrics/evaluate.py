@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extes.dialogue import Dialogue, _atomic_write, load_dialogues
+from extes.dialogue import Dialogue, atomic_write, load_dialogues
 
 COLUMNS = ("PPL", "METEOR", "B-2", "B-4", "R-L", "Extrema", "D-1", "D-2", "D-3")
 AVG_COLUMNS = ("D-1 avg", "D-2 avg", "D-3 avg")
@@ -217,7 +217,7 @@ def _repair_tail(path: Path) -> None:
         return
     data = path.read_bytes()
     if not data.endswith(b"\n"):
-        _atomic_write(path, data[: data.rfind(b"\n") + 1].decode("utf-8", errors="replace"))
+        atomic_write(path, data[: data.rfind(b"\n") + 1].decode("utf-8", errors="replace"))
 
 
 def generate(pool, arm, items: Sequence[Item], settings: dict[str, Any], cache: Path, batch_size: int = 8,
@@ -545,7 +545,7 @@ def write_outputs(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md", "replies": out / "replies.jsonl"}
-    _atomic_write(paths["json"], json.dumps(result.payload, indent=2, ensure_ascii=False) + "\n")
-    _atomic_write(paths["markdown"], markdown_table([result]))
-    _atomic_write(paths["replies"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.replies))
+    atomic_write(paths["json"], json.dumps(result.payload, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(paths["markdown"], markdown_table([result]))
+    atomic_write(paths["replies"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.replies))
     return paths

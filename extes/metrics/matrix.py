@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extes.dialogue import _atomic_write, load_dialogues
+from extes.dialogue import atomic_write, load_dialogues
 from extes.metrics.evaluate import (
     EvalOptions,
     EvalResult,
@@ -176,8 +176,8 @@ def write_table(results: list[EvalResult], out: Path, group_by_data: bool) -> di
     out.mkdir(parents=True, exist_ok=True)
     md = out / "table.md"
     js = out / "table.json"
-    _atomic_write(md, markdown_table(results, group_by_data=group_by_data))
+    atomic_write(md, markdown_table(results, group_by_data=group_by_data))
     rows = [{"test_set": r.data, "arm": r.arm, **r.metrics, "n_turns": r.payload["data"]["n_turns"],
              "n_dialogues": r.payload["data"]["n_dialogues"]} for r in results]
-    _atomic_write(js, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(js, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     return {"markdown": md, "json": js}
