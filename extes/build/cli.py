@@ -140,5 +140,7 @@ def run_review(args: argparse.Namespace) -> int:
         print(f"queue: {len(load_queue(args.run))} dialogues waiting")
         return 0
     app = build_review_app(args.run, args.reviewer)
-    app.launch(server_name=args.host, server_port=args.port)
+    from extes.ui_theme import offline_theme
+
+    app.launch(server_name=args.host, server_port=args.port, theme=offline_theme())
     return 0

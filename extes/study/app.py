@@ -24,6 +24,7 @@ from extes.study.protocol import Protocol
 from extes.study.session import Study
 from extes.study.store import Store
 from extes.study.ui_participant import CSS, build_participant_ui
+from extes.ui_theme import offline_theme
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,9 @@ def build_app(protocol: Protocol, store: Store, pool: Any, concurrency: int = 16
             app.add_api_route(path, lambda p=path: _not_available(p), methods=["GET"], include_in_schema=False)
         else:
             blocks.queue(default_concurrency_limit=concurrency)
-            gr.mount_gradio_app(app, blocks, path=path, **_MOUNT_KWARGS)
+            gr.mount_gradio_app(app, blocks, path=path, theme=offline_theme(), **_MOUNT_KWARGS)
     secret = store.meta_value("browser_state_secret", lambda: secrets.token_urlsafe(24))
     demo = build_participant_ui(study, browser_secret=secret, concurrency=concurrency)
     demo.queue(default_concurrency_limit=concurrency, max_size=1000)
-    gr.mount_gradio_app(app, demo, path="/", css=CSS, **_MOUNT_KWARGS)
+    gr.mount_gradio_app(app, demo, path="/", css=CSS, theme=offline_theme(), **_MOUNT_KWARGS)
     return app
