@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 from extes.dialogue import (
     Dialogue,
     atomic_write,
+    file_sha256,
     iter_data_files,
     load_dialogues,
     write_extes_json,
@@ -70,13 +70,6 @@ def split_dialogues(dialogues: list[Dialogue], ratios=(0.8, 0.1, 0.1), seed: int
     return Split(**out)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def write_split(split: Split, out_dir: str | Path, sources: list[str | Path], seed: int, ratios) -> Path:
     out = Path(out_dir)
@@ -86,7 +79,7 @@ def write_split(split: Split, out_dir: str | Path, sources: list[str | Path], se
         "ratios": dict(zip(SPLITS, [round(r, 6) for r in ratios])),
         "counts": {name: len(ds) for name, ds in split.parts().items()},
         "scenes": {name: dict(sorted(_count(ds).items())) for name, ds in split.parts().items()},
-        "sources": [{"path": str(f), "sha256": _sha256(f)} for src in sources for f in iter_data_files(src)],
+        "sources": [{"path": str(f), "sha256": file_sha256(f)} for src in sources for f in iter_data_files(src)],
         "ids": {name: [d.id for d in ds] for name, ds in split.parts().items()},
     }
     for name, ds in split.parts().items():

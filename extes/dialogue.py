@@ -411,6 +411,15 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (for manifests and caches)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_jsonl(dialogues: Iterable[Dialogue], path: str | Path) -> Path:
     path = Path(path)
     atomic_write(path, "".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in dialogues))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extes.dialogue import Dialogue, atomic_write, load_dialogues
+from extes.dialogue import Dialogue, atomic_write, file_sha256, load_dialogues
 
 COLUMNS = ("PPL", "METEOR", "B-2", "B-4", "R-L", "Extrema", "D-1", "D-2", "D-3")
 AVG_COLUMNS = ("D-1 avg", "D-2 avg", "D-3 avg")
@@ -117,13 +117,6 @@ def _arm_name(path: Path) -> str:
     return name if name and name[0].isalnum() else f"arm-{name}"[:64]
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def arm_fingerprint(arm) -> dict[str, Any]:
     """What identifies an arm's replies: its definition (not its name) plus a hash of its adapter weights."""
@@ -134,7 +127,7 @@ def arm_fingerprint(arm) -> dict[str, Any]:
     if arm.adapter:
         folder = Path(arm.adapter)
         weights = sorted(folder.glob("adapter_model.*"))
-        d["adapter_weights"] = {w.name: _file_sha256(w) for w in weights}
+        d["adapter_weights"] = {w.name: file_sha256(w) for w in weights}
     return d
 
 
@@ -402,7 +395,7 @@ def prepare_job(arm, data_path: str | Path, options: EvalOptions, dialogues: lis
     if options.limit is not None and options.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {options.limit}")
     chosen = all_dialogues[: options.limit] if options.limit else all_dialogues
-    data_sha = _file_sha256(data_path) if data_path.is_file() else hashlib.sha256(
+    data_sha = file_sha256(data_path) if data_path.is_file() else hashlib.sha256(
         json.dumps([d.to_dict() for d in all_dialogues], sort_keys=True).encode()).hexdigest()
     items, skipped = build_items(chosen, arm.strategies)
     if not items:
