@@ -6,13 +6,21 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.extes-installed
 
-.PHONY: run test setup lint system-deps demo-adapters bench clean-venv
+.PHONY: run test test-fast setup lint layers system-deps demo-adapters bench clean-venv
 
 run: setup
 	$(PY) app.py
 
-test: setup system-deps
-	$(PY) -m pytest
+test: setup system-deps layers
+	$(PY) -m pytest --durations=15
+
+# The edit loop: everything but the real embedded model and the real browser (under a minute).
+test-fast: setup layers
+	$(PY) -m pytest -m "not slow" -q
+
+# The layer contract (pyproject.toml [tool.importlinter]): a module imports only from layers below it.
+layers: setup
+	$(VENV)/bin/lint-imports
 
 setup: $(STAMP)
 

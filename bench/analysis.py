@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from extes.study.analysis import ASPECTS, bradley_terry, load_votes, win_rate_matrix, win_tie_loss
+from extes.analysis import ASPECTS, bradley_terry, load_votes, win_rate_matrix, win_tie_loss
 
 
 def synthetic_votes(n_votes: int, n_arms: int, seed: int = 0, votes_per_session: int = 0) -> pd.DataFrame:

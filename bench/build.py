@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/build.py [--dialogues 64] [--concurrency 16] [--delay 0.5] [--rpm 1200 --rpm-requests 300]
 
-1. Concurrency: a loopback OpenAI-compatible server (extes.build.scripted, in its own process like a
+1. Concurrency: a loopback OpenAI-compatible server (extes.testing.scripted, in its own process like a
    real server) answers every request after --delay seconds; the whole pipeline (prompting, HTTP,
    parsing, validation, dedup, fsynced journal, export) builds --dialogues dialogues.
    Ideal time = dialogues / concurrency x delay.
@@ -25,16 +25,16 @@ from pathlib import Path
 
 import openai  # noqa: F401  (imported up front: its ~0.5 s import is process start-up, not throughput)
 
-from extes.build.budget import Price
-from extes.build.pipeline import BuildConfig, Builder
-from extes.build.scripted import write_seed_file
+from extes.selfchat.budget import Price
+from extes.selfchat.pipeline import BuildConfig, Builder
 from extes.taxonomy import SCENARIO_NAMES
+from extes.testing.scripted import write_seed_file
 
 
 class ServerProcess:
     def __init__(self, delay: float, log: Path):
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "extes.build.scripted", "--delay", str(delay),
+        self.proc = subprocess.Popen([sys.executable, "-m", "extes.testing.scripted", "--delay", str(delay),
                                       "--log", str(log)], stdout=subprocess.PIPE, text=True)
         self.base_url = self.proc.stdout.readline().strip()
 

@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from extes.base.embedded import EMBEDDED_NAME
 from extes.models import Arm, ArmPool, GenerationSettings
-from extes.models.embedded import EMBEDDED_NAME
 
 TURNS = [
     ("I have been feeling really low since my partner and I split up last month.",
@@ -61,7 +61,7 @@ def conversation(tokenizer, system: str, target: int) -> list[dict[str, str]]:
 
 
 def make_adapters(out: Path) -> list[Path]:
-    from extes.models.quick_lora import quick_lora
+    from extes.testing.quick_lora import quick_lora
 
     replies = [(u, a, "Emotional Validation") for u, a in TURNS[:2]]
     return [quick_lora(EMBEDDED_NAME, out / f"lora-{i}", replies, steps=1, lr=1e-3, r=8, seed=i,

@@ -11,13 +11,17 @@ import argparse
 import importlib
 import sys
 
+from extes.errors import CLIError
+
+__all__ = ["CLIError", "VERBS", "build_parser", "main"]
+
 VERBS: dict[str, tuple[str, str, str]] = {
     # verb: (module, function-name suffix, one-line help)
     "stats": ("extes.stats", "stats", "dataset statistics (ExTES paper Tables 1-3 and 5)"),
     "split": ("extes.data_cli", "split", "deterministic train/valid/test split by dialogue"),
     "convert": ("extes.data_cli", "convert", "convert ExTES JSON / ESConv JSON / JSONL between formats"),
-    "build": ("extes.build.cli", "build", "grow a dataset from seeds through an OpenAI-compatible LLM"),
-    "review": ("extes.build.cli", "review", "review generated dialogues in the browser"),
+    "build": ("extes.selfchat.cli", "build", "grow a dataset from seeds through an OpenAI-compatible LLM"),
+    "review": ("extes.selfchat.cli", "review", "review generated dialogues in the browser"),
     "train": ("extes.train.cli", "train", "fine-tune a chat model (clm, lora, qlora, adapter)"),
     "serve": ("extes.models.server", "serve", "serve local arms behind an OpenAI-compatible API"),
     "chat": ("extes.models.chat_cli", "chat", "chat with one arm in the terminal"),
@@ -28,10 +32,6 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "agreement": ("extes.study.analysis_cli", "agreement", "Fleiss' kappa, Krippendorff's alpha"),
     "app": ("extes.study.app_cli", "app", "run the study app (same as python app.py)"),
 }
-
-
-class CLIError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

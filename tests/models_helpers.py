@@ -1,6 +1,6 @@
 """Builders for the models-layer tests (imported by tests/test_models_*.py).
 
-The tiny model from extes.models.tiny is initialised with std 0.02, so its greedy output is one token
+The tiny model from extes.testing.tiny is initialised with std 0.02, so its greedy output is one token
 repeated; `spicy_tiny` re-draws its weights with a larger spread so that greedy decoding gives varied
 token sequences, which is what batched-versus-unbatched comparisons need to mean something.
 """
@@ -39,7 +39,7 @@ def spicy_tiny(tiny_dir: Path, out: Path, seed: int = 0) -> Path:
 
 
 def make_adapters(base: Path, out: Path) -> dict[str, Path]:
-    from extes.models.quick_lora import quick_lora
+    from extes.testing.quick_lora import quick_lora
 
     return {
         "lora": quick_lora(str(base), out / "lora", TRAIN_REPLIES, steps=60, lr=3e-2, strategies=False,

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
 
-from extes.study.analysis import (
+from extes.analysis import (
     FLEISS_1971,
     FLEISS_GENERALIZED,
     agreement,

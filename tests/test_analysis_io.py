@@ -3,13 +3,8 @@
 import pandas as pd
 import pytest
 
-from extes.study.analysis_io import (
-    AnalysisInputError,
-    load_ratings,
-    load_votes,
-    write_csv_atomic,
-    write_outputs,
-)
+from extes.analysis.io import AnalysisInputError, load_ratings, load_votes
+from extes.analysis.report import write_csv_atomic, write_outputs
 
 HEADER = "session_id,aspect,arm_a,arm_b,outcome\n"
 

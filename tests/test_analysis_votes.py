@@ -5,11 +5,12 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from extes.study import analysis
-from extes.study.analysis import (
+from extes import analysis
+from extes.analysis import (
     AnalysisInputError,
     bradley_terry,
     load_votes,
+    pairwise,
     win_rate_matrix,
     win_tie_loss,
 )
@@ -78,7 +79,7 @@ def test_bootstrap_resamples_whole_sessions():
     # resampling single votes would give many other values.
     rows = [("A", "overall", "x", "y", "a")] * 10 + [("B", "overall", "y", "x", "a")] * 10
     result = win_tie_loss(votes(rows), "x", n_boot=400, seed=1)
-    sums = analysis._bootstrap_session_sums(
+    sums = pairwise._bootstrap_session_sums(
         np.array([0] * 10 + [1] * 10), np.zeros(20, dtype=int), np.array([1.0] * 10 + [-1.0] * 10), 1, 400, 1
     )
     assert set(np.unique(sums[:, 0])) <= {-20.0, 0.0, 20.0}
@@ -92,7 +93,7 @@ def test_bootstrap_is_seeded_chunk_independent_and_brackets_the_estimate(monkeyp
     first = win_tie_loss(frame, "x", n_boot=300, seed=9).rows.iloc[0]
     again = win_tie_loss(frame, "x", n_boot=300, seed=9).rows.iloc[0]
     assert (first.ci_low, first.ci_high) == (again.ci_low, again.ci_high)
-    monkeypatch.setattr(analysis, "_CHUNK_CELLS", 250)  # 2 replicates per chunk for 100 sessions
+    monkeypatch.setattr(pairwise, "_CHUNK_CELLS", 250)  # 2 replicates per chunk for 100 sessions
     chunked = win_tie_loss(frame, "x", n_boot=300, seed=9).rows.iloc[0]
     assert (chunked.ci_low, chunked.ci_high) == pytest.approx((first.ci_low, first.ci_high), abs=1e-12)
     assert first.ci_low < first.win - first.loss < first.ci_high

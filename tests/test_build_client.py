@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from extes.build.client import LLMClient, RequestFailed, TokenBucket, parse_retry_after
-from extes.build.scripted import ScriptedServer
+from extes.selfchat.client import LLMClient, RequestFailed, TokenBucket, parse_retry_after
+from extes.testing.scripted import ScriptedServer
 
 MSGS = [{"role": "user", "content": 'scenario type "Academic Stress"'}]
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from extes.build.journal import Journal, JournalError, read_journal
-from extes.build.state import RunState
+from extes.selfchat.journal import Journal, JournalError, read_journal
+from extes.selfchat.state import RunState
 
 
 def test_torn_last_line_is_skipped_and_never_glued_to_new_records(tmp_path, capsys):

@@ -4,15 +4,15 @@ import json
 
 import pytest
 
-from extes.build.budget import Budget, Price, estimate_run, load_prices, price_for
-from extes.build.dedup import NearDupIndex, TurnIndex, jaccard, shingles
-from extes.build.parse import ParseError, extract_json, parse_reply
-from extes.build.prompt import EXAMPLE_BEGIN, TEMPLATE_VERSION, build_messages
-from extes.build.quota import allocate, load_proportions, split_rounds
-from extes.build.scripted import make_dialogue
-from extes.build.validate import ACCEPTED, NEEDS_REVIEW, REJECTED, judge
 from extes.dialogue import Dialogue, Turn
+from extes.selfchat.budget import Budget, Price, estimate_run, load_prices, price_for
+from extes.selfchat.dedup import NearDupIndex, TurnIndex, jaccard, shingles
+from extes.selfchat.parse import ParseError, extract_json, parse_reply
+from extes.selfchat.prompt import EXAMPLE_BEGIN, TEMPLATE_VERSION, build_messages
+from extes.selfchat.quota import allocate, load_proportions, split_rounds
+from extes.selfchat.validate import ACCEPTED, NEEDS_REVIEW, REJECTED, judge
 from extes.taxonomy import SCENARIO_NAMES, STRATEGY_NAMES
+from extes.testing.scripted import make_dialogue
 
 SCENE = "Academic Stress"
 

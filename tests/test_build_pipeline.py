@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from extes.build.budget import Price
-from extes.build.journal import read_journal
-from extes.build.pipeline import BuildConfig, Builder
-from extes.build.prompt import build_messages, prompt_sha
-from extes.build.scripted import ScriptedServer, write_seed_file
 from extes.cli import main
 from extes.dialogue import load_dialogues
+from extes.selfchat.budget import Price
+from extes.selfchat.journal import read_journal
+from extes.selfchat.pipeline import BuildConfig, Builder
+from extes.selfchat.prompt import build_messages, prompt_sha
+from extes.testing.scripted import ScriptedServer, write_seed_file
 
 SCENES = ["Academic Stress", "Caregiver Support", "Breakups or Divorce"]
 PROPS = {"Academic Stress": 1 / 3, "Caregiver Support": 1 / 3, "Breakups or Divorce": 1 / 3}
@@ -226,7 +226,7 @@ def test_estimate_only_with_the_repository_seeds(repo_root, tmp_path, capsys):
 
 
 def test_a_dead_server_stops_the_run_after_three_failed_requests(seeds, tmp_path):
-    from extes.build.pipeline import FatalRequestError
+    from extes.selfchat.pipeline import FatalRequestError
 
     out = tmp_path / "run"
     with ScriptedServer(["500", "500", "good", "500", "500", "500", "500", "500", "500", "500"]) as srv:

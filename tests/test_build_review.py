@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from extes.build.budget import Price
-from extes.build.journal import read_journal
-from extes.build.pipeline import BuildConfig, Builder
-from extes.build.review import (
+from extes.cli import main
+from extes.selfchat.budget import Price
+from extes.selfchat.journal import read_journal
+from extes.selfchat.pipeline import BuildConfig, Builder
+from extes.selfchat.review import (
     ReviewError,
     adjustment_rates,
     apply_review,
@@ -17,8 +18,7 @@ from extes.build.review import (
     load_queue,
     turns_table,
 )
-from extes.build.scripted import ScriptedServer, write_seed_file
-from extes.cli import main
+from extes.testing.scripted import ScriptedServer, write_seed_file
 
 SCENES = ["Academic Stress", "Caregiver Support"]
 

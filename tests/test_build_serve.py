@@ -6,8 +6,8 @@ import json
 import shutil
 from contextlib import contextmanager
 
-from extes.build.pipeline import BuildConfig, Builder
-from extes.build.scripted import write_seed_file
+from extes.selfchat.pipeline import BuildConfig, Builder
+from extes.testing.scripted import write_seed_file
 
 
 @contextmanager

@@ -114,7 +114,7 @@ def test_model_embeddings_mean_subword_vectors():
     import torch
 
     from extes.metrics.extrema import ModelEmbeddings
-    from extes.models.tiny import make_tokenizer
+    from extes.testing.tiny import make_tokenizer
 
     tok = make_tokenizer()
     weight = torch.randn(len(tok), 4)

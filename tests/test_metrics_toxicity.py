@@ -151,7 +151,7 @@ def tiny_classifier(tmp_path_factory):
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from extes.models.tiny import make_tokenizer
+    from extes.testing.tiny import make_tokenizer
 
     out = tmp_path_factory.mktemp("tox-clf")
     tok = make_tokenizer()

@@ -8,10 +8,10 @@ import shutil
 import pytest
 import yaml
 
+from extes.base.embedded import EMBEDDED_NAME, EmbeddedModelMissing, extes_home, gguf_path
+from extes.base.loading import resolve_base
 from extes.models import Arm, GenerationSettings, arms_from_config, load_arms
 from extes.models.arms import ArmConfigError
-from extes.models.embedded import EMBEDDED_NAME, EmbeddedModelMissing, extes_home, gguf_path
-from extes.models.loading import resolve_base
 
 
 def _fake_adapter(path, base, strategies=None, peft_type="LORA"):

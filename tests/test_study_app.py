@@ -25,7 +25,7 @@ N_FULL = None  # filled from the API: number of outputs of the full-page endpoin
 
 @pytest.fixture(scope="module")
 def study_files(tiny_llama, tmp_path_factory):
-    from extes.models.quick_lora import quick_lora
+    from extes.testing.quick_lora import quick_lora
 
     root = tmp_path_factory.mktemp("study-app")
     adapter = quick_lora(str(tiny_llama), root / "adapter-secret-xyz",

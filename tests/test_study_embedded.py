@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_one_turn_with_the_embedded_model(tmp_path):
+    from extes.base.embedded import EmbeddedModelMissing
     from extes.models import ArmPool
-    from extes.models.embedded import EmbeddedModelMissing
 
     arms = [{"name": f"emb-{i}", "base": "smollm2-135m-instruct",
              "generation": {"max_new_tokens": 12, "temperature": 0.0, "seed": i}} for i in range(3)]

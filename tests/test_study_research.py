@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from study_helpers import ARM_NAMES, FakePool, ServerThread, full_answers, make_protocol
 
+from extes.analysis import load_ratings, load_votes
 from extes.study import annotation as ann
 from extes.study import ui_research as ui
-from extes.study.analysis import load_ratings, load_votes
 from extes.study.session import Study
 from extes.study.store import Store
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from extes.study.analysis_io import load_ratings, load_votes
+from extes.analysis import load_ratings, load_votes
 from extes.study.store import DuplicateError, Store, StoreError, normalize_code
 
 PAIRS = [("A", "B"), ("A", "C"), ("B", "C")]

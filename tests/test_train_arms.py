@@ -55,7 +55,7 @@ def test_demo_adapters_are_committed_small_and_beat_the_base(name, strategies):
 
 @pytest.mark.slow
 def test_masking_on_the_embedded_tokenizer():
-    from extes.models.loading import load_tokenizer
+    from extes.base.loading import load_tokenizer
     from extes.train.formatting import IGNORE, encode_messages
 
     tok = load_tokenizer("smollm2-135m-instruct")

@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from extes.cli import CLIError
+from extes.errors import CLIError
 
 # ----------------------------------------------------------------------------------------------------------
 # extes evaluate

@@ -67,9 +67,9 @@ class Item:
 def resolve_arm(spec: str, arms_file: str | Path | None = None):
     """An Arm from a name in `arms_file`, a `results/runs/<name>` / `results/adapters/<name>` folder (or
     any PEFT adapter folder), a checkpoint folder, or the embedded model's name."""
+    from extes.base.embedded import EMBEDDED_NAME
     from extes.models import arms_from_config, load_arms
     from extes.models.arms import read_adapter_info
-    from extes.models.embedded import EMBEDDED_NAME
 
     if arms_file:
         arms = load_arms(arms_file)
@@ -272,7 +272,7 @@ class ModelCache:
 
     def base(self, base: str):
         if base not in self._bases:
-            from extes.models.loading import load_base
+            from extes.base.loading import load_base
 
             self._bases[base] = load_base(base)
         return self._bases[base]

@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from extes.base.embedded import EMBEDDED_NAME
 from extes.dialogue import DEFAULT_SYSTEM_PROMPT
-from extes.models.embedded import EMBEDDED_NAME
 
 BACKENDS = ("local", "openai")
+DTYPES = ("auto", "float32", "bfloat16")  # local arms' weight precision; auto: bf16 where safe and supported
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 
 
@@ -107,6 +108,8 @@ class Arm:
     # openai backend only: seconds per request and retries (with backoff) before the first token.
     timeout_s: float = 60.0
     max_retries: int = 3
+    # local arms: precision of the base weights (the residual stream, attention, KV cache and LoRA stay fp32).
+    dtype: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -152,7 +155,7 @@ def _same_base(a: str, b: str) -> bool:
     if na == nb:
         return True
     # The embedded model's converted checkpoint folder is the embedded model.
-    from extes.models.embedded import checkpoint_dir
+    from extes.base.embedded import checkpoint_dir
 
     emb = str(checkpoint_dir().resolve()) if checkpoint_dir().exists() else None
     return emb is not None and {na, nb} <= {EMBEDDED_NAME, emb}
@@ -225,6 +228,10 @@ def arm_from_dict(entry: Any, where: str, base_dir: Path | None = None) -> Arm:
     if strategies is not None and not isinstance(strategies, bool):
         raise ArmConfigError(f"{where}: strategies must be true or false, got {strategies!r}")
     kwargs: dict[str, Any] = dict(name=name, backend=backend, generation=generation, system_prompt=system_prompt)
+    dtype = entry.get("dtype", "auto")
+    if dtype not in DTYPES:
+        raise ArmConfigError(f"{where}: dtype {dtype!r} must be one of {list(DTYPES)}")
+    kwargs["dtype"] = dtype
     for key in ("timeout_s", "max_retries"):
         if key in entry:
             v = entry[key]

@@ -222,7 +222,7 @@ class LocalEngine:
                  model=None, tokenizer=None):
         import torch
 
-        from extes.models.loading import load_base
+        from extes.base.loading import load_base
 
         self.base = base
         if model is None:

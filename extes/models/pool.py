@@ -92,7 +92,7 @@ class ArmPool:
         self._backends: dict[str, Any] = {}
         self._engines: list[LocalEngine] = []
         self._closed = False
-        from extes.models.loading import resolve_base
+        from extes.base.loading import resolve_base
 
         groups: dict[tuple[str, str | None], list[Arm]] = {}
         for arm in arms:

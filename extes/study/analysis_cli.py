@@ -1,4 +1,8 @@
-"""CLI verbs `extes export`, `extes analyze` and `extes agreement` (rendering only; maths in analysis.py)."""
+"""CLI verbs `extes export`, `extes analyze` and `extes agreement` (rendering only; maths in `extes.analysis`).
+
+They live in the study layer because `--db` reads a study database; `extes.analysis` itself never
+imports the study app, and works on any CSV.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,17 @@ from typing import Any
 
 import pandas as pd
 
-from extes.study.analysis_io import (
+from extes.analysis.io import (
     RATING_COLUMNS,
     RATING_OPTIONAL,
     VOTE_COLUMNS,
     VOTE_OPTIONAL,
-    agreement_notes,
-    agreement_table,
     load_ratings,
     load_votes,
+)
+from extes.analysis.report import (
+    agreement_notes,
+    agreement_table,
     quality_table,
     write_agreement_report,
     write_analysis_report,
@@ -113,7 +119,7 @@ def configure_analyze(parser: argparse.ArgumentParser) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from extes.study.analysis import bradley_terry, win_rate_matrix, win_tie_loss
+    from extes.analysis.pairwise import bradley_terry, win_rate_matrix, win_tie_loss
 
     votes = load_votes(args.votes) if args.votes else _votes_from_db(args.db, who=args.voters)
     wtl = win_tie_loss(votes, args.reference, n_boot=args.n_boot, seed=args.seed)
@@ -165,7 +171,7 @@ def configure_agreement(parser: argparse.ArgumentParser) -> None:
 
 
 def run_agreement(args: argparse.Namespace) -> int:
-    from extes.study.analysis import agreement, dataset_quality
+    from extes.analysis.agreement import agreement, dataset_quality
 
     ratings = load_ratings(args.ratings) if args.ratings else _ratings_from_db(args.db, for_agreement=True)
     result = agreement(ratings)

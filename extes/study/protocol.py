@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-# The ExTES human-evaluation aspects; the analysis layer (extes.study.analysis_io.ASPECTS) accepts these.
+# The ExTES human-evaluation aspects; the analysis layer (extes.analysis.io.ASPECTS) accepts these.
 ASPECT_KEYS: tuple[str, ...] = ("fluency", "identification", "comforting", "suggestion", "overall")
 LIKERT_ASPECTS: tuple[str, ...] = ("Informativeness", "Understanding", "Helpfulness", "Consistency", "Coherence")
 REVEAL_OPTIONS: tuple[str, ...] = ("never", "after_rating")

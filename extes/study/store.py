@@ -639,11 +639,11 @@ class Store:
           label = the score as text, aspect = the Likert aspect lower-cased, source = the dialogue's
           dataset source, e.g. "extes" or "extes-build", so means compare datasets as in Table 4);
         - source "pairwise": every pairwise vote on a conversation, by its participant and by judges,
-          as one item per conversation and arm pair: item_id = "<conversation>/<arm x>~<arm y>" with the
-          two arms sorted, label = "x" (the first arm better), "y" or "tie", so raters who saw the
-          panes in different orders label the same item the same way.
+          labelled by `extes.analysis.agreement.pairwise_rating_rows`.
         """
         import pandas as pd
+
+        from extes.analysis.agreement import pairwise_rating_rows
 
         out: list[dict[str, Any]] = []
         with self.engine.connect() as conn:
@@ -657,15 +657,7 @@ class Store:
                          for r in conn.execute(sa.select(votes).order_by(votes.c.id))]
             pair_rows += [(r.conversation_id, r.judge_id, r.aspect, r.arm_a, r.arm_b, r.outcome)
                           for r in conn.execute(sa.select(judgments).order_by(judgments.c.id))]
-        for conv, rater, aspect, arm_a, arm_b, outcome in pair_rows:
-            x, y = sorted((arm_a, arm_b))
-            if outcome == "tie":
-                label = "tie"
-            else:
-                winner = arm_a if outcome == "a" else arm_b
-                label = "x" if winner == x else "y"
-            out.append({"item_id": f"{conv}/{x}~{y}", "rater_id": rater, "label": label,
-                        "aspect": aspect, "source": "pairwise"})
+        out += pairwise_rating_rows(pair_rows)
         return pd.DataFrame(out, columns=["item_id", "rater_id", "label", "aspect", "source"])
 
     def counts(self) -> dict[str, int]:

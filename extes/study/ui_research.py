@@ -5,7 +5,7 @@ checks the login kept server-side in the session (`gr.State`), so calling the pa
 without the password gets nothing; arm names (which the participant pages never show) are only sent
 after login, so they are not in the page's config either.
 
-It renders the analysis layer's result objects (`extes.study.analysis`) and the store's export frames;
+It renders the analysis layer's result objects (`extes.analysis`) and the store's export frames;
 the only thing it decides itself is which rows to pass in (participants' votes, judges', or both;
 pairwise ratings and Likert ratings separately). The functions above the UI are plain functions of the
 store, tested without a browser.
@@ -105,9 +105,9 @@ class WinTieLossView:
 
 def win_tie_loss_view(store: Store, reference: str | None, source: str = "participant",
                       n_boot: int = N_BOOT, seed: int = 0) -> WinTieLossView:
-    """Win/tie/loss of `reference` per aspect (extes.study.analysis.win_tie_loss), or a note saying why
+    """Win/tie/loss of `reference` per aspect (extes.analysis.win_tie_loss), or a note saying why
     there is nothing to show yet."""
-    from extes.study.analysis import AnalysisInputError, plot_win_tie_loss, win_tie_loss
+    from extes.analysis import AnalysisInputError, plot_win_tie_loss, win_tie_loss
 
     if source not in VOTE_SOURCES:
         raise ValueError(f"votes source must be one of {', '.join(VOTE_SOURCES)}, got {source!r}")
@@ -132,16 +132,16 @@ def win_tie_loss_view(store: Store, reference: str | None, source: str = "partic
 
 @dataclass
 class AgreementView:
-    table: pd.DataFrame | None = None  # analysis_io.agreement_table: one row per source and aspect scope
+    table: pd.DataFrame | None = None  # extes.analysis.report.agreement_table: one row per source and aspect scope
     quality: pd.DataFrame | None = None  # Likert mean per metric (dataset quality, paper Table 4 layout)
     notes: list[str] = field(default_factory=list)
 
 
 def agreement_view(store: Store) -> AgreementView:
-    """Agreement of all ratings in the store (extes.study.analysis.agreement: overall, per source -
+    """Agreement of all ratings in the store (extes.analysis.agreement: overall, per source -
     pairwise votes and Likert scores - and per aspect), plus the Likert means (dataset_quality)."""
-    from extes.study import analysis_io
-    from extes.study.analysis import AnalysisInputError, agreement, dataset_quality
+    from extes.analysis import AnalysisInputError, agreement, dataset_quality
+    from extes.analysis import report as analysis_report
 
     view = AgreementView()
     ratings = store.ratings_frame()
@@ -153,13 +153,13 @@ def agreement_view(store: Store) -> AgreementView:
     except AnalysisInputError as exc:
         view.notes.append(str(exc))
     else:
-        view.table = analysis_io.agreement_table(result)
-        notes_of = getattr(analysis_io, "agreement_notes", None)
+        view.table = analysis_report.agreement_table(result)
+        notes_of = getattr(analysis_report, "agreement_notes", None)
         view.notes += notes_of(result) if notes_of else list(result.notes)
     likert = ratings[ratings["source"] != "pairwise"].reset_index(drop=True)  # Likert rows: by dataset
     if not likert.empty:
         try:
-            view.quality = analysis_io.quality_table(dataset_quality(likert))
+            view.quality = analysis_report.quality_table(dataset_quality(likert))
         except AnalysisInputError as exc:
             view.notes.append(f"Likert means: {exc}")
     return view
@@ -217,7 +217,7 @@ EXPORTS = ("votes.csv", "judge_votes.csv", "ratings.csv")
 def export_csvs(store: Store, out_dir: str | Path) -> list[Path]:
     """votes.csv (participants' votes), judge_votes.csv (judges'), ratings.csv, in the formats the analysis
     commands read (`extes analyze --votes`, `extes agreement --ratings`); returns the paths."""
-    from extes.study.analysis_io import write_csv_atomic
+    from extes.analysis.report import write_csv_atomic
 
     out_dir = Path(out_dir)
     frames = (store.votes_frame("participant"), store.votes_frame("judge"), store.ratings_frame())

@@ -11,7 +11,7 @@ from extes.train.config import TrainConfig
 
 def load_for_training(cfg: TrainConfig, device: torch.device):
     """The base model in fp32 on `device` (mixed precision on GPU comes from autocast in the loop)."""
-    from extes.models.loading import load_base
+    from extes.base.loading import load_base
 
     model, _tok = load_base(cfg.base, dtype="float32", device=str(device))
     return model

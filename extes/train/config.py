@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from extes.base.embedded import EMBEDDED_NAME
 from extes.dialogue import DEFAULT_SYSTEM_PROMPT
-from extes.models.embedded import EMBEDDED_NAME
 
 METHODS = ("clm", "lora", "qlora", "adapter")
 # Learning rates that work for each method when none is given (LLaMA-Adapter trains a tiny gated prompt
@@ -196,7 +196,7 @@ def base_model_config(base: str):
     """The base model's transformers config (reads config.json only, no weights)."""
     from transformers import AutoConfig
 
-    from extes.models.loading import resolve_base
+    from extes.base.loading import resolve_base
 
     return AutoConfig.from_pretrained(resolve_base(base))
 

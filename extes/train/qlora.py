@@ -27,7 +27,7 @@ def build_model(cfg: TrainConfig, device: torch.device):
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from extes.models.loading import resolve_base
+    from extes.base.loading import resolve_base
 
     dtype = compute_dtype(device, cfg.precision)
     quant = BitsAndBytesConfig(

@@ -43,7 +43,7 @@ def load_data(cfg: TrainConfig):
 
 
 def prepare_tokenizer(cfg: TrainConfig):
-    from extes.models.loading import load_tokenizer
+    from extes.base.loading import load_tokenizer
     from extes.train.formatting import ensure_chat_template
 
     tok = load_tokenizer(cfg.base)
@@ -131,7 +131,7 @@ def load_trained(run_dir: str | Path, device: str | None = None):
     """(model, tokenizer) of a finished run: a PEFT adapter on its base, or a full clm model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from extes.models.loading import load_base
+    from extes.base.loading import load_base
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "training_config.json"

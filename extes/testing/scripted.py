@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from extes.build.prompt import EXAMPLE_BEGIN, EXAMPLE_END
+from extes.selfchat.prompt import EXAMPLE_BEGIN, EXAMPLE_END
 from extes.taxonomy import STRATEGY_NAMES
 
 _WORDS = (

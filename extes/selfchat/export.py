@@ -14,9 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from extes.build.dedup import words
-from extes.build.state import RunState, round_of
 from extes.dialogue import Dialogue, atomic_write, write_extes_json, write_jsonl
+from extes.selfchat.dedup import words
+from extes.selfchat.state import RunState, round_of
 from extes.taxonomy import SCENARIO_NAMES
 
 

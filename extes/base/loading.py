@@ -1,7 +1,7 @@
 """Resolve a base-model spec and load it: the embedded name, a local checkpoint folder, or a hub id.
 
 A base spec is what people write in arms YAML and training configs: `smollm2-135m-instruct` (the
-embedded default, see extes.models.embedded), a path to a folder saved with `save_pretrained`, or a
+embedded default, see extes.base.embedded), a path to a folder saved with `save_pretrained`, or a
 Hugging Face hub id (only useful when online; tests run with HF_HUB_OFFLINE=1).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from extes.models.embedded import EMBEDDED_NAME, embedded_checkpoint
+from extes.base.embedded import EMBEDDED_NAME, embedded_checkpoint, load_gguf
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
@@ -127,3 +127,34 @@ def _materialize(model) -> None:
             for name, buf in list(module._buffers.items()):
                 if buf is not None:
                     module._buffers[name] = buf.clone()
+
+
+def verify_conversion(max_new_tokens: int = 16) -> dict:
+    """Check the cached checkpoint against the GGUF: same prompt tokens, same greedy continuation, and the
+    largest logit difference. Slow (loads the GGUF); run `python -m extes.base.loading`."""
+    import torch
+
+
+    messages = [{"role": "system", "content": "You are a kind listener."},
+                {"role": "user", "content": "I just broke up with my girlfriend and I feel awful"}]
+    model, tok = load_base(EMBEDDED_NAME)
+    gguf_model, gguf_tok = load_gguf()
+    gguf_model.eval()
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids_g = gguf_tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                         return_dict=True)
+    with torch.no_grad():
+        a = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+        b = gguf_model.generate(**ids_g, max_new_tokens=max_new_tokens, do_sample=False)
+        diff = (model(**ids).logits - gguf_model(**ids_g).logits).abs().max().item()
+    n = ids["input_ids"].shape[1]
+    return {"same_prompt_tokens": bool(torch.equal(ids["input_ids"], ids_g["input_ids"])),
+            "same_greedy_tokens": bool(torch.equal(a, b)), "max_logit_diff": diff,
+            "text": tok.decode(a[0, n:], skip_special_tokens=True)}
+
+
+if __name__ == "__main__":  # pragma: no cover - manual check
+    import json
+
+    print(f"checkpoint: {embedded_checkpoint()}")
+    print(json.dumps(verify_conversion(), indent=2))

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from extes.build.export import export_run
-from extes.build.journal import JOURNAL_NAME, Journal
-from extes.build.state import RunState
-from extes.build.validate import Rules, check_structure
 from extes.dialogue import Dialogue, Turn, load_dialogues
+from extes.selfchat.export import export_run
+from extes.selfchat.journal import JOURNAL_NAME, Journal
+from extes.selfchat.state import RunState
+from extes.selfchat.validate import Rules, check_structure
 from extes.taxonomy import STRATEGY_NAMES, UnknownLabelError, normalize_strategy
 
 COLUMNS = ["role", "text", "strategy"]
@@ -141,8 +141,8 @@ def apply_review(run_dir: str | Path, dialogue_id: str, action: str, reviewer: s
 
 def adjustment_rates(run_dir: str | Path) -> list[dict[str, Any]]:
     """Per round: accepted dialogues in total, how many needed a human, and the rate (paper: < 10%)."""
-    from extes.build.export import round_stats
-    from extes.build.state import round_of
+    from extes.selfchat.export import round_stats
+    from extes.selfchat.state import round_of
 
     state = _state(run_dir)
     rounds = sorted({round_of(r) for r in state.requests})

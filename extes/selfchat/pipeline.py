@@ -25,21 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extes.build.budget import Budget, Price, estimate_run
-from extes.build.client import LLMClient, RequestFailed
-from extes.build.dedup import NearDupIndex, TurnIndex, dialogue_text
-from extes.build.journal import JOURNAL_NAME, Journal
-from extes.build.prompt import (
+from extes.dialogue import Dialogue, load_dialogues
+from extes.selfchat.budget import Budget, Price, estimate_run
+from extes.selfchat.client import LLMClient, RequestFailed
+from extes.selfchat.dedup import NearDupIndex, TurnIndex, dialogue_text
+from extes.selfchat.journal import JOURNAL_NAME, Journal
+from extes.selfchat.prompt import (
     TEMPLATE_VERSION,
     build_messages,
     estimate_prompt_tokens,
     estimate_tokens,
     prompt_sha,
 )
-from extes.build.quota import allocate, split_rounds
-from extes.build.state import RunState, dialogue_id_for
-from extes.build.validate import ACCEPTED, NEEDS_REVIEW, REJECTED, Rules, judge, strip_build_meta
-from extes.dialogue import Dialogue, load_dialogues
+from extes.selfchat.quota import allocate, split_rounds
+from extes.selfchat.state import RunState, dialogue_id_for
+from extes.selfchat.validate import ACCEPTED, NEEDS_REVIEW, REJECTED, Rules, judge, strip_build_meta
 from extes.taxonomy import scenario_proportions
 
 
@@ -414,10 +414,10 @@ class Builder:
                                 retries=self.client.stats.retries)
             self.journal.close()
             if reason == "fatal":  # what was accepted before the server failed is still worth having
-                from extes.build.export import export_run
+                from extes.selfchat.export import export_run
 
                 export_run(self.out, self.seeds, len(targets))
-        from extes.build.export import export_run
+        from extes.selfchat.export import export_run
 
         rounds = export_run(self.out, self.seeds, len(targets))
         return BuildResult(len(self.state.accepted()), cfg.target, self.requests_sent, self.counts,

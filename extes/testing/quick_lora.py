@@ -21,8 +21,8 @@ def quick_lora(base: str, out_dir: str | Path, replies: list[tuple[str, str, str
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from extes.base.loading import load_base
     from extes.models.engine import render_prompt
-    from extes.models.loading import load_base
 
     torch.manual_seed(seed)
     model, tok = load_base(base)

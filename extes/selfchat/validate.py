@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from extes.build.dedup import NearDupIndex, TurnIndex, dialogue_text, jaccard, shingles, turn_key, words
-from extes.build.parse import ParseError, parse_reply
 from extes.dialogue import Dialogue, Turn, merge_consecutive_turns
+from extes.selfchat.dedup import NearDupIndex, TurnIndex, dialogue_text, jaccard, shingles, turn_key, words
+from extes.selfchat.parse import ParseError, parse_reply
 from extes.taxonomy import SCENARIO_NAMES, UnknownLabelError, normalize_scenario
 
 ACCEPTED, REJECTED, NEEDS_REVIEW = "accepted", "rejected", "needs_review"

@@ -139,31 +139,5 @@ def convert_gguf(source: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def verify_conversion(max_new_tokens: int = 16) -> dict:
-    """Check the cached checkpoint against the GGUF: same prompt tokens, same greedy continuation, and the
-    largest logit difference. Slow (loads the GGUF); run `python -m extes.models.embedded`."""
-    import torch
-
-    from extes.models.loading import load_base
-
-    messages = [{"role": "system", "content": "You are a kind listener."},
-                {"role": "user", "content": "I just broke up with my girlfriend and I feel awful"}]
-    model, tok = load_base(EMBEDDED_NAME)
-    gguf_model, gguf_tok = load_gguf()
-    gguf_model.eval()
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    ids_g = gguf_tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                         return_dict=True)
-    with torch.no_grad():
-        a = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-        b = gguf_model.generate(**ids_g, max_new_tokens=max_new_tokens, do_sample=False)
-        diff = (model(**ids).logits - gguf_model(**ids_g).logits).abs().max().item()
-    n = ids["input_ids"].shape[1]
-    return {"same_prompt_tokens": bool(torch.equal(ids["input_ids"], ids_g["input_ids"])),
-            "same_greedy_tokens": bool(torch.equal(a, b)), "max_logit_diff": diff,
-            "text": tok.decode(a[0, n:], skip_special_tokens=True)}
-
-
 if __name__ == "__main__":  # pragma: no cover - manual check
     print(f"checkpoint: {embedded_checkpoint()}")
-    print(json.dumps(verify_conversion(), indent=2))

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extes.build.journal import JOURNAL_NAME, read_journal
 from extes.dialogue import Dialogue
+from extes.selfchat.journal import JOURNAL_NAME, read_journal
 
 
 def dialogue_id_for(request_id: str) -> str:

@@ -49,15 +49,15 @@ def configure_build(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from extes.build.budget import load_prices, price_for
-    from extes.build.pipeline import BuildConfig
-    from extes.build.quota import load_proportions
-    from extes.build.validate import Rules
+    from extes.selfchat.budget import load_prices, price_for
+    from extes.selfchat.pipeline import BuildConfig
+    from extes.selfchat.quota import load_proportions
+    from extes.selfchat.validate import Rules
 
     base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or None
     api_key = os.environ.get(args.api_key_env)
     if not api_key and not base_url and not args.estimate_only:
-        from extes.cli import CLIError
+        from extes.errors import CLIError
 
         raise CLIError(f"set ${args.api_key_env} (or pass --base-url for a server that needs no key)")
     prices = load_prices(args.prices) if args.prices else None
@@ -84,8 +84,8 @@ def build_config(args: argparse.Namespace):
 def run_build(args: argparse.Namespace) -> int:
     import asyncio
 
-    from extes.build.pipeline import Builder, FatalRequestError
-    from extes.cli import CLIError
+    from extes.errors import CLIError
+    from extes.selfchat.pipeline import Builder, FatalRequestError
 
     cfg = build_config(args)
     builder = Builder(cfg)
@@ -131,7 +131,7 @@ def configure_review(parser: argparse.ArgumentParser) -> None:
 
 
 def run_review(args: argparse.Namespace) -> int:
-    from extes.build.review import adjustment_rates, build_review_app, load_queue
+    from extes.selfchat.review import adjustment_rates, build_review_app, load_queue
 
     if args.rates:
         for r in adjustment_rates(args.run):

@@ -1,0 +1,386 @@
+"""Pairwise votes (ExTES paper Table 9 and beyond): results as objects, rendering elsewhere.
+
+- `win_tie_loss`: per opponent and aspect, from the reference arm's side: win/tie/loss fractions, a
+  two-sided sign test on wins vs losses (ties dropped), a session-bootstrap CI of win minus loss.
+- `win_rate_matrix`: every arm against every other arm for one aspect, ties counted as half a win.
+- `bradley_terry`: Bradley-Terry ratings per aspect (Elo scale) with session-bootstrap CIs.
+
+The bootstraps resample *sessions* (a participant's votes are not independent of each other) and are
+vectorised: one integer draw per (replicate, session), bincount into a weight matrix, and one sparse
+product with per-session sums gives every replicate's statistic; no Python loop per resample.
+Formulas and citations: docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from scipy.special import expit
+from scipy.stats import binomtest
+
+from extes.analysis.io import AnalysisInputError, as_votes, aspect_order, none_if_nan, records
+
+ELO_SCALE = 400.0 / math.log(10.0)  # rating points per unit of log-strength
+ELO_BASE = 1000.0
+_CHUNK_CELLS = 500_000  # replicate x session weights held in memory at once
+
+
+# ------------------------------------------------------------------------------- session bootstrap
+
+
+def _bootstrap_session_sums(
+    session: np.ndarray, col: np.ndarray, value: np.ndarray, n_cols: int, n_boot: int, seed: int
+) -> np.ndarray:
+    """Per replicate, sum ``value`` into ``n_cols`` columns over sessions drawn with replacement.
+
+    ``session[i]``, ``col[i]``, ``value[i]`` describe one contribution. Returns ``(n_boot, n_cols)``.
+    Replicate b draws S session indices uniformly (S = number of sessions); the multiplicity of each
+    session becomes a weight, and weights @ per-session sums gives all replicates at once.
+    """
+    n_sessions = int(session.max()) + 1 if len(session) else 0
+    out = np.zeros((n_boot, n_cols))
+    if n_boot == 0 or n_sessions == 0:
+        return out
+    per_session = sparse.csr_matrix((value, (col, session)), shape=(n_cols, n_sessions))
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_boot, _CHUNK_CELLS // n_sessions))
+    for start in range(0, n_boot, chunk):  # chunks bound memory (and stay in cache); many replicates each
+        b = min(chunk, n_boot - start)
+        draws = rng.integers(0, n_sessions, size=(b, n_sessions))
+        # weights[s, r]: how often replicate r drew session s, laid out so the product below reads
+        # contiguous rows.
+        draws *= b
+        draws += np.arange(b)[:, None]
+        weights = np.bincount(draws.ravel(), minlength=b * n_sessions).reshape(n_sessions, b)
+        out[start : start + b] = (per_session @ weights).T
+    return out
+
+
+def _percentile_ci(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    alpha = 1.0 - confidence
+    finite = np.isfinite(samples)
+    lo = np.full(samples.shape[1:], np.nan)
+    hi = np.full(samples.shape[1:], np.nan)
+    ok = finite.any(axis=0)
+    if ok.any():
+        q = np.nanquantile(samples[:, ok], [alpha / 2, 1 - alpha / 2], axis=0)
+        lo[ok], hi[ok] = q[0], q[1]
+    return lo, hi
+
+
+def _check_boot(n_boot: int, confidence: float) -> None:
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+
+
+# ---------------------------------------------------------------------------------- win/tie/loss
+
+
+@dataclass
+class WinTieLossResult:
+    """Win/tie/loss of ``reference`` against each opponent per aspect.
+
+    ``rows`` columns: opponent, aspect, win, tie, loss (fractions of n), n, n_win, n_tie, n_loss,
+    p_value (two-sided sign test, wins vs losses; NaN when every vote is a tie), ci_low, ci_high
+    (percentile bootstrap CI of win - loss, sessions resampled). Ordered by opponent, then aspect.
+    """
+
+    reference: str
+    rows: pd.DataFrame
+    n_boot: int
+    seed: int
+    confidence: float
+    sessions: int
+
+    JSON_COLUMNS = ["opponent", "aspect", "win", "tie", "loss", "n", "p_value", "ci_low", "ci_high"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` shape: ``{"reference": ..., "rows": [{opponent, aspect, win, ...}, ...]}``."""
+        return {"reference": self.reference, "rows": records(self.rows, self.JSON_COLUMNS)}
+
+    def table(self, significance: float = 0.05) -> pd.DataFrame:
+        """Paper layout (Table 9): one row per opponent, one ``W / T / L`` percent column per aspect.
+
+        A ``*`` marks p < ``significance``.
+        """
+        aspects = aspect_order(self.rows["aspect"])
+        opponents = list(dict.fromkeys(self.rows["opponent"]))
+        cells = {(r.opponent, r.aspect): r for r in self.rows.itertuples(index=False)}
+        out = []
+        for opp in opponents:
+            line: dict[str, str] = {"comparison": f"{self.reference} vs {opp}"}
+            for aspect in aspects:
+                r = cells.get((opp, aspect))
+                if r is None:
+                    line[aspect] = "-"
+                    continue
+                star = "*" if (r.p_value == r.p_value and r.p_value < significance) else ""
+                line[aspect] = f"{100 * r.win:.1f} / {100 * r.tie:.1f} / {100 * r.loss:.1f}{star}"
+            out.append(line)
+        return pd.DataFrame(out, columns=["comparison", *aspects])
+
+
+def _reference_side(votes: pd.DataFrame, reference: str) -> pd.DataFrame:
+    arms = sorted(set(votes["arm_a"]) | set(votes["arm_b"]))
+    if reference not in arms:
+        raise AnalysisInputError(f"unknown reference arm {reference!r}; arms in the votes: {', '.join(arms)}")
+    as_a = votes["arm_a"].eq(reference).to_numpy()
+    as_b = votes["arm_b"].eq(reference).to_numpy()
+    keep = as_a | as_b
+    sub = votes.loc[keep, ["session_id", "aspect", "arm_a", "arm_b", "outcome"]]
+    as_a = as_a[keep]
+    outcome = sub["outcome"].to_numpy()
+    # +1 win, 0 tie, -1 loss, from the reference arm's side whichever column it sits in.
+    score = np.where(outcome == "tie", 0, np.where(outcome == "a", 1, -1))
+    score = np.where(as_a, score, -score)
+    return pd.DataFrame(
+        {
+            "session_id": sub["session_id"].to_numpy(),
+            "aspect": sub["aspect"].to_numpy(),
+            "opponent": np.where(as_a, sub["arm_b"].to_numpy(), sub["arm_a"].to_numpy()),
+            "score": score,
+        }
+    )
+
+
+def win_tie_loss(
+    votes: pd.DataFrame | str | os.PathLike,
+    reference: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> WinTieLossResult:
+    """Win/tie/loss of ``reference`` against every other arm, per aspect (see `WinTieLossResult`)."""
+    _check_boot(n_boot, confidence)
+    votes = as_votes(votes)
+    side = _reference_side(votes, reference)
+    aspects = aspect_order(side["aspect"])
+    side["aspect"] = pd.Categorical(side["aspect"], categories=aspects)
+    cell_keys = side[["opponent", "aspect"]].drop_duplicates().sort_values(["opponent", "aspect"])
+    cell_index = pd.MultiIndex.from_frame(cell_keys)
+    cell = cell_index.get_indexer(pd.MultiIndex.from_frame(side[["opponent", "aspect"]]))
+    n_cells = len(cell_index)
+    score = side["score"].to_numpy()
+
+    n_win = np.bincount(cell, weights=score == 1, minlength=n_cells).astype(int)
+    n_tie = np.bincount(cell, weights=score == 0, minlength=n_cells).astype(int)
+    n_loss = np.bincount(cell, weights=score == -1, minlength=n_cells).astype(int)
+    n = n_win + n_tie + n_loss
+    p_values = np.array(
+        [
+            binomtest(int(w), int(w + lo), 0.5, alternative="two-sided").pvalue if w + lo > 0 else np.nan
+            for w, lo in zip(n_win, n_loss)  # one test per table cell, not per vote
+        ]
+    )
+
+    session = pd.factorize(side["session_id"], sort=True)[0]
+    # Columns 0..C-1 sum win-minus-loss, columns C..2C-1 count votes, per (replicate, cell).
+    sums = _bootstrap_session_sums(
+        np.concatenate([session, session]),
+        np.concatenate([cell, cell + n_cells]),
+        np.concatenate([score.astype(float), np.ones(len(score))]),
+        2 * n_cells,
+        n_boot,
+        seed,
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = sums[:, :n_cells] / sums[:, n_cells:]
+    ci_low, ci_high = _percentile_ci(diff, confidence) if n_boot else (np.full(n_cells, np.nan),) * 2
+
+    rows = cell_keys.reset_index(drop=True).assign(aspect=lambda f: f["aspect"].astype(str))
+    rows = rows.assign(
+        win=n_win / n,
+        tie=n_tie / n,
+        loss=n_loss / n,
+        n=n,
+        n_win=n_win,
+        n_tie=n_tie,
+        n_loss=n_loss,
+        p_value=p_values,
+        ci_low=ci_low,
+        ci_high=ci_high,
+    )
+    return WinTieLossResult(reference, rows, n_boot, seed, confidence, int(session.max()) + 1)
+
+
+# ------------------------------------------------------------------------------------ win rates
+
+
+@dataclass
+class WinRateMatrix:
+    """``rates.loc[i, j]``: share of i-vs-j votes that i won, ties counted as half (NaN: never met).
+
+    ``counts.loc[i, j]``: number of votes between i and j (symmetric). Rows/columns: all arms in the
+    votes, sorted, so matrices for different aspects line up.
+    """
+
+    aspect: str
+    rates: pd.DataFrame
+    counts: pd.DataFrame
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "aspect": self.aspect,
+            "arms": list(self.rates.index),
+            "rates": [[none_if_nan(v) for v in row] for row in self.rates.to_numpy()],
+            "counts": self.counts.to_numpy().astype(int).tolist(),
+        }
+
+
+def _pair_wins(votes: pd.DataFrame, arms: list[str], aspects: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per vote: flat index into (aspect, winner, loser) cells and weight; a tie adds 0.5 each way."""
+    k = len(arms)
+    a = pd.Index(arms).get_indexer(votes["arm_a"])
+    b = pd.Index(arms).get_indexer(votes["arm_b"])
+    asp = pd.Index(aspects).get_indexer(votes["aspect"])
+    outcome = votes["outcome"].to_numpy()
+    winner = np.where(outcome == "b", b, a)
+    loser = np.where(outcome == "b", a, b)
+    tie = outcome == "tie"
+    base = asp * k * k
+    idx = np.concatenate([base + winner * k + loser, base[tie] + loser[tie] * k + winner[tie]])
+    weight = np.concatenate([np.where(tie, 0.5, 1.0), np.full(int(tie.sum()), 0.5)])
+    return idx, weight
+
+
+def win_rate_matrix(votes: pd.DataFrame | str | os.PathLike, aspect: str) -> WinRateMatrix:
+    """Pairwise win-rate matrix of all arms for one aspect (see `WinRateMatrix`)."""
+    votes = as_votes(votes)
+    arms = sorted(set(votes["arm_a"]) | set(votes["arm_b"]))
+    sub = votes[votes["aspect"] == aspect]
+    if sub.empty:
+        present = ", ".join(aspect_order(votes["aspect"]))
+        raise AnalysisInputError(f"no votes for aspect {aspect!r}; aspects in the votes: {present}")
+    k = len(arms)
+    idx, weight = _pair_wins(sub, arms, [aspect])
+    wins = np.bincount(idx, weights=weight, minlength=k * k).reshape(k, k)
+    games = wins + wins.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = np.where(games > 0, wins / games, np.nan)
+    return WinRateMatrix(
+        aspect,
+        pd.DataFrame(rates, index=arms, columns=arms),
+        pd.DataFrame(games.round().astype(int), index=arms, columns=arms),
+    )
+
+
+# -------------------------------------------------------------------------------- Bradley-Terry
+
+
+@dataclass
+class BradleyTerryResult:
+    """Bradley-Terry ratings per aspect on the Elo scale.
+
+    P(i beats j) = 1 / (1 + 10 ** ((R_j - R_i) / 400)); ratings of the arms seen in an aspect average
+    1000. ``ratings`` columns: aspect, rank (1 = best), arm, rating, ci_low, ci_high, n (votes with the
+    arm in that aspect). Arms never seen in an aspect are absent from that aspect's rows.
+    """
+
+    ratings: pd.DataFrame
+    n_boot: int
+    seed: int
+    confidence: float
+    prior: float
+
+    JSON_COLUMNS = ["rank", "arm", "rating", "ci_low", "ci_high", "n"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{aspect: [{rank, arm, rating, ci_low, ci_high, n}, ...]}``, best arm first."""
+        return {
+            aspect: records(group, self.JSON_COLUMNS)
+            for aspect, group in self.ratings.groupby("aspect", sort=False)
+        }
+
+
+def _fit_bradley_terry(
+    wins: np.ndarray, present: np.ndarray, prior: float, max_iter: int = 100
+) -> np.ndarray:
+    """Maximum a-posteriori log-strengths for a batch of win matrices, by Newton's method.
+
+    ``wins[..., i, j]``: (possibly fractional) wins of i over j; ``present[..., i]``: arm i takes part.
+    ``prior`` virtual comparisons per pair of present arms, counted as ties, keep the estimate finite
+    when an arm never wins or never loses (and connect pairs that never met). Log-strengths of present
+    arms sum to zero; absent arms get NaN.
+    """
+    k = wins.shape[-1]
+    pair = present[..., :, None] & present[..., None, :] & ~np.eye(k, dtype=bool)
+    w = np.where(pair, wins + prior / 2.0, 0.0)
+    games = w + np.swapaxes(w, -1, -2)
+    total_wins = w.sum(-1)
+    gauge = present[..., :, None] & present[..., None, :]
+    fill = np.eye(k) * ~present[..., None, :]  # keeps the system solvable for absent arms (step 0)
+    theta = np.zeros(wins.shape[:-1])
+    for _ in range(max_iter):  # Newton iterations, each over the whole batch of replicates
+        p = expit(theta[..., :, None] - theta[..., None, :])
+        grad = total_wins - (games * p).sum(-1)
+        curv = games * p * (1.0 - p)
+        hess = -curv + np.eye(k) * curv.sum(-1)[..., None, :]  # graph Laplacian = minus the Hessian
+        step = np.linalg.solve(hess + gauge + fill, grad[..., None])[..., 0]
+        size = np.abs(step).max(axis=-1, keepdims=True)
+        step = step * np.minimum(1.0, 3.0 / np.maximum(size, 1e-300))  # cap the step: safe far from optimum
+        theta = theta + step
+        if float(size.max()) < 1e-10:
+            break
+    n_present = np.maximum(present.sum(-1, keepdims=True), 1)
+    theta = theta - (theta * present).sum(-1, keepdims=True) / n_present
+    return np.where(present, theta, np.nan)
+
+
+def bradley_terry(
+    votes: pd.DataFrame | str | os.PathLike,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    prior: float = 1.0,
+) -> BradleyTerryResult:
+    """Bradley-Terry ratings per aspect with session-bootstrap percentile CIs.
+
+    Ties count as half a win each way. ``prior`` (> 0) adds that many virtual tied comparisons to every
+    pair of arms seen in an aspect; with hundreds of votes per pair its effect is negligible.
+    """
+    _check_boot(n_boot, confidence)
+    if not prior > 0:
+        raise ValueError(f"prior must be > 0 (virtual tied comparisons per pair), got {prior}")
+    votes = as_votes(votes)
+    arms = sorted(set(votes["arm_a"]) | set(votes["arm_b"]))
+    aspects = aspect_order(votes["aspect"])
+    k, n_asp = len(arms), len(aspects)
+    idx, weight = _pair_wins(votes, arms, aspects)
+    wins = np.bincount(idx, weights=weight, minlength=n_asp * k * k).reshape(n_asp, k, k)
+    games = wins + np.swapaxes(wins, -1, -2)
+    n_votes = games.sum(-1).round().astype(int)
+    present = n_votes > 0
+    theta = _fit_bradley_terry(wins, present, prior)
+
+    lo = hi = np.full((n_asp, k), np.nan)
+    if n_boot:
+        # Vote i contributes to flat cell idx[i]; the session of each contribution follows the vote.
+        session = pd.factorize(votes["session_id"], sort=True)[0]
+        tie = votes["outcome"].to_numpy() == "tie"
+        contrib_session = np.concatenate([session, session[tie]])
+        boot_wins = _bootstrap_session_sums(contrib_session, idx, weight, n_asp * k * k, n_boot, seed)
+        boot_wins = boot_wins.reshape(n_boot, n_asp, k, k)
+        boot_theta = _fit_bradley_terry(boot_wins, np.broadcast_to(present, boot_wins.shape[:-1]), prior)
+        lo, hi = _percentile_ci(ELO_BASE + ELO_SCALE * boot_theta, confidence)
+
+    rating = ELO_BASE + ELO_SCALE * theta
+    rows = []
+    for ai, aspect in enumerate(aspects):
+        order = [
+            i for i in np.argsort(-np.nan_to_num(rating[ai], nan=-np.inf), kind="stable") if present[ai, i]
+        ]
+        for rank, i in enumerate(order, start=1):
+            rows.append((aspect, rank, arms[i], rating[ai, i], lo[ai, i], hi[ai, i], int(n_votes[ai, i])))
+    frame = pd.DataFrame(rows, columns=["aspect", "rank", "arm", "rating", "ci_low", "ci_high", "n"])
+    return BradleyTerryResult(frame, n_boot, seed, confidence, prior)
+
+
+# ------------------------------------------------------------------------------------ agreement

@@ -1,0 +1,202 @@
+"""Writing the analysis outputs: CSVs, Markdown tables and reports, all or nothing.
+
+Writers put everything into a temporary directory first and only move files into place once all of
+them were written, so an error never leaves half a report behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from extes.analysis.io import AnalysisInputError
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``frame`` as CSV next to ``path`` under a temporary name, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            frame.to_csv(handle, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_outputs(out_dir: str | os.PathLike, writers: Mapping[str, Callable[[Path], None]]) -> list[Path]:
+    """Run each ``writers[name](tmp_path)`` inside a temporary directory, then move all files to ``out_dir``.
+
+    If any writer fails, the temporary directory is removed and ``out_dir`` is left exactly as it was.
+    Files already in ``out_dir`` with other names are kept; same-named ones are replaced.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise AnalysisInputError(f"{out}: exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for name, write in writers.items():
+            write(tmp / name)
+            if not (tmp / name).is_file():
+                raise RuntimeError(f"writer for {name} produced no file")
+        if not out.exists():
+            tmp.rename(out)
+            return [out / name for name in writers]
+        for name in writers:
+            os.replace(tmp / name, out / name)
+        return [out / name for name in writers]
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A GitHub-flavoured Markdown table (own formatter: no optional `tabulate` dependency)."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else format(value, floatfmt)
+        return str(value).replace("|", "\\|")
+
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------- reports
+
+
+def _png(fig) -> Callable[[Path], None]:
+    return lambda path: fig.savefig(path, dpi=120)
+
+
+def _csv(frame: pd.DataFrame, index: bool = False) -> Callable[[Path], None]:
+    return lambda path: frame.to_csv(path, index=index)
+
+
+def _text(text: str) -> Callable[[Path], None]:
+    return lambda path: path.write_text(text, encoding="utf-8")
+
+
+def write_analysis_report(out_dir: str | os.PathLike, wtl, bt, matrices: list) -> list[Path]:
+    """Write the `extes analyze` report: report.md, CSV tables and PNG charts, all or nothing.
+
+    ``wtl``: `WinTieLossResult`; ``bt``: `BradleyTerryResult`; ``matrices``: `WinRateMatrix` list.
+    """
+    from extes.analysis.plots import plot_bradley_terry, plot_win_rate_heatmap, plot_win_tie_loss
+
+    writers: dict[str, Callable[[Path], None]] = {
+        "win_tie_loss.csv": _csv(wtl.rows),
+        "bradley_terry.csv": _csv(bt.ratings),
+        "win_tie_loss.png": _png(plot_win_tie_loss(wtl)),
+        "bradley_terry.png": _png(plot_bradley_terry(bt)),
+    }
+    level = round(100 * wtl.confidence)
+    md = [
+        f"# Pairwise study: {wtl.reference} against the other arms\n",
+        f"{int(wtl.rows['n'].sum())} votes involving `{wtl.reference}` from {wtl.sessions} sessions. "
+        f"Win / tie / loss in percent from `{wtl.reference}`'s side; `*` marks a two-sided sign test "
+        f"p < 0.05 (ties excluded). CI: {level}% percentile bootstrap of win - loss, sessions resampled "
+        f"({wtl.n_boot} resamples, seed {wtl.seed}).\n",
+        markdown_table(wtl.table()),
+        "![win/tie/loss](win_tie_loss.png)\n",
+        "## Details\n",
+        markdown_table(
+            wtl.rows[["opponent", "aspect", "n", "win", "tie", "loss", "p_value", "ci_low", "ci_high"]]
+        ),
+        "## Bradley-Terry ratings (Elo scale, ties = half a win each way)\n",
+        f"{level}% percentile bootstrap CIs, sessions resampled ({bt.n_boot} resamples); "
+        f"prior: {bt.prior:g} virtual tie(s) per pair.\n",
+        markdown_table(bt.ratings, floatfmt=".1f"),
+        "![Bradley-Terry](bradley_terry.png)\n",
+        "## Win-rate matrices (row arm against column arm, ties = half)\n",
+    ]
+    for matrix in matrices:
+        stem = f"win_rate_{matrix.aspect}"
+        writers[f"{stem}.csv"] = _csv(matrix.rates, index=True)
+        writers[f"{stem}.png"] = _png(plot_win_rate_heatmap(matrix))
+        table = matrix.rates.reset_index(names="arm")
+        md += [
+            f"### {matrix.aspect}\n",
+            markdown_table(table, floatfmt=".2f"),
+            f"![{matrix.aspect}]({stem}.png)\n",
+        ]
+    writers["report.md"] = _text("\n".join(md))
+    return write_outputs(out_dir, writers)
+
+
+def write_agreement_report(out_dir: str | os.PathLike, result, quality: pd.DataFrame | None) -> list[Path]:
+    """Write the `extes agreement` report: report.md and agreement.csv (+ dataset_quality.csv)."""
+    table = agreement_table(result)
+    writers: dict[str, Callable[[Path], None]] = {"agreement.csv": _csv(table)}
+    md = [
+        "# Inter-rater agreement\n",
+        f"Fleiss' kappa variant: {result.fleiss_variant}.\n",
+        markdown_table(table),
+    ]
+    notes = agreement_notes(result)
+    if notes:
+        md += ["Notes:\n", "\n".join(f"- {n}" for n in notes) + "\n"]
+    if quality is not None:
+        writers["dataset_quality.csv"] = _csv(quality)
+        md += [
+            "## Dataset quality (mean score per metric per source)\n",
+            markdown_table(quality_table(quality)),
+        ]
+    writers["report.md"] = _text("\n".join(md))
+    return write_outputs(out_dir, writers)
+
+
+def agreement_table(result) -> pd.DataFrame:
+    """One row per scope of an `AgreementResult`: all ratings, each aspect, each source (and its aspects).
+
+    ``source``/``aspect`` read "all" where the row pools them.
+    """
+    scopes = [("all", "all", result)] + [("all", a, r) for a, r in result.per_aspect.items()]
+    for source, sub in result.per_source.items():
+        scopes += [(source, "all", sub)] + [(source, a, r) for a, r in sub.per_aspect.items()]
+    return pd.DataFrame(
+        [
+            {
+                "source": source,
+                "aspect": aspect,
+                "items": r.items,
+                "raters": r.raters,
+                "ratings": r.ratings,
+                "fleiss_kappa": r.fleiss_kappa,
+                "alpha_nominal": r.krippendorff_alpha["nominal"],
+                "alpha_ordinal": r.krippendorff_alpha["ordinal"]
+                if r.krippendorff_alpha["ordinal"] is not None
+                else float("nan"),
+                "percent_agreement": r.percent_agreement,
+            }
+            for source, aspect, r in scopes
+        ]
+    )
+
+
+def agreement_notes(result) -> list[str]:
+    """Every note of an `AgreementResult` and its parts, once each."""
+    parts = [result, *result.per_aspect.values()]
+    for sub in result.per_source.values():
+        parts += [sub, *sub.per_aspect.values()]
+    return list(dict.fromkeys(note for part in parts for note in part.notes))
+
+
+def quality_table(quality: pd.DataFrame) -> pd.DataFrame:
+    """Table 4 layout: one row per metric, one ``mean`` column per source."""
+    wide = quality.pivot(index="aspect", columns="source", values="mean")
+    wide = wide.reindex([a for a in dict.fromkeys(quality["aspect"])])
+    wide.columns = [str(c) for c in wide.columns]
+    return wide.reset_index(names="metric")

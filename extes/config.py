@@ -1,0 +1,107 @@
+"""One way to read configuration files: YAML into pydantic v2 models, errors naming file, key path, reason.
+
+Every configuration file of the project (arms, study protocols, training configs, evaluation
+matrices) is a pydantic model with ``extra="forbid"`` (subclass `ConfigModel`). This module reads the
+YAML and validates it; the models hold the checks, so a check is written once.
+
+Errors read ``<file>: <key path>: <reason>``, e.g. ``protocol.yaml: arms[1].generation: unknown key
+'temprature'``. A model can raise ``ValueError`` (or `ConfigError`) from a validator with its own
+wording; that wording is kept as it is, prefixed with the key path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+__all__ = ["ConfigError", "ConfigModel", "format_loc", "read_yaml", "validate_config", "load_config"]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration file; the message names the file, the key path and the reason."""
+
+
+class ConfigModel(BaseModel):
+    """Base of every configuration model: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """``("arms", 1, "generation")`` -> ``arms[1].generation``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _reason(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return f"unknown key {err['loc'][-1]!r}" if err.get("loc") else "unknown key"
+    if kind == "missing":
+        return "is required"
+    msg = str(err.get("msg", "invalid value"))
+    # Messages of our own validators come as "Value error, <our text>": keep only our text.
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    if "input" in err and kind not in ("extra_forbidden",):
+        return f"{msg} (got {err['input']!r})"
+    return msg
+
+
+def format_errors(exc: ValidationError, where: str) -> str:
+    """All problems of a validation, one per line, each ``<where>: <key path>: <reason>``."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err.get("loc", ()) if p != "__root__")
+        if err.get("type") == "extra_forbidden":
+            loc = loc[:-1] + (loc[-1],) if loc else loc
+        path = format_loc(loc)
+        lines.append(f"{where}: {path}: {_reason(err)}" if path else f"{where}: {_reason(err)}")
+    return "\n".join(lines)
+
+
+def validate_config(data: Any, model: type[M], where: str, *, error: type[Exception] = ConfigError,
+                    context: dict[str, Any] | None = None) -> M:
+    """Validate ``data`` (already parsed) against ``model``; raise ``error`` naming ``where`` and the key."""
+    if not isinstance(data, dict):
+        raise error(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise error(format_errors(exc, where)) from None
+
+
+def read_yaml(path: str | Path, what: str = "configuration", *, error: type[Exception] = ConfigError) -> Any:
+    """The parsed YAML of ``path``; a missing file is FileNotFoundError, bad YAML ``error``."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} file {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML ({exc})") from None
+
+
+def load_config(path: str | Path, model: type[M], what: str = "configuration", *,
+                error: type[Exception] = ConfigError, context: dict[str, Any] | None = None) -> M:
+    """Read and validate a YAML configuration file in one step."""
+    path = Path(path)
+    ctx = {"base_dir": path.parent, **(context or {})}
+    return validate_config(read_yaml(path, what, error=error), model, str(path), error=error, context=ctx)

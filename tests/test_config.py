@@ -1,0 +1,63 @@
+"""The one configuration loader: YAML into pydantic models, errors naming the file, key path and reason."""
+
+from typing import Literal
+
+import pytest
+from pydantic import field_validator
+
+from extes.config import ConfigError, ConfigModel, format_loc, load_config
+
+
+class Gen(ConfigModel):
+    temperature: float = 0.7
+
+
+class Item(ConfigModel):
+    name: str
+    kind: Literal["a", "b"] = "a"
+    generation: Gen = Gen()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.isidentifier():
+            raise ValueError(f"name {v!r} must be an identifier")
+        return v
+
+
+class Top(ConfigModel):
+    items: list[Item]
+
+
+def test_format_loc():
+    assert format_loc(("items", 1, "generation", "temperature")) == "items[1].generation.temperature"
+
+
+def test_valid_file_loads(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("items:\n  - name: x\n  - name: y\n    kind: b\n    generation: {temperature: 0}\n")
+    top = load_config(path, Top)
+    assert [i.name for i in top.items] == ["x", "y"] and top.items[1].generation.temperature == 0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("items:\n  - name: x\n    generation: {temprature: 1}\n", r"c\.yaml: items\[0\]\.generation\.temprature: unknown key 'temprature'"),
+        ("items:\n  - name: x\n  - name: 'no good'\n", r"c\.yaml: items\[1\]\.name: name 'no good' must be an identifier"),
+        ("items:\n  - kind: b\n", r"c\.yaml: items\[0\]\.name: is required"),
+        ("items:\n  - name: x\n    kind: c\n", r"c\.yaml: items\[0\]\.kind: .*'a' or 'b'"),
+        ("- just a list\n", r"c\.yaml: expected a mapping at the top level, got list"),
+        ("items: [\n", r"c\.yaml: not valid YAML"),
+    ],
+)
+def test_errors_name_file_key_path_and_reason(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, Top)
+
+
+def test_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="protocol file .* does not exist"):
+        load_config(tmp_path / "nope.yaml", Top, "protocol")
