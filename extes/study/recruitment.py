@@ -1,0 +1,112 @@
+"""Recruitment platforms (Prolific first, MTurk-style external links second).
+
+A participant who arrives with the platform's URL parameters skips the code screen. The platform id is
+stored only as a keyed hash (HMAC-SHA256 with the deployment's salt, `EXTES_PLATFORM_SALT`), so the
+same person is recognised on return and can never start twice, while the database alone does not name
+them; the raw id is kept only where the protocol says payment needs it (`keep_raw_id: true`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import model_validator
+
+from extes.config import ConfigModel
+
+SALT_ENV = "EXTES_PLATFORM_SALT"
+_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+
+PRESETS: dict[str, dict[str, str | None]] = {
+    "prolific": {"participant_param": "PROLIFIC_PID", "study_param": "STUDY_ID", "session_param": "SESSION_ID",
+                 "completion_url": "https://app.prolific.com/submissions/complete?cc={code}"},
+    "mturk": {"participant_param": "workerId", "study_param": "hitId", "session_param": "assignmentId",
+              "completion_url": None},
+    "generic": {"participant_param": "pid", "study_param": None, "session_param": None, "completion_url": None},
+}
+
+
+class RecruitmentSettings(ConfigModel):
+    """The protocol's ``recruitment:`` section."""
+
+    platform: Literal["prolific", "mturk", "generic"] = "prolific"
+    participant_param: str | None = None
+    study_param: str | None = None
+    session_param: str | None = None
+    completion_url: str | None = None   # a template with {code}
+    completion_code: str
+    screened_out_code: str | None = None
+    keep_raw_id: bool = False
+    redirect: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_presets(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("platform", "prolific") in PRESETS:
+            preset = PRESETS[data.get("platform", "prolific")]
+            data = {**{k: v for k, v in preset.items() if v is not None}, **{k: v for k, v in data.items() if v is not None}}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> RecruitmentSettings:
+        if not self.completion_url:
+            raise ValueError(f"completion_url is required for platform {self.platform!r} "
+                             "(a URL template with {code})")
+        if "{code}" not in self.completion_url:
+            raise ValueError("completion_url must contain {code}")
+        if not self.completion_url.startswith(("https://", "http://")):
+            raise ValueError("completion_url must be an http(s) URL")
+        for code in (self.completion_code, self.screened_out_code):
+            if code is not None and not _ID_RE.match(code):
+                raise ValueError(f"completion code {code!r} must be 1-128 letters, digits, '_' or '-'")
+        return self
+
+
+@dataclass(frozen=True)
+class PlatformArrival:
+    participant: str
+    study: str | None
+    session: str | None
+
+
+class RecruitmentError(ValueError):
+    """Bad platform parameters; the message never repeats the values."""
+
+
+def arrival_from_params(params: Mapping[str, str], settings: RecruitmentSettings) -> PlatformArrival | None:
+    """The platform ids in the page's URL parameters, or None when the participant parameter is absent."""
+    raw = params.get(settings.participant_param or "")
+    if raw is None or raw == "":
+        return None
+    values = {}
+    for what, key in (("participant", settings.participant_param), ("study", settings.study_param),
+                      ("session", settings.session_param)):
+        value = params.get(key) if key else None
+        if value is not None and not _ID_RE.match(value):
+            raise RecruitmentError(f"the link's {key} parameter is not a valid id")
+        values[what] = value or None
+    return PlatformArrival(values["participant"], values["study"], values["session"])
+
+
+def platform_salt(env: Mapping[str, str] | None = None) -> bytes:
+    salt = (env if env is not None else os.environ).get(SALT_ENV, "")
+    if len(salt) < 16:
+        raise RecruitmentError(f"set {SALT_ENV} to a secret of at least 16 characters before recruiting "
+                               "through a platform (it keys the hash of platform ids)")
+    return salt.encode("utf-8")
+
+
+def hash_platform_id(platform: str, participant: str, salt: bytes) -> str:
+    return hmac.new(salt, f"{platform}:{participant}".encode(), hashlib.sha256).hexdigest()
+
+
+def completion_link(settings: RecruitmentSettings, screened_out: bool = False) -> str:
+    code = settings.screened_out_code if screened_out and settings.screened_out_code else settings.completion_code
+    return settings.completion_url.format(code=quote(code, safe=""))  # type: ignore[union-attr]
