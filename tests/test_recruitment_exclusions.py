@@ -6,8 +6,8 @@ import pytest
 from extes.analysis.exclusions import (
     FLAGS,
     apply_exclusions,
-    fast_rating,
     failed_attention,
+    fast_rating,
     parse_rule,
     repeated_message,
     short_messages,
