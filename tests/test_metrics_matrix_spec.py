@@ -47,3 +47,11 @@ def test_missing_files(tmp_path):
         load_spec(tmp_path / "nope.yaml")
     with pytest.raises(FileNotFoundError, match="test_sets.T: gone.jsonl does not exist"):
         load_spec(_spec(tmp_path, "arms: [a]\ntest_sets: {T: gone.jsonl}\n"))
+
+
+def test_the_example_spec_matches_the_schema(repo_root):
+    from extes.config import read_yaml, validate_config
+    from extes.metrics.matrix import MatrixFile
+
+    spec = validate_config(read_yaml(repo_root / "configs" / "eval-matrix.example.yaml"), MatrixFile, "example")
+    assert spec.arms and spec.test_sets

@@ -52,3 +52,9 @@ def test_yaml_file_is_read_by_the_shared_reader(tmp_path):
         load_config_file(tmp_path / "list.yaml")
     with pytest.raises(FileNotFoundError, match="no such config file"):
         load_config_file(tmp_path / "missing.yaml")
+
+
+def test_the_repository_training_configs_are_valid(repo_root):
+    for path in sorted((repo_root / "configs").glob("seeds-*.yaml")):
+        cfg = config_from_dict(load_config_file(path), str(path))
+        assert cfg.run_name == path.stem and cfg.method == "lora"
