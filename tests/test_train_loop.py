@@ -127,3 +127,19 @@ def test_a_forged_checkpoint_cannot_run_code_on_resume(setup, tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         train(model(), train_set, valid_set, pad, _opts(tmp_path / "ck", resume=True))
     assert not marker.exists()
+
+
+def test_checkpoints_of_the_previous_layout_still_load(setup, tmp_path):
+    """Before TrainState, the state dict and the scheduler were inside trainer_state.pt (plain values)."""
+    model, train_set, valid_set, pad = setup
+    train(model(), train_set, valid_set, pad, _opts(tmp_path / "ck", epochs=1))
+    last = sorted((tmp_path / "ck").iterdir())[-1]
+    new = load_checkpoint(last)
+    meta = json.loads((last / STATE_FILE).read_text())
+    old_state = {k: v for k, v in meta["state"].items() if k not in ("epoch_loss", "epoch_tokens")}
+    saved = torch.load(last / TENSORS_FILE, weights_only=True)
+    torch.save({**saved, "state": old_state, "scheduler": meta["scheduler"]}, last / TENSORS_FILE)
+    (last / STATE_FILE).unlink()
+    old = load_checkpoint(last)
+    assert old.state.step == new.state.step == 4 and old.state.history == new.state.history
+    assert old.scheduler == new.scheduler and old.weights.keys() == new.weights.keys()
