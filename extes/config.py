@@ -1,8 +1,10 @@
 """One way to read configuration files: YAML into pydantic v2 models, errors naming file, key path, reason.
 
 Every configuration file of the project (arms, study protocols, training configs, evaluation
-matrices) is a pydantic model with ``extra="forbid"`` (subclass `ConfigModel`). This module reads the
-YAML and validates it; the models hold the checks, so a check is written once.
+matrices) is a pydantic model with ``extra="forbid"``: a subclass of `ConfigModel`, or a class decorated
+with `config_dataclass` where callers also need a real (frozen) dataclass (``dataclasses.replace``,
+positional construction). This module reads the YAML and validates it; the models hold the checks, so a
+check is written once.
 
 Errors read ``<file>: <key path>: <reason>``, e.g. ``protocol.yaml: arms[1].generation: unknown key
 'temprature'``. A model can raise ``ValueError`` (or `ConfigError`) from a validator with its own
@@ -11,12 +13,15 @@ wording; that wording is kept as it is, prefixed with the key path.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
-__all__ = ["ConfigError", "ConfigModel", "format_loc", "read_yaml", "validate_config", "load_config"]
+__all__ = ["ConfigError", "ConfigModel", "config_dataclass", "format_loc", "read_yaml", "validate_config",
+           "load_config"]
 
 
 class ConfigError(ValueError):
@@ -29,7 +34,23 @@ class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M")
+T = TypeVar("T")
+
+
+def config_dataclass(cls: type[T]) -> type[T]:
+    """A frozen pydantic dataclass that forbids unknown keys: a configuration model that is also a real
+    dataclass (hashable, ``dataclasses.replace``/``fields``/``asdict``, positional arguments).
+
+    Its validators run on every construction; checks that need the file system (paths relative to the
+    YAML file) should run only when a validation context is given, i.e. when read through this module.
+    """
+    return _pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
+
+
+@functools.cache
+def _adapter(model: type) -> TypeAdapter:
+    return TypeAdapter(model)
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:
@@ -45,7 +66,7 @@ def format_loc(loc: tuple[Any, ...]) -> str:
 
 def _reason(err: dict[str, Any]) -> str:
     kind = err.get("type", "")
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         return f"unknown key {err['loc'][-1]!r}" if err.get("loc") else "unknown key"
     if kind == "missing":
         return "is required"
@@ -64,8 +85,6 @@ def format_errors(exc: ValidationError, where: str) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err.get("loc", ()) if p != "__root__")
-        if err.get("type") == "extra_forbidden":
-            loc = loc[:-1] + (loc[-1],) if loc else loc
         path = format_loc(loc)
         lines.append(f"{where}: {path}: {_reason(err)}" if path else f"{where}: {_reason(err)}")
     return "\n".join(lines)
@@ -77,7 +96,9 @@ def validate_config(data: Any, model: type[M], where: str, *, error: type[Except
     if not isinstance(data, dict):
         raise error(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return model.model_validate(data, context=context)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return model.model_validate(data, context=context)
+        return _adapter(model).validate_python(data, context=context)
     except ValidationError as exc:
         raise error(format_errors(exc, where)) from None
 

@@ -61,3 +61,33 @@ def test_errors_name_file_key_path_and_reason(tmp_path, text, message):
 def test_missing_file_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="protocol file .* does not exist"):
         load_config(tmp_path / "nope.yaml", Top, "protocol")
+
+
+def test_config_dataclass_is_a_frozen_dataclass_validated_like_a_model(tmp_path):
+    import dataclasses
+
+    from extes.config import config_dataclass, validate_config
+
+    @config_dataclass
+    class Point:
+        x: int
+        label: str = "p"
+
+        @field_validator("x")
+        @classmethod
+        def _x(cls, v: int) -> int:
+            if v < 0:
+                raise ValueError(f"x={v} must be >= 0")
+            return v
+
+    p = Point(1)
+    assert dataclasses.replace(p, label="q") == Point(1, "q") and hash(p) == hash(Point(1))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.x = 2
+    assert validate_config({"x": 3}, Point, "pts.yaml") == Point(3)
+    with pytest.raises(ConfigError, match=r"^pts\.yaml: x: x=-1 must be >= 0$"):
+        validate_config({"x": -1}, Point, "pts.yaml")
+    with pytest.raises(ConfigError, match=r"^pts\.yaml: y: unknown key 'y'$"):
+        validate_config({"x": 1, "y": 2}, Point, "pts.yaml")
+    with pytest.raises(ValueError, match="x=-2"):  # built in code, values are checked too
+        Point(-2)

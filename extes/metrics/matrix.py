@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import field_validator, model_validator
+
+from extes.config import ConfigModel, read_yaml, validate_config
 from extes.dialogue import atomic_write, load_dialogues
 from extes.metrics.evaluate import (
     EvalOptions,
@@ -35,12 +38,74 @@ from extes.metrics.evaluate import (
     write_outputs,
 )
 
-SPEC_KEYS = {"arms_file", "arms", "test_sets", "limit", "settings", "greedy", "glove", "wordnet", "out",
-             "batch_size", "ppl", "ppl_tag", "cache_dir"}
-
 
 class MatrixSpecError(ValueError):
     pass
+
+
+class MatrixFile(ConfigModel):
+    """The YAML of a matrix spec, as written (paths not yet resolved)."""
+
+    arms: list[Any]
+    test_sets: dict[str, Any]
+    arms_file: str | None = None
+    limit: int | None = None
+    settings: dict[str, Any] | None = None
+    greedy: bool = True
+    glove: str | None = None
+    wordnet: str | None = None
+    out: str | None = None
+    batch_size: int = 8
+    ppl: bool = True
+    ppl_tag: str = "context"
+    cache_dir: str | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _known_keys(cls, data: Any, handler: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(map(str, data)) - SPEC_KEYS)
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown}; expected some of {sorted(SPEC_KEYS)}")
+            for key, message in (("arms", "`arms` must be a non-empty list"),
+                                 ("test_sets", "`test_sets` must be a mapping of label: path")):
+                if not data.get(key):  # missing or empty: the wording users already get
+                    raise ValueError(message)
+        return handler(data)
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _arms(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not value:
+            raise ValueError("`arms` must be a non-empty list")
+        return value
+
+    @field_validator("test_sets", mode="before")
+    @classmethod
+    def _test_sets(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not value:
+            raise ValueError("`test_sets` must be a mapping of label: path")
+        for label, p in value.items():
+            if not isinstance(p, str):
+                raise ValueError(f"test_sets.{label}: expected a path, got {p!r}")
+        return {str(k): v for k, v in value.items()}
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _limit(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"limit must be a positive integer, got {value!r}")
+        return value
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _settings(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("settings must be a mapping of generation settings")
+        return value
+
+
+SPEC_KEYS = set(MatrixFile.model_fields)
 
 
 @dataclass
@@ -63,50 +128,27 @@ def _resolve(value: str, base_dir: Path) -> Path:
 
 
 def load_spec(path: str | Path) -> MatrixSpec:
-    import yaml
-
+    """Read and check a matrix spec (`MatrixFile`); test sets must exist (FileNotFoundError naming them)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"matrix spec {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise MatrixSpecError(f"{path}: not valid YAML ({exc})") from None
+    data = read_yaml(path, "matrix spec", error=MatrixSpecError)
     if not isinstance(data, dict):
         raise MatrixSpecError(f"{path}: expected a mapping with `arms` and `test_sets`")
-    unknown = sorted(set(data) - SPEC_KEYS)
-    if unknown:
-        raise MatrixSpecError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(SPEC_KEYS)}")
-    arms = data.get("arms")
-    if not isinstance(arms, list) or not arms:
-        raise MatrixSpecError(f"{path}: `arms` must be a non-empty list")
-    tests = data.get("test_sets")
-    if not isinstance(tests, dict) or not tests:
-        raise MatrixSpecError(f"{path}: `test_sets` must be a mapping of label: path")
+    f = validate_config(data, MatrixFile, str(path), error=MatrixSpecError)
     test_sets = {}
-    for label, p in tests.items():
-        if not isinstance(p, str):
-            raise MatrixSpecError(f"{path}: test_sets.{label}: expected a path, got {p!r}")
+    for label, p in f.test_sets.items():
         resolved = _resolve(p, path.parent)
         if not resolved.exists():
             raise FileNotFoundError(f"{path}: test_sets.{label}: {p} does not exist")
-        test_sets[str(label)] = resolved
-    limit = data.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise MatrixSpecError(f"{path}: limit must be a positive integer, got {limit!r}")
-    settings = data.get("settings") or {}
-    if not isinstance(settings, dict):
-        raise MatrixSpecError(f"{path}: settings must be a mapping of generation settings")
-    options = EvalOptions(limit=limit, settings=settings, greedy=bool(data.get("greedy", True)),
-                          glove=str(_resolve(data["glove"], path.parent)) if data.get("glove") else None,
-                          wordnet=data.get("wordnet"), ppl=bool(data.get("ppl", True)),
-                          ppl_tag=str(data.get("ppl_tag", "context")),
-                          batch_size=int(data.get("batch_size", 8)))
-    if data.get("cache_dir"):
-        options.cache_dir = str(_resolve(data["cache_dir"], path.parent))
-    arms_file = _resolve(data["arms_file"], path.parent) if data.get("arms_file") else None
-    out = Path(data.get("out") or f"results/eval/{path.stem}")
-    return MatrixSpec(arms=arms, test_sets=test_sets, options=options, out=out, arms_file=arms_file, where=str(path))
+        test_sets[label] = resolved
+    options = EvalOptions(limit=f.limit, settings=f.settings or {}, greedy=f.greedy,
+                          glove=str(_resolve(f.glove, path.parent)) if f.glove else None,
+                          wordnet=f.wordnet, ppl=f.ppl, ppl_tag=f.ppl_tag, batch_size=f.batch_size)
+    if f.cache_dir:
+        options.cache_dir = str(_resolve(f.cache_dir, path.parent))
+    arms_file = _resolve(f.arms_file, path.parent) if f.arms_file else None
+    out = Path(f.out or f"results/eval/{path.stem}")
+    return MatrixSpec(arms=f.arms, test_sets=test_sets, options=options, out=out, arms_file=arms_file,
+                      where=str(path))
 
 
 def resolve_arms(entries: list[Any], arms_file: Path | None, where: str) -> list:

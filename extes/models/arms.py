@@ -18,13 +18,17 @@ accepted as well. See docs/models.md for every key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, field, fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationInfo, field_validator, model_validator
+
 from extes.base.embedded import EMBEDDED_NAME
+from extes.config import config_dataclass, read_yaml, validate_config
 from extes.dialogue import DEFAULT_SYSTEM_PROMPT
 
 BACKENDS = ("local", "openai")
@@ -36,13 +40,34 @@ class ArmConfigError(ValueError):
     """An invalid arms declaration; the message names the file, the arm and the reason."""
 
 
-@dataclass(frozen=True)
+def _unknown_keys(data: Any, cls: type, what: str) -> None:
+    """Unknown keys, all named in one message (pydantic's `extra="forbid"` stays as the backstop)."""
+    if isinstance(data, dict):
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(map(str, data)) - set(known))
+        if unknown:
+            expected = sorted(known) if what == "generation setting" else known
+            raise ValueError(f"unknown {what}(s) {unknown}; expected some of {expected}")
+
+
+@config_dataclass
 class GenerationSettings:
     max_new_tokens: int = 128
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
     seed: int | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _known_keys(cls, data: Any, handler: Any) -> Any:
+        _unknown_keys(data, cls, "generation setting")
+        return handler(data)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _setting(cls, value: Any, info: ValidationInfo) -> Any:
+        return _check_setting(info.field_name, value)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,19 +82,23 @@ class GenerationSettings:
             return self
         if not isinstance(override, dict):
             raise ArmConfigError(f"{where}: expected a mapping of generation settings, got {type(override).__name__}")
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(override) - known)
-        if unknown:
-            raise ArmConfigError(f"{where}: unknown generation setting(s) {unknown}; expected some of {sorted(known)}")
-        values = {k: _check_setting(k, v, where) for k, v in override.items()}
-        return replace(self, **values)
+        _check_keys_now(override, where)
+        return validate_config({**self.to_dict(), **override}, GenerationSettings, where, error=ArmConfigError)
 
 
-def _check_setting(key: str, value: Any, where: str) -> Any:
+def _check_keys_now(override: dict[str, Any], where: str) -> None:
+    try:
+        _unknown_keys(override, GenerationSettings, "generation setting")
+    except ValueError as exc:
+        raise ArmConfigError(f"{where}: {exc}") from None
+
+
+def _check_setting(key: str, value: Any) -> Any:
+    """One generation setting, checked and normalised; the wording is the one users already get."""
     given = value
 
-    def bad(reason: str) -> ArmConfigError:
-        return ArmConfigError(f"{where}: {key}={given!r} {reason}")
+    def bad(reason: str) -> ValueError:
+        return ValueError(f"{key}={given!r} {reason}")
 
     if key == "seed":
         if value is None:
@@ -93,8 +122,11 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
     return value
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class Arm:
+    """One arm. Constructed in code, only types and values are checked; read from YAML (`arms_from_config`,
+    `load_arms`), a local arm's base and adapter are also resolved on disk and checked against each other."""
+
     name: str
     backend: str = "local"
     base: str = EMBEDDED_NAME
@@ -111,10 +143,114 @@ class Arm:
     # local arms: precision of the base weights (the residual stream, attention, KV cache and LoRA stay fp32).
     dtype: str = "auto"
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, name: Any) -> Any:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(f"name {name!r} must be 1-64 characters of letters, digits, '_', '-', '.', ':'")
+        return name
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, backend: Any) -> Any:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} must be one of {list(BACKENDS)}")
+        return backend
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, dtype: Any) -> Any:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} must be one of {list(DTYPES)}")
+        return dtype
+
+    @field_validator("generation", mode="before")
+    @classmethod
+    def _generation(cls, value: Any) -> Any:
+        if value is None:
+            return GenerationSettings()
+        if not isinstance(value, (dict, GenerationSettings)):
+            raise ValueError(f"expected a mapping of generation settings, got {type(value).__name__}")
+        return value
+
+    @field_validator("system_prompt", mode="before")
+    @classmethod
+    def _system_prompt(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("system_prompt must be a string or null")
+        return value
+
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _strategies(cls, value: Any) -> Any:
+        if value is None:  # not given: a local arm inherits it from its adapter's training config
+            return False
+        if not isinstance(value, bool):
+            raise ValueError(f"strategies must be true or false, got {value!r}")
+        return value
+
+    @field_validator("timeout_s", "max_retries", mode="before")
+    @classmethod
+    def _non_negative(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{info.field_name} must be a non-negative number, got {value!r}")
+        return int(value) if info.field_name == "max_retries" else float(value)
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _base(cls, base: Any) -> Any:
+        if not isinstance(base, str) or not base.strip():
+            raise ValueError(f"base must be a non-empty string, got {base!r}")
+        return base
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _adapter(cls, adapter: Any) -> Any:
+        if adapter is not None and (not isinstance(adapter, str) or not adapter.strip()):
+            raise ValueError(f"adapter must be a path, got {adapter!r}")
+        return adapter
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _base_url(cls, url: Any) -> Any:
+        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+            raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
+        return url
+
+    @field_validator("api_key_env", mode="before")
+    @classmethod
+    def _api_key_env(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            raise ValueError("api_key_env must name an environment variable")
+        return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _whole_arm(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
+        _unknown_keys(data, cls, "key")
+        if isinstance(data, dict) and "name" not in data:
+            cls._name(None)  # the wording users already get for a missing name
+        arm = handler(data)
+        arm._check_backend_keys()
+        if info.context is None or not isinstance(data, dict):
+            return arm  # built in code: trusted paths
+        if arm.backend == "openai":
+            return dataclasses.replace(arm, model=arm.model.strip())
+        return _resolve_local(arm, data, info.context.get("base_dir"))
+
+    def _check_backend_keys(self) -> None:
+        if self.backend == "openai":
+            if self.adapter is not None:
+                raise ValueError("adapter is for local arms; an openai arm names its served model with `model:`")
+            if not isinstance(self.model, str) or not self.model.strip():
+                raise ValueError("an openai arm needs `model:` (the model name the endpoint serves)")
+            return
+        for key in ("base_url", "model"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"{key} is only for backend: openai")
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["generation"] = self.generation.to_dict()
-        return d
+        return asdict(self)
 
 
 ARM_KEYS = tuple(f.name for f in fields(Arm))
@@ -186,115 +322,76 @@ def read_adapter_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def _check_base(base: Any, where: str, base_dir: Path | None) -> str:
-    if not isinstance(base, str) or not base.strip():
-        raise ArmConfigError(f"{where}: base must be a non-empty string, got {base!r}")
+def _check_base(base: str, base_dir: Path | None) -> str:
     base = base.strip()
     if base.lower() == EMBEDDED_NAME:
         return EMBEDDED_NAME
     p = _resolve_path(base, base_dir)
     if p is not None:
         if not (p / "config.json").is_file():
-            raise ArmConfigError(f"{where}: base folder {p} has no config.json (not a saved checkpoint)")
+            raise ValueError(f"base folder {p} has no config.json (not a saved checkpoint)")
         return str(p)
     if re.match(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$", base) and not base.startswith((".", "/", "~")):
         return base  # a hub id; only loadable when online
-    raise ArmConfigError(
-        f"{where}: base {base!r} is neither the embedded model ({EMBEDDED_NAME!r}), an existing checkpoint "
+    raise ValueError(
+        f"base {base!r} is neither the embedded model ({EMBEDDED_NAME!r}), an existing checkpoint "
         "folder, nor a hub id of the form owner/name"
     )
 
 
+def _find_adapter(adapter: str, base_dir: Path | None) -> Path:
+    path = _resolve_path(adapter, base_dir)
+    if path is None:
+        tried = ", ".join(dict.fromkeys(str(d) for d in (Path.cwd(), base_dir, REPO_ROOT) if d))
+        raise ValueError(
+            f"adapter folder {adapter!r} does not exist (relative to {tried}); "
+            "train it first with `extes train` or fix the path"
+        )
+    if not (path / "adapter_config.json").is_file():
+        hint = (" It holds a full checkpoint (config.json): use it as `base:` instead."
+                if (path / "config.json").is_file() else "")
+        raise ValueError(f"adapter folder {path} has no adapter_config.json.{hint}")
+    return path
+
+
+def _resolve_local(arm: Arm, given: dict[str, Any], base_dir: Path | None) -> Arm:
+    """A local arm read from a file: its base and adapter found on disk, the adapter checked against the
+    base it was trained on, and `strategies` taken from (or checked against) its training config."""
+    base = _check_base(arm.base, base_dir)
+    strategies = given.get("strategies")
+    if arm.adapter is None:
+        return dataclasses.replace(arm, base=base)
+    path = _find_adapter(arm.adapter, base_dir)
+    info = read_adapter_info(path)
+    trained_on = info["base"]
+    if trained_on and not _same_base(trained_on, base):
+        suggestion = "" if "base" in given else f" (set `base: {trained_on}` if that model is available)"
+        raise ValueError(
+            f"adapter {path} was trained on base {trained_on!r} but the arm's base is {base!r}{suggestion}"
+        )
+    if info["strategies"] is not None:
+        if strategies is None:
+            strategies = info["strategies"]
+        elif strategies != info["strategies"]:
+            raise ValueError(
+                f"strategies: {str(strategies).lower()} contradicts the adapter's training config "
+                f"({path / 'training_config.json'} says strategies: {str(info['strategies']).lower()})"
+            )
+    return dataclasses.replace(arm, base=base, adapter=str(path), strategies=bool(strategies))
+
+
+def _arm_where(entry: dict[str, Any], where: str) -> str:
+    """`file: arms[1]` gains the arm's name when it has a valid one: `file: arms[1] (arm 'x')`."""
+    name = entry.get("name")
+    return f"{where} (arm {name!r})" if isinstance(name, str) and _NAME_RE.match(name) else where
+
+
 def arm_from_dict(entry: Any, where: str, base_dir: Path | None = None) -> Arm:
+    """One arm mapping, validated (and a local arm's paths resolved against `base_dir`)."""
     if not isinstance(entry, dict):
         raise ArmConfigError(f"{where}: expected a mapping with at least a name, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - set(ARM_KEYS))
-    if unknown:
-        raise ArmConfigError(f"{where}: unknown key(s) {unknown}; expected some of {list(ARM_KEYS)}")
-    name = entry.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ArmConfigError(
-            f"{where}: name {name!r} must be 1-64 characters of letters, digits, '_', '-', '.', ':'"
-        )
-    where = f"{where} (arm {name!r})"
-    backend = entry.get("backend", "local")
-    if backend not in BACKENDS:
-        raise ArmConfigError(f"{where}: backend {backend!r} must be one of {list(BACKENDS)}")
-    generation = GenerationSettings.from_dict(entry.get("generation"), f"{where}: generation")
-    system_prompt = entry.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
-    if system_prompt is not None and not isinstance(system_prompt, str):
-        raise ArmConfigError(f"{where}: system_prompt must be a string or null")
-    strategies = entry.get("strategies")
-    if strategies is not None and not isinstance(strategies, bool):
-        raise ArmConfigError(f"{where}: strategies must be true or false, got {strategies!r}")
-    kwargs: dict[str, Any] = dict(name=name, backend=backend, generation=generation, system_prompt=system_prompt)
-    dtype = entry.get("dtype", "auto")
-    if dtype not in DTYPES:
-        raise ArmConfigError(f"{where}: dtype {dtype!r} must be one of {list(DTYPES)}")
-    kwargs["dtype"] = dtype
-    for key in ("timeout_s", "max_retries"):
-        if key in entry:
-            v = entry[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ArmConfigError(f"{where}: {key} must be a non-negative number, got {v!r}")
-            kwargs[key] = int(v) if key == "max_retries" else float(v)
-
-    if backend == "openai":
-        for key in ("adapter",):
-            if entry.get(key) is not None:
-                raise ArmConfigError(
-                    f"{where}: {key} is for local arms; an openai arm names its served model with `model:`"
-                )
-        model = entry.get("model")
-        if not isinstance(model, str) or not model.strip():
-            raise ArmConfigError(f"{where}: an openai arm needs `model:` (the model name the endpoint serves)")
-        base_url = entry.get("base_url")
-        if base_url is not None and (not isinstance(base_url, str) or not base_url.startswith(("http://", "https://"))):
-            raise ArmConfigError(f"{where}: base_url must be an http(s) URL, got {base_url!r}")
-        api_key_env = entry.get("api_key_env", "OPENAI_API_KEY")
-        if not isinstance(api_key_env, str) or not api_key_env:
-            raise ArmConfigError(f"{where}: api_key_env must name an environment variable")
-        return Arm(model=model.strip(), base_url=base_url, api_key_env=api_key_env,
-                   base=str(entry.get("base", EMBEDDED_NAME)), strategies=bool(strategies), **kwargs)
-
-    for key in ("base_url", "model"):
-        if entry.get(key) is not None:
-            raise ArmConfigError(f"{where}: {key} is only for backend: openai")
-    base_given = "base" in entry
-    base = _check_base(entry.get("base", EMBEDDED_NAME), where, base_dir)
-    adapter = entry.get("adapter")
-    if adapter is not None:
-        if not isinstance(adapter, str) or not adapter.strip():
-            raise ArmConfigError(f"{where}: adapter must be a path, got {adapter!r}")
-        path = _resolve_path(adapter, base_dir)
-        if path is None:
-            tried = ", ".join(dict.fromkeys(str(d) for d in (Path.cwd(), base_dir, REPO_ROOT) if d))
-            raise ArmConfigError(
-                f"{where}: adapter folder {adapter!r} does not exist (relative to {tried}); "
-                "train it first with `extes train` or fix the path"
-            )
-        if not (path / "adapter_config.json").is_file():
-            hint = (" It holds a full checkpoint (config.json): use it as `base:` instead."
-                    if (path / "config.json").is_file() else "")
-            raise ArmConfigError(f"{where}: adapter folder {path} has no adapter_config.json.{hint}")
-        info = read_adapter_info(path)
-        trained_on = info["base"]
-        if trained_on and not _same_base(trained_on, base):
-            suggestion = "" if base_given else f" (set `base: {trained_on}` if that model is available)"
-            raise ArmConfigError(
-                f"{where}: adapter {path} was trained on base {trained_on!r} but the arm's base is "
-                f"{base!r}{suggestion}"
-            )
-        if info["strategies"] is not None:
-            if strategies is None:
-                strategies = info["strategies"]
-            elif strategies != info["strategies"]:
-                raise ArmConfigError(
-                    f"{where}: strategies: {str(strategies).lower()} contradicts the adapter's training config "
-                    f"({path / 'training_config.json'} says strategies: {str(info['strategies']).lower()})"
-                )
-        adapter = str(path)
-    return Arm(base=base, adapter=adapter, strategies=bool(strategies), **kwargs)
+    return validate_config(entry, Arm, _arm_where(entry, where), error=ArmConfigError,
+                           context={"base_dir": base_dir})
 
 
 def arms_from_config(entries: Any, where: str, base_dir: str | Path | None = None) -> list[Arm]:
@@ -316,15 +413,8 @@ def arms_from_config(entries: Any, where: str, base_dir: str | Path | None = Non
 def load_arms(path: str | Path) -> list[Arm]:
     """Read an arms YAML (`arms: [...]`) or a study protocol YAML whose `arms:` is such a list (or the path
     of an arms YAML, relative to the protocol file)."""
-    import yaml
-
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"arms file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ArmConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = read_yaml(path, "arms", error=ArmConfigError)
     if isinstance(data, list):
         entries = data
     elif isinstance(data, dict) and "arms" in data:

@@ -184,6 +184,37 @@ class LLMClient:
         cap = min(self.backoff_max, self.backoff_base * (2 ** attempt))
         return self._rng.uniform(0, cap)  # full jitter
 
+    def _status_error(self, exc) -> tuple[str, float | None, bool]:
+        """(error text, Retry-After seconds or None, retryable) of an HTTP error response."""
+        status = exc.status_code
+        err = f"HTTP {status}: {str(exc)[:300]}"
+        retry_after = parse_retry_after(getattr(exc.response, "headers", None))
+        retryable = True
+        if status == 400 and self.token_param == "max_tokens" and "max_completion_tokens" in str(exc):
+            # newer OpenAI models refuse max_tokens and name its replacement: switch once
+            self.token_param = "max_completion_tokens"
+            retry_after = 0.0
+        elif status == 429:
+            self.stats.rate_limited += 1
+        elif status >= 500:
+            self.stats.server_errors += 1
+        elif status not in (408, 409):
+            retryable = False
+        return err, retry_after, retryable
+
+    def _completion(self, resp, est_tokens: int, max_tokens: int, latency: float, attempts: int,
+                    errors: list[str]) -> Completion:
+        usage = resp.usage
+        pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
+        ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
+        if not usage:  # no usage reported: keep our estimate so budgets stay conservative
+            pt, ct = est_tokens, max_tokens
+        self.limiter.settle(est_tokens + max_tokens, pt + ct)
+        choice = resp.choices[0] if resp.choices else None
+        text = (choice.message.content or "") if choice and choice.message else ""
+        return Completion(text, pt, ct, choice.finish_reason if choice else None, latency,
+                          attempts, getattr(resp, "model", self.model) or self.model, errors)
+
     async def complete(self, messages: list[dict[str, str]], est_tokens: int, max_tokens: int,
                        temperature: float, request_id: str = "",
                        on_retry: Callable[[int, str, float], None] | None = None) -> Completion:
@@ -211,33 +242,10 @@ class LLMClient:
                 err = f"connection error: {exc}"
                 self.limiter.settle(est_tokens + max_tokens, 0)
             except openai.APIStatusError as exc:
-                status = exc.status_code
-                err = f"HTTP {status}: {str(exc)[:300]}"
-                retry_after = parse_retry_after(getattr(exc.response, "headers", None))
                 self.limiter.settle(est_tokens + max_tokens, 0)
-                if (status == 400 and self.token_param == "max_tokens"
-                        and "max_completion_tokens" in str(exc)):
-                    # newer OpenAI models refuse max_tokens and name its replacement: switch once
-                    self.token_param = "max_completion_tokens"
-                    retry_after = 0.0
-                elif status == 429:
-                    self.stats.rate_limited += 1
-                elif status >= 500:
-                    self.stats.server_errors += 1
-                elif status not in (408, 409):
-                    retryable = False
+                err, retry_after, retryable = self._status_error(exc)
             else:
-                latency = time.monotonic() - t0
-                usage = resp.usage
-                pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
-                ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
-                if not usage:  # no usage reported: keep our estimate so budgets stay conservative
-                    pt, ct = est_tokens, max_tokens
-                self.limiter.settle(est_tokens + max_tokens, pt + ct)
-                choice = resp.choices[0] if resp.choices else None
-                text = (choice.message.content or "") if choice and choice.message else ""
-                return Completion(text, pt, ct, choice.finish_reason if choice else None, latency,
-                                  attempt + 1, getattr(resp, "model", self.model) or self.model, errors)
+                return self._completion(resp, est_tokens, max_tokens, time.monotonic() - t0, attempt + 1, errors)
             errors.append(err)
             if not retryable or attempt >= self.max_retries:
                 raise RequestFailed(f"{request_id or 'request'}: gave up after {attempt + 1} attempt(s): {err}",

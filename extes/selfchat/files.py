@@ -6,23 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from extes.config import read_yaml
+
 
 def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """The mapping in a JSON or YAML file (by suffix); errors name the file and what was expected."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such {what} file")
-    text = path.read_text(encoding="utf-8")
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from None
-    return data
+        return read_yaml(path, what, error=ValueError)  # the project's one YAML reader
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None

@@ -236,102 +236,19 @@ class Builder:
     async def run_round(self, round_: int, target: int, start: int = 0) -> str:
         """`start`: dialogues wanted in earlier rounds, so this round takes the next slice of the
         allocation order (rounds together follow the proportions)."""
-        cfg = self.cfg
-        quota = allocate(target, cfg.proportions or scenario_proportions(), start=start)
-        accepted = self.state.accepted_counts(round_)
-        inflight: Counter = Counter()
-        max_requests = math.ceil(target * cfg.max_attempts_factor)
-        state = {"requests": self.state.requests_in_round(round_), "seq": self.state.next_seq(round_),
-                 "stop": None}
-        pool = self.pool(round_)
-        cond = asyncio.Condition()
-        order = list(quota)
-
-        def done() -> bool:
-            return all(accepted[s] >= quota[s] for s in quota)
-
-        def next_scene() -> str | None:
-            best, best_def = None, 0
-            for s in order:
-                deficit = quota[s] - accepted[s] - inflight[s]
-                if deficit > best_def:
-                    best, best_def = s, deficit
-            return best
-
-        async def worker() -> None:
-            while True:
-                async with cond:
-                    while True:
-                        if state["stop"] or done():
-                            return
-                        scene = next_scene() if state["requests"] < max_requests else None
-                        if scene is not None:
-                            break
-                        if not sum(inflight.values()):
-                            if state["requests"] >= max_requests:
-                                state["stop"] = state["stop"] or "exhausted"
-                            return
-                        await cond.wait()
-                    rid = f"r{round_}-{state['seq']:06d}"
-                    rng = random.Random(f"{cfg.seed}|{rid}")
-                    example = pick_example(pool, scene, rng)
-                    messages = build_messages(example, scene, cfg.rules.min_utterances)
-                    est = estimate_prompt_tokens(messages)
-                    reserved = self.budget.worst_case(est, cfg.max_tokens)
-                    if not self.budget.reserve(reserved):
-                        if sum(inflight.values()):
-                            # what is in flight may cost less than reserved: wait and look again
-                            await cond.wait()
-                            continue
-                        state["stop"] = "budget"
-                        self.journal.append("budget_stop", round=round_, spent=self.budget.spent,
-                                            reserved=self.budget.reserved, next_worst_case=reserved,
-                                            max_cost=cfg.max_cost)
-                        cond.notify_all()
-                        return
-                    state["seq"] += 1
-                    state["requests"] += 1
-                    inflight[scene] += 1
-                    req = self.journal.write(
-                        "request", id=rid, round=round_, scenario=scene, example_id=example.id,
-                        template_version=TEMPLATE_VERSION, model=cfg.model, temperature=cfg.temperature,
-                        max_tokens=cfg.max_tokens, prompt_sha=prompt_sha(messages), est_prompt_tokens=est,
-                        reserved=reserved)
-                    self.state.requests[rid] = req
-                    self.requests_sent += 1
-                try:
-                    # on disk before it is sent (the fsync runs off the event loop)
-                    await self.journal.sync()
-                    status = await self._request(rid, messages, est, reserved)
-                except BaseException:
-                    # leave the others a consistent state to stop on; the journal keeps the request,
-                    # so a re-run settles it
-                    inflight[scene] -= 1
-                    state["stop"] = state["stop"] or "fatal"
-                    async with cond:
-                        cond.notify_all()
-                    raise
-                async with cond:
-                    inflight[scene] -= 1
-                    if status == ACCEPTED:
-                        accepted[scene] += 1
-                    self._update_bar(status == ACCEPTED)
-                    cond.notify_all()
-
-        tasks = [asyncio.create_task(worker()) for _ in range(cfg.concurrency)]
+        rnd = Round(self, round_, target, start)
+        tasks = [asyncio.create_task(rnd.worker()) for _ in range(self.cfg.concurrency)]
         try:
             results = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             for t in tasks:
                 t.cancel()
         for r in results:
-            if isinstance(r, FatalRequestError):
-                raise r
             if isinstance(r, BaseException):
                 raise r
-        reason = "done" if done() else (state["stop"] or "exhausted")
+        reason = "done" if rnd.done() else (rnd.stop or "exhausted")
         self.journal.append("round_end", round=round_, reason=reason, target=target,
-                            accepted=sum(accepted.values()), requests=state["requests"])
+                            accepted=sum(rnd.accepted.values()), requests=rnd.requests)
         return reason
 
     # -- progress bar -------------------------------------------------------------------------------
@@ -422,6 +339,130 @@ class Builder:
         rounds = export_run(self.out, self.seeds, len(targets))
         return BuildResult(len(self.state.accepted()), cfg.target, self.requests_sent, self.counts,
                            self.budget.spent, reason, rounds, self.client.stats.retries)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A request a worker has claimed: journaled and its worst-case cost reserved, not yet sent."""
+
+    rid: str
+    scene: str
+    example_id: str  # the in-context example the prompt shows
+    messages: list[dict[str, str]]
+    est: int  # estimated prompt tokens
+    reserved: float  # worst-case cost held in the budget
+
+
+class Round:
+    """One round's shared bookkeeping; `worker()` runs `concurrency` times over it.
+
+    Workers claim the next scenario under one asyncio condition (`_claim`), so quotas are never
+    overshot by requests in flight, and send outside it.
+    """
+
+    def __init__(self, builder: Builder, round_: int, target: int, start: int):
+        cfg = builder.cfg
+        self.b, self.round = builder, round_
+        self.quota = allocate(target, cfg.proportions or scenario_proportions(), start=start)
+        self.order = list(self.quota)
+        self.accepted = builder.state.accepted_counts(round_)
+        self.inflight: Counter = Counter()
+        self.max_requests = math.ceil(target * cfg.max_attempts_factor)
+        self.requests = builder.state.requests_in_round(round_)
+        self.seq = builder.state.next_seq(round_)
+        self.stop: str | None = None
+        self.pool = builder.pool(round_)
+        self.cond = asyncio.Condition()
+
+    def done(self) -> bool:
+        return all(self.accepted[s] >= self.quota[s] for s in self.quota)
+
+    def next_scene(self) -> str | None:
+        """The scenario with the most dialogues still missing (counting those in flight), if any."""
+        best, best_def = None, 0
+        for s in self.order:
+            deficit = self.quota[s] - self.accepted[s] - self.inflight[s]
+            if deficit > best_def:
+                best, best_def = s, deficit
+        return best
+
+    async def _scene_or_stop(self) -> str | None:
+        """(Under the condition.) The next scenario to ask for, waiting while only requests in flight can
+        tell; None when this worker should stop."""
+        while True:
+            if self.stop or self.done():
+                return None
+            scene = self.next_scene() if self.requests < self.max_requests else None
+            if scene is not None:
+                return scene
+            if not sum(self.inflight.values()):
+                if self.requests >= self.max_requests:
+                    self.stop = self.stop or "exhausted"
+                return None
+            await self.cond.wait()
+
+    def _prepare(self, scene: str) -> Claim:
+        cfg = self.b.cfg
+        rid = f"r{self.round}-{self.seq:06d}"
+        example = pick_example(self.pool, scene, random.Random(f"{cfg.seed}|{rid}"))
+        messages = build_messages(example, scene, cfg.rules.min_utterances)
+        est = estimate_prompt_tokens(messages)
+        return Claim(rid, scene, example.id, messages, est, self.b.budget.worst_case(est, cfg.max_tokens))
+
+    def _register(self, claim: Claim) -> Claim:
+        """Count the claimed request and journal it (the fsync follows outside the condition)."""
+        cfg, b = self.b.cfg, self.b
+        self.seq += 1
+        self.requests += 1
+        self.inflight[claim.scene] += 1
+        req = b.journal.write(
+            "request", id=claim.rid, round=self.round, scenario=claim.scene, example_id=claim.example_id,
+            template_version=TEMPLATE_VERSION, model=cfg.model, temperature=cfg.temperature,
+            max_tokens=cfg.max_tokens, prompt_sha=prompt_sha(claim.messages), est_prompt_tokens=claim.est,
+            reserved=claim.reserved)
+        b.state.requests[claim.rid] = req
+        b.requests_sent += 1
+        return claim
+
+    async def _claim(self) -> Claim | None:
+        """The next request this worker sends, or None when the round is over for it."""
+        async with self.cond:
+            while True:
+                scene = await self._scene_or_stop()
+                if scene is None:
+                    return None
+                claim = self._prepare(scene)
+                if self.b.budget.reserve(claim.reserved):
+                    return self._register(claim)
+                if not sum(self.inflight.values()):
+                    self.stop = "budget"
+                    self.b.journal.append("budget_stop", round=self.round, spent=self.b.budget.spent,
+                                          reserved=self.b.budget.reserved, next_worst_case=claim.reserved,
+                                          max_cost=self.b.cfg.max_cost)
+                    self.cond.notify_all()
+                    return None
+                await self.cond.wait()  # what is in flight may cost less than reserved: wait and look again
+
+    async def worker(self) -> None:
+        while (claim := await self._claim()) is not None:
+            try:
+                # on disk before it is sent (the fsync runs off the event loop)
+                await self.b.journal.sync()
+                status = await self.b._request(claim.rid, claim.messages, claim.est, claim.reserved)
+            except BaseException:
+                # leave the others a consistent state to stop on; the journal keeps the request,
+                # so a re-run settles it
+                self.inflight[claim.scene] -= 1
+                self.stop = self.stop or "fatal"
+                async with self.cond:
+                    self.cond.notify_all()
+                raise
+            async with self.cond:
+                self.inflight[claim.scene] -= 1
+                if status == ACCEPTED:
+                    self.accepted[claim.scene] += 1
+                self.b._update_bar(status == ACCEPTED)
+                self.cond.notify_all()
 
 
 def run_build_sync(cfg: BuildConfig) -> BuildResult:

@@ -50,38 +50,67 @@ def _norm(s: str) -> str:
 def check_structure(d: Dialogue, requested_scene: str, rules: Rules) -> tuple[list[str], list[str]]:
     """Structural checks shared by generation and human review: returns (reasons, notes) and may
     merge consecutive same-role turns in place."""
-    reasons: list[str] = []
     notes: list[str] = []
+    reasons = [
+        *_check_scene(d, requested_scene),
+        *_drop_empty_turns(d),
+        *_merge_same_speaker(d, rules, notes),
+        *_check_roles(d, rules),
+        *_check_strategies(d, rules),
+        *_check_repeats(d),
+        *_check_description(d, requested_scene, rules),
+    ]
+    return reasons, notes
+
+
+def _check_scene(d: Dialogue, requested_scene: str) -> list[str]:
     try:
         scene = normalize_scenario(d.scene)
     except UnknownLabelError:
         scene = d.scene
     if scene != requested_scene:
-        reasons.append(f"scene_changed: asked for {requested_scene!r}, got {d.scene!r}")
-    else:
-        d.scene = scene
+        return [f"scene_changed: asked for {requested_scene!r}, got {d.scene!r}"]
+    d.scene = scene
+    return []
+
+
+def _drop_empty_turns(d: Dialogue) -> list[str]:
     empty = [i for i, t in enumerate(d.turns) if not t.text.strip()]
-    if empty:
-        reasons.append(f"empty_turn: turns {empty}")
-        d.turns = [t for t in d.turns if t.text.strip()]
+    if not empty:
+        return []
+    d.turns = [t for t in d.turns if t.text.strip()]
+    return [f"empty_turn: turns {empty}"]
+
+
+def _merge_same_speaker(d: Dialogue, rules: Rules, notes: list[str]) -> list[str]:
     n_runs = sum(1 for a, b in zip(d.turns, d.turns[1:]) if a.role == b.role)
-    if n_runs:
-        if n_runs > rules.max_merges:
-            reasons.append(f"roles_not_alternating: {n_runs} places where a speaker talks twice in a row")
-        else:
-            notes.append(f"merged {n_runs} consecutive same-speaker turn(s)")
-            merged = merge_consecutive_turns(d.turns)
-            for t in merged:  # a merged assistant turn is labelled if either part was
-                if t.strategy:
-                    t.meta.pop("missing_strategy", None)
-                    t.meta.pop("unknown_strategy", None)
-            d.turns = merged
+    if not n_runs:
+        return []
+    if n_runs > rules.max_merges:
+        return [f"roles_not_alternating: {n_runs} places where a speaker talks twice in a row"]
+    notes.append(f"merged {n_runs} consecutive same-speaker turn(s)")
+    merged = merge_consecutive_turns(d.turns)
+    for t in merged:  # a merged assistant turn is labelled if either part was
+        if t.strategy:
+            t.meta.pop("missing_strategy", None)
+            t.meta.pop("unknown_strategy", None)
+    d.turns = merged
+    return []
+
+
+def _check_roles(d: Dialogue, rules: Rules) -> list[str]:
+    reasons = []
     if d.turns and d.turns[0].role != "user":
         reasons.append("roles_not_alternating: the conversation does not start with the user")
     if len(d.turns) < rules.min_utterances:
         reasons.append(f"too_short: {len(d.turns)} utterances, need at least {rules.min_utterances}")
     if not any(t.role == "assistant" for t in d.turns) or not any(t.role == "user" for t in d.turns):
         reasons.append("roles_not_alternating: needs both user and AI turns")
+    return reasons
+
+
+def _check_strategies(d: Dialogue, rules: Rules) -> list[str]:
+    reasons = []
     missing = [i for i, t in enumerate(d.turns) if t.role == "assistant" and not t.strategy
                and not t.meta.get("unknown_strategy")]
     unknown = [(i, t.meta["unknown_strategy"]) for i, t in enumerate(d.turns)
@@ -92,6 +121,10 @@ def check_structure(d: Dialogue, requested_scene: str, rules: Rules) -> tuple[li
         reasons.append("unknown_strategy: " + ", ".join(f"turn {i} {lab!r}" for i, lab in unknown))
     if len(missing) + len(unknown) > rules.max_fixable_strategies:
         reasons.append(f"strategies: {len(missing) + len(unknown)} AI turns without a valid strategy")
+    return reasons
+
+
+def _check_repeats(d: Dialogue) -> list[str]:
     seen: dict[str, int] = {}
     repeats = []
     for i, t in enumerate(d.turns):
@@ -99,13 +132,17 @@ def check_structure(d: Dialogue, requested_scene: str, rules: Rules) -> tuple[li
         if k in seen and len(words(t.text)) >= 3:
             repeats.append((seen[k], i))
         seen.setdefault(k, i)
-    if repeats:
-        reasons.append("duplicate_turn: repeated within the dialogue " + ", ".join(f"{a}={b}" for a, b in repeats))
+    if not repeats:
+        return []
+    return ["duplicate_turn: repeated within the dialogue " + ", ".join(f"{a}={b}" for a, b in repeats)]
+
+
+def _check_description(d: Dialogue, requested_scene: str, rules: Rules) -> list[str]:
     desc = _norm(d.description)
     if (len(desc.split()) < rules.min_description_words or desc == _norm(requested_scene)
             or desc in {_norm(s) for s in SCENARIO_NAMES}):
-        reasons.append(f"generic_description: {d.description[:80]!r} is not a specific situation")
-    return reasons, notes
+        return [f"generic_description: {d.description[:80]!r} is not a specific situation"]
+    return []
 
 
 def status_of(reasons: list[str], rules: Rules) -> str:

@@ -1,8 +1,11 @@
 """TrainConfig: every setting of a training run, from a YAML file and/or the command line.
 
-Validated once, before any weights load (`validate`): the method, numbers in range, data that exists and
-is not empty, a base the method supports (LLaMA-Adapter needs a model type PEFT supports there; QLoRA
-needs bitsandbytes). The resolved config is saved as `training_config.json` next to the weights.
+A `TrainConfig` is a frozen pydantic dataclass (`extes.config.config_dataclass`): building one checks the
+method, types and numbers in range, so a bad YAML file or flag fails naming the file and the key. What needs
+the disk or the base model's config is checked by `validate`, still before any weights load: data that
+exists, a base the method supports (LLaMA-Adapter needs a model type PEFT supports there; QLoRA needs
+bitsandbytes), an output folder that would not be overwritten by accident. The resolved config is saved as
+`training_config.json` next to the weights.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationInfo, field_validator, model_validator
+
 from extes.base.embedded import EMBEDDED_NAME
+from extes.config import config_dataclass, read_yaml, validate_config
 from extes.dialogue import DEFAULT_SYSTEM_PROMPT
 
 METHODS = ("clm", "lora", "qlora", "adapter")
@@ -25,7 +31,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHAT_FORMATS = ("auto", "template", "dialogpt")
 
 
-@dataclass
+@config_dataclass
 class TrainConfig:
     method: str = "lora"
     base: str = EMBEDDED_NAME
@@ -74,6 +80,86 @@ class TrainConfig:
     adapter_layers: int = 2
 
     # ------------------------------------------------------------------------------------------------
+    # Checks of single values and of values together (the wording users already get); see `validate`
+    # for the checks that need the disk or the base model.
+    @model_validator(mode="wrap")
+    @classmethod
+    def _known_keys(cls, data: Any, handler: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(map(str, data)) - set(FIELD_NAMES))
+            if unknown:
+                raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELD_NAMES)}")
+        return handler(data)
+
+    @field_validator("data", "valid", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, (str, Path)):
+            return [str(value)]
+        return [str(v) if isinstance(v, Path) else v for v in value] if isinstance(value, (list, tuple)) else value
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _modules(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "all-linear":
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> Any:
+        return _one_of(value, METHODS, "method")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, value: Any) -> Any:
+        return _one_of(value, PRECISIONS, "precision")
+
+    @field_validator("chat_format", mode="before")
+    @classmethod
+    def _chat_format(cls, value: Any) -> Any:
+        return value if value is None else _one_of(value, CHAT_FORMATS, "chat_format")
+
+    @field_validator("eval_every", "save_every", "early_stopping", "limit", "threads", "lora_layers", mode="before")
+    @classmethod
+    def _positive_or_none(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{info.field_name} must be a positive integer, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TrainConfig:
+        for ok, msg in self._range_checks():
+            if not ok:
+                raise ValueError(msg)
+        return self
+
+    def _range_checks(self) -> list[tuple[bool, str]]:
+        checks = [
+            (self.max_length >= 32, f"max_length must be >= 32, got {self.max_length}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
+            (self.epochs > 0 or bool(self.max_steps), "epochs must be > 0 (or give max_steps)"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.learning_rate > 0, f"lr must be > 0, got {self.learning_rate}"),
+            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.early_stopping is None or bool(self.valid), "early_stopping needs a validation set (--valid)"),
+        ]
+        if self.method in ("lora", "qlora"):
+            checks += [
+                (self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}"),
+                (self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}"),
+                (0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}"),
+            ]
+        if self.method == "adapter":
+            checks += [
+                (self.adapter_len >= 1, f"adapter_len must be >= 1, got {self.adapter_len}"),
+                (self.adapter_layers >= 1, f"adapter_layers must be >= 1, got {self.adapter_layers}"),
+            ]
+        return checks
+
     @property
     def run_name(self) -> str:
         if self.name:
@@ -104,41 +190,35 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FIELD_NAMES = tuple(FIELDS)
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], key: str) -> Any:
+    if value not in allowed:
+        raise ValueError(f"{key} {value!r} is not one of {', '.join(allowed)}")
+    return value
 
 
 def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
-    """Build a TrainConfig from plain values (YAML, JSON, CLI); unknown keys are an error naming `where`."""
+    """Build a TrainConfig from plain values (YAML, JSON, CLI); errors (ValueError) name `where`, the key
+    and the reason, e.g. ``bad.yaml: unknown setting(s) learning_rate; known: ...``."""
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping of settings, got {type(values).__name__}")
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
-    for key in ("data", "valid"):
-        if isinstance(values.get(key), (str, Path)):
-            values[key] = [str(values[key])]
-        elif values.get(key) is None and key in values:
-            values[key] = []
-    if isinstance(values.get("target_modules"), str) and values["target_modules"] != "all-linear":
-        values["target_modules"] = [m.strip() for m in values["target_modules"].split(",") if m.strip()]
-    return TrainConfig(**values)
+    return validate_config(values, TrainConfig, where, error=ValueError)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    import yaml
-
+    """The settings of a training-config YAML (relative data paths stay relative to the working directory,
+    like on the command line); `config_from_dict` validates them, with flags merged in."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, "training config", error=ValueError)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of settings at the top level")
-    # relative data paths in a config file are relative to the working directory, like on the CLI
     return data
 
 
@@ -148,35 +228,12 @@ def _check(cond: bool, where: str, msg: str) -> None:
 
 
 def validate(cfg: TrainConfig, where: str = "training config") -> None:
-    """Check everything that can be checked without loading weights; raise ValueError/FileNotFoundError."""
-    _check(cfg.method in METHODS, where, f"method {cfg.method!r} is not one of {', '.join(METHODS)}")
+    """Check what needs the disk or the base model's config, without loading weights; raise
+    ValueError/FileNotFoundError. (Values and ranges were checked when `cfg` was built.)"""
     _check(bool(cfg.data), where, "no training data given (--data PATH)")
     for p in [*cfg.data, *cfg.valid]:
         if not Path(p).exists():
             raise FileNotFoundError(f"{where}: data path {p} does not exist")
-    _check(cfg.max_length >= 32, where, f"max_length must be >= 32, got {cfg.max_length}")
-    _check(cfg.batch_size >= 1, where, f"batch_size must be >= 1, got {cfg.batch_size}")
-    _check(cfg.grad_accum >= 1, where, f"grad_accum must be >= 1, got {cfg.grad_accum}")
-    _check(cfg.epochs > 0 or bool(cfg.max_steps), where, "epochs must be > 0 (or give max_steps)")
-    _check(cfg.max_steps is None or cfg.max_steps >= 1, where, "max_steps must be >= 1")
-    _check(cfg.learning_rate > 0, where, f"lr must be > 0, got {cfg.learning_rate}")
-    _check(0 <= cfg.warmup_ratio < 1, where, f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
-    _check(cfg.precision in PRECISIONS, where, f"precision {cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
-    _check(cfg.chat_format is None or cfg.chat_format in CHAT_FORMATS, where,
-           f"chat_format {cfg.chat_format!r} is not one of {', '.join(CHAT_FORMATS)}")
-    for name in ("eval_every", "save_every", "early_stopping", "limit", "threads"):
-        v = getattr(cfg, name)
-        _check(v is None or (isinstance(v, int) and v >= 1), where, f"{name} must be a positive integer, got {v!r}")
-    _check(cfg.early_stopping is None or bool(cfg.valid), where, "early_stopping needs a validation set (--valid)")
-    if cfg.method in ("lora", "qlora"):
-        _check(cfg.lora_r >= 1, where, f"lora_r must be >= 1, got {cfg.lora_r}")
-        _check(cfg.lora_alpha > 0, where, f"lora_alpha must be > 0, got {cfg.lora_alpha}")
-        _check(0 <= cfg.lora_dropout < 1, where, f"lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
-        _check(cfg.lora_layers is None or (isinstance(cfg.lora_layers, int) and cfg.lora_layers >= 1), where,
-               f"lora_layers must be a positive integer, got {cfg.lora_layers!r}")
-    if cfg.method == "adapter":
-        _check(cfg.adapter_len >= 1, where, f"adapter_len must be >= 1, got {cfg.adapter_len}")
-        _check(cfg.adapter_layers >= 1, where, f"adapter_layers must be >= 1, got {cfg.adapter_layers}")
     if cfg.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError(f"{where}: method qlora needs the bitsandbytes package, which is not installed "
                          "(pip install bitsandbytes)")

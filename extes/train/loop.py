@@ -10,11 +10,13 @@ Two things keep it fast on a CPU without changing what is learnt:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -147,6 +149,43 @@ class LoopResult:
     history: list = field(default_factory=list)
 
 
+@dataclass
+class TrainState:
+    """Where a run stands: counters, evaluations, early-stopping bookkeeping.
+
+    With the trainable weights, the optimizer and the scheduler it is the checkpoint. It holds plain values
+    only, so it is saved as JSON beside the tensors (`trainer_state.json`), and the tensors load with
+    ``torch.load(..., weights_only=True)``. It is mutable on purpose: the loop advances it every step.
+    """
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs done
+    micro: int = 0  # micro-batches done in the current epoch
+    epoch_loss: float = 0.0  # summed loss and supervised tokens of the current epoch so far (so that an
+    epoch_tokens: int = 0  # epoch resumed mid-way reports the same train loss as an uninterrupted one)
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch
+    evals: list[dict] = field(default_factory=list)  # every validation
+    best: dict | None = None  # the best validation so far (the untrained model's is not a candidate)
+    bad_evals: int = 0  # validations since the best one
+    train_time: float = 0.0
+    train_tokens: int = 0
+    sup_tokens: int = 0
+    padded: int = 0
+    base_valid: dict | None = None  # validation of the untrained model
+    stopped_early: bool = False
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainState:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"checkpoint state has unknown fields {unknown}")
+        return cls(**data)
+
+
 def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -184,11 +223,244 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints: tensors in trainer_state.pt (loaded with weights_only=True), the rest in trainer_state.json
+
+TENSORS_FILE = "trainer_state.pt"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint folder holds, read back."""
+
+    state: TrainState
+    weights: dict[str, torch.Tensor]
+    optimizer: dict
+    scheduler: dict
+    best_state: dict[str, torch.Tensor] | None
+    torch_rng: torch.Tensor
+
+
 def _latest_checkpoint(folder: Path | None) -> Path | None:
     if folder is None or not folder.is_dir():
         return None
-    done = sorted(p for p in folder.glob("step-*") if (p / "trainer_state.pt").is_file())
+    done = sorted(p for p in folder.glob("step-*") if (p / TENSORS_FILE).is_file())
     return done[-1] if done else None
+
+
+def save_checkpoint(folder: Path, ckpt: Checkpoint, keep: int) -> None:
+    """Write `folder` (step-NNNNNNN) atomically: a .tmp folder renamed into place; keep the last `keep`."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    torch.save({"weights": ckpt.weights, "optimizer": ckpt.optimizer, "best_state": ckpt.best_state,
+                "torch_rng": ckpt.torch_rng}, tmp / TENSORS_FILE)
+    (tmp / STATE_FILE).write_text(json.dumps({"state": ckpt.state.to_json(), "scheduler": ckpt.scheduler}))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    old = sorted(p for p in folder.parent.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for p in old[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path) -> Checkpoint:
+    """Read a checkpoint; tensors only (weights_only=True), so a checkpoint cannot run code when loaded."""
+    saved = torch.load(folder / TENSORS_FILE, map_location="cpu", weights_only=True)
+    meta_file = folder / STATE_FILE
+    # Checkpoints of earlier versions kept the state and scheduler (plain values) inside the .pt file.
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else saved
+    return Checkpoint(state=TrainState.from_json(meta["state"]), weights=saved["weights"],
+                      optimizer=saved["optimizer"], scheduler=meta["scheduler"],
+                      best_state=saved.get("best_state"), torch_rng=saved["torch_rng"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+
+
+class _Run:
+    """One call of `train`: the model, its optimizer and schedule, and the `TrainState` they advance."""
+
+    def __init__(self, model, train_set: Sequence[Encoded], valid_set: Sequence[Encoded], pad_id: int,
+                 opts: LoopOptions, device: torch.device):
+        self.model, self.train_set, self.valid_set = model, train_set, valid_set
+        self.pad_id, self.opts, self.device = pad_id, opts, device
+        self.amp = autocast_dtype(device, opts.precision)
+        self.lengths = [len(e) for e in train_set]
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters")
+        decay = [p for p in self.params if p.ndim >= 2]
+        no_decay = [p for p in self.params if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=opts.lr, betas=(0.9, 0.999), eps=1e-8,
+        )
+        n_batches = math.ceil(len(train_set) / opts.batch_size)
+        self.steps_per_epoch = max(1, math.ceil(n_batches / opts.grad_accum))
+        self.total_steps = opts.max_steps or max(1, math.ceil(self.steps_per_epoch * opts.epochs))
+        self.n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        warmup = int(round(opts.warmup_ratio * self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           cosine_with_warmup(self.total_steps, warmup))
+        self.state = TrainState()
+        self.best_state: dict | None = None
+
+    # -- pieces ------------------------------------------------------------------------------------------
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        opts = self.opts
+        if opts.group_by_length and opts.pad_to is None:
+            return length_grouped_batches(self.lengths, opts.batch_size, seed=opts.seed + epoch)
+        order = list(range(len(self.train_set)))
+        random.Random(opts.seed + epoch).shuffle(order)
+        return [order[i:i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
+
+    def resume(self) -> bool:
+        """Continue from the latest checkpoint, when asked and there is one."""
+        folder = _latest_checkpoint(self.opts.checkpoint_dir) if self.opts.resume else None
+        if folder is None:
+            return False
+        ckpt = load_checkpoint(folder)
+        load_trainable_state(self.model, ckpt.weights)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.scheduler.load_state_dict(ckpt.scheduler)
+        self.state, self.best_state = ckpt.state, ckpt.best_state
+        torch.set_rng_state(ckpt.torch_rng)
+        print(f"resumed from {folder} at step {self.state.step}")
+        return True
+
+    def checkpoint(self) -> None:
+        if self.opts.checkpoint_dir is None:
+            return
+        save_checkpoint(self.opts.checkpoint_dir / f"step-{self.state.step:07d}", Checkpoint(
+            state=self.state, weights=trainable_state(self.model), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), best_state=self.best_state, torch_rng=torch.get_rng_state(),
+        ), self.opts.keep_checkpoints)
+
+    def validate(self, tag: str) -> dict | None:
+        """Validation loss now; tracks the best (and its weights) and the validations without improvement."""
+        if not self.valid_set:
+            return None
+        st = self.state
+        r = evaluate(self.model, self.valid_set, self.opts.batch_size, self.pad_id, self.device, self.amp)
+        r = {"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 3), "valid_loss": r["loss"],
+             "valid_ppl": r["ppl"], "at": tag}
+        st.evals.append(r)
+        if st.best is None or r["valid_loss"] < st.best["valid_loss"] - 1e-6:
+            st.best, st.bad_evals = r, 0
+            if self.opts.keep_best:
+                self.best_state = trainable_state(self.model)
+        else:
+            st.bad_evals += 1
+        return r
+
+    def validate_untrained(self) -> None:
+        self.state.base_valid = self.validate("start")
+        if self.opts.keep_best:  # the untrained model is not a candidate for "best": training must improve on it
+            self.state.best, self.state.bad_evals, self.best_state = None, 0, None
+
+    def step(self, group: list[list[int]]) -> tuple[float, int]:
+        """One optimizer step over `group` (grad_accum micro-batches); (summed loss, supervised tokens)."""
+        st, opts = self.state, self.opts
+        t0 = time.perf_counter()
+        examples = [[self.train_set[i] for i in b] for b in group]
+        n_sup = sum(e.n_supervised for ex in examples for e in ex) or 1
+        step_loss = 0.0
+        for ex in examples:
+            batch = collate(ex, self.pad_id, pad_to=opts.pad_to)
+            st.padded += batch["input_ids"].numel()
+            st.train_tokens += int(batch["attention_mask"].sum())
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with _autocast(self.device, self.amp):
+                loss_sum, n = token_loss(self.model, batch, full_logits=opts.full_logits)
+            (loss_sum / n_sup).backward()
+            step_loss += float(loss_sum.detach())
+            st.sup_tokens += n
+        if opts.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, opts.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        st.train_time += time.perf_counter() - t0
+        st.step += 1
+        st.micro += len(group)
+        return step_loss, n_sup
+
+    def _patience_spent(self) -> bool:
+        return bool(self.opts.early_stopping and self.state.bad_evals >= self.opts.early_stopping)
+
+    def after_step(self, n_batches: int) -> None:
+        """Mid-epoch validation and checkpoint (the epoch's end does both anyway)."""
+        st, opts = self.state, self.opts
+        if st.micro >= n_batches:
+            return
+        if opts.eval_every and st.step % opts.eval_every == 0:
+            self.validate("step")
+            st.stopped_early = st.stopped_early or self._patience_spent()
+        if opts.save_every and st.step % opts.save_every == 0:
+            self.checkpoint()
+
+    def epoch(self, bar) -> None:
+        """The rest of the current epoch (all of it unless resumed mid-epoch), then its validation."""
+        st, opts = self.state, self.opts
+        batches = self.epoch_batches(st.epoch)
+        rest = batches[st.micro:]
+        for group in (rest[i:i + opts.grad_accum] for i in range(0, len(rest), opts.grad_accum)):
+            step_loss, n_sup = self.step(group)
+            st.epoch_loss += step_loss
+            st.epoch_tokens += n_sup
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss / n_sup:.3f}",
+                                tok_s=f"{st.train_tokens / max(st.train_time, 1e-9):.0f}")
+            self.after_step(len(batches))
+            if st.step >= self.total_steps or st.stopped_early:
+                break
+        train_loss = st.epoch_loss / st.epoch_tokens if st.epoch_tokens else None
+        r = self.validate("epoch")
+        st.history.append({
+            "epoch": st.epoch + 1, "step": st.step,
+            "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50.0)) if train_loss is not None else None,
+            "valid_loss": r["valid_loss"] if r else None, "valid_ppl": r["valid_ppl"] if r else None,
+            "lr": self.scheduler.get_last_lr()[0],
+        })
+        st.stopped_early = st.stopped_early or self._patience_spent()
+        st.epoch += 1
+        st.micro, st.epoch_loss, st.epoch_tokens = 0, 0.0, 0
+        self.checkpoint()
+
+    def finished(self) -> bool:
+        st = self.state
+        return st.step >= self.total_steps or st.stopped_early or st.epoch >= self.n_epochs
+
+    def metrics(self) -> dict:
+        st, opts = self.state, self.opts
+        trainable, total = count_parameters(self.model)
+        per_s = max(st.train_time, 1e-9)
+        return {
+            "epochs": st.history,
+            "evals": st.evals,
+            "steps": st.step,
+            "total_steps": self.total_steps,
+            "base_valid_loss": st.base_valid["valid_loss"] if st.base_valid else None,
+            "base_valid_ppl": st.base_valid["valid_ppl"] if st.base_valid else None,
+            "best": st.best,
+            "stopped_early": st.stopped_early,
+            "train_time_s": round(st.train_time, 2),
+            "train_tokens": st.train_tokens,
+            "supervised_tokens": st.sup_tokens,
+            "tokens_per_s": round(st.train_tokens / per_s, 1),
+            "supervised_tokens_per_s": round(st.sup_tokens / per_s, 1),
+            "padding_waste": round(1 - st.train_tokens / max(st.padded, 1), 4),
+            "expected_padding_waste": round(padding_waste(self.lengths, self.epoch_batches(0), opts.pad_to), 4),
+            "trainable_params": trainable,
+            "total_params": total,
+            "n_train_examples": len(self.train_set),
+            "n_valid_examples": len(self.valid_set),
+            "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
+            "device": str(self.device),
+        }
 
 
 def train(model, train_set: Sequence[Encoded], valid_set: Sequence[Encoded], pad_id: int,
@@ -196,180 +468,20 @@ def train(model, train_set: Sequence[Encoded], valid_set: Sequence[Encoded], pad
     """Train `model` (its trainable parameters) in place; returns metrics and the best trainable state."""
     if not train_set:
         raise ValueError("no training examples (every dialogue was empty or had no assistant turn)")
-    device = device or next(model.parameters()).device
-    amp = autocast_dtype(device, opts.precision)
-    lengths = [len(e) for e in train_set]
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=opts.lr, betas=(0.9, 0.999), eps=1e-8,
-    )
-    n_batches = math.ceil(len(train_set) / opts.batch_size)
-    steps_per_epoch = max(1, math.ceil(n_batches / opts.grad_accum))
-    total_steps = opts.max_steps or max(1, math.ceil(steps_per_epoch * opts.epochs))
-    n_epochs = math.ceil(total_steps / steps_per_epoch)
-    warmup = int(round(opts.warmup_ratio * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, warmup))
-
-    def epoch_batches(epoch: int) -> list[list[int]]:
-        if opts.group_by_length and opts.pad_to is None:
-            return length_grouped_batches(lengths, opts.batch_size, seed=opts.seed + epoch)
-        order = list(range(len(train_set)))
-        random.Random(opts.seed + epoch).shuffle(order)
-        return [order[i:i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
-
-    state = {"step": 0, "epoch": 0, "micro": 0, "history": [], "evals": [], "best": None, "bad_evals": 0,
-             "train_time": 0.0, "train_tokens": 0, "sup_tokens": 0, "padded": 0, "base_valid": None,
-             "stopped_early": False}
-    best_state: dict | None = None
-    ckpt = _latest_checkpoint(opts.checkpoint_dir) if opts.resume else None
-    if ckpt is not None:
-        saved = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
-        load_trainable_state(model, saved["weights"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-        best_state = saved.get("best_state")
-        torch.set_rng_state(saved["torch_rng"])
-        print(f"resumed from {ckpt} at step {state['step']}")
-
-    def run_eval(tag: str) -> dict | None:
-        nonlocal best_state
-        if not valid_set:
-            return None
-        r = evaluate(model, valid_set, opts.batch_size, pad_id, device, amp)
-        r = {"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 3), "valid_loss": r["loss"],
-             "valid_ppl": r["ppl"], "at": tag}
-        state["evals"].append(r)
-        if state["best"] is None or r["valid_loss"] < state["best"]["valid_loss"] - 1e-6:
-            state["best"] = r
-            state["bad_evals"] = 0
-            if opts.keep_best:
-                best_state = trainable_state(model)
-        else:
-            state["bad_evals"] += 1
-        return r
-
-    def save_checkpoint() -> None:
-        if opts.checkpoint_dir is None:
-            return
-        folder = opts.checkpoint_dir / f"step-{state['step']:07d}"
-        tmp = folder.with_name(folder.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        torch.save({"weights": trainable_state(model), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": state, "best_state": best_state,
-                    "torch_rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-        old = sorted(p for p in opts.checkpoint_dir.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-        import shutil
-
-        for p in old[:-opts.keep_checkpoints]:
-            shutil.rmtree(p, ignore_errors=True)
-
-    if ckpt is None and opts.eval_at_start and valid_set:
-        r = run_eval("start")
-        state["base_valid"] = r
-        if opts.keep_best:  # the untrained model is not a candidate for "best": training must improve on it
-            state["best"], state["bad_evals"], best_state = None, 0, None
-
+    run = _Run(model, train_set, valid_set, pad_id, opts, device or next(model.parameters()).device)
+    if not run.resume() and opts.eval_at_start and valid_set:
+        run.validate_untrained()
     bar = None
     if opts.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=run.total_steps, initial=run.state.step, desc="train", unit="step", dynamic_ncols=True)
     model.train()
-    done = state["step"] >= total_steps
-    while not done and state["epoch"] < n_epochs:
-        epoch = state["epoch"]
-        batches = epoch_batches(epoch)
-        ep_loss = ep_tok = 0.0
-        micro_batches = batches[state["micro"]:]
-        groups = [micro_batches[i:i + opts.grad_accum] for i in range(0, len(micro_batches), opts.grad_accum)]
-        for group in groups:
-            t0 = time.perf_counter()
-            examples = [[train_set[i] for i in b] for b in group]
-            n_sup = sum(e.n_supervised for ex in examples for e in ex) or 1
-            step_loss = 0.0
-            for ex in examples:
-                batch = collate(ex, pad_id, pad_to=opts.pad_to)
-                state["padded"] += batch["input_ids"].numel()
-                state["train_tokens"] += int(batch["attention_mask"].sum())
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with _autocast(device, amp):
-                    loss_sum, n = token_loss(model, batch, full_logits=opts.full_logits)
-                (loss_sum / n_sup).backward()
-                step_loss += float(loss_sum.detach())
-                state["sup_tokens"] += n
-            if opts.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["train_time"] += time.perf_counter() - t0
-            state["step"] += 1
-            state["micro"] += len(group)
-            ep_loss += step_loss
-            ep_tok += n_sup
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss / n_sup:.3f}",
-                                tok_s=f"{state['train_tokens'] / max(state['train_time'], 1e-9):.0f}")
-            if opts.eval_every and state["step"] % opts.eval_every == 0 and state["micro"] < len(batches):
-                run_eval("step")
-                if opts.early_stopping and state["bad_evals"] >= opts.early_stopping:
-                    state["stopped_early"] = True
-            if opts.save_every and state["step"] % opts.save_every == 0 and state["micro"] < len(batches):
-                save_checkpoint()
-            if state["step"] >= total_steps or state["stopped_early"]:
-                break
-        train_loss = ep_loss / max(ep_tok, 1) if ep_tok else None
-        r = run_eval("epoch")
-        state["history"].append({
-            "epoch": epoch + 1, "step": state["step"],
-            "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 50.0)) if train_loss is not None else None,
-            "valid_loss": r["valid_loss"] if r else None, "valid_ppl": r["valid_ppl"] if r else None,
-            "lr": scheduler.get_last_lr()[0],
-        })
-        if opts.early_stopping and state["bad_evals"] >= opts.early_stopping:
-            state["stopped_early"] = True
-        state["epoch"] += 1
-        state["micro"] = 0
-        done = state["step"] >= total_steps or state["stopped_early"]
-        save_checkpoint()
+    while not run.finished():
+        run.epoch(bar)
     if bar is not None:
         bar.close()
-    trainable, total = count_parameters(model)
-    metrics = {
-        "epochs": state["history"],
-        "evals": state["evals"],
-        "steps": state["step"],
-        "total_steps": total_steps,
-        "base_valid_loss": state["base_valid"]["valid_loss"] if state["base_valid"] else None,
-        "base_valid_ppl": state["base_valid"]["valid_ppl"] if state["base_valid"] else None,
-        "best": state["best"],
-        "stopped_early": state["stopped_early"],
-        "train_time_s": round(state["train_time"], 2),
-        "train_tokens": state["train_tokens"],
-        "supervised_tokens": state["sup_tokens"],
-        "tokens_per_s": round(state["train_tokens"] / max(state["train_time"], 1e-9), 1),
-        "supervised_tokens_per_s": round(state["sup_tokens"] / max(state["train_time"], 1e-9), 1),
-        "padding_waste": round(1 - state["train_tokens"] / max(state["padded"], 1), 4),
-        "expected_padding_waste": round(padding_waste(lengths, epoch_batches(0), opts.pad_to), 4),
-        "trainable_params": trainable,
-        "total_params": total,
-        "n_train_examples": len(train_set),
-        "n_valid_examples": len(valid_set),
-        "precision": str(amp).replace("torch.", "") if amp else "fp32",
-        "device": str(device),
-    }
-    if opts.keep_best and best_state is not None:
-        load_trainable_state(model, best_state)
-    return LoopResult(metrics=metrics, best_state=best_state, history=state["history"])
+    metrics = run.metrics()
+    if opts.keep_best and run.best_state is not None:
+        load_trainable_state(model, run.best_state)
+    return LoopResult(metrics=metrics, best_state=run.best_state, history=run.state.history)
