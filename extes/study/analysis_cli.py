@@ -116,39 +116,56 @@ def configure_analyze(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write Markdown, CSV and PNG reports into this directory")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    add_stat_options(parser)
+
+
+def add_stat_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `analyze` and `report`: correction, Bradley-Terry prior, minimum sessions."""
+    from extes.analysis.pairwise import DEFAULT_PRIOR, MIN_SESSIONS
+
+    parser.add_argument("--correction", choices=("holm", "bh", "none"), default="holm",
+                        help="multiple-comparison correction over the table's sign tests: holm (default), "
+                             "bh (Benjamini-Hochberg) or none")
+    parser.add_argument("--bt-prior", type=float, default=DEFAULT_PRIOR,
+                        help=f"Bradley-Terry prior: virtual tied comparisons per pair of arms (default "
+                             f"{DEFAULT_PRIOR:g}; > 0; 1e-6 is maximum likelihood where it exists)")
+    parser.add_argument("--min-sessions", type=int, default=MIN_SESSIONS,
+                        help=f"leave bootstrap CIs out below this many sessions (default {MIN_SESSIONS})")
 
 
 def run_analyze(args: argparse.Namespace) -> int:
     from extes.analysis.pairwise import bradley_terry, win_rate_matrix, win_tie_loss
+    from extes.analysis.report import bt_caption, votes_sentence, wtl_caption
 
     votes = load_votes(args.votes) if args.votes else _votes_from_db(args.db, who=args.voters)
-    wtl = win_tie_loss(votes, args.reference, n_boot=args.n_boot, seed=args.seed)
-    bt = bradley_terry(votes, n_boot=args.n_boot, seed=args.seed)
+    wtl = win_tie_loss(votes, args.reference, n_boot=args.n_boot, seed=args.seed,
+                       correction=args.correction, min_sessions=args.min_sessions)
+    bt = bradley_terry(votes, n_boot=args.n_boot, seed=args.seed, prior=args.bt_prior,
+                       min_sessions=args.min_sessions)
     matrices = [win_rate_matrix(votes, aspect) for aspect in dict.fromkeys(bt.ratings["aspect"])]
     written = write_analysis_report(args.out, wtl, bt, matrices) if args.out else []
     if args.json:
         payload = wtl.to_dict()
         payload["bradley_terry"] = bt.to_dict()
+        payload["bradley_terry_fit"] = bt.fit_info()
         payload["win_rate"] = {m.aspect: m.to_dict() for m in matrices}
-        payload.update(votes=len(votes), sessions=wtl.sessions, n_boot=args.n_boot, seed=args.seed)
+        payload.update(votes=wtl.votes, votes_with_reference=wtl.votes_with_reference,
+                       sessions=wtl.sessions, n_boot=args.n_boot, seed=args.seed)
         _dump(payload)
         return 0
-    level = round(100 * wtl.confidence)
-    print(
-        f"{wtl.reference} against each arm: win / tie / loss (%) from {wtl.reference}'s side; "
-        f"* = sign test p < 0.05"
-    )
+    print(wtl_caption(wtl))
     print(wtl.table().to_string(index=False))
-    print(
-        f"\nDetails ({len(votes)} votes, {wtl.sessions} sessions with {wtl.reference}; "
-        f"CI = {level}% session bootstrap of win - loss, {args.n_boot} resamples)"
-    )
+    print(f"\nDetails: {votes_sentence(wtl)}")
     details = wtl.rows[
-        ["opponent", "aspect", "n", "n_win", "n_tie", "n_loss", "p_value", "ci_low", "ci_high"]
+        ["opponent", "aspect", "n", "n_win", "n_tie", "n_loss", "p_value", "p_adjusted", "ci_low", "ci_high"]
     ]
-    print(details.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print("\nBradley-Terry ratings (Elo scale; ties = half a win each way)")
-    print(bt.ratings.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print(details.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
+    for note in wtl.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    print(f"\nBradley-Terry ratings (Elo scale; ties = half a win each way). {bt_caption(bt)}")
+    print(bt.ratings.to_string(index=False, float_format=lambda v: f"{v:.1f}", na_rep="n/a"))
+    for note in bt.notes:
+        print(f"warning: {note}", file=sys.stderr)
     for matrix in matrices:
         print(f"\nWin rate, row arm vs column arm ({matrix.aspect}; ties = half)")
         print(matrix.rates.to_string(float_format=lambda v: f"{v:.2f}", na_rep="-"))
