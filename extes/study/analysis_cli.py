@@ -233,3 +233,91 @@ def run_agreement(args: argparse.Namespace) -> int:
     if written:
         print(f"\nwrote {len(written)} files to {args.out}")
     return 0
+
+
+# -------------------------------------------------------------------------------------------- plan
+
+
+def configure_plan(parser: argparse.ArgumentParser) -> None:
+    scenario = parser.add_argument_group("one scenario (shares in % or as fractions)")
+    scenario.add_argument("--win", type=float, help="expected share of votes the reference arm wins")
+    scenario.add_argument("--tie", type=float, help="expected share of ties")
+    scenario.add_argument("--loss", type=float, help="expected share of votes it loses")
+    scenario.add_argument("--tests", type=int, default=10,
+                          help="tests in the table's family (default 10: 2 opponents x 5 aspects); the other "
+                               "tests are assumed to have no effect")
+    parser.add_argument("--cells", type=Path,
+                        help="CSV of cells (name, win, tie, loss): e.g. a published Table 9 typed in; they form "
+                             "the family")
+    parser.add_argument("--votes", type=Path, help="pilot Votes CSV: every cell's observed shares (with --reference)")
+    parser.add_argument("--reference", help="with --votes: the arm whose cells are planned")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    parser.add_argument("--power", type=float, default=0.8, help="target power (default 0.8)")
+    parser.add_argument("--correction", choices=("holm", "bh", "bonferroni", "none"), default="holm",
+                        help="multiple-comparison correction (default holm, as extes analyze)")
+    parser.add_argument("--n-sim", type=int, default=2000, help="simulated studies per point (default 2000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-n", type=int, default=3000, help="largest number of conversations considered")
+    parser.add_argument("--png", type=Path, help="write the power curve as a PNG here")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _plan_cells(args: argparse.Namespace) -> list:
+    from extes.analysis.plan import Cell, cells_from_votes
+
+    given = [args.win is not None or args.tie is not None or args.loss is not None, args.cells is not None,
+             args.votes is not None]
+    if sum(given) != 1:
+        raise ValueError("give one of: --win/--tie/--loss, --cells CSV, or --votes CSV --reference ARM")
+    if args.votes is not None:
+        if not args.reference:
+            raise ValueError("--votes needs --reference ARM")
+        return cells_from_votes(load_votes(args.votes), args.reference)
+    if args.cells is not None:
+        if not args.cells.is_file():
+            raise FileNotFoundError(f"--cells {args.cells}: no such file")
+        frame = pd.read_csv(args.cells)
+        missing = [c for c in ("name", "win", "tie", "loss") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{args.cells}: missing column(s) {', '.join(missing)} (need name, win, tie, loss)")
+        try:
+            return [Cell(str(r.name), float(r.win), float(r.tie), float(r.loss)) for r in frame.itertuples()]
+        except ValueError as exc:
+            raise ValueError(f"{args.cells}: {exc}") from None
+    if None in (args.win, args.tie, args.loss):
+        raise ValueError("give all three of --win, --tie and --loss")
+    return [Cell(f"win {args.win:g} / tie {args.tie:g} / loss {args.loss:g}", args.win, args.tie, args.loss)]
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from extes.analysis.plan import per_test_alpha, plan, plot_power
+
+    cells = _plan_cells(args)
+    tests = args.tests if len(cells) == 1 else None
+    result = plan(cells, tests=tests, alpha=args.alpha, correction=args.correction, target=args.power,
+                  n_sim=args.n_sim, seed=args.seed, max_n=args.max_n)
+    if args.png:
+        args.png.parent.mkdir(parents=True, exist_ok=True)
+        plot_power(result).savefig(args.png, dpi=120)
+    if args.json:
+        _dump(result.to_dict())
+        return 0
+    level = per_test_alpha(result.alpha, result.correction, result.tests)
+    print(f"Two-sided sign test (ties dropped), alpha {result.alpha:g}, {result.correction} over "
+          f"{result.tests} test(s), target power {result.target:.0%}; n = conversations = votes per cell")
+    print(f"needed: simulated with {result.correction} ({result.n_sim} studies per n; smallest n reaching the target, "
+          f"by grid and bisection); exact: binomial power at the fixed level {level:.4g} (alpha/K, Bonferroni)")
+    rows = [{"cell": c.name, "win/tie/loss": f"{c.p_win:.2f}/{c.p_tie:.2f}/{c.p_loss:.2f}",
+             "n needed (sim)": "-" if r is None else str(r), "n needed (exact)": "-" if e is None else str(e)}
+            for c, r, e in zip(result.cells, result.required, result.required_exact)]
+    print(pd.DataFrame(rows).to_string(index=False))
+    print("\nPower curve (simulated; exact at the fixed level in brackets)")
+    curve = pd.DataFrame({"n": result.grid, **{
+        c.name: [f"{result.power[i, j]:.2f} [{result.exact[i, j]:.2f}]" for i in range(len(result.grid))]
+        for j, c in enumerate(result.cells)}})
+    print(curve.to_string(index=False))
+    for note in result.notes:
+        print(f"note: {note}")
+    if args.png:
+        print(f"wrote {args.png}")
+    return 0
