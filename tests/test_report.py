@@ -261,3 +261,29 @@ def test_report_errors_are_clear(report, capsys, tmp_path):
     assert main(["report", "--data", str(ROOT / "seeds"), "--names", str(bad), "--out", str(tmp_path / "z")]) == 2
     assert "unknown key 'arm'" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "xyz")
+
+
+def test_report_from_csvs_and_a_build_run(tmp_path, capsys):
+    from extes.dialogue import load_dialogues, write_jsonl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rounds.json").write_text('{"rounds": [], "total": {}}')
+    generated = load_dialogues(ROOT / "seeds")[:5]
+    write_jsonl(generated, run / "generated.jsonl")
+    write_jsonl(load_dialogues(ROOT / "seeds"), run / "extes.jsonl")  # seeds + generated: not what is counted
+    out = tmp_path / "out"
+    assert main(["report", "--data", str(run), "--votes", "docs/examples/votes.csv", "--ratings",
+                 "docs/examples/ratings.csv", "--reference", "extes-lora", "--n-boot", "0", "--out", str(out)]) == 0
+    capsys.readouterr()
+    tables = parse_tables((out / "report.md").read_text())
+    assert {r[""]: r["run"] for r in tables["Table 3: dataset overview"]}["Dialogues"] == "5"
+    payload = run_json(capsys, "analyze", "--votes", "docs/examples/votes.csv", "--reference", "extes-lora",
+                       "--json", "--n-boot", "0")
+    rows9 = {r["extes-lora"]: r for r in tables["Table 9: human evaluation, win / tie / loss"]}
+    for r in payload["rows"]:
+        assert rows9[f"vs {r['opponent']}"][f"{r['aspect'].capitalize()} n"] == str(r["n"])
+    quality = run_json(capsys, "agreement", "--ratings", "docs/examples/ratings.csv", "--json")["dataset_quality"]
+    rows4 = {r["Metric"]: r for r in tables["Table 4: dataset quality (Likert), Fleiss' kappa per metric"]}
+    for q in quality:
+        assert rows4[q["aspect"]][f"{q['source']} mean"] == f"{q['mean']:.2f}"
