@@ -229,7 +229,9 @@ def test_pairwise_table_matches_extes_analyze(report, capsys):
 def test_latex_has_booktabs_tables_with_the_same_numbers(report):
     tex = (report["out"] / "tables.tex").read_text()
     md = parse_tables((report["out"] / "report.md").read_text())
-    assert tex.count("\\begin{table}") == tex.count("\\toprule") == tex.count("\\bottomrule") == len(md)
+    floats = tex.count("\\begin{table}") + tex.count("\\begin{table*}")
+    assert floats == tex.count("\\toprule") == tex.count("\\bottomrule") == len(md)
+    assert tex.count("\\end{table}") + tex.count("\\end{table*}") == floats
     assert "\\usepackage" not in tex  # a fragment to \input; preview.tex holds the preamble
     assert "ExTES-LoRA" in tex and "Echo baseline" in tex and "ExTES seeds" in tex
     rows9 = md["Table 9: human evaluation, win / tie / loss"]

@@ -264,11 +264,13 @@ def latex_escape(text: str) -> str:
 
 
 def to_latex(table: Table) -> str:
-    """A ``table`` float with a booktabs ``tabular``; needs only ``\\usepackage{booktabs}``."""
+    """A ``table`` float (``table*`` above 10 columns) with a booktabs ``tabular``; needs only
+    ``\\usepackage{booktabs}``."""
     n = len(table.header)
     spec = "l" + "r" * (n - 1)
     size = "\\small" if n <= 10 else "\\footnotesize"  # Table 9 has 4 columns per aspect
-    lines = ["\\begin{table}[t]", "\\centering", size, "\\setlength{\\tabcolsep}{3pt}" if n <= 10
+    env = "table" if n <= 10 else "table*"  # wide tables span both columns of a two-column paper
+    lines = [f"\\begin{{{env}}}[t]", "\\centering", size, "\\setlength{\\tabcolsep}{3pt}" if n <= 10
              else "\\setlength{\\tabcolsep}{2pt}",
              f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
     if table.groups:
@@ -291,7 +293,7 @@ def to_latex(table: Table) -> str:
     lines += ["\\bottomrule", "\\end{tabular}"]
     caption = latex_escape(table.title) + (". " + " ".join(latex_escape(x) for x in table.notes)
                                            if table.notes else "")
-    lines += [f"\\caption{{{caption}}}", f"\\label{{tab:{table.key}}}", "\\end{table}"]
+    lines += [f"\\caption{{{caption}}}", f"\\label{{tab:{table.key}}}", f"\\end{{{env}}}"]
     return "\n".join(lines) + "\n"
 
 
