@@ -1,13 +1,21 @@
 """Dataset statistics in the layout of the ExTES paper (Tables 1, 2, 3 and 5) and `extes stats`.
 
 Definitions (stated here because papers differ):
-- utterance: one turn after loading (consecutive same-speaker utterances are kept apart unless the
-  loader was asked to merge them); words are whitespace-separated tokens.
+- utterance: one turn after loading; with ``merge_consecutive`` consecutive utterances of one speaker
+  are one utterance. Words are whitespace-separated tokens (`str.split`), not the NLTK tokens the
+  automatic metrics use (docs/metrics.md), so "Hi, there!" is 2 words here and 4 tokens there.
+- labels of a merged turn: every strategy label of its parts, in order, repeats kept. Table 2 counts
+  every label (so merging never changes the Table 2 total); each label counts in the phase of the merged
+  turn; transitions read the labels in order.
 - phases: the k-th utterance (1-based) of a dialogue of N utterances falls in phase ceil(4k/N), so
-  each dialogue is cut into four equal quarters; a phase's distribution is over assistant turns with
-  a strategy in that quarter.
-- transitions: per dialogue, the sequence of assistant strategies with adjacent repeats merged
-  (EV, EV, RS -> EV, RS); an n-hop transition is n consecutive moves, i.e. n+1 strategies.
+  each dialogue is cut into four equal quarters; a phase's distribution is over the strategy labels of
+  the assistant turns in that quarter.
+- transitions: per dialogue, the sequence of assistant strategy labels with adjacent repeats merged
+  (EV, EV, RS -> EV, RS); an n-hop transition is n consecutive moves, i.e. n+1 strategies. The top k are
+  ordered by count, ties broken alphabetically by the abbreviated path; every path tying with the k-th
+  is kept (``transitions``), and the text output says how many more share the k-th count.
+- percentages: largest-remainder rounding (Hamilton's method), so each table's shares add up to exactly
+  100 at the printed precision.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +33,52 @@ from extes.taxonomy import ESCONV_STRATEGIES, STRATEGIES
 
 HOPS = (3, 4, 5)
 N_PHASES = 4
+
+
+def largest_remainder(counts: Sequence[float], decimals: int = 1, total: float = 100.0) -> list[float]:
+    """Shares of ``counts`` scaled to ``total`` and rounded to ``decimals`` so that they sum to exactly
+    ``total`` (largest-remainder / Hamilton method: floor every share, then hand the missing units to the
+    largest remainders; ties go to the earlier entry). All zeros give zeros."""
+    s = float(sum(counts))
+    if s <= 0:
+        return [0.0 for _ in counts]
+    unit = 10.0 ** -decimals
+    n_units = round(total / unit)
+    exact = [c / s * n_units for c in counts]
+    floors = [math.floor(x + 1e-9) for x in exact]
+    missing = n_units - sum(floors)
+    order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - floors[i]), i))
+    for i in order[:missing]:
+        floors[i] += 1
+    return [round(f * unit, decimals) for f in floors]
+
+
+@dataclass(frozen=True)
+class StatTurn:
+    """One utterance as the statistics see it: after optional merging, with every strategy label."""
+
+    role: str
+    words: int
+    labels: tuple[str, ...]
+
+
+def stat_turns(d: Dialogue, merge_consecutive: bool = False) -> list[StatTurn]:
+    """The utterances of ``d`` for the statistics; merged turns keep every label of their parts in order.
+
+    A turn that the loader already merged keeps what the loader recorded (``meta["merged_strategies"]``);
+    load unmerged and pass ``merge_consecutive=True`` to keep repeated labels too (`run_stats` does).
+    """
+    out: list[StatTurn] = []
+    for t in d.turns:
+        labels = tuple(t.meta.get("merged_strategies") or ([t.strategy] if t.strategy else []))
+        labels = labels if t.role == "assistant" else ()
+        words = len(t.text.split())
+        if merge_consecutive and out and out[-1].role == t.role:
+            prev = out.pop()
+            out.append(StatTurn(t.role, prev.words + words, prev.labels + labels))
+        else:
+            out.append(StatTurn(t.role, words, labels))
+    return out
 
 
 @dataclass
@@ -40,6 +95,9 @@ class DatasetStats:
     transitions: dict[str, list[dict[str, Any]]]
     unlabelled_assistant_turns: int = 0
     sources: dict[str, int] = field(default_factory=dict)
+    distinct_transitions: dict[str, int] = field(default_factory=dict)
+    top_k: int = 5
+    merged: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,14 +111,17 @@ class DatasetStats:
             "strategies": self.strategies,
             "phases": self.phases,
             "transitions": self.transitions,
+            "distinct_transitions": self.distinct_transitions,
+            "top_k": self.top_k,
+            "merge_consecutive": self.merged,
             "unlabelled_assistant_turns": self.unlabelled_assistant_turns,
             "sources": self.sources,
         }
 
 
-def _merged_sequence(d: Dialogue) -> list[str]:
+def _merged_sequence(labels: Sequence[str]) -> list[str]:
     seq: list[str] = []
-    for s in d.strategies:
+    for s in labels:
         if not seq or seq[-1] != s:
             seq.append(s)
     return seq
@@ -73,37 +134,50 @@ def _abbr(name: str) -> str:
     return name
 
 
-def compute_stats(dialogues: list[Dialogue], top_k: int = 5) -> DatasetStats:
+def top_with_ties(counter: Counter, k: int) -> list[tuple[Any, int]]:
+    """The ``k`` most common keys, ties broken by the key (alphabetically), plus every key tying with the
+    k-th count. ``key`` must be sortable."""
+    ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(ranked) <= k or k <= 0:
+        return ranked if k > 0 else []
+    kth = ranked[k - 1][1]
+    return [kv for kv in ranked if kv[1] >= kth]
+
+
+def compute_stats(dialogues: list[Dialogue], top_k: int = 5, merge_consecutive: bool = False) -> DatasetStats:
     n = len(dialogues)
-    utterances = sum(len(d.turns) for d in dialogues)
-    words = sum(len(t.text.split()) for d in dialogues for t in d.turns)
+    per_dialogue = [stat_turns(d, merge_consecutive) for d in dialogues]
+    utterances = sum(len(ts) for ts in per_dialogue)
+    words = sum(t.words for ts in per_dialogue for t in ts)
     scenes = Counter(d.scene or "(none)" for d in dialogues)
-    strategies = Counter(s for d in dialogues for s in d.strategies)
-    unlabelled = sum(1 for d in dialogues for t in d.turns if t.role == "assistant" and not t.strategy)
+    strategies = Counter(s for ts in per_dialogue for t in ts for s in t.labels)
+    unlabelled = sum(1 for ts in per_dialogue for t in ts if t.role == "assistant" and not t.labels)
 
     phase_counts = [Counter() for _ in range(N_PHASES)]
-    for d in dialogues:
-        total = len(d.turns)
-        for k, t in enumerate(d.turns, 1):
-            if t.role == "assistant" and t.strategy:
-                phase = min(N_PHASES, max(1, math.ceil(N_PHASES * k / total)))
-                phase_counts[phase - 1][t.strategy] += 1
+    for ts in per_dialogue:
+        total = len(ts)
+        for k, t in enumerate(ts, 1):
+            phase = min(N_PHASES, max(1, math.ceil(N_PHASES * k / total)))
+            phase_counts[phase - 1].update(t.labels)
     phases = {}
     for i, c in enumerate(phase_counts, 1):
-        tot = sum(c.values())
-        phases[str(i)] = {s: round(v / tot, 4) for s, v in c.most_common()} if tot else {}
+        ordered = sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))
+        shares = largest_remainder([v for _, v in ordered], decimals=4, total=1.0)
+        phases[str(i)] = {s: share for (s, _), share in zip(ordered, shares)}
 
     transitions: dict[str, list[dict[str, Any]]] = {}
+    distinct: dict[str, int] = {}
     for hops in HOPS:
         c: Counter[tuple[str, ...]] = Counter()
-        for d in dialogues:
-            seq = _merged_sequence(d)
+        for ts in per_dialogue:
+            seq = _merged_sequence([s for t in ts for s in t.labels])
             for i in range(len(seq) - hops):
                 c[tuple(seq[i : i + hops + 1])] += 1
+        by_abbr = Counter({(" -> ".join(_abbr(s) for s in path), path): cnt for path, cnt in c.items()})
         transitions[f"{hops}-hop"] = [
-            {"path": " -> ".join(_abbr(s) for s in path), "strategies": list(path), "count": cnt}
-            for path, cnt in c.most_common(top_k)
+            {"path": key[0], "strategies": list(key[1]), "count": cnt} for key, cnt in top_with_ties(by_abbr, top_k)
         ]
+        distinct[f"{hops}-hop"] = len(c)
 
     return DatasetStats(
         dialogues=n,
@@ -112,13 +186,26 @@ def compute_stats(dialogues: list[Dialogue], top_k: int = 5) -> DatasetStats:
         avg_words=words / utterances if utterances else 0.0,
         n_strategies=len(strategies),
         n_scenes=len(scenes),
-        scenes=dict(scenes.most_common()),
-        strategies=dict(strategies.most_common()),
+        scenes=dict(sorted(scenes.items(), key=lambda kv: (-kv[1], kv[0]))),
+        strategies=dict(sorted(strategies.items(), key=lambda kv: (-kv[1], kv[0]))),
         phases=phases,
         transitions=transitions,
         unlabelled_assistant_turns=unlabelled,
         sources=dict(Counter(d.source for d in dialogues)),
+        distinct_transitions=distinct,
+        top_k=top_k,
+        merged=merge_consecutive,
     )
+
+
+def transition_lines(rows: list[dict[str, Any]], top_k: int) -> list[str]:
+    """The shown top-k rows as ``(path, count)`` text plus a tie line: "and 252 more with count 1"."""
+    shown = rows[:top_k]
+    lines = [f"{r['path']:<40} {r['count']}" for r in shown]
+    extra = len(rows) - len(shown)
+    if extra:
+        lines.append(f"and {extra} more with count {rows[-1]['count']} (ties broken alphabetically)")
+    return lines
 
 
 def format_stats(st: DatasetStats) -> str:
@@ -127,28 +214,28 @@ def format_stats(st: DatasetStats) -> str:
         f"  dialogues                      {st.dialogues}",
         f"  utterances                     {st.utterances}",
         f"  avg utterances per dialogue    {st.avg_utterances:.2f}",
-        f"  avg words per utterance        {st.avg_words:.2f}",
+        f"  avg words per utterance        {st.avg_words:.2f}  (whitespace-separated words)",
         f"  strategies used                {st.n_strategies}",
         f"  scenarios                      {st.n_scenes}",
     ]
     if st.unlabelled_assistant_turns:
         lines.append(f"  assistant turns w/o strategy   {st.unlabelled_assistant_turns}")
-    lines += ["", "Scenarios (Table 1)"]
-    for name, cnt in st.scenes.items():
-        lines.append(f"  {name:<58} {cnt:>6}  {cnt / st.dialogues:6.1%}")
-    total = sum(st.strategies.values()) or 1
-    lines += ["", "Strategies (Table 2)"]
-    for name, cnt in st.strategies.items():
-        lines.append(f"  {name + ' (' + _abbr(name) + ')':<42} {cnt:>6}  {cnt / total:6.1%}")
+    if st.merged:
+        lines.append("  consecutive same-speaker utterances merged; a merged turn keeps every strategy label")
+    lines += ["", "Scenarios (Table 1; % by largest remainder, sums to 100)"]
+    for (name, cnt), pct in zip(st.scenes.items(), largest_remainder(list(st.scenes.values()))):
+        lines.append(f"  {name:<58} {cnt:>6}  {pct:5.1f}%")
+    lines += ["", f"Strategies (Table 2; {sum(st.strategies.values())} labels)"]
+    for (name, cnt), pct in zip(st.strategies.items(), largest_remainder(list(st.strategies.values()))):
+        lines.append(f"  {name + ' (' + _abbr(name) + ')':<42} {cnt:>6}  {pct:5.1f}%")
     lines += ["", "Strategy share per conversation phase (top 5 each)"]
     for phase, dist in st.phases.items():
-        top = ", ".join(f"{_abbr(s)} {v:.0%}" for s, v in list(dist.items())[:5])
+        top = ", ".join(f"{_abbr(s)} {100 * v:.0f}%" for s, v in list(dist.items())[:5])
         lines.append(f"  phase {phase}: {top}")
-    lines += ["", "Top strategy transitions (Table 5; adjacent repeats merged)"]
+    lines += ["", f"Top {st.top_k} strategy transitions (Table 5; adjacent repeats merged; path, count)"]
     for hops, rows in st.transitions.items():
-        lines.append(f"  {hops}:")
-        for r in rows:
-            lines.append(f"    {r['path']:<40} {r['count']}")
+        lines.append(f"  {hops} ({st.distinct_transitions.get(hops, len(rows))} distinct paths):")
+        lines += [f"    {line}" for line in transition_lines(rows, st.top_k)]
     return "\n".join(lines)
 
 
@@ -209,22 +296,24 @@ def configure_stats(p) -> None:
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON object")
     p.add_argument("--plots", metavar="DIR", help="write PNG charts to DIR")
     p.add_argument("--lenient", action="store_true", help="skip bad records and report them")
-    p.add_argument("--merge-consecutive", action="store_true", help="merge consecutive same-speaker utterances")
+    p.add_argument("--merge-consecutive", action="store_true",
+                   help="merge consecutive same-speaker utterances (a merged turn keeps every strategy label)")
+    p.add_argument("--top-k", type=int, default=5, help="transitions shown per hop count (default 5; ties kept)")
 
 
 def run_stats(args) -> int:
     import sys
 
     skipped: list[str] = []
-    dialogues = load_dialogues(args.paths, lenient=args.lenient, merge_consecutive=args.merge_consecutive,
-                               skipped=skipped)
+    # Loaded unmerged and merged here, so a merged turn keeps every label (repeats too).
+    dialogues = load_dialogues(args.paths, lenient=args.lenient, skipped=skipped)
     if skipped:
         print(f"skipped {len(skipped)} bad record(s):", file=sys.stderr)
         for reason in skipped[:20]:
             print(f"  {reason}", file=sys.stderr)
     if not dialogues:
         raise ValueError(f"no dialogues found in {', '.join(args.paths)}")
-    st = compute_stats(dialogues)
+    st = compute_stats(dialogues, top_k=args.top_k, merge_consecutive=args.merge_consecutive)
     if args.plots:
         for path in write_plots(st, args.plots):
             print(f"wrote {path}", file=sys.stderr)

@@ -95,9 +95,93 @@ def test_generalised_fleiss_on_unequal_counts_matches_hand_computation():
     assert percent_agreement(table) == pytest.approx(p_a, abs=1e-12)
 
 
-def test_fleiss_ignores_single_rated_units_and_is_nan_for_one_category():
-    with_single = np.vstack([FLEISS_TABLE, [[0, 0, 1, 0, 0]]])
-    assert fleiss_kappa(with_single) == pytest.approx(fleiss_kappa(FLEISS_TABLE), abs=1e-12)
+# Gwet's irrCAC (CRAN package irrCAC 1.0, data set `cac.raw4raters`, inst/extdata/cac.raw4raters.csv) and
+# its published output in the package vignette "overview" (inst/doc/overview.html):
+#   fleiss.kappa.raw(cac.raw4raters)$est  ->  pa 0.8181818, pe 0.2387153, coeff.val 0.76117
+# Units x raters, NaN = not rated; unit 12 has a single rating.
+CAC_RAW4RATERS = np.array(
+    [
+        [1, 1, N, 1], [2, 2, 3, 2], [3, 3, 3, 3], [3, 3, 3, 3], [2, 2, 2, 2], [1, 2, 3, 4],
+        [4, 4, 4, 4], [1, 1, 2, 1], [2, 2, 2, 2], [N, 5, 5, 5], [N, N, 1, 1], [N, N, 3, N],
+    ]
+)
+# The same vignette, data set `distrib.6raters` (15 subjects x 6 raters as category counts):
+#   fleiss.kappa.dist(distrib.6raters)  ->  coeff 0.4139265, pa 0.5511111, pe 0.2340741
+DISTRIB_6RATERS = np.array(
+    [
+        [0, 0, 0, 6, 0], [0, 3, 0, 0, 3], [0, 1, 4, 0, 1], [0, 0, 0, 0, 6], [0, 3, 0, 3, 0],
+        [2, 0, 4, 0, 0], [0, 0, 4, 0, 2], [2, 0, 3, 1, 0], [2, 0, 0, 4, 0], [0, 0, 0, 0, 6],
+        [1, 0, 0, 5, 0], [1, 1, 0, 4, 0], [0, 3, 3, 0, 0], [1, 0, 0, 5, 0], [0, 2, 0, 3, 1],
+    ]
+)
+
+
+def _gwet_reference(units_by_raters: np.ndarray) -> tuple[float, float, float]:
+    """A line-by-line transcription of irrCAC's R ``fleiss.kappa.raw`` (unweighted) on a units x raters
+    matrix, with plain loops: an independent check of the vectorised count-table code."""
+    categories = sorted({v for v in units_by_raters.ravel() if not np.isnan(v)})
+    rows = [row[~np.isnan(row)] for row in units_by_raters]
+    rows = [row for row in rows if len(row)]  # "Exclude all subjects that are not rated by any rater"
+    n = len(rows)
+    agree = [[float(np.sum(row == c)) for c in categories] for row in rows]
+    ri = [sum(a) for a in agree]
+    n2more = sum(1 for x in ri if x >= 2)
+    pa = sum(sum(a_k * (a_k - 1) for a_k in a) / (x * (x - 1)) for a, x in zip(agree, ri) if x >= 2) / n2more
+    pi = [sum(a[k] / x for a, x in zip(agree, ri)) / n for k in range(len(categories))]
+    pe = sum(p * p for p in pi)
+    return pa, pe, (pa - pe) / (1 - pe)
+
+
+def test_fleiss_matches_irrcac_published_4rater_example_with_a_single_rated_item():
+    counts, _ = rating_counts(load_ratings(long_ratings(CAC_RAW4RATERS.T)))
+    result = agreement(long_ratings(CAC_RAW4RATERS.T))
+    assert round(result.fleiss_kappa, 5) == 0.76117  # irrCAC; dropping unit 12 first gave 0.762
+    assert result.fleiss_pa == pytest.approx(0.8181818, abs=5e-8)
+    assert result.fleiss_pe == pytest.approx(0.2387153, abs=5e-8)
+    assert result.fleiss_variant == FLEISS_GENERALIZED and "irrCAC" in result.fleiss_variant
+    assert fleiss_kappa(counts) == pytest.approx(_gwet_reference(CAC_RAW4RATERS)[2], abs=1e-12)
+
+
+def test_fleiss_matches_irrcac_published_6rater_example():
+    assert fleiss_kappa(DISTRIB_6RATERS) == pytest.approx(0.4139265, abs=5e-8)
+    result = agreement(_ratings_from_counts(DISTRIB_6RATERS))
+    assert result.fleiss_variant == FLEISS_1971
+    assert (round(result.fleiss_pa, 7), round(result.fleiss_pe, 7)) == (0.5511111, 0.2340741)
+
+
+def test_fleiss_with_many_single_rated_items_follows_gwet_not_the_rated_twice_subset():
+    # 10 items, 6 of them rated once: the category shares come from all 10 (irrCAC), so chance agreement
+    # differs from the subset of 4 items rated twice or more. Reference: the transcription above.
+    data = np.array(
+        [
+            [1, 1, N], [2, 2, 1], [1, 2, 2], [2, 2, N],
+            [1, N, N], [1, N, N], [1, N, N], [1, N, N], [1, N, N], [2, N, N],
+        ]
+    )
+    pa, pe, kappa = _gwet_reference(data)
+    result = agreement(long_ratings(data.T))
+    assert result.fleiss_kappa == pytest.approx(kappa, abs=1e-12)
+    assert (result.fleiss_pa, result.fleiss_pe) == (pytest.approx(pa), pytest.approx(pe))
+    subset_only = _gwet_reference(data[:4])[2]
+    assert abs(result.fleiss_kappa - subset_only) > 0.05  # the old code's answer
+    assert result.dropped_items == 6 and result.items == 4
+    assert any("6 item(s) with a single rating" in n and "category shares" in n for n in result.notes)
+    assert result.fleiss_variant != FLEISS_1971  # counts 1, 2 and 3: not "equal numbers of ratings"
+
+
+def test_fleiss_matches_gwet_transcription_on_random_data_with_gaps():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        data = rng.integers(1, 5, size=(rng.integers(3, 30), rng.integers(2, 6))).astype(float)
+        data[rng.random(data.shape) < 0.4] = np.nan
+        rated_twice = (~np.isnan(data)).sum(1) >= 2
+        if not rated_twice.any() or len(np.unique(data[~np.isnan(data)])) < 2:
+            continue
+        counts, _ = rating_counts(load_ratings(long_ratings(data.T)))
+        assert fleiss_kappa(counts) == pytest.approx(_gwet_reference(data)[2], abs=1e-12)
+
+
+def test_fleiss_is_nan_for_one_category():
     assert np.isnan(fleiss_kappa(np.array([[3, 0], [3, 0]])))
 
 

@@ -83,6 +83,25 @@ def test_analyze_text_and_report_directory(capsys, votes_csv, tmp_path):
     assert "| lora vs base |" in (out_dir / "report.md").read_text()
 
 
+def test_analyze_states_prior_correction_and_one_vote_count(capsys, votes_csv, tmp_path):
+    out_dir = tmp_path / "r"
+    code, out, err = run(capsys, "analyze", "--votes", votes_csv, "--reference", "lora", "--n-boot", 20,
+                         "--out", out_dir)
+    assert code == 0
+    sentence = "6 votes in all; 5 of them involve lora (the n of the table's cells), from 3 sessions with lora"
+    assert sentence in out and sentence in (out_dir / "report.md").read_text()
+    assert "Prior: 1 virtual tie(s) per pair of arms (--bt-prior" in out
+    assert "Holm (1979)" in out and "over the 3 tests" in out
+    assert "bootstrap CIs left out: 3 session(s), fewer than 10" in err  # a warning, with the reason
+    assert "Elo vs maximum likelihood" in out  # the prior's pull, measured
+    code, out, _ = run(capsys, "analyze", "--votes", votes_csv, "--reference", "lora", "--n-boot", 20,
+                       "--bt-prior", 4, "--correction", "bh", "--json")
+    payload = json.loads(out)
+    assert payload["bradley_terry_fit"]["prior"] == 4.0 and payload["correction"] == "bh"
+    assert payload["votes"] == 6 and payload["votes_with_reference"] == 5
+    assert payload["rows"][0]["ci_low"] is None and payload["notes"]
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

@@ -78,7 +78,7 @@ def test_bootstrap_resamples_whole_sessions():
     # Session A: 10 wins; session B: 10 losses. Resampling sessions can only give -1, 0 or +1;
     # resampling single votes would give many other values.
     rows = [("A", "overall", "x", "y", "a")] * 10 + [("B", "overall", "y", "x", "a")] * 10
-    result = win_tie_loss(votes(rows), "x", n_boot=400, seed=1)
+    result = win_tie_loss(votes(rows), "x", n_boot=400, seed=1, min_sessions=2)
     sums = pairwise._bootstrap_session_sums(
         np.array([0] * 10 + [1] * 10), np.zeros(20, dtype=int), np.array([1.0] * 10 + [-1.0] * 10), 1, 400, 1
     )
@@ -124,9 +124,11 @@ def test_to_dict_has_the_json_shape():
         "loss",
         "n",
         "p_value",
+        "p_adjusted",
         "ci_low",
         "ci_high",
     }
+    assert payload["correction"] == "holm" and payload["tests"] == 2
 
 
 def test_paper_layout_table():
@@ -197,20 +199,115 @@ def test_bradley_terry_ties_are_half_wins_and_cis_bracket_the_rating():
 
 def test_bradley_terry_stays_finite_when_an_arm_never_wins():
     frame = votes([(f"s{i}", "overall", "x", "y", "a") for i in range(20)])
-    ratings = bradley_terry(frame, n_boot=50).ratings
+    result = bradley_terry(frame, n_boot=50)
+    ratings = result.ratings
+    assert result.ml_exists == {"overall": False} and result.notes
     assert np.isfinite(ratings[["rating", "ci_low", "ci_high"]].to_numpy()).all()
     assert ratings.iloc[0].arm == "x" and ratings.iloc[0].rating > 1200
     with pytest.raises(ValueError, match="prior"):
         bradley_terry(frame, prior=0)
 
 
-def test_plots_return_figures():
+def test_plots_show_the_numbers_they_are_given():
     from matplotlib.figure import Figure
 
-    wtl = win_tie_loss(HAND, "lora", n_boot=20)
-    assert isinstance(analysis.plot_win_tie_loss(wtl), Figure)
-    assert isinstance(analysis.plot_win_rate_heatmap(win_rate_matrix(HAND, "overall")), Figure)
-    assert isinstance(analysis.plot_bradley_terry(bradley_terry(HAND, n_boot=20)), Figure)
+    wtl = win_tie_loss(HAND, "lora", n_boot=20, min_sessions=1)
+    fig = analysis.plot_win_tie_loss(wtl)
+    assert isinstance(fig, Figure)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["fluency", "overall"]
+    # bars per panel: win, tie, loss for each of the 2 opponents; widths are the percentages
+    overall = axes[1]
+    assert len(overall.patches) == 6
+    assert sorted(round(b.get_width(), 6) for b in overall.patches) == sorted(
+        [50.0, 25.0, 25.0, 50.0, 0.0, 50.0])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["win", "tie", "loss"]
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == ["base", "gpt"]
+    assert axes[0].get_ylabel() == "lora vs"
+
+    heat = analysis.plot_win_rate_heatmap(win_rate_matrix(HAND, "overall"))
+    ax = heat.axes[0]
+    assert ax.get_title() == "win rate, row vs column (overall)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "gpt", "lora"]
+    texts = {t.get_text() for t in ax.texts}
+    assert "0.62\n(n=4)" in texts  # lora vs base: 2 wins + 1 tie of 4 votes (ties half)
+
+    bt = bradley_terry(HAND, n_boot=20, min_sessions=1)
+    fig = analysis.plot_bradley_terry(bt)
+    overall = [a for a in fig.axes if a.get_title() == "overall"][0]
+    rows = bt.ratings[bt.ratings.aspect == "overall"]
+    assert [t.get_text() for t in overall.get_yticklabels()] == list(rows["arm"])
+    points = overall.lines[0].get_xdata()
+    assert np.allclose(points, rows["rating"].to_numpy())
+
+
+def test_holm_and_bh_match_statsmodels_in_the_table_and_json():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for opp, p_win in [("a", 0.7), ("b", 0.6), ("c", 0.5)]:
+        for aspect in ["fluency", "comforting", "overall"]:
+            for i in range(40):
+                o = rng.choice(["a", "b", "tie"], p=[p_win * 0.8, (1 - p_win) * 0.8, 0.2])
+                rows.append((f"s{i}", aspect, "ref", opp, o))
+    frame = votes(rows)
+    for correction, method in [("holm", "holm"), ("bh", "fdr_bh")]:
+        result = win_tie_loss(frame, "ref", n_boot=0, correction=correction)
+        raw = result.rows["p_value"].to_numpy()
+        assert result.rows["p_adjusted"].to_numpy() == pytest.approx(multipletests(raw, method=method)[1])
+        payload = result.to_dict()
+        assert payload["correction"] == correction and payload["tests"] == 9
+        assert [r["p_adjusted"] for r in payload["rows"]] == pytest.approx(list(result.rows["p_adjusted"]))
+        table = result.table()
+        for r in result.rows.itertuples():
+            cell = table.set_index("comparison").loc[f"ref vs {r.opponent}", r.aspect]
+            assert cell.endswith("*") == (r.p_adjusted < 0.05)
+    none = win_tie_loss(frame, "ref", n_boot=0, correction="none")
+    assert none.rows["p_adjusted"].tolist() == none.rows["p_value"].tolist()
+    holm = win_tie_loss(frame, "ref", n_boot=0).rows
+    assert ((holm.p_value < 0.05) & (holm.p_adjusted >= 0.05)).any()  # a mark that correction removes
+    with pytest.raises(ValueError, match="correction"):
+        win_tie_loss(frame, "ref", correction="bonferroni-ish")
+
+
+def test_table_percentages_sum_to_100():
+    frame = votes([("s1", "overall", "x", "y", "a"), ("s2", "overall", "x", "y", "b"),
+                   ("s3", "overall", "x", "y", "tie")])
+    cell = win_tie_loss(frame, "x", n_boot=0).table().iloc[0]["overall"]
+    assert cell == "33.4 / 33.3 / 33.3"  # rounding each gave 33.3 / 33.3 / 33.3 = 99.9
+
+
+def test_one_session_gives_no_interval_but_a_reason():
+    rows = [("only", "overall", "x", "y", "a")] * 5 + [("only", "overall", "x", "z", "a")] * 5
+    result = win_tie_loss(votes(rows), "x", n_boot=200)
+    assert result.rows[["ci_low", "ci_high"]].isna().all().all()  # was [1.000, 1.000]
+    assert any("1 session(s), fewer than 10" in n for n in result.notes)
+    assert result.to_dict()["notes"] == result.notes
+    nine = [(f"s{i}", "overall", "x", "y", o) for i, o in enumerate(["a", "a", "b", "a", "b", "tie", "a", "b", "b"])]
+    assert win_tie_loss(votes(nine), "x", n_boot=100).rows["ci_low"].isna().all()
+    assert win_tie_loss(votes(nine), "x", n_boot=100, min_sessions=9).rows["ci_low"].notna().all()
+    bt = bradley_terry(votes(rows), n_boot=100)
+    assert bt.ratings[["ci_low", "ci_high"]].isna().all().all()
+    assert any("fewer than 10" in n for n in bt.notes)
+
+
+def test_bradley_terry_warns_when_maximum_likelihood_does_not_exist():
+    # one session, one vote per pair, x > y > z: separation, the MLE runs off to infinity
+    one = votes([("s1", "overall", "x", "y", "a"), ("s1", "overall", "y", "z", "a"),
+                 ("s1", "overall", "x", "z", "a")])
+    result = bradley_terry(one, n_boot=0)
+    assert result.ml_exists == {"overall": False}
+    assert any("maximum-likelihood ratings do not exist" in n for n in result.notes)
+    assert np.isnan(result.prior_shift["overall"])
+    # a cycle (every arm won and lost) has an MLE; the prior's pull on it is reported
+    cycle = pd.concat([one, votes([("s2", "overall", "z", "x", "a")])], ignore_index=True)
+    fit = bradley_terry(cycle, n_boot=0)
+    assert fit.ml_exists == {"overall": True} and fit.notes == []
+    ml = bradley_terry(cycle, n_boot=0, prior=1e-9).ratings.set_index("arm")["rating"]
+    shift = (fit.ratings.set_index("arm")["rating"] - ml).abs().max()
+    assert fit.prior_shift["overall"] == pytest.approx(shift, abs=1e-6) and shift > 1
+    assert bradley_terry(cycle, n_boot=0, prior=5.0).prior_shift["overall"] > shift
 
 
 def test_functions_accept_a_csv_path(tmp_path):

@@ -249,3 +249,81 @@ def test_resolve_arm_reads_training_runs(tiny_llama, strategy_adapter, tmp_path)
         resolve_arm("other", arms_file)
     with pytest.raises(FileNotFoundError, match="neither adapter_config.json"):
         resolve_arm(str(tmp_path))
+
+
+def _write_predictions(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+GOLD_KEYS = [("d1", 2), ("d1", 4), ("d2", 1), ("d2", 3), ("d3", 1)]  # assistant turns after a user turn
+
+
+def test_predictions_are_scored_like_generated_replies_without_a_model(test_file, tmp_path, capsys, monkeypatch):
+    from extes.cli import main
+    from extes.metrics.distinct import distinct
+    from extes.metrics.overlap import bleu, meteor, rouge_l
+    from extes.metrics.text import tokenize
+
+    def no_model(*_a, **_k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("extes.base.loading.load_base", no_model)
+    gold = {(d.id, i): t.text for d in DIALOGUES for i, t in enumerate(d.turns)}
+    replies = {k: f"I hear you. {gold[k].split()[0]} friend" for k in GOLD_KEYS}
+    preds = _write_predictions(tmp_path / "vllm.jsonl", [
+        {"dialogue_id": d, "turn": t, "reply": replies[(d, t)]} for d, t in reversed(GOLD_KEYS)])
+    out = tmp_path / "out"
+    assert main(["evaluate", "--predictions", str(preds), "--data", str(test_file), "--out", str(out),
+                 "--json", "--wordnet", "none"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    h = [tokenize(replies[k]) for k in GOLD_KEYS]
+    r = [tokenize(gold[k]) for k in GOLD_KEYS]
+    m = payload["metrics"]
+    assert m["B-2"] == pytest.approx(bleu(h, r, 2)) and m["B-4"] == pytest.approx(bleu(h, r, 4))
+    assert m["R-L"] == pytest.approx(rouge_l(h, r)) and m["METEOR"] == pytest.approx(meteor(h, r))
+    assert m["D-2"] == pytest.approx(distinct(h, 2).corpus)
+    assert m["PPL"] is None and "unavailable" in payload["details"]["ppl"]
+    assert m["Extrema"] is None and "--glove" in payload["details"]["extrema"]["embeddings"]
+    assert payload["data"]["n_turns"] == 5 and payload["arm"]["name"] == "vllm"
+    assert (out / "results.md").read_text().count("PPL unavailable") == 1
+    written = [json.loads(x) for x in (out / "replies.jsonl").read_text().splitlines()]
+    assert [(x["dialogue_id"], x["turn"]) for x in written] == GOLD_KEYS
+
+
+def test_predictions_errors_name_missing_extra_and_duplicate_keys(test_file, tmp_path, capsys):
+    from extes.cli import main
+
+    rows = [{"dialogue_id": d, "turn": t, "reply": "ok"} for d, t in GOLD_KEYS]
+    cases = [
+        (rows[1:], "missing predictions for 1 gold assistant turn(s): d1#2"),
+        (rows + [{"dialogue_id": "d1", "turn": 0, "reply": "hi"}], "1 extra prediction(s)"),
+        (rows + [{"dialogue_id": "zz", "turn": 3, "reply": "hi"}], "zz#3 (line 6)"),
+        (rows + [rows[0]], "line 6: duplicate prediction for d1#2 (first on line 1)"),
+        (rows[:2] + [{"dialogue_id": "d2", "reply": "x"}], "line 3: missing field(s) turn"),
+        (rows[:2] + [{"dialogue_id": "d2", "turn": "1", "reply": "x"}], "'turn' must be a non-negative integer"),
+    ]
+    for i, (content, message) in enumerate(cases):
+        preds = _write_predictions(tmp_path / f"p{i}.jsonl", content)
+        assert main(["evaluate", "--predictions", str(preds), "--data", str(test_file),
+                     "--out", str(tmp_path / f"o{i}")]) == 2
+        err = capsys.readouterr().err
+        assert message in err, (message, err)
+        assert not (tmp_path / f"o{i}").exists()
+    # --limit 1 scores d1 only, and ignores (does not reject) the predictions for d2 and d3
+    preds = _write_predictions(tmp_path / "all.jsonl", rows)
+    assert main(["evaluate", "--predictions", str(preds), "--data", str(test_file), "--limit", "1",
+                 "--out", str(tmp_path / "lim"), "--json", "--wordnet", "none"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"]["n_turns"] == 2
+
+
+def test_predictions_with_an_arm_report_its_gold_ppl(tiny_llama, test_file, tmp_path, capsys):
+    from extes.cli import main
+
+    preds = _write_predictions(tmp_path / "p.jsonl",
+                               [{"dialogue_id": d, "turn": t, "reply": "that is hard"} for d, t in GOLD_KEYS])
+    assert main(["evaluate", "--predictions", str(preds), "--data", str(test_file), "--arm", str(tiny_llama),
+                 "--out", str(tmp_path / "o"), "--json", "--wordnet", "none", "--no-progress"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["metrics"]["PPL"] > 1 and payload["metrics"]["Extrema"] is not None
+    assert "under --arm" in payload["details"]["ppl"]["definition"]

@@ -122,3 +122,27 @@ def test_model_embeddings_mean_subword_vectors():
     ids = tok(" sleep", add_special_tokens=False)["input_ids"]
     assert emb.vectors(["sleep"])[0] == pytest.approx(weight[ids].mean(0).numpy(), abs=1e-6)
     assert "input embeddings of tiny" in emb.describe
+
+
+def test_readme_metric_list_states_what_the_code_does():
+    """The README's one-line definitions match the behaviour pinned here (issue 14: docs must match code)."""
+    from pathlib import Path
+
+    from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
+    from rouge_score.rouge_scorer import RougeScorer
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    # ROUGE-L on our tokens: punctuation counts, so 75 here, 100 with rouge-score's own tokenizer
+    assert rouge_l([tokenize("HELLO There, Friend!")], [tokenize("hello there friend")]) == pytest.approx(75.0)
+    assert RougeScorer(["rougeL"]).score("hello there friend", "HELLO There, Friend!")["rougeL"].fmeasure == 1.0
+    assert '"HELLO There, Friend!"' in readme and "scores 75 here and 100 with rouge-score's defaults" in readme
+    # BLEU with a reply shorter than n differs from NLTK's corpus_bleu (method1)
+    hyps = [["thanks"], ["i", "hear", "you", "that", "is", "hard"]]
+    refs = [["thank", "you"], ["i", "hear", "you", "it", "is", "hard"]]
+    nltk_bleu = 100 * corpus_bleu([[r] for r in refs], hyps, smoothing_function=SmoothingFunction().method1)
+    assert (round(bleu(hyps, refs, 4), 1), round(nltk_bleu, 1)) == (21.2, 17.8)
+    assert "21.2 here vs 17.8 in NLTK" in readme
+    # the scale and the two different word counts
+    assert "every metric except PPL is reported x100" in readme
+    assert len("Hi, there!".split()) == 2 and len(tokenize("Hi, there!")) == 4
+    assert '"Hi, there!" is 2 words there, 4 tokens here' in readme

@@ -94,3 +94,87 @@ def test_convert_cli(shared_data, tmp_path):
     assert main(["convert", str(shared_data / "esconv" / "FailedESConv.sample.json"), "--to", "extes",
                  "--out", str(out), "--merge-consecutive"]) == 0
     assert len(load_dialogues(out)) == 98
+
+
+def _esconv_file(tmp_path, dialogs):
+    path = tmp_path / "esconv.json"
+    path.write_text(json.dumps([
+        {"problem_type": "job crisis", "situation": "s", "dialog": [
+            {"speaker": sp, "content": text, "annotation": {"strategy": lab} if lab else {}}
+            for sp, text, lab in dialog
+        ]} for dialog in dialogs
+    ]))
+    return path
+
+
+def test_merge_consecutive_keeps_every_label_in_order(tmp_path, capsys):
+    path = _esconv_file(tmp_path, [[
+        ("seeker", "I lost my job", None),
+        ("supporter", "Oh no.", "Question"),
+        ("supporter", "What happened?", "Question"),
+        ("supporter", "Maybe talk to HR.", "Providing Suggestions"),
+        ("seeker", "ok", None),
+        ("supporter", "You did well.", "Affirmation and Reassurance"),
+        ("seeker", "thanks", None),
+        ("seeker", "really", None),
+        ("supporter", "Anytime.", "Others"),
+    ]])
+    assert main(["stats", str(path), "--json", "--merge-consecutive"]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    assert main(["stats", str(path), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert merged["utterances"] == 6 and plain["utterances"] == 9
+    # Table 2 counts every label of a merged turn, repeats included: the total is unchanged by merging.
+    assert merged["strategies"] == plain["strategies"] == {
+        "Question": 2, "Affirmation and Reassurance": 1, "Others": 1, "Providing Suggestions": 1}
+    # the merged turn (utterance 2 of 6: phase 2) carries Qu, Qu, PS
+    assert merged["phases"]["2"] == {"Question": 0.6667, "Providing Suggestions": 0.3333}
+    # transitions read every label in order: Qu Qu PS AR Oth -> Qu PS AR Oth (repeats merged), one 3-hop
+    assert [r["path"] for r in merged["transitions"]["3-hop"]] == ["Qu -> PS -> AR -> Oth"]
+    assert merged["avg_words_per_utterance"] == round(sum(len(t.split()) for t in (
+        "I lost my job", "Oh no.", "What happened?", "Maybe talk to HR.", "ok", "You did well.", "thanks",
+        "really", "Anytime.")) / 6, 2)
+
+
+def test_merge_consecutive_keeps_table2_total_on_real_esconv(shared_data, capsys):
+    src = shared_data / "esconv" / "FailedESConv.sample.json"
+    raw = json.loads(src.read_text())
+    labelled = sum(1 for r in raw for u in r["dialog"]
+                   if u["speaker"] in ("supporter", "listener") and (u.get("annotation") or {}).get("strategy"))
+    totals = {}
+    for flag in ([], ["--merge-consecutive"]):
+        assert main(["stats", str(src), "--json", *flag]) == 0
+        totals[bool(flag)] = sum(json.loads(capsys.readouterr().out)["strategies"].values())
+    assert totals == {False: labelled, True: labelled}  # 1,183 on this sample (merging used to give 982)
+
+
+def test_top_transitions_show_counts_mark_ties_and_break_them_alphabetically(capsys):
+    names = ["Emotional Validation", "Reflective Statements", "Suggest Options", "Affirmation",
+             "Clarification", "Offer Hope"]
+    # six dialogues, each one distinct 3-hop path occurring once; one path occurs twice
+    paths = [[names[i % 6], names[(i + 1) % 6], names[(i + 2) % 6], names[(i + 3) % 6]] for i in range(6)]
+    ds = [_d(i, "A", p) for i, p in enumerate(paths + [paths[3]])]
+    st = compute_stats(ds, top_k=3)
+    rows = st.transitions["3-hop"]
+    assert rows[0]["count"] == 2 and rows[0]["strategies"] == paths[3]
+    assert len(rows) == 6  # every path tying with the 3rd (count 1) is kept
+    assert [r["path"] for r in rows[1:]] == sorted(r["path"] for r in rows[1:])
+    assert st.distinct_transitions["3-hop"] == 6
+    ds_rev = list(reversed(ds))  # order of first appearance does not matter
+    assert compute_stats(ds_rev, top_k=3).transitions == st.transitions
+    from extes.stats import format_stats
+    text = format_stats(st)
+    assert "and 3 more with count 1" in text
+
+
+def test_percentages_sum_to_100_by_largest_remainder(capsys):
+    from extes.stats import largest_remainder
+    assert largest_remainder([1, 1, 1]) == [33.4, 33.3, 33.3]
+    assert sum(largest_remainder([1, 1, 1])) == pytest.approx(100.0)
+    ds = [_d(i, s, ["Emotional Validation"]) for i, s in enumerate("ABCABCA")]  # 3/7, 2/7, 2/7
+    from extes.stats import format_stats
+    text = format_stats(compute_stats(ds))
+    shares = [float(line.split()[-1].rstrip("%")) for line in text.splitlines()
+              if line.strip()[:1] in "ABC" and line.strip().endswith("%") and len(line.split()) == 3]
+    # exact 42.857, 28.571, 28.571: rounding each gives 42.9 + 28.6 + 28.6 = 100.1
+    assert shares == [42.8, 28.6, 28.6] and sum(shares) == pytest.approx(100.0)

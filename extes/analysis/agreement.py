@@ -43,25 +43,34 @@ def rating_counts(ratings: pd.DataFrame) -> tuple[np.ndarray, list[Any]]:
     return counts, list(categories)
 
 
-def fleiss_kappa(counts: np.ndarray) -> float:
-    """Fleiss' kappa from a units x categories count table (units with < 2 ratings are ignored).
+def fleiss_components(counts: np.ndarray) -> tuple[float, float, float]:
+    """(observed agreement p_a, chance agreement p_e, kappa) exactly as Gwet's irrCAC ``fleiss.kappa.raw``.
 
-    With the same number of ratings per unit this is Fleiss (1971). With differing numbers it is the
-    generalisation in Gwet (2014): observed agreement averages each unit's pairwise agreement
-    sum_k r_ik (r_ik - 1) / (r_i (r_i - 1)); chance agreement uses pi_k, the mean over units of r_ik / r_i.
-    Both reduce to Fleiss (1971) for equal counts. NaN when chance agreement is 1 (one category only).
+    p_a averages each item's pairwise agreement sum_k r_ik (r_ik - 1) / (r_i (r_i - 1)) over the items
+    with >= 2 ratings; p_e = sum_k pi_k^2 where pi_k is the mean of r_ik / r_i over *every* rated item,
+    including items rated once (they carry no agreement, but they do tell which categories raters use).
+    Items with no rating at all are left out. With the same number of ratings on every item this is
+    Fleiss (1971). Kappa is NaN when no item has two ratings or p_e is 1 (one category only).
     """
     counts = np.asarray(counts, dtype=float)
     r = counts.sum(1)
-    counts, r = counts[r >= 2], r[r >= 2]
-    if len(r) == 0:
-        return float("nan")
-    p_a = float(np.mean((counts * (counts - 1)).sum(1) / (r * (r - 1))))
+    rated = r >= 1
+    counts, r = counts[rated], r[rated]
+    pair = r >= 2
+    if not pair.any():
+        return float("nan"), float("nan"), float("nan")
+    p_a = float(np.mean((counts[pair] * (counts[pair] - 1)).sum(1) / (r[pair] * (r[pair] - 1))))
     pi = (counts / r[:, None]).mean(0)
     p_e = float((pi**2).sum())
     if np.isclose(p_e, 1.0):
-        return float("nan")
-    return (p_a - p_e) / (1.0 - p_e)
+        return p_a, p_e, float("nan")
+    return p_a, p_e, (p_a - p_e) / (1.0 - p_e)
+
+
+def fleiss_kappa(counts: np.ndarray) -> float:
+    """Fleiss' kappa from a units x categories count table, as irrCAC ``fleiss.kappa.raw`` (see
+    `fleiss_components`): items rated once count toward the category shares, not the observed agreement."""
+    return fleiss_components(counts)[2]
 
 
 def percent_agreement(counts: np.ndarray) -> float:
@@ -116,8 +125,10 @@ def krippendorff_alpha(
 @dataclass
 class AgreementResult:
     """Agreement among raters. ``krippendorff_alpha`` maps "nominal" (always) and "ordinal" (numeric
-    labels only, else None) to alpha. ``items`` counts units with >= 2 ratings (the ones used);
-    ``dropped_items`` those with a single rating. ``fleiss_variant`` names the formula used."""
+    labels only, else None) to alpha. ``items`` counts units with >= 2 ratings (the ones that carry
+    agreement); ``dropped_items`` those with a single rating (still in Fleiss' category shares).
+    ``fleiss_variant`` names the formula used; ``fleiss_pa``/``fleiss_pe`` are its observed and chance
+    agreement."""
 
     fleiss_kappa: float
     fleiss_variant: str
@@ -129,6 +140,8 @@ class AgreementResult:
     dropped_items: int
     categories: list[Any]
     notes: list[str] = field(default_factory=list)
+    fleiss_pa: float = float("nan")
+    fleiss_pe: float = float("nan")
     per_aspect: dict[str, AgreementResult] = field(default_factory=dict)
     per_source: dict[str, AgreementResult] = field(default_factory=dict)
 
@@ -139,6 +152,8 @@ class AgreementResult:
         out: dict[str, Any] = {
             "fleiss_kappa": none_if_nan(self.fleiss_kappa),
             "fleiss_variant": self.fleiss_variant,
+            "fleiss_pa": none_if_nan(self.fleiss_pa),
+            "fleiss_pe": none_if_nan(self.fleiss_pe),
             "krippendorff_alpha": {
                 k: none_if_nan(v) if v is not None else None for k, v in self.krippendorff_alpha.items()
             },
@@ -158,8 +173,11 @@ class AgreementResult:
         return out
 
 
-FLEISS_1971 = "Fleiss (1971): equal number of ratings per item"
-FLEISS_GENERALIZED = "Fleiss' kappa generalised to unequal numbers of ratings per item (Gwet 2014)"
+FLEISS_1971 = "Fleiss (1971): every item has the same number of ratings"
+FLEISS_GENERALIZED = (
+    "Fleiss' kappa generalised to unequal numbers of ratings per item (Gwet 2014; as irrCAC "
+    "fleiss.kappa.raw: observed agreement over items with >= 2 ratings, category shares over every rated item)"
+)
 
 
 def _agreement_one(ratings: pd.DataFrame, scope: str) -> AgreementResult:
@@ -169,17 +187,20 @@ def _agreement_one(ratings: pd.DataFrame, scope: str) -> AgreementResult:
     notes: list[str] = []
     dropped = int((~used).sum())
     if dropped:
-        notes.append(f"{scope}: {dropped} item(s) with a single rating left out (nothing to agree with)")
-    used_r = r[used]
-    if len(used_r) and used_r.min() != used_r.max():
+        notes.append(
+            f"{scope}: {dropped} item(s) with a single rating: they count in Fleiss' category shares "
+            "(chance agreement, as irrCAC), not in observed agreement, percent agreement or "
+            "Krippendorff's alpha (nothing to agree with)"
+        )
+    if len(r) and r.min() != r.max():
         variant = FLEISS_GENERALIZED
-        values, freq = np.unique(used_r.astype(int), return_counts=True)
-        spread = ", ".join(f"{c} item(s) x {v} ratings" for v, c in zip(values, freq))
+        values, freq = np.unique(r.astype(int), return_counts=True)
+        spread = ", ".join(f"{c} item(s) x {v} rating{'s' if v != 1 else ''}" for v, c in zip(values, freq))
         notes.append(f"{scope}: items have different numbers of ratings ({spread}); using {variant}")
     else:
         variant = FLEISS_1971
     numeric = bool(len(categories)) and all(isinstance(c, float | int | np.number) for c in categories)
-    kappa = fleiss_kappa(counts)
+    p_a, p_e, kappa = fleiss_components(counts)
     if math.isnan(kappa) and used.any():
         notes.append(f"{scope}: all ratings fall in one category, so kappa and alpha are undefined")
     raters_used = ratings.loc[_used_rows(ratings, used), "rater_id"].nunique()
@@ -197,6 +218,8 @@ def _agreement_one(ratings: pd.DataFrame, scope: str) -> AgreementResult:
         dropped_items=dropped,
         categories=[float(c) if numeric else c for c in categories],
         notes=notes,
+        fleiss_pa=p_a,
+        fleiss_pe=p_e,
     )
 
 

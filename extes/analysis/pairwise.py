@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,10 +25,48 @@ from scipy.special import expit
 from scipy.stats import binomtest
 
 from extes.analysis.io import AnalysisInputError, as_votes, aspect_order, none_if_nan, records
+from extes.stats import largest_remainder
 
 ELO_SCALE = 400.0 / math.log(10.0)  # rating points per unit of log-strength
 ELO_BASE = 1000.0
 _CHUNK_CELLS = 500_000  # replicate x session weights held in memory at once
+MIN_SESSIONS = 10  # below this many sessions the session bootstrap is not trusted: CIs are left out
+DEFAULT_PRIOR = 1.0  # Bradley-Terry: virtual tied comparisons per pair of arms
+CORRECTIONS = {"holm": "holm", "bh": "fdr_bh", "none": None}  # --correction -> statsmodels method
+CORRECTION_NAMES = {
+    "holm": "Holm (1979) step-down, family-wise error",
+    "bh": "Benjamini-Hochberg (1995), false discovery rate",
+    "none": "no correction",
+}
+
+
+def adjust_p_values(p_values: np.ndarray, correction: str) -> np.ndarray:
+    """Adjusted p-values over one family of tests (NaN entries are not tests and stay NaN).
+
+    ``correction``: "holm" (default everywhere), "bh" (Benjamini-Hochberg) or "none"; computed by
+    ``statsmodels.stats.multitest.multipletests``.
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown correction {correction!r}; use one of {', '.join(CORRECTIONS)}")
+    p_values = np.asarray(p_values, dtype=float)
+    out = p_values.copy()
+    tested = ~np.isnan(p_values)
+    method = CORRECTIONS[correction]
+    if method is not None and tested.any():
+        from statsmodels.stats.multitest import multipletests
+
+        out[tested] = multipletests(p_values[tested], method=method)[1]
+    return out
+
+
+def session_note(sessions: int, min_sessions: int) -> str | None:
+    """Why bootstrap intervals were left out, or None when there are enough sessions."""
+    if sessions >= min_sessions:
+        return None
+    return (
+        f"bootstrap CIs left out: {sessions} session(s), fewer than {min_sessions} (--min-sessions); "
+        "resampling so few sessions gives intervals that are too narrow (one session: zero width)"
+    )
 
 
 # ------------------------------------------------------------------------------- session bootstrap
@@ -89,8 +127,11 @@ class WinTieLossResult:
     """Win/tie/loss of ``reference`` against each opponent per aspect.
 
     ``rows`` columns: opponent, aspect, win, tie, loss (fractions of n), n, n_win, n_tie, n_loss,
-    p_value (two-sided sign test, wins vs losses; NaN when every vote is a tie), ci_low, ci_high
-    (percentile bootstrap CI of win - loss, sessions resampled). Ordered by opponent, then aspect.
+    p_value (two-sided sign test, wins vs losses; NaN when every vote is a tie), p_adjusted (p_value
+    corrected over every test in the table by ``correction``), ci_low, ci_high (percentile bootstrap CI
+    of win - loss, sessions resampled; NaN when fewer than ``min_sessions`` sessions, see ``notes``).
+    Ordered by opponent, then aspect. ``votes`` is the number of votes in the input (all arms);
+    ``rows["n"].sum()`` those involving ``reference``.
     """
 
     reference: str
@@ -99,17 +140,50 @@ class WinTieLossResult:
     seed: int
     confidence: float
     sessions: int
+    correction: str = "holm"
+    min_sessions: int = MIN_SESSIONS
+    votes: int = 0
+    notes: list[str] = field(default_factory=list)
 
-    JSON_COLUMNS = ["opponent", "aspect", "win", "tie", "loss", "n", "p_value", "ci_low", "ci_high"]
+    JSON_COLUMNS = ["opponent", "aspect", "win", "tie", "loss", "n", "p_value", "p_adjusted", "ci_low", "ci_high"]
+
+    @property
+    def votes_with_reference(self) -> int:
+        return int(self.rows["n"].sum())
+
+    @property
+    def tests(self) -> int:
+        """Number of sign tests in the family the correction is applied to."""
+        return int(self.rows["p_value"].notna().sum())
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` shape: ``{"reference": ..., "rows": [{opponent, aspect, win, ...}, ...]}``."""
-        return {"reference": self.reference, "rows": records(self.rows, self.JSON_COLUMNS)}
+        """The ``--json`` shape: ``{"reference", "correction", "tests", "rows": [{opponent, aspect, win,
+        ..., p_value, p_adjusted, ...}], "notes"}``."""
+        return {
+            "reference": self.reference,
+            "correction": self.correction,
+            "correction_name": CORRECTION_NAMES[self.correction],
+            "tests": self.tests,
+            "min_sessions": self.min_sessions,
+            "notes": list(self.notes),
+            "rows": records(self.rows, self.JSON_COLUMNS),
+        }
+
+    def percent(self, row: Any) -> tuple[float, float, float]:
+        """Win/tie/loss of one row in percent, 1 decimal, largest-remainder rounded to sum to 100."""
+        w, t, lo = largest_remainder([row.n_win, row.n_tie, row.n_loss], decimals=1)
+        return w, t, lo
+
+    def mark(self, row: Any, significance: float = 0.05) -> str:
+        """"*" when the corrected p-value is below ``significance``, else ""."""
+        p = row.p_adjusted
+        return "*" if (p == p and p < significance) else ""
 
     def table(self, significance: float = 0.05) -> pd.DataFrame:
         """Paper layout (Table 9): one row per opponent, one ``W / T / L`` percent column per aspect.
 
-        A ``*`` marks p < ``significance``.
+        A ``*`` marks a corrected p-value (``correction``) < ``significance``. Percentages are rounded
+        by largest remainder, so each cell's three numbers add up to 100.0.
         """
         aspects = aspect_order(self.rows["aspect"])
         opponents = list(dict.fromkeys(self.rows["opponent"]))
@@ -122,8 +196,8 @@ class WinTieLossResult:
                 if r is None:
                     line[aspect] = "-"
                     continue
-                star = "*" if (r.p_value == r.p_value and r.p_value < significance) else ""
-                line[aspect] = f"{100 * r.win:.1f} / {100 * r.tie:.1f} / {100 * r.loss:.1f}{star}"
+                w, t, lo = self.percent(r)
+                line[aspect] = f"{w:.1f} / {t:.1f} / {lo:.1f}{self.mark(r, significance)}"
             out.append(line)
         return pd.DataFrame(out, columns=["comparison", *aspects])
 
@@ -157,9 +231,13 @@ def win_tie_loss(
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    correction: str = "holm",
+    min_sessions: int = MIN_SESSIONS,
 ) -> WinTieLossResult:
     """Win/tie/loss of ``reference`` against every other arm, per aspect (see `WinTieLossResult`)."""
     _check_boot(n_boot, confidence)
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown correction {correction!r}; use one of {', '.join(CORRECTIONS)}")
     votes = as_votes(votes)
     side = _reference_side(votes, reference)
     aspects = aspect_order(side["aspect"])
@@ -194,6 +272,11 @@ def win_tie_loss(
     with np.errstate(invalid="ignore", divide="ignore"):
         diff = sums[:, :n_cells] / sums[:, n_cells:]
     ci_low, ci_high = _percentile_ci(diff, confidence) if n_boot else (np.full(n_cells, np.nan),) * 2
+    n_sessions = int(session.max()) + 1
+    notes = []
+    if n_boot and (why := session_note(n_sessions, min_sessions)):
+        ci_low, ci_high = np.full(n_cells, np.nan), np.full(n_cells, np.nan)
+        notes.append(why)
 
     rows = cell_keys.reset_index(drop=True).assign(aspect=lambda f: f["aspect"].astype(str))
     rows = rows.assign(
@@ -205,10 +288,13 @@ def win_tie_loss(
         n_tie=n_tie,
         n_loss=n_loss,
         p_value=p_values,
+        p_adjusted=adjust_p_values(p_values, correction),
         ci_low=ci_low,
         ci_high=ci_high,
     )
-    return WinTieLossResult(reference, rows, n_boot, seed, confidence, int(session.max()) + 1)
+    return WinTieLossResult(
+        reference, rows, n_boot, seed, confidence, n_sessions, correction, min_sessions, len(votes), notes
+    )
 
 
 # ------------------------------------------------------------------------------------ win rates
@@ -282,6 +368,12 @@ class BradleyTerryResult:
     P(i beats j) = 1 / (1 + 10 ** ((R_j - R_i) / 400)); ratings of the arms seen in an aspect average
     1000. ``ratings`` columns: aspect, rank (1 = best), arm, rating, ci_low, ci_high, n (votes with the
     arm in that aspect). Arms never seen in an aspect are absent from that aspect's rows.
+
+    The fit is maximum a-posteriori with ``prior`` virtual ties per pair of arms. ``ml_exists[aspect]``
+    says whether the maximum-likelihood estimate exists there (it does not under separation: some arms
+    never lose to the rest, e.g. one session with one vote per pair; then the ratings are finite only
+    because of the prior, and ``notes`` warns). ``prior_shift[aspect]``: the largest change of any rating
+    between the prior's fit and the maximum-likelihood fit (NaN where ML does not exist).
     """
 
     ratings: pd.DataFrame
@@ -289,6 +381,11 @@ class BradleyTerryResult:
     seed: int
     confidence: float
     prior: float
+    ml_exists: dict[str, bool] = field(default_factory=dict)
+    prior_shift: dict[str, float] = field(default_factory=dict)
+    sessions: int = 0
+    min_sessions: int = MIN_SESSIONS
+    notes: list[str] = field(default_factory=list)
 
     JSON_COLUMNS = ["rank", "arm", "rating", "ci_low", "ci_high", "n"]
 
@@ -298,6 +395,33 @@ class BradleyTerryResult:
             aspect: records(group, self.JSON_COLUMNS)
             for aspect, group in self.ratings.groupby("aspect", sort=False)
         }
+
+    def fit_info(self) -> dict[str, Any]:
+        """How the ratings were fitted: prior, per-aspect ML existence and prior shift, notes."""
+        return {
+            "prior": self.prior,
+            "ml_exists": dict(self.ml_exists),
+            "prior_shift_elo": {a: none_if_nan(v) for a, v in self.prior_shift.items()},
+            "sessions": self.sessions,
+            "notes": list(self.notes),
+        }
+
+
+def ml_exists(wins: np.ndarray, present: np.ndarray) -> bool:
+    """Whether the Bradley-Terry maximum-likelihood estimate exists for one win matrix.
+
+    It exists iff the directed graph "i beat j at least once" (a tie counts both ways) on the present arms
+    is strongly connected (Zermelo 1929; Ford 1957). Otherwise some group of arms never lost to the rest
+    and the likelihood keeps growing as their ratings go to infinity.
+    """
+    from scipy.sparse.csgraph import connected_components
+
+    idx = np.flatnonzero(present)
+    if len(idx) < 2:
+        return True
+    beat = wins[np.ix_(idx, idx)] > 0
+    n_comp, _ = connected_components(sparse.csr_matrix(beat), directed=True, connection="strong")
+    return n_comp == 1
 
 
 def _fit_bradley_terry(
@@ -339,12 +463,15 @@ def bradley_terry(
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
-    prior: float = 1.0,
+    prior: float = DEFAULT_PRIOR,
+    min_sessions: int = MIN_SESSIONS,
 ) -> BradleyTerryResult:
     """Bradley-Terry ratings per aspect with session-bootstrap percentile CIs.
 
-    Ties count as half a win each way. ``prior`` (> 0) adds that many virtual tied comparisons to every
-    pair of arms seen in an aspect; with hundreds of votes per pair its effect is negligible.
+    Ties count as half a win each way. ``prior`` (> 0, default 1) adds that many virtual tied comparisons
+    to every pair of arms seen in an aspect: a maximum a-posteriori estimate that pulls ratings toward
+    1000 (about 3.6 Elo at 65 votes per pair); ``prior_shift`` reports by how much. A tiny prior (1e-6)
+    gives maximum likelihood where it exists. CIs are left out below ``min_sessions`` sessions.
     """
     _check_boot(n_boot, confidence)
     if not prior > 0:
@@ -359,9 +486,25 @@ def bradley_terry(
     n_votes = games.sum(-1).round().astype(int)
     present = n_votes > 0
     theta = _fit_bradley_terry(wins, present, prior)
+    exists = {aspect: ml_exists(wins[ai], present[ai]) for ai, aspect in enumerate(aspects)}
+    ml_theta = _fit_bradley_terry(wins, present, 1e-9)
+    shift = {
+        aspect: float(np.nanmax(np.abs(ELO_SCALE * (theta[ai] - ml_theta[ai])))) if exists[aspect] else float("nan")
+        for ai, aspect in enumerate(aspects)
+    }
+    notes = [
+        f"aspect {aspect}: the maximum-likelihood ratings do not exist (separation: some arm(s) never lost "
+        f"to the others, or never won); the ratings shown are finite only because of the prior "
+        f"({prior:g} virtual tie(s) per pair) and mostly reflect it"
+        for aspect in aspects
+        if not exists[aspect]
+    ]
+    n_sessions = int(votes["session_id"].nunique())
 
     lo = hi = np.full((n_asp, k), np.nan)
-    if n_boot:
+    if n_boot and (why := session_note(n_sessions, min_sessions)):
+        notes.append(why)
+    elif n_boot:
         # Vote i contributes to flat cell idx[i]; the session of each contribution follows the vote.
         session = pd.factorize(votes["session_id"], sort=True)[0]
         tie = votes["outcome"].to_numpy() == "tie"
@@ -380,7 +523,7 @@ def bradley_terry(
         for rank, i in enumerate(order, start=1):
             rows.append((aspect, rank, arms[i], rating[ai, i], lo[ai, i], hi[ai, i], int(n_votes[ai, i])))
     frame = pd.DataFrame(rows, columns=["aspect", "rank", "arm", "rating", "ci_low", "ci_high", "n"])
-    return BradleyTerryResult(frame, n_boot, seed, confidence, prior)
+    return BradleyTerryResult(frame, n_boot, seed, confidence, prior, exists, shift, n_sessions, min_sessions, notes)
 
 
 # ------------------------------------------------------------------------------------ agreement

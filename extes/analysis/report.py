@@ -89,6 +89,39 @@ def _text(text: str) -> Callable[[Path], None]:
     return lambda path: path.write_text(text, encoding="utf-8")
 
 
+def votes_sentence(wtl) -> str:
+    """The one definition of the vote counts, used by the console and report.md alike."""
+    level = round(100 * wtl.confidence)
+    ci = (
+        f"CI = {level}% percentile bootstrap of win - loss, sessions resampled "
+        f"({wtl.n_boot} resamples, seed {wtl.seed})"
+        if wtl.n_boot
+        else "no bootstrap (--n-boot 0)"
+    )
+    return (
+        f"{wtl.votes} votes in all; {wtl.votes_with_reference} of them involve {wtl.reference} (the n of "
+        f"the table's cells), from {wtl.sessions} sessions with {wtl.reference}; {ci}."
+    )
+
+
+def wtl_caption(wtl) -> str:
+    from extes.analysis.pairwise import CORRECTION_NAMES
+
+    return (
+        f"{wtl.reference} against each arm: win / tie / loss (%) from {wtl.reference}'s side; "
+        f"* = two-sided sign test (ties excluded) p < 0.05 after {CORRECTION_NAMES[wtl.correction]} "
+        f"over the {wtl.tests} tests in this table; percentages by largest remainder (each cell sums to 100)"
+    )
+
+
+def bt_caption(bt) -> str:
+    shifts = [v for v in bt.prior_shift.values() if v == v]
+    shift = f"; it moves any rating by at most {max(shifts):.1f} Elo vs maximum likelihood" if shifts else ""
+    return (
+        f"Prior: {bt.prior:g} virtual tie(s) per pair of arms (--bt-prior; maximum a-posteriori){shift}."
+    )
+
+
 def write_analysis_report(out_dir: str | os.PathLike, wtl, bt, matrices: list) -> list[Path]:
     """Write the `extes analyze` report: report.md, CSV tables and PNG charts, all or nothing.
 
@@ -105,19 +138,18 @@ def write_analysis_report(out_dir: str | os.PathLike, wtl, bt, matrices: list) -
     level = round(100 * wtl.confidence)
     md = [
         f"# Pairwise study: {wtl.reference} against the other arms\n",
-        f"{int(wtl.rows['n'].sum())} votes involving `{wtl.reference}` from {wtl.sessions} sessions. "
-        f"Win / tie / loss in percent from `{wtl.reference}`'s side; `*` marks a two-sided sign test "
-        f"p < 0.05 (ties excluded). CI: {level}% percentile bootstrap of win - loss, sessions resampled "
-        f"({wtl.n_boot} resamples, seed {wtl.seed}).\n",
+        f"{wtl_caption(wtl)}.\n",
+        f"{votes_sentence(wtl)}\n",
         markdown_table(wtl.table()),
         "![win/tie/loss](win_tie_loss.png)\n",
+        *[f"> Warning: {note}\n" for note in wtl.notes],
         "## Details\n",
         markdown_table(
-            wtl.rows[["opponent", "aspect", "n", "win", "tie", "loss", "p_value", "ci_low", "ci_high"]]
+            wtl.rows[["opponent", "aspect", "n", "win", "tie", "loss", "p_value", "p_adjusted", "ci_low", "ci_high"]]
         ),
         "## Bradley-Terry ratings (Elo scale, ties = half a win each way)\n",
-        f"{level}% percentile bootstrap CIs, sessions resampled ({bt.n_boot} resamples); "
-        f"prior: {bt.prior:g} virtual tie(s) per pair.\n",
+        f"{level}% percentile bootstrap CIs, sessions resampled ({bt.n_boot} resamples). {bt_caption(bt)}\n",
+        *[f"> Warning: {note}\n" for note in bt.notes],
         markdown_table(bt.ratings, floatfmt=".1f"),
         "![Bradley-Terry](bradley_terry.png)\n",
         "## Win-rate matrices (row arm against column arm, ties = half)\n",

@@ -21,6 +21,9 @@ def configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arms", help="arms YAML (or study protocol) in which --arm names are looked up")
     p.add_argument("--data", help="test dialogues: a file or folder (ExTES JSON, ESConv JSON or our JSONL)")
     p.add_argument("--matrix", help="SPEC.yaml: several arms x several test sets -> one table (see docs/metrics.md)")
+    p.add_argument("--predictions", metavar="FILE",
+                   help="score replies generated elsewhere: JSONL of {dialogue_id, turn, reply} against the gold "
+                        "turns of --data; no model is loaded (PPL only with --arm, Extrema with --glove or --arm)")
     p.add_argument("--limit", type=int, help="evaluate the first N dialogues only")
     p.add_argument("--out", help="output folder (default results/eval/<test file name>)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
@@ -57,6 +60,8 @@ def _options(args):
 
 def run_evaluate(args) -> int:
 
+    if args.predictions:
+        return _run_predictions(args)
     if args.matrix:
         if args.arm or args.data:
             raise CLIError("--matrix takes arms and test sets from the spec; do not combine it with --arm/--data")
@@ -119,6 +124,28 @@ def run_evaluate(args) -> int:
     if len(arms) > 1:
         write_table(results, out, group_by_data=False)
     _print(results, args.json, group_by_data=False)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _run_predictions(args) -> int:
+    from extes.dialogue import load_dialogues
+    from extes.metrics.evaluate import resolve_arm, write_outputs
+    from extes.metrics.predictions import score_predictions
+
+    if args.matrix:
+        raise CLIError("--predictions scores one file against --data; do not combine it with --matrix")
+    if not args.data:
+        raise CLIError("--predictions needs --data (the test dialogues holding the gold turns)")
+    if len(args.arm) > 1:
+        raise CLIError("--predictions takes at most one --arm (whose model gives PPL of the gold replies)")
+    options = _options(args)
+    arm = resolve_arm(args.arm[0], args.arms) if args.arm else None
+    data = Path(args.data)
+    result = score_predictions(args.predictions, data, load_dialogues(data), options, arm=arm)
+    out = Path(args.out) if args.out else Path("results/eval") / Path(args.predictions).stem
+    write_outputs(result, out)
+    _print([result], args.json, group_by_data=False)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -322,7 +322,10 @@ def text_metrics(hyps: Sequence[str], refs: Sequence[str], embeddings, wordnet) 
         "B-4": bleu(h, r, 4),
         "R-L": rouge_l(h, r),
     }
-    extrema, n_empty = vector_extrema(h, r, embeddings)
+    if embeddings is not None:
+        extrema, n_empty = vector_extrema(h, r, embeddings)
+    else:  # `--predictions` without --glove or --arm: no word vectors without loading a model
+        extrema, n_empty = None, None
     metrics["Extrema"] = extrema
     dist = {n: distinct(h, n) for n in (1, 2, 3)}
     for n, d in dist.items():
@@ -335,7 +338,9 @@ def text_metrics(hyps: Sequence[str], refs: Sequence[str], embeddings, wordnet) 
                    "synonyms": wordnet.available},
         "bleu": "corpus BLEU, sacrebleu tokenize=none, smooth floor 0.1 (= NLTK method1)",
         "rouge_l": "rouge-score LCS F-measure, mean over replies",
-        "extrema": {"embeddings": embeddings.describe, "replies_without_known_words": n_empty},
+        "extrema": {"embeddings": embeddings.describe if embeddings is not None else
+                    "not computed: no word vectors (give --glove FILE, or --arm for its base model's)",
+                    "replies_without_known_words": n_empty},
         "distinct": {f"D-{n}": {"corpus": "distinct n-grams / n-grams over all replies",
                                 "avg": "mean over replies of distinct / n-grams",
                                 "n_ngrams": d.n_ngrams, "n_distinct": d.n_distinct,
@@ -530,7 +535,12 @@ def markdown_table(results: Sequence[EvalResult], group_by_data: bool = False) -
         notes.append(f"METEOR WordNet: {d['meteor']['wordnet']}.")
         notes.append(f"Extrema embeddings: {d['extrema']['embeddings']}.")
         s = first["generation"]["settings"]
-        notes.append("Generation: " + ", ".join(f"{k}={v}" for k, v in s.items()) + " (temperature 0 = greedy).")
+        if first["arm"].get("predictions"):
+            notes.append(f"Replies: external predictions from {first['arm']['predictions']} (no model generated them).")
+        else:
+            notes.append("Generation: " + ", ".join(f"{k}={v}" for k, v in s.items()) + " (temperature 0 = greedy).")
+        if isinstance(d.get("ppl"), str):
+            notes.append(f"PPL {d['ppl']}.")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 

@@ -116,39 +116,56 @@ def configure_analyze(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write Markdown, CSV and PNG reports into this directory")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    add_stat_options(parser)
+
+
+def add_stat_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `analyze` and `report`: correction, Bradley-Terry prior, minimum sessions."""
+    from extes.analysis.pairwise import DEFAULT_PRIOR, MIN_SESSIONS
+
+    parser.add_argument("--correction", choices=("holm", "bh", "none"), default="holm",
+                        help="multiple-comparison correction over the table's sign tests: holm (default), "
+                             "bh (Benjamini-Hochberg) or none")
+    parser.add_argument("--bt-prior", type=float, default=DEFAULT_PRIOR,
+                        help=f"Bradley-Terry prior: virtual tied comparisons per pair of arms (default "
+                             f"{DEFAULT_PRIOR:g}; > 0; 1e-6 is maximum likelihood where it exists)")
+    parser.add_argument("--min-sessions", type=int, default=MIN_SESSIONS,
+                        help=f"leave bootstrap CIs out below this many sessions (default {MIN_SESSIONS})")
 
 
 def run_analyze(args: argparse.Namespace) -> int:
     from extes.analysis.pairwise import bradley_terry, win_rate_matrix, win_tie_loss
+    from extes.analysis.report import bt_caption, votes_sentence, wtl_caption
 
     votes = load_votes(args.votes) if args.votes else _votes_from_db(args.db, who=args.voters)
-    wtl = win_tie_loss(votes, args.reference, n_boot=args.n_boot, seed=args.seed)
-    bt = bradley_terry(votes, n_boot=args.n_boot, seed=args.seed)
+    wtl = win_tie_loss(votes, args.reference, n_boot=args.n_boot, seed=args.seed,
+                       correction=args.correction, min_sessions=args.min_sessions)
+    bt = bradley_terry(votes, n_boot=args.n_boot, seed=args.seed, prior=args.bt_prior,
+                       min_sessions=args.min_sessions)
     matrices = [win_rate_matrix(votes, aspect) for aspect in dict.fromkeys(bt.ratings["aspect"])]
     written = write_analysis_report(args.out, wtl, bt, matrices) if args.out else []
     if args.json:
         payload = wtl.to_dict()
         payload["bradley_terry"] = bt.to_dict()
+        payload["bradley_terry_fit"] = bt.fit_info()
         payload["win_rate"] = {m.aspect: m.to_dict() for m in matrices}
-        payload.update(votes=len(votes), sessions=wtl.sessions, n_boot=args.n_boot, seed=args.seed)
+        payload.update(votes=wtl.votes, votes_with_reference=wtl.votes_with_reference,
+                       sessions=wtl.sessions, n_boot=args.n_boot, seed=args.seed)
         _dump(payload)
         return 0
-    level = round(100 * wtl.confidence)
-    print(
-        f"{wtl.reference} against each arm: win / tie / loss (%) from {wtl.reference}'s side; "
-        f"* = sign test p < 0.05"
-    )
+    print(wtl_caption(wtl))
     print(wtl.table().to_string(index=False))
-    print(
-        f"\nDetails ({len(votes)} votes, {wtl.sessions} sessions with {wtl.reference}; "
-        f"CI = {level}% session bootstrap of win - loss, {args.n_boot} resamples)"
-    )
+    print(f"\nDetails: {votes_sentence(wtl)}")
     details = wtl.rows[
-        ["opponent", "aspect", "n", "n_win", "n_tie", "n_loss", "p_value", "ci_low", "ci_high"]
+        ["opponent", "aspect", "n", "n_win", "n_tie", "n_loss", "p_value", "p_adjusted", "ci_low", "ci_high"]
     ]
-    print(details.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print("\nBradley-Terry ratings (Elo scale; ties = half a win each way)")
-    print(bt.ratings.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print(details.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
+    for note in wtl.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    print(f"\nBradley-Terry ratings (Elo scale; ties = half a win each way). {bt_caption(bt)}")
+    print(bt.ratings.to_string(index=False, float_format=lambda v: f"{v:.1f}", na_rep="n/a"))
+    for note in bt.notes:
+        print(f"warning: {note}", file=sys.stderr)
     for matrix in matrices:
         print(f"\nWin rate, row arm vs column arm ({matrix.aspect}; ties = half)")
         print(matrix.rates.to_string(float_format=lambda v: f"{v:.2f}", na_rep="-"))
@@ -215,4 +232,92 @@ def run_agreement(args: argparse.Namespace) -> int:
         print(quality_table(quality).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if written:
         print(f"\nwrote {len(written)} files to {args.out}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- plan
+
+
+def configure_plan(parser: argparse.ArgumentParser) -> None:
+    scenario = parser.add_argument_group("one scenario (shares in % or as fractions)")
+    scenario.add_argument("--win", type=float, help="expected share of votes the reference arm wins")
+    scenario.add_argument("--tie", type=float, help="expected share of ties")
+    scenario.add_argument("--loss", type=float, help="expected share of votes it loses")
+    scenario.add_argument("--tests", type=int, default=10,
+                          help="tests in the table's family (default 10: 2 opponents x 5 aspects); the other "
+                               "tests are assumed to have no effect")
+    parser.add_argument("--cells", type=Path,
+                        help="CSV of cells (name, win, tie, loss): e.g. a published Table 9 typed in; they form "
+                             "the family")
+    parser.add_argument("--votes", type=Path, help="pilot Votes CSV: every cell's observed shares (with --reference)")
+    parser.add_argument("--reference", help="with --votes: the arm whose cells are planned")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    parser.add_argument("--power", type=float, default=0.8, help="target power (default 0.8)")
+    parser.add_argument("--correction", choices=("holm", "bh", "bonferroni", "none"), default="holm",
+                        help="multiple-comparison correction (default holm, as extes analyze)")
+    parser.add_argument("--n-sim", type=int, default=2000, help="simulated studies per point (default 2000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-n", type=int, default=3000, help="largest number of conversations considered")
+    parser.add_argument("--png", type=Path, help="write the power curve as a PNG here")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _plan_cells(args: argparse.Namespace) -> list:
+    from extes.analysis.plan import Cell, cells_from_votes
+
+    given = [args.win is not None or args.tie is not None or args.loss is not None, args.cells is not None,
+             args.votes is not None]
+    if sum(given) != 1:
+        raise ValueError("give one of: --win/--tie/--loss, --cells CSV, or --votes CSV --reference ARM")
+    if args.votes is not None:
+        if not args.reference:
+            raise ValueError("--votes needs --reference ARM")
+        return cells_from_votes(load_votes(args.votes), args.reference)
+    if args.cells is not None:
+        if not args.cells.is_file():
+            raise FileNotFoundError(f"--cells {args.cells}: no such file")
+        frame = pd.read_csv(args.cells)
+        missing = [c for c in ("name", "win", "tie", "loss") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{args.cells}: missing column(s) {', '.join(missing)} (need name, win, tie, loss)")
+        try:
+            return [Cell(str(r.name), float(r.win), float(r.tie), float(r.loss)) for r in frame.itertuples()]
+        except ValueError as exc:
+            raise ValueError(f"{args.cells}: {exc}") from None
+    if None in (args.win, args.tie, args.loss):
+        raise ValueError("give all three of --win, --tie and --loss")
+    return [Cell(f"win {args.win:g} / tie {args.tie:g} / loss {args.loss:g}", args.win, args.tie, args.loss)]
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from extes.analysis.plan import per_test_alpha, plan, plot_power
+
+    cells = _plan_cells(args)
+    tests = args.tests if len(cells) == 1 else None
+    result = plan(cells, tests=tests, alpha=args.alpha, correction=args.correction, target=args.power,
+                  n_sim=args.n_sim, seed=args.seed, max_n=args.max_n)
+    if args.png:
+        args.png.parent.mkdir(parents=True, exist_ok=True)
+        plot_power(result).savefig(args.png, dpi=120)
+    if args.json:
+        _dump(result.to_dict())
+        return 0
+    level = per_test_alpha(result.alpha, result.correction, result.tests)
+    print(f"Two-sided sign test (ties dropped), alpha {result.alpha:g}, {result.correction} over "
+          f"{result.tests} test(s), target power {result.target:.0%}; n = conversations = votes per cell")
+    print(f"needed: simulated with {result.correction} ({result.n_sim} studies per n; smallest n reaching the target, "
+          f"by grid and bisection); exact: binomial power at the fixed level {level:.4g} (alpha/K, Bonferroni)")
+    rows = [{"cell": c.name, "win/tie/loss": f"{c.p_win:.2f}/{c.p_tie:.2f}/{c.p_loss:.2f}",
+             "n needed (sim)": "-" if r is None else str(r), "n needed (exact)": "-" if e is None else str(e)}
+            for c, r, e in zip(result.cells, result.required, result.required_exact)]
+    print(pd.DataFrame(rows).to_string(index=False))
+    print("\nPower curve (simulated; exact at the fixed level in brackets)")
+    curve = pd.DataFrame({"n": result.grid, **{
+        c.name: [f"{result.power[i, j]:.2f} [{result.exact[i, j]:.2f}]" for i in range(len(result.grid))]
+        for j, c in enumerate(result.cells)}})
+    print(curve.to_string(index=False))
+    for note in result.notes:
+        print(f"note: {note}")
+    if args.png:
+        print(f"wrote {args.png}")
     return 0

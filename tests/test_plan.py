@@ -1,0 +1,118 @@
+"""`extes plan`: sign-test power by simulation, checked against exact binomial power and statsmodels."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import binom, binomtest
+from statsmodels.stats.multitest import multipletests
+
+from extes.analysis.plan import Cell, adjust, exact_power, plan, plot_power, sign_test_table, simulated_power
+from extes.cli import main
+
+CELL = Cell("x", 0.45, 0.25, 0.30)
+
+
+def brute_power(cell, n, alpha):
+    """Power by enumerating every (decided, wins) outcome with scipy's own binomtest."""
+    total = 0.0
+    for m in range(1, n + 1):
+        pm = binom.pmf(m, n, 1 - cell.p_tie)
+        total += sum(pm * binom.pmf(w, m, cell.win_share) for w in range(m + 1)
+                     if binomtest(w, m, 0.5).pvalue < alpha)
+    return total
+
+
+def test_sign_test_table_is_scipys_binomtest():
+    table = sign_test_table(30)
+    for m in range(1, 31):
+        for w in range(m + 1):
+            assert table[m, w] == pytest.approx(binomtest(w, m, 0.5).pvalue, abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 5, 12, 13, 30, 41])
+@pytest.mark.parametrize("alpha", [0.05, 0.005])
+def test_exact_power_equals_enumeration(n, alpha):
+    assert exact_power(CELL, n, alpha) == pytest.approx(brute_power(CELL, n, alpha), abs=1e-12)
+
+
+@pytest.mark.parametrize("correction", ["none", "bonferroni"])
+def test_simulation_agrees_with_exact_power_at_a_fixed_level(correction):
+    cells = [CELL, Cell("null", 0.4, 0.2, 0.4), Cell("strong", 0.7, 0.1, 0.2)]
+    level = 0.05 if correction == "none" else 0.05 / 3
+    for n in (40, 150, 400):
+        sim = simulated_power(cells, n, 0.05, correction, n_sim=4000, seed=n)
+        for cell, p in zip(cells, sim):
+            exact = exact_power(cell, n, level)
+            se = np.sqrt(exact * (1 - exact) / 4000) + 1e-3
+            assert abs(p - exact) < 4 * se, (cell.name, n, p, exact)
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [("holm", "holm"), ("bh", "fdr_bh"), ("bonferroni", "bonferroni")])
+def test_vectorised_corrections_equal_statsmodels(ours, theirs):
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0, 0.2, size=(50, 7))
+    p[:, 3] = p[:, 1]  # ties
+    got = adjust(p, ours)
+    for row, adj in zip(p, got):
+        assert adj == pytest.approx(multipletests(row, method=theirs)[1], abs=1e-12)
+
+
+def test_required_n_is_the_first_n_reaching_the_target():
+    result = plan([CELL], tests=10, n_sim=500)
+    req = result.required_exact[0]
+    assert exact_power(CELL, req, 0.005) >= 0.8 > exact_power(CELL, req - 1, 0.005)
+    assert result.required[0] is not None and abs(result.required[0] - req) < 0.15 * req
+    assert result.to_dict()["cells"][0]["required_n_exact"] == req
+    fewer_tests = plan([CELL], tests=1, n_sim=500).required_exact[0]
+    assert fewer_tests < req  # the correction costs conversations
+
+
+def test_holm_is_more_powerful_than_bonferroni_when_every_cell_has_an_effect():
+    cells = [Cell(f"c{i}", 0.5, 0.2, 0.3) for i in range(8)]
+    holm = simulated_power(cells, 200, 0.05, "holm", n_sim=3000, seed=3)
+    bonf = simulated_power(cells, 200, 0.05, "bonferroni", n_sim=3000, seed=3)
+    assert (holm >= bonf).all() and holm.mean() > bonf.mean() + 0.02
+
+
+def test_no_effect_never_reaches_the_target():
+    result = plan([Cell("null", 0.35, 0.3, 0.35)], tests=5, n_sim=300, max_n=300)
+    assert result.required == [None] and result.required_exact == [None]
+    assert any("no effect" in n for n in result.notes)
+    assert (result.power < 0.05).all()
+
+
+def test_plan_cli_text_json_png(tmp_path, capsys):
+    png = tmp_path / "power.png"
+    assert main(["plan", "--win", "45", "--tie", "25", "--loss", "30", "--n-sim", "300", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    req = plan([CELL], tests=10, n_sim=300).required_exact[0]
+    assert "holm over 10 test(s)" in out and f" {req}\n" in out.split("Power curve")[0]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["plan", "--votes", "docs/examples/votes.csv", "--reference", "extes-lora", "--n-sim", "200",
+                 "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["tests"] == 10 and len(payload["cells"]) == 10 and payload["correction"] == "holm"
+    ident = next(c for c in payload["cells"] if c["name"] == "vs base / identification")
+    assert (round(ident["win"], 4), round(ident["loss"], 4)) == (0.6875, 0.125)  # 11 and 2 of 16 votes
+
+
+def test_plan_cli_errors(tmp_path, capsys):
+    assert main(["plan", "--win", "45", "--tie", "25"]) == 2
+    assert "--win, --tie and --loss" in capsys.readouterr().err
+    assert main(["plan", "--win", "45", "--tie", "25", "--loss", "30", "--votes", "docs/examples/votes.csv"]) == 2
+    assert "give one of" in capsys.readouterr().err
+    assert main(["plan", "--votes", "docs/examples/votes.csv"]) == 2
+    assert "--reference" in capsys.readouterr().err
+    bad = tmp_path / "cells.csv"
+    bad.write_text("name,win,tie\nx,1,2\n")
+    assert main(["plan", "--cells", str(bad)]) == 2
+    assert "missing column(s) loss" in capsys.readouterr().err
+
+
+def test_power_figure_has_one_line_per_cell():
+    result = plan([CELL, Cell("y", 0.6, 0.1, 0.3)], n_sim=200)
+    ax = plot_power(result).axes[0]
+    assert len(ax.lines) == 3  # two cells and the dashed target
+    assert list(ax.lines[0].get_xdata()) == result.grid
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x", "y"]
