@@ -253,6 +253,14 @@ def test_extes_judge_on_a_study_database(tmp_path, capsys):
     assert "Position inconsistency" in printed and "LLM vs participant" in printed
     # analyze reads the LLM's votes like any Votes CSV
     assert main(["analyze", "--votes", str(out / "llm_votes.csv"), "--reference", "lora"]) == 0
+    capsys.readouterr()
+    # and `extes agreement --llm` gives the same agreement, with the position inconsistency
+    assert main(["agreement", "--db", str(db), "--llm", str(out / "llm_votes.csv"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["agreement"]["llm_vs_participant"] == summary["agreement"]["llm_vs_participant"]
+    assert again["position_inconsistency"]["comforting"] == 1.0
+    assert main(["agreement", "--db", str(db), "--llm", str(out / "llm_votes.csv")]) == 0
+    assert "| comforting | 6 | 2 | 33.3 |" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -71,3 +71,33 @@ def agreement_with(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame
                      "percent_agreement": float((sub["label"] == sub["label_ref"]).mean()) if n else None,
                      "cohen_kappa": kappa})
     return pd.DataFrame(rows, columns=["aspect", "n", "conversations", "percent_agreement", "cohen_kappa"])
+
+
+def _fmt(v: object) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
+
+
+def agreement_markdown(title: str, table: pd.DataFrame) -> list[str]:
+    """A Markdown section for an `agreement_with` table."""
+    lines = [f"### {title}", "", "| aspect | n | conversations | % agreement | Cohen's kappa |",
+             "|---|---|---|---|---|"]
+    for r in table.itertuples(index=False):
+        pct = "n/a" if r.percent_agreement is None or r.percent_agreement != r.percent_agreement \
+            else f"{100 * r.percent_agreement:.1f}"
+        lines.append(f"| {r.aspect} | {r.n} | {r.conversations} | {pct} | {_fmt(r.cohen_kappa)} |")
+    return lines + [""]
+
+
+def people_agreement_sections(participant: pd.DataFrame, llm: pd.DataFrame | None,
+                              judges: pd.DataFrame | None) -> tuple[list[str], dict[str, list[dict]]]:
+    """Markdown and JSON for the LLM vs participants and (the ceiling) human judges vs participants."""
+    lines: list[str] = []
+    tables: dict[str, list[dict]] = {}
+    for key, title, other in (("llm_vs_participant", "LLM vs participant", llm),
+                              ("judges_vs_participant", "Human judges vs participant (the ceiling)", judges)):
+        if other is None or not len(other) or not len(participant):
+            continue
+        t = agreement_with(participant, other)
+        tables[key] = t.to_dict(orient="records")
+        lines += agreement_markdown(title, t)
+    return lines, tables

@@ -185,10 +185,39 @@ def configure_agreement(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--db", help="study database: use its annotation judgments")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--out", type=Path, help="write report.md and CSV tables into this directory")
+    parser.add_argument("--llm", type=Path,
+                        help="an LLM judge's votes (llm_votes.csv of `extes judge`): with --db, Cohen's kappa and "
+                             "percent agreement with the participants per aspect, next to the human judges'")
+
+
+def _run_llm_agreement(args: argparse.Namespace) -> int:
+    from extes.analysis.rater_agreement import people_agreement_sections
+
+    if not args.db:
+        raise ValueError("--llm compares the LLM with the participants of a study: give --db too")
+    llm = load_votes(args.llm, allow_empty=True)
+    participant = _votes_from_db(args.db, allow_empty=True, who="participant")
+    judges = _votes_from_db(args.db, allow_empty=True, who="judge")
+    lines, tables = people_agreement_sections(participant, llm, judges)
+    summary_file = args.llm.parent / "summary.json"
+    inconsistency = json.loads(summary_file.read_text()).get("position_inconsistency") if summary_file.is_file() else None
+    if args.json:
+        _dump({"agreement": tables, "position_inconsistency": inconsistency})
+        return 0
+    if not lines:
+        print("no conversation was rated by both the participant and the LLM")
+    print("\n".join(lines))
+    if inconsistency:
+        print("LLM position inconsistency (share of pairs whose answer changed with the order): "
+              + ", ".join(f"{k} {_fmt(v)}" for k, v in inconsistency.items()))
+    return 0
 
 
 def run_agreement(args: argparse.Namespace) -> int:
     from extes.analysis.agreement import agreement, dataset_quality
+
+    if args.llm:
+        return _run_llm_agreement(args)
 
     ratings = load_ratings(args.ratings) if args.ratings else _ratings_from_db(args.db, for_agreement=True)
     result = agreement(ratings)

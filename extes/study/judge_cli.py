@@ -83,16 +83,8 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
 
 
-def agreement_markdown(title: str, table: pd.DataFrame) -> list[str]:
-    lines = [f"### {title}", "", "| aspect | n | conversations | % agreement | Cohen's kappa |", "|---|---|---|---|---|"]
-    for r in table.itertuples(index=False):
-        pct = "n/a" if r.percent_agreement is None else f"{100 * r.percent_agreement:.1f}"
-        lines.append(f"| {r.aspect} | {r.n} | {r.conversations} | {pct} | {_fmt(r.cohen_kappa)} |")
-    return lines + [""]
-
-
 def run_judge(args: argparse.Namespace) -> int:
-    from extes.analysis.rater_agreement import agreement_with
+    from extes.analysis.rater_agreement import people_agreement_sections
     from extes.analysis.report import write_csv_atomic
     from extes.judge import PROMPT_VERSION, Judge
     from extes.selfchat.budget import Budget, price_for
@@ -139,15 +131,8 @@ def run_judge(args: argparse.Namespace) -> int:
     for aspect, share in result.position_inconsistency().items():
         lines.append(f"- {aspect}: {_fmt(share)} ({result.inconsistent[aspect]} of {result.compared[aspect]})")
     lines.append("")
-    tables: dict[str, Any] = {}
-    if len(participant_votes) and len(llm):
-        t = agreement_with(participant_votes, llm)
-        tables["llm_vs_participant"] = t.to_dict(orient="records")
-        lines += agreement_markdown("LLM vs participant", t)
-    if len(participant_votes) and len(judge_votes):
-        t = agreement_with(participant_votes, judge_votes)
-        tables["judges_vs_participant"] = t.to_dict(orient="records")
-        lines += agreement_markdown("Human judges vs participant (the ceiling)", t)
+    sections, tables = people_agreement_sections(participant_votes, llm, judge_votes)
+    lines += sections
     summary["agreement"] = tables
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (args.out / "agreement.md").write_text("\n".join(lines) + "\n")
