@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from extes.analysis import load_ratings, load_votes
-from extes.study.store import DuplicateError, Store, StoreError, normalize_code
+from extes.study.store import SCHEMA_VERSION, DuplicateError, Store, StoreError, normalize_code
 
 PAIRS = [("A", "B"), ("A", "C"), ("B", "C")]
 ARMS = {"A": "x", "B": "y", "C": "z"}
@@ -31,10 +31,10 @@ def rated_conversation(store: Store, outcome: str = "a"):
 def test_schema_versioned_and_migrations_run_once(tmp_path):
     path = tmp_path / "s.sqlite"
     store = Store(path)
-    assert store.schema_version() == 1
+    assert store.schema_version() == SCHEMA_VERSION == 2
     Store(path)  # reopening applies nothing twice
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("select count(*) from schema_version")).scalar() == 1
+        assert conn.execute(sa.text("select count(*) from schema_version")).scalar() == SCHEMA_VERSION
         assert conn.execute(sa.text("pragma journal_mode")).scalar() == "wal"
         tables = set(sa.inspect(conn).get_table_names())
     assert {"participants", "conversations", "messages", "votes", "reports", "flags", "annotation_items",
@@ -54,7 +54,7 @@ def test_any_sqlalchemy_url(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'u.sqlite'}")
     assert store.create_participant()["code"]
     mem = Store("sqlite://")
-    assert mem.schema_version() == 1
+    assert mem.schema_version() == SCHEMA_VERSION
 
 
 def test_codes():

@@ -5,6 +5,9 @@ The browser holds the judge code and the current assignment id in hidden fields;
 them back and the annotation module checks that the assignment belongs to that code. Nothing shown
 names an arm, a model or a dataset; transcripts are HTML-escaped before Markdown rendering.
 
+Only invited judges get in: codes made by the researcher (`extes.study.annotation.invite_judges`);
+there is no way to make a code from this page.
+
 Hook: `extes.study.app.build_app` calls `build_annotate_ui(protocol, store, pool)` and mounts the
 returned Blocks at `/annotate`.
 """
@@ -39,7 +42,7 @@ is which. There are two kinds of items:
 - **Dataset dialogues**: one conversation between a person and a supporter. Score each quality from
   the lowest to the highest value of the scale.
 
-Enter your judge code to continue where you left off, or ask for a new one."""
+Enter the judge code the researchers gave you (it also brings you back to where you left off)."""
 
 
 def _chat(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
@@ -105,9 +108,6 @@ class AnnotateUI:
 
         return wrapper
 
-    def on_new(self):
-        return self._updates(ann.new_judge(self.store, self.protocol))
-
     def on_login(self, code: str):
         return self._updates(ann.judge_by_code(self.store, code))
 
@@ -142,9 +142,7 @@ class AnnotateUI:
         with gr.Column(visible=True) as login_col:
             code_in = gr.Textbox(label="Judge code", max_lines=1, placeholder="XXXX-XXXX-XXXX",
                                  elem_id="annotate-code")
-            with gr.Row():
-                login_btn = gr.Button("Start judging", variant="primary", elem_id="annotate-login")
-                new_btn = gr.Button("I am a new judge: give me a code", elem_id="annotate-new")
+            login_btn = gr.Button("Start judging", variant="primary", elem_id="annotate-login")
         status_md = gr.Markdown()
         self.pair_radios: list[gr.Radio] = []
         self.pair_keys: list[tuple[str, int]] = []
@@ -190,7 +188,6 @@ class AnnotateUI:
         self.outputs = [code_box, assignment_box, login_col, code_md, status_md, conv_col, *chats, dlg_col,
                         scene_md, dlg_chat, submit_btn, *self.pair_radios, *self.likert_radios]
         kw = dict(outputs=self.outputs, concurrency_limit=None)
-        new_btn.click(self._guard(self.on_new), inputs=None, api_name="annotate_new_judge", **kw)
         login_btn.click(self._guard(self.on_login), inputs=[code_in], api_name="annotate_login", **kw)
         code_in.submit(self._guard(self.on_login), inputs=[code_in], api_visibility="private", **kw)
         submit_btn.click(self._guard(self.on_submit),
@@ -204,8 +201,11 @@ def render_annotate(store: Store, protocol: Protocol) -> AnnotateUI:
     return ui
 
 
-def build_annotate_ui(protocol: Protocol, store: Store, pool: Any = None) -> gr.Blocks:
-    """The `/annotate` Blocks (mounted by extes.study.app.build_app)."""
+def build_annotate_ui(protocol: Protocol, store: Store, pool: Any = None) -> gr.Blocks | None:
+    """The `/annotate` Blocks (mounted by extes.study.app.build_app); None when the protocol turns
+    annotation off (`annotation.enabled: false`: the path then answers "not available")."""
+    if not protocol.annotation.enabled:
+        return None
     with gr.Blocks(title="Judging", analytics_enabled=False, fill_width=True) as demo:
         render_annotate(store, protocol)
     return demo

@@ -270,6 +270,29 @@ class Dashboard:
         self._check(ok)
         return transcript(self.store, conversation_id)
 
+    def invite(self, ok: bool, n: Any) -> list[str]:
+        """`n` new judge codes (single-use invitations for /annotate)."""
+        self._check(ok)
+        try:
+            count = int(n)
+        except (TypeError, ValueError):
+            raise ValueError("number of judge invitations must be a whole number") from None
+        from extes.study.annotation import invite_judges
+
+        return invite_judges(self.store, self.protocol, count)
+
+    def revoke(self, ok: bool, code: str) -> int:
+        """Revoke a judge code; returns how many unfinished items were freed."""
+        self._check(ok)
+        return self.store.revoke_judge(str(code or ""))
+
+    def judges(self, ok: bool) -> pd.DataFrame:
+        self._check(ok)
+        rows = self.store.judges()
+        return pd.DataFrame([{"judge_id": r["id"], "code": r["code"], "created_at": r["consented_at"],
+                              "revoked": "yes" if r["revoked_at"] else "", "submitted": r["done"]} for r in rows],
+                            columns=["judge_id", "code", "created_at", "revoked", "submitted"])
+
     def export(self, ok: bool) -> list[Path]:
         self._check(ok)
         return export_csvs(self.store, tempfile.mkdtemp(prefix="extes-export-"))
@@ -318,6 +341,15 @@ def render_research(store: Store, protocol: Protocol) -> None:
             show_btn = gr.Button("Show transcript", scale=1)
         conv_head = gr.Markdown()
         conv_msgs = gr.Dataframe(interactive=False, wrap=True, visible=False)
+        gr.Markdown("## Judges\nJudges need a code from you: each code is one judge's single-use invitation "
+                    "to `/annotate`. Revoking a code locks it out and frees its unfinished items.")
+        with gr.Row():
+            n_invites = gr.Number(label="How many judge codes", value=1, precision=0, minimum=1, maximum=1000, scale=1)
+            invite_btn = gr.Button("Create judge codes", scale=1, elem_id="research-invite")
+            revoke_code = gr.Textbox(label="Judge code to revoke", max_lines=1, scale=2)
+            revoke_btn = gr.Button("Revoke", scale=1, elem_id="research-revoke")
+        invites_md = gr.Markdown(elem_id="research-invites")
+        judges_df = gr.Dataframe(interactive=False, visible=False)
         gr.Markdown("## Downloads")
         export_btn = gr.Button("Prepare CSV downloads", elem_id="research-export")
         files = gr.File(label="votes.csv, judge_votes.csv, ratings.csv", file_count="multiple", interactive=False,
@@ -379,6 +411,23 @@ def render_research(store: Store, protocol: Protocol) -> None:
     @guarded
     def export(ok: bool):
         return gr.update(value=[str(p) for p in board_fns.export(ok)], visible=True)
+
+    @guarded
+    def invite(ok: bool, n):
+        codes = board_fns.invite(ok, n)
+        text = "New judge codes (give one to each judge):\n\n```\n" + "\n".join(codes) + "\n```"
+        return text, frame(board_fns.judges(ok))
+
+    @guarded
+    def revoke(ok: bool, code: str):
+        try:
+            freed = board_fns.revoke(ok, code)
+        except ValueError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return f"Revoked; {freed} unfinished item(s) freed.", frame(board_fns.judges(ok))
+
+    invite_btn.click(invite, [authed, n_invites], [invites_md, judges_df], **dict(api_visibility="private"))
+    revoke_btn.click(revoke, [authed, revoke_code], [invites_md, judges_df], **dict(api_visibility="private"))
 
     outputs = [counts_md, wtl_note, wtl_table, wtl_plot, wtl_rows, agree_note, agree_table,
                quality, flags_df, convs_df, flags_note]
