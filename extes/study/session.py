@@ -400,12 +400,27 @@ class Study:
         failed: set[str] = set()
         last_save, unsaved = time.monotonic(), 0
 
+        final: dict[str, str] = {}
+        counted: set[str] = set()
+
         def release() -> None:
-            """Shown text per pane: the first k pieces, k the fewest any pane still replying has."""
+            """Shown text per pane: its first k pieces, k the fewest pieces any pane still replying has.
+            A finished pane shows its final text (and counts a turn) only once every pane still replying
+            has gone past its length, so neither the first words nor the end of a reply tell the panes'
+            models apart by timing: only the replies' lengths order their ends."""
             active = [t for t in targets if t not in done and t not in failed]
-            k = min((len(pieces[t]) for t in active), default=0)
-            for t in active:
-                shown[t] = visible_so_far("".join(pieces[t][:k]))
+            k = min((len(pieces[t]) for t in active), default=None)
+            for t in targets:
+                if t in failed:
+                    continue
+                if t in done and (k is None or k > len(pieces[t])):  # the others went past its end
+                    shown[t] = final[t]
+                    if t not in counted:
+                        counted.add(t)
+                        by_pane[t].turns += 1
+                        by_pane[t].remaining = max(0, by_pane[t].remaining - 1)
+                else:
+                    shown[t] = visible_so_far("".join(pieces[t][:k or 0]))
                 slots[t]["content"] = shown[t]
 
         def save(force: bool = False) -> None:
@@ -436,13 +451,11 @@ class Study:
                     log.error("generation failed in conversation %s (pane %s)", conv["id"], pane)
                 elif event.done:
                     done.add(pane)
-                    reply_text = self._finish(conv, pane, reply_ids[pane], event.reply, "".join(pieces[pane]))
-                    slots[pane]["content"] = reply_text
-                    by_pane[pane].turns += 1
-                    by_pane[pane].remaining = max(0, by_pane[pane].remaining - 1)
+                    final[pane] = self._finish(conv, pane, reply_ids[pane], event.reply, "".join(pieces[pane]))
                 release()
                 save()
-                yield self._chat_view(p, conv, base, panes, streaming=len(done) < len(targets), crisis=crisis)
+                yield self._chat_view(p, conv, base, panes, streaming=len(counted) + len(failed) < len(targets),
+                                      crisis=crisis)
             finished = True
         except GeneratorExit:
             cancel.set()
