@@ -40,7 +40,10 @@ class FakePool:
     def _reply_words(self, messages) -> list[str]:
         n_user = sum(1 for m in messages if m["role"] == "user")
         base = f"That sounds hard; thank you for telling me (turn {n_user})."
-        return (base + " Tell me more.").split()[: max(1, self.words)] or ["Okay."]
+        words = (base + " Tell me more.").split()
+        while len(words) < self.words:  # long replies: the sentence again
+            words += base.split()
+        return words[: max(1, self.words)]
 
     def stream(self, arm_name, messages, cancel=None):
         for _key, ev in self.stream_many({"_": (arm_name, messages)}, cancel=cancel):
