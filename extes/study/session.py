@@ -93,6 +93,10 @@ class StudyRefusal(ValueError):
         self.hint = hint
 
 
+class UnknownCode(StudyRefusal):
+    """A code (or conversation id) that names nothing of this participant: counted as a guess."""
+
+
 @dataclass
 class PaneState:
     pane: str
@@ -166,9 +170,9 @@ class Study:
         code = clean_input(code, "participant code", multiline=False)
         p = self.store.participant_by_code(code)
         if p is None:
-            raise StudyRefusal("No participant with this code. Please check the code and try again.")
+            raise UnknownCode("No participant with this code. Please check the code and try again.")
         if p["role"] != "participant":
-            raise StudyRefusal("This code is not a participant code.")
+            raise UnknownCode("This code is not a participant code.")
         return p
 
     def _owned(self, code: str, conversation_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -177,7 +181,7 @@ class Study:
         conv = self.store.conversation(conversation_id or "") if conversation_id else None
         if conv is None or conv.get("participant_id") != p["id"]:
             # Same answer whether it does not exist or belongs to someone else.
-            raise StudyRefusal("This conversation does not belong to this participant code.")
+            raise UnknownCode("This conversation does not belong to this participant code.")
         return p, conv
 
     def _arm(self, conv: dict[str, Any], pane: str):

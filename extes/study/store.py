@@ -236,6 +236,16 @@ likert_ratings = sa.Table(
 )
 
 
+# v2: attempts counted for rate limits and lockouts (extes.study.limits), shared by every app process.
+# `bucket` is a kind plus a keyed hash of the client address: no address is stored.
+rate_events = sa.Table(
+    "rate_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("bucket", sa.String(100), nullable=False, index=True),
+    sa.Column("at", sa.String(40), nullable=False, index=True),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     """Initial schema (frozen in extes.study.schema_v1: creating today's tables here would make every
     later migration fail on a fresh database with "duplicate column")."""
@@ -254,7 +264,7 @@ def _add_columns(conn: Connection, table: sa.Table, names: Sequence[str]) -> Non
 def _migration_2(conn: Connection) -> None:
     """Judge invitations (participants.revoked_at), replies persisted while they stream (messages.partial,
     updated_at), every strategy tag of a reply, the engine's dtype and version; one conversation in
-    progress per participant as a unique index. Conversations left "chatting" beside a newer one (the
+    progress per participant as a unique index; rate_events. Conversations left "chatting" beside a newer one (the
     race this index now prevents) become "abandoned"."""
     _add_columns(conn, participants, ["revoked_at"])
     _add_columns(conn, messages, ["partial", "updated_at", "strategies", "dtype", "engine_version"])
@@ -269,6 +279,7 @@ def _migration_2(conn: Connection) -> None:
     for index in conversations.indexes:
         if index.name == "uq_one_chatting":
             index.create(conn)
+    rate_events.create(conn)
 
 
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
@@ -866,6 +877,27 @@ class Store:
         if full:
             raise LimitError("this item already has all the judgments it needs", "quota")
         return len(rows)
+
+    # ------------------------------------------------------------------------------ rate limits
+
+    def count_and_record(self, buckets: Sequence[tuple[str, int, float]], record: bool = True) -> str | None:
+        """For rate limits shared by all app processes: each (bucket, limit, window_s) is checked against
+        the events recorded within its window; the first bucket at its limit is returned (nothing is
+        recorded then), else None, after recording one event in every bucket when `record`. One write
+        transaction, so simultaneous attempts cannot all slip under a limit. Events older than a day are
+        deleted on the way."""
+        stamp = now()
+        with self._write("rate_events") as conn:
+            for bucket, limit, window_s in buckets:
+                n = conn.execute(sa.select(sa.func.count()).select_from(rate_events).where(
+                    rate_events.c.bucket == bucket, rate_events.c.at > ago(window_s))).scalar() or 0
+                if n >= limit:
+                    return bucket
+            if record:
+                conn.execute(rate_events.insert(), [{"bucket": b, "at": stamp} for b, _l, _w in buckets])
+            if secrets.randbelow(100) == 0:
+                conn.execute(rate_events.delete().where(rate_events.c.at < ago(86400)))
+        return None
 
     # ------------------------------------------------------------------------------ judge invitations
 

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import hmac
 import html
+import io
 import logging
 import os
 import re
-import tempfile
+import secrets
+import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
@@ -31,6 +34,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import Protocol
 from extes.study.store import Store
 
@@ -231,21 +235,72 @@ class NotLoggedIn(PermissionError):
     pass
 
 
+class OneTimeDownloads:
+    """Exports handed to a logged-in researcher: the CSVs zipped in memory under a random token, served
+    once by build_app's `/research-download/<token>` route within `ttl_s`. Nothing is written to disk, so
+    no temporary export folder is left behind, and Gradio's file route (which serves files to anyone who
+    knows their path) never sees them. Process-local: sticky sessions send the link to the same process."""
+
+    def __init__(self, ttl_s: float = 300.0):
+        self.ttl_s = ttl_s
+        self._items: dict[str, tuple[float, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, data: bytes) -> str:
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            now = time.monotonic()
+            self._items = {k: v for k, v in self._items.items() if v[0] > now}
+            self._items[token] = (now + self.ttl_s, data)
+        return token
+
+    def take(self, token: str) -> bytes | None:
+        with self._lock:
+            item = self._items.pop(str(token), None)
+        if item is None or item[0] < time.monotonic():
+            return None
+        return item[1]
+
+
+def export_zip(store: Store) -> bytes:
+    """votes.csv, judge_votes.csv and ratings.csv (as `export_csvs` writes them) in one zip, in memory."""
+    frames = (store.votes_frame("participant"), store.votes_frame("judge"), store.ratings_frame())
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, frame in zip(EXPORTS, frames):
+            zf.writestr(name, frame.to_csv(index=False))
+    return buf.getvalue()
+
+
 class Dashboard:
     """What the dashboard's buttons do, without Gradio: each call takes the session's login state
     (`ok`, kept server-side in a gr.State) and refuses with NotLoggedIn when it is False."""
 
-    def __init__(self, store: Store, protocol: Protocol):
+    def __init__(self, store: Store, protocol: Protocol, downloads: OneTimeDownloads | None = None):
         self.store = store
         self.protocol = protocol
+        self.limiter = Limiter(store)
+        self.downloads = downloads or OneTimeDownloads()
 
-    def login(self, given: str | None) -> list[str]:
+    def login(self, given: str | None, client: str | None = None) -> list[str]:
         """The arm names (for the reference choice) when the password is right; NotLoggedIn otherwise,
-        after a delay that slows down guessing. The UI preselects the last one (in the default and paper
-        protocols, the strategy-trained arm the paper compares against the others)."""
-        if not password_ok(given):
+        after a delay that slows down guessing. Wrong passwords lock the dashboard for the client, and
+        for everyone after many (extes.study.limits): while locked even the right password is refused.
+        The UI preselects the last arm (in the default and paper protocols, the strategy-trained arm the
+        paper compares against the others)."""
+        if research_password() is None:
+            raise NotLoggedIn(OFF_MESSAGE)
+        try:
+            self.limiter.check("password", client)
+        except RateLimited as exc:
+            raise NotLoggedIn(str(exc)) from None
+        if not isinstance(given, str) or not password_ok(given):
             time.sleep(FAIL_DELAY_S)
-            raise NotLoggedIn("Wrong password." if research_password() else OFF_MESSAGE)
+            try:
+                self.limiter.hit("password", client)
+            except RateLimited as exc:
+                raise NotLoggedIn(str(exc)) from None
+            raise NotLoggedIn("Wrong password.")
         # The protocol's arms first, then any other arm the database holds votes for (an earlier protocol).
         votes = self.store.votes_frame("all")
         seen = sorted(set(votes["arm_a"]) | set(votes["arm_b"]))
@@ -293,15 +348,16 @@ class Dashboard:
                               "revoked": "yes" if r["revoked_at"] else "", "submitted": r["done"]} for r in rows],
                             columns=["judge_id", "code", "created_at", "revoked", "submitted"])
 
-    def export(self, ok: bool) -> list[Path]:
+    def export(self, ok: bool) -> str:
+        """A one-time download token for the zipped CSVs (see OneTimeDownloads)."""
         self._check(ok)
-        return export_csvs(self.store, tempfile.mkdtemp(prefix="extes-export-"))
+        return self.downloads.put(export_zip(self.store))
 
 
 # ------------------------------------------------------------------------------------------- UI
 
 
-def render_research(store: Store, protocol: Protocol) -> None:
+def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownloads | None = None) -> None:
     """Build the dashboard's components inside the current `gr.Blocks` context."""
     gr.Markdown("# Researcher dashboard")
     if research_password() is None:
@@ -352,10 +408,9 @@ def render_research(store: Store, protocol: Protocol) -> None:
         judges_df = gr.Dataframe(interactive=False, visible=False)
         gr.Markdown("## Downloads")
         export_btn = gr.Button("Prepare CSV downloads", elem_id="research-export")
-        files = gr.File(label="votes.csv, judge_votes.csv, ratings.csv", file_count="multiple", interactive=False,
-                        visible=False)
+        files = gr.Markdown(elem_id="research-download")
 
-    board_fns = Dashboard(store, protocol)
+    board_fns = Dashboard(store, protocol, downloads)
 
     def guarded(fn):
         @wraps(fn)
@@ -370,8 +425,8 @@ def render_research(store: Store, protocol: Protocol) -> None:
         return wrapper
 
     @guarded
-    def login(given: str):
-        arms = board_fns.login(given)
+    def login(given: str, request: gr.Request = None):
+        arms = board_fns.login(given, client_of(request))
         return (True, gr.update(visible=False), gr.update(visible=True),
                 gr.update(choices=arms, value=arms[-1] if arms else None))
 
@@ -410,7 +465,9 @@ def render_research(store: Store, protocol: Protocol) -> None:
 
     @guarded
     def export(ok: bool):
-        return gr.update(value=[str(p) for p in board_fns.export(ok)], visible=True)
+        token = board_fns.export(ok)
+        return (f"[Download votes.csv, judge_votes.csv and ratings.csv (zip)](/research-download/{token}) "
+                "(one download, within 5 minutes)")
 
     @guarded
     def invite(ok: bool, n):
@@ -445,7 +502,10 @@ def render_research(store: Store, protocol: Protocol) -> None:
 
 
 def build_research_ui(protocol: Protocol, store: Store, pool: Any = None):
-    """The `/research` Blocks (mounted by extes.study.app.build_app)."""
+    """The `/research` Blocks (mounted by extes.study.app.build_app, which serves `demo.extes_downloads`
+    at /research-download/<token>)."""
+    downloads = OneTimeDownloads()
     with gr.Blocks(title="Study dashboard", analytics_enabled=False, fill_width=True) as demo:
-        render_research(store, protocol)
+        render_research(store, protocol, downloads)
+    demo.extes_downloads = downloads
     return demo
