@@ -139,3 +139,21 @@ def test_participant_text_never_reaches_the_logs(served, capfd):
     Client(srv.url, verbose=False).predict(view.code, view.conversation_id, marker, api_name="/send_a")  # a real one
     out, err = capfd.readouterr()
     assert marker not in out and marker not in err
+
+
+def test_handlers_with_many_inputs_get_the_request_and_keep_every_value(served):
+    """The rating and judging handlers take one value per question: Gradio must still pass the request
+    (for the guessing limit) without shifting the values (the comment was once lost that way)."""
+    srv, store, study = served
+    view = study.start_conversation(study.consent().code, "Academic Stress")
+    list(study.send(view.code, view.conversation_id, "ABC", "hi"))
+    list(study.send(view.code, view.conversation_id, "ABC", "again"))
+    c = Client(srv.url, verbose=False)
+    n = len(study.questions())
+    c.predict(view.code, view.conversation_id, *(["tie"] * n), "my comment", api_name="/rate")
+    assert store.conversation(view.conversation_id)["comment"] == "my comment"
+    for i in range(LIMITS["code"][0][0]):
+        with pytest.raises(Exception, match="No participant"):
+            c.predict(f"ZZZZ-YYYY-{i:04d}", view.conversation_id, *(["tie"] * n), "", api_name="/rate")
+    with pytest.raises(Exception, match="Too many attempts"):
+        c.predict(view.code, api_name="/resume")  # the guesses through /rate counted for this client

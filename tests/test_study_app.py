@@ -265,7 +265,9 @@ def test_concurrent_participants_through_the_api_never_mix(served):
         t.start()
     for t in threads:
         t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a participant never finished"
     assert not errors, errors
+    assert sorted(results) == [0, 1, 2, 3]  # every participant got through
     for i, (*chats, conv) in results.items():
         for chat in chats:
             users = [text for role, text in chat if role == "user"]

@@ -83,6 +83,9 @@ def test_kill_9_mid_stream_keeps_what_was_shown_marked_interrupted(tmp_path, db_
         assert r["text"].startswith(before[-1][i]) and len(r["text"]) >= len(before[-1][i]) > 0
     view = study.resume(code)
     assert all(ps.messages[-1]["interrupted"] and ps.messages[-1]["content"] for ps in view.panes)
+    from extes.study.ui_participant import INTERRUPTED_NOTE, _chat_value
+
+    assert _chat_value(view.panes[0])[-1]["content"].endswith(INTERRUPTED_NOTE)  # the page says so
     assert [ps.remaining for ps in view.panes] == [1, 1, 1] and not view.can_rate  # not a complete reply
     # The conversation goes on; nothing is merged into the earlier message.
     list(study.send(code, conv, "A", "second message"))

@@ -153,12 +153,16 @@ def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llam
             assert "| 1 |" not in body  # rendered as a table, not raw Markdown
             assert "suicide" in body  # the flagged conversation is listed
             page.get_by_role("button", name="Prepare CSV downloads").click()
-            link = page.locator('a[download="votes.csv"]')
+            link = page.get_by_role("link", name="Download votes.csv, judge_votes.csv and ratings.csv (zip)")
             link.wait_for()
             with page.expect_download() as download:
                 link.click()
-            votes_csv = (tmp_path / "downloaded-votes.csv")
-            download.value.save_as(votes_csv)
+            export_zip = tmp_path / "export.zip"
+            download.value.save_as(export_zip)
+            import zipfile
+
+            votes_csv = tmp_path / "downloaded-votes.csv"
+            votes_csv.write_bytes(zipfile.ZipFile(export_zip).read("votes.csv"))
             page.get_by_label("Conversation id").fill(conv_id_of(store, code))
             page.get_by_role("button", name="Show transcript").click()
             page.get_by_text("window.x=1").last.wait_for()  # the transcript, participant HTML shown as text
@@ -193,7 +197,7 @@ def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llam
 
 
 def test_judge_session_in_a_real_browser(browser_page, tmp_path):
-    """/annotate: a new judge gets a code, judges a study conversation blind (pairwise form) and a dataset
+    """/annotate: an invited judge enters their code, judges a study conversation blind (pairwise form) and a dataset
     dialogue (Likert form), and then is told nothing is left; the store has both."""
     import json
 
@@ -208,7 +212,7 @@ def test_judge_session_in_a_real_browser(browser_page, tmp_path):
     data.write_text(json.dumps([{"scene": "Academic Stress", "description": "",
                                  "content": [{"User": "My exams <i>scare</i> me."}, {"AI": "That sounds stressful."}]}]))
     protocol = make_protocol(tmp_path, min_turns=1, conversations=1,
-                             annotation={"judges_per_item": 2, "dataset": str(data)})
+                             annotation={"judges_per_item": 2, "dataset": str(data), "judges_see_conversations": True})
     store = Store(tmp_path / "study.sqlite")
     study = Study(protocol, store, FakePool())
     v = study.consent()
@@ -218,8 +222,12 @@ def test_judge_session_in_a_real_browser(browser_page, tmp_path):
     study.submit_rating(v.code, v.conversation_id, full_answers(study))
     try:
         with ServerThread(build_app(protocol, store, FakePool(), study=study)) as srv:
+            from extes.study import annotation as ann
+
+            [judge_code] = ann.invite_judges(store, protocol, 1)
             page.goto(srv.url + "annotate/")
-            page.get_by_role("button", name="I am a new judge: give me a code").click()
+            page.get_by_label("Judge code").fill(judge_code)
+            page.get_by_role("button", name="Start judging").click()
             page.get_by_text("Your judge code:").wait_for()
             html = page.content()
             assert not any(name in html for name in ARM_NAMES) and "mini" not in page.inner_text("body")

@@ -248,7 +248,8 @@ def test_a_reply_cut_by_the_length_cap_is_shown_up_to_its_last_sentence(tmp_path
     last = chat(s, view, "hello", panes="A")
     [reply] = [r for r in s.store.messages(view.conversation_id, "A") if r["role"] == "assistant"]
     assert reply["text"] == "That sounds hard." and reply["raw_text"] == "That sounds hard. Maybe you"
-    assert last is not None
+    assert last.panes[0].messages[-1]["content"] == "That sounds hard."  # what the participant is shown
+    assert s.resume(view.code).panes[0].messages[-1]["content"] == "That sounds hard."  # and after a reload
 
 
 def test_abandoned_stream_keeps_the_partial_reply(study):

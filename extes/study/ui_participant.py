@@ -78,6 +78,7 @@ def with_request(fn: Callable, names: list[str]) -> Callable:
     params = [P(n, P.POSITIONAL_OR_KEYWORD) for n in names]
     params.append(P("request", P.POSITIONAL_OR_KEYWORD, annotation=gr.Request))
     fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    fn.__annotations__ = {"request": gr.Request}  # Gradio reads the type hints, not the signature's
     return fn
 
 
@@ -90,8 +91,13 @@ def safe_text(text: str) -> str:
     return html.escape(text or "", quote=False).replace("![", "!\\[")
 
 
+INTERRUPTED_NOTE = "\n\n*(this reply was interrupted)*"
+
+
 def _chat_value(pane_state) -> list[dict[str, str]]:
-    return [{"role": m["role"], "content": safe_text(m["content"]) or "…"} for m in pane_state.messages]
+    return [{"role": m["role"],
+             "content": (safe_text(m["content"]) or "…") + (INTERRUPTED_NOTE if m.get("interrupted") else "")}
+            for m in pane_state.messages]
 
 
 def _counter_text(view: SessionView, i: int) -> str:
