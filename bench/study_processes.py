@@ -189,7 +189,7 @@ def check(db: str, protocol_path: Path, log: dict, quota: int) -> dict:
         convs = store.conversations_of(p["id"])
         if len(convs) > protocol.conversations_per_participant:
             problems["limit: too many conversations"] += 1
-        if sum(c["status"] == "chatting" for c in convs) > 1:
+        if sum(c.status == "chatting" for c in convs) > 1:
             problems["limit: two in progress"] += 1
     acked = Counter(conv for conv, _t in log["sends"])
     for conv, n_sends in acked.items():

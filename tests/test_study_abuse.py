@@ -151,7 +151,7 @@ def test_handlers_with_many_inputs_get_the_request_and_keep_every_value(served):
     c = Client(srv.url, verbose=False)
     n = len(study.questions())
     c.predict(view.code, view.conversation_id, *(["tie"] * n), "my comment", api_name="/rate")
-    assert store.conversation(view.conversation_id)["comment"] == "my comment"
+    assert store.conversation(view.conversation_id).comment == "my comment"
     for i in range(LIMITS["code"][0][0]):
         with pytest.raises(Exception, match="No participant"):
             c.predict(f"ZZZZ-YYYY-{i:04d}", view.conversation_id, *(["tie"] * n), "", api_name="/rate")

@@ -37,13 +37,13 @@ def make_protocol(tmp_path: Path, judges: int = 3, dataset: str | None = None, p
 def rated_conversation(store: Store, participant_id: str | None = None) -> dict:
     pid = participant_id or store.create_participant()["id"]
     conv = store.create_conversation(pid, "Academic Stress", "", balanced_chooser(ARMS, random.Random(1)))
-    for pane, arm in zip("ABC", conv["arm_order"]):
-        store.add_message(conv["id"], pane, arm, "user", f"hello {pane}")
-        store.add_message(conv["id"], pane, arm, "assistant", f"reply from {arm}")
-    rows = [{"aspect": "overall", "pane_a": "A", "pane_b": "B", "arm_a": conv["arm_order"][0],
-             "arm_b": conv["arm_order"][1], "outcome": "a"}]
-    store.submit_votes(conv["id"], pid, rows)
-    return store.conversation(conv["id"])
+    for pane, arm in zip("ABC", conv.arm_order):
+        store.add_message(conv.id, pane, arm, "user", f"hello {pane}")
+        store.add_message(conv.id, pane, arm, "assistant", f"reply from {arm}")
+    rows = [{"aspect": "overall", "pane_a": "A", "pane_b": "B", "arm_a": conv.arm_order[0],
+             "arm_b": conv.arm_order[1], "outcome": "a"}]
+    store.submit_votes(conv.id, pid, rows)
+    return store.conversation(conv.id)
 
 
 def full_form(protocol, choice: str = "left") -> dict:
@@ -74,7 +74,7 @@ def test_only_rated_conversations_become_items_and_sync_is_idempotent(store, tmp
     store.create_conversation(pid, "Academic Stress", "", balanced_chooser(ARMS))  # still chatting
     assert ann.sync_items(store, protocol) == {"conversation": 1, "dialogue": 0}
     assert ann.sync_items(store, protocol) == {"conversation": 0, "dialogue": 0}
-    assert [i["id"] for i in store.annotation_items()] == [rated["id"]]
+    assert [i["id"] for i in store.annotation_items()] == [rated.id]
 
 
 def test_each_item_reaches_quota_no_repeats(store, tmp_path):
@@ -98,7 +98,7 @@ def test_each_item_reaches_quota_no_repeats(store, tmp_path):
     for a in store.assignments():
         assert a["status"] == "done"
         per_item.setdefault(a["item_id"], []).append(a["judge_id"])
-    assert sorted(per_item) == sorted(c["id"] for c in convs)
+    assert sorted(per_item) == sorted(c.id for c in convs)
     for item, js in per_item.items():
         assert len(js) == 3, item  # exactly the quota
         assert len(set(js)) == 3  # no judge twice
@@ -122,7 +122,7 @@ def test_pairwise_judgments_map_shown_panes_to_arms_and_export(store, tmp_path):
     judge = ann.new_judge(store, protocol)["id"]
     a = ann.next_assignment(store, protocol, judge, rng=random.Random(3))
     view = ann.item_view(store, judge, a["id"])
-    arm_of = dict(zip("ABC", conv["arm_order"]))
+    arm_of = dict(zip("ABC", conv.arm_order))
     shown_arms = [arm_of[p] for p in a["pane_order"]]
     # The blind view shows each pane's transcript in the judge's order, without arm names.
     assert [turns[-1][1] for turns in view.panes] == [f"reply from {arm}" for arm in shown_arms]

@@ -48,7 +48,7 @@ def test_no_tag_is_shown_stored_as_text_or_shown_to_judges(tmp_path):
     for v in views:
         shown = " ".join(m["content"] for p in v.panes for m in p.messages)
         assert "[" not in shown and "Validation" not in shown, shown
-    pane = "ABC"[store.conversation(view.conversation_id)["arm_order"].index(ARM_NAMES[2])]
+    pane = "ABC"[store.conversation(view.conversation_id).arm_order.index(ARM_NAMES[2])]
     [reply] = [m for m in store.messages(view.conversation_id, pane) if m["role"] == "assistant"]
     assert "[" not in reply["text"] and "[ev]" in reply["raw_text"]  # raw text kept for analysis
     assert reply["strategies"] == ["Emotional Validation", "Emotional Validation", "Offer Hope"]
@@ -71,7 +71,7 @@ def test_over_20_sends_no_pane_is_first_or_last_by_timing(tmp_path):
     late_panes = set()
     for i in range(20):
         view = study.start_conversation(study.consent().code, "Academic Stress")
-        late_panes.add("ABC"[store.conversation(view.conversation_id)["arm_order"].index(ARM_NAMES[2])])
+        late_panes.add("ABC"[store.conversation(view.conversation_id).arm_order.index(ARM_NAMES[2])])
         views = list(study.send(view.code, view.conversation_id, "ABC", f"hello {i}"))
         first, complete = {}, {}
         for n, v in enumerate(views):

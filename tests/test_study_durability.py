@@ -146,7 +146,7 @@ def test_no_rating_while_a_pane_streams_in_this_or_another_process(tmp_path, db_
         list(other.send(view.code, view.conversation_id, "A", "three"))
     list(stream)
     study.submit_rating(view.code, view.conversation_id, full_answers(study))
-    rated_at = store.conversation(view.conversation_id)["rated_at"]
+    rated_at = store.conversation(view.conversation_id).rated_at
     assert all(m["created_at"] <= rated_at and m["finish_reason"] == "stop"
                for m in store.messages(view.conversation_id) if m["role"] == "assistant")
     assert len(store.votes()) == 15

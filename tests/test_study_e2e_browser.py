@@ -83,7 +83,7 @@ def send(page, turns: dict[str, int], panes: str, text: str) -> None:
 
 
 def conv_id_of(store, code: str) -> str:
-    return store.conversations_of(store.participant_by_code(code)["id"])[0]["id"]
+    return store.conversations_of(store.participant_by_code(code)["id"])[0].id
 
 
 def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llama, monkeypatch):
@@ -172,15 +172,15 @@ def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llam
         # Everything is in the store.
         (participant,) = [p for p in [store.participant_by_code(code)] if p]
         (conv,) = store.conversations_of(participant["id"])
-        assert conv["status"] == "rated" and conv["scenario"] == "Academic Stress"
-        assert conv["comment"] == "Model A was kind."
-        msgs = store.messages(conv["id"])
+        assert conv.status == "rated" and conv.scenario == "Academic Stress"
+        assert conv.comment == "Model A was kind."
+        msgs = store.messages(conv.id)
         for pane in "ABC":
             roles = [m["role"] for m in msgs if m["pane"] == pane]
             assert roles == ["user", "assistant"] * MIN_TURNS, pane
         assert any("<script>" in m["text"] for m in msgs if m["role"] == "user" and m["pane"] == "B")
         assert all(m["latency_s"] is not None for m in msgs if m["role"] == "assistant")
-        assert [f["category"] for f in store.flags(conv["id"])] == ["suicide"]
+        assert [f["category"] for f in store.flags(conv.id)] == ["suicide"]
         votes = store.votes_frame()
         import pandas as pd
 
@@ -188,7 +188,7 @@ def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llam
         assert list(downloaded.columns) == list(votes.columns) and len(downloaded) == len(votes)
         assert len(votes) == len(protocol.aspects) * 3 and set(votes["outcome"]) == {"tie", "a"}
         first = votes.iloc[0]
-        assert (first["outcome"], first["arm_a"], first["arm_b"]) == ("a", conv["arm_order"][0], conv["arm_order"][1])
+        assert (first["outcome"], first["arm_a"], first["arm_b"]) == ("a", conv.arm_order[0], conv.arm_order[1])
         for name in ("01-three-panes", "02-rating-form", "03-thanks", "04-research"):
             assert (tmp_path / f"{name}.png").stat().st_size > 5_000
     finally:

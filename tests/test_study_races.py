@@ -47,7 +47,7 @@ def test_simultaneous_starts_for_one_code_make_one_conversation(tmp_path, db_url
     refused = [r for r in results if isinstance(r, StudyRefusal)]
     assert len(ok) == 1 and len(refused) == 9, results
     pid = studies[0].store.participant_by_code(code)["id"]
-    assert [c["status"] for c in studies[0].store.conversations_of(pid)] == ["chatting"]
+    assert [c.status for c in studies[0].store.conversations_of(pid)] == ["chatting"]
     # After rating it, again ten at once: exactly one more, then the limit of 2 holds.
     view = ok[0]
     list(studies[0].send(code, view.conversation_id, "ABC", "hi"))
@@ -55,7 +55,7 @@ def test_simultaneous_starts_for_one_code_make_one_conversation(tmp_path, db_url
     results = _together(10, lambda i: studies[i % 2].start_conversation(code, "Academic Stress"))
     assert sum(not isinstance(r, BaseException) for r in results) == 1
     convs = studies[0].store.conversations_of(pid)
-    assert [c["seq"] for c in convs] == [1, 2] and sum(c["status"] == "chatting" for c in convs) == 1
+    assert [c.seq for c in convs] == [1, 2] and sum(c.status == "chatting" for c in convs) == 1
     for s in studies:
         s.store.close()
 

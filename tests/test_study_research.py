@@ -147,7 +147,7 @@ def test_transcript_and_empty_states(setup, monkeypatch):
     (cid,) = run_participants(study, 1, risky=True)
     head, frame = board.transcript(True, cid)
     conv = store.conversation(cid)
-    assert all(arm in head for arm in conv["arm_order"])
+    assert all(arm in head for arm in conv.arm_order)
     assert list(frame["role"]).count("user") == 3 and "<script>alert(1)</script>" in frame["text"].iloc[0]
     assert board.transcript(True, "c-nope")[0] == "No such conversation."
 

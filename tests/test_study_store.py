@@ -24,7 +24,7 @@ def rated_conversation(store: Store, outcome: str = "a"):
     conv = store.create_conversation(p["id"], "Academic Stress", "", lambda counts: (0, ["x", "y", "z"]))
     rows = [{"aspect": asp, "pane_a": a, "pane_b": b, "arm_a": ARMS[a], "arm_b": ARMS[b], "outcome": outcome}
             for asp in ("fluency", "overall") for a, b in PAIRS]
-    store.submit_votes(conv["id"], p["id"], rows, comment="ok")
+    store.submit_votes(conv.id, p["id"], rows, comment="ok")
     return p, conv
 
 
@@ -65,14 +65,14 @@ def test_votes_are_atomic_and_unique(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     p, conv = rated_conversation(store)
     with pytest.raises(DuplicateError):
-        store.submit_votes(conv["id"], p["id"], [{"aspect": "overall", "pane_a": "A", "pane_b": "B",
+        store.submit_votes(conv.id, p["id"], [{"aspect": "overall", "pane_a": "A", "pane_b": "B",
                                                   "arm_a": "x", "arm_b": "y", "outcome": "b"}])
-    assert len(store.votes(conv["id"])) == 6
+    assert len(store.votes(conv.id)) == 6
     conv2 = store.create_conversation(p["id"], "Academic Stress", "", lambda c: (1, ["x", "z", "y"]))
     with pytest.raises(ValueError):
         store.submit_votes(conv2["id"], p["id"], [{"aspect": "overall", "pane_a": "A", "pane_b": "B",
                                                    "arm_a": "x", "arm_b": "z", "outcome": "left"}])
-    assert store.conversation(conv2["id"])["status"] == "chatting"
+    assert store.conversation(conv2["id"]).status == "chatting"
 
 
 def test_exports_match_the_analysis_formats(tmp_path):
@@ -86,19 +86,19 @@ def test_exports_match_the_analysis_formats(tmp_path):
     assert votes["rater_id"].str.startswith("p-").all()  # the participant id, never the resume code
 
     # Judges: a pairwise judgment of the second conversation and Likert ratings of a dataset dialogue.
-    store.add_annotation_item(conv["id"], "conversation")
+    store.add_annotation_item(conv.id, "conversation")
     store.add_annotation_item("extes:d1", "dialogue", source="extes", payload={"turns": []})
     for j in range(2):
         judge = store.create_participant(role="judge")
-        a = store.create_assignment(conv["id"], judge["id"], pane_order=["B", "A", "C"])
+        a = store.create_assignment(conv.id, judge["id"], pane_order=["B", "A", "C"])
         store.submit_judgments(a, [{"aspect": "overall", "arm_a": "y", "arm_b": "x", "outcome": "b"}])
         with pytest.raises(DuplicateError):
             store.submit_judgments(a, [{"aspect": "overall", "arm_a": "y", "arm_b": "x", "outcome": "b"}])
         with pytest.raises(DuplicateError):
-            store.create_assignment(conv["id"], judge["id"])
+            store.create_assignment(conv.id, judge["id"])
         b = store.create_assignment("extes:d1", judge["id"])
         store.submit_likert(b, {"Informativeness": 2 + j, "Coherence": 3})
-    assert store.assignment_counts() == {conv["id"]: 2, "extes:d1": 2}
+    assert store.assignment_counts() == {conv.id: 2, "extes:d1": 2}
     assert len(store.votes_frame("judge")) == 2 and len(store.votes_frame("all")) == 14
     ratings = store.ratings_frame()
     assert list(ratings.columns) == ["item_id", "rater_id", "label", "aspect", "source"]
@@ -114,12 +114,12 @@ def test_reports_flags_and_counts(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     p = store.create_participant()
     conv = store.create_conversation(p["id"], "Academic Stress", "", lambda c: (0, ["x", "y", "z"]))
-    mid = store.add_message(conv["id"], "A", "x", "assistant", "hello", settings={"temperature": 0.7})
-    assert store.messages(conv["id"])[0]["settings"] == {"temperature": 0.7}
-    store.add_report(conv["id"], mid, p["id"])
+    mid = store.add_message(conv.id, "A", "x", "assistant", "hello", settings={"temperature": 0.7})
+    assert store.messages(conv.id)[0]["settings"] == {"temperature": 0.7}
+    store.add_report(conv.id, mid, p["id"])
     with pytest.raises(DuplicateError):
-        store.add_report(conv["id"], mid, p["id"])
-    fid = store.add_flag(conv["id"], p["id"], "suicide", r"\bsuicid\w*", message_id=mid)
+        store.add_report(conv.id, mid, p["id"])
+    fid = store.add_flag(conv.id, p["id"], "suicide", r"\bsuicid\w*", message_id=mid)
     store.resolve_flag(fid, "contacted")
     counts = store.counts()
     assert counts["reports"] == 1 and counts["flags"] == 1 and counts["open_flags"] == 0
@@ -131,10 +131,10 @@ WRITER = textwrap.dedent("""
     store = Store(sys.argv[1])
     p = store.create_participant()
     conv = store.create_conversation(p["id"], "Academic Stress", "", lambda c: (0, ["x", "y", "z"]))
-    print(conv["id"], flush=True)
+    print(conv.id, flush=True)
     i = 0
     while True:
-        mid = store.add_message(conv["id"], "ABC"[i % 3], "x", "user", f"message {i}")
+        mid = store.add_message(conv.id, "ABC"[i % 3], "x", "user", f"message {i}")
         print(mid, i, flush=True)  # shown only after the commit returned
         i += 1
 """)

@@ -96,8 +96,8 @@ def sync_items(store: Store, protocol: Protocol) -> dict[str, int]:
     if settings.pairwise and settings.judges_see_conversations:
         known = {r["id"] for r in store.annotation_items("conversation")}
         for conv in store.all_conversations():
-            if conv["status"] == "rated" and conv["id"] not in known:
-                new["conversation"] += store.add_annotation_item(conv["id"], "conversation", source="study")
+            if conv.status == "rated" and conv.id not in known:
+                new["conversation"] += store.add_annotation_item(conv.id, "conversation", source="study")
     if settings.dataset:
         from extes.dialogue import load_dialogues
 
@@ -174,7 +174,7 @@ def eligible_items(store: Store, protocol: Protocol, judge_id: str,
     all_assignments = store.assignments()
     counts = _counting(all_assignments, stale_after_s)
     seen = {a["item_id"] for a in all_assignments if a["judge_id"] == judge_id}
-    own = {c["id"] for c in store.conversations_of(judge_id)}
+    own = {c.id for c in store.conversations_of(judge_id)}
     kinds = _kinds(protocol)
     out = []
     for item in store.annotation_items():
@@ -199,7 +199,7 @@ def next_assignment(store: Store, protocol: Protocol, judge_id: str, rng: random
     is made inside the store's write transaction (`Store.assign_next`)."""
     rng = rng or random.SystemRandom()
     settings = protocol.annotation
-    own = [c["id"] for c in store.conversations_of(judge_id)]
+    own = [c.id for c in store.conversations_of(judge_id)]
 
     def pick(candidates: list[tuple[dict[str, Any], int]]) -> tuple[str, list[str] | None]:
         top = max(n for _, n in candidates)
@@ -289,7 +289,7 @@ def submit_pairwise(store: Store, protocol: Protocol, judge_id: str, assignment_
     conv = store.conversation(item["id"])
     if conv is None:
         raise AnnotationError(f"conversation {item['id']} no longer exists")
-    arm_of = dict(zip(PANES, conv["arm_order"]))
+    arm_of = dict(zip(PANES, conv.arm_order))
     shown = a["pane_order"]
     missing = []
     rows = []

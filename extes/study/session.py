@@ -25,7 +25,7 @@ from extes.study.assignment import balanced_chooser
 from extes.study.blinding import strip_tags, visible_so_far
 from extes.study.protocol import PANES, Protocol
 from extes.study.safety import RiskChecker, record_risks
-from extes.study.store import HEARTBEAT_S, DuplicateError, LimitError, Store
+from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, Store
 from extes.taxonomy import OTHER_SCENARIO, SCENARIO_NAMES
 
 log = logging.getLogger(__name__)
@@ -179,18 +179,18 @@ class Study:
         p = self._participant(code)
         conversation_id = clean_input(conversation_id, "conversation id", multiline=False)
         conv = self.store.conversation(conversation_id or "") if conversation_id else None
-        if conv is None or conv.get("participant_id") != p["id"]:
+        if conv is None or conv.participant_id != p["id"]:
             # Same answer whether it does not exist or belongs to someone else.
             raise UnknownCode("This conversation does not belong to this participant code.")
         return p, conv
 
-    def _arm(self, conv: dict[str, Any], pane: str):
-        return self.protocol.arm(conv["arm_order"][PANES.index(pane)])
+    def _arm(self, conv: Conversation, pane: str):
+        return self.protocol.arm(conv.arm(pane))
 
     # ---------------------------------------------------------------------------------- views
 
-    def _pane_states(self, conv: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> list[PaneState]:
-        rows = self.store.messages(conv["id"]) if rows is None else rows
+    def _pane_states(self, conv: Conversation, rows: list[dict[str, Any]] | None = None) -> list[PaneState]:
+        rows = self.store.messages(conv.id) if rows is None else rows
         out = []
         for pane in PANES:
             # a reply row with no text that is not streaming any more (its process died before the first
@@ -215,40 +215,40 @@ class Study:
         total = self.protocol.conversations_per_participant
         convs = self.store.conversations_of(p["id"])
         base = dict(code=p["code"], participant_id=p["id"], total=total, min_turns=self.protocol.min_user_turns)
-        convs = [c for c in convs if c["status"] in ("chatting", "rated")]
+        convs = [c for c in convs if c.status in ("chatting", "rated")]
         if not convs:
             return SessionView(stage="setup", number=1, **base)
         last = convs[-1]
-        if last["status"] == "chatting":
+        if last.status == "chatting":
             return self._chat_view(p, last, base)
-        rated = sum(1 for c in convs if c["status"] == "rated")
+        rated = sum(1 for c in convs if c.status == "rated")
         if rated < total:  # between conversations: straight to picking the next issue
             return SessionView(stage="setup", number=rated + 1, **base)
-        return SessionView(stage="done", number=rated, conversation_id=last["id"], **base)
+        return SessionView(stage="done", number=rated, conversation_id=last.id, **base)
 
-    def _after_rating(self, code: str, conv: dict[str, Any]) -> SessionView:
+    def _after_rating(self, code: str, conv: Conversation) -> SessionView:
         """The thanks page right after a rating (a later visit goes straight to the next conversation)."""
         v = self.view(code)
         revealed = None
         if self.protocol.reveal_identities == "after_rating":
-            revealed = {pane: arm for pane, arm in zip(PANES, conv["arm_order"])}
+            revealed = {pane: arm for pane, arm in zip(PANES, conv.arm_order)}
         stage = "thanks" if v.stage == "setup" else "done"
-        return SessionView(stage=stage, code=v.code, participant_id=v.participant_id, conversation_id=conv["id"],
+        return SessionView(stage=stage, code=v.code, participant_id=v.participant_id, conversation_id=conv.id,
                            number=v.number, total=v.total, min_turns=v.min_turns, revealed=revealed)
 
-    def _chat_view(self, p: dict[str, Any], conv: dict[str, Any], base: dict[str, Any],
+    def _chat_view(self, p: dict[str, Any], conv: Conversation, base: dict[str, Any],
                    panes: list[PaneState] | None = None, streaming: bool = False,
                    crisis: bool | None = None) -> SessionView:
         if panes is None:
             panes = self._pane_states(conv)
-            streaming = streaming or conv["id"] in self._busy or self.store.is_streaming(conv["id"])
+            streaming = streaming or conv.id in self._busy or self.store.is_streaming(conv.id)
         else:  # a snapshot: the caller keeps updating its own lists while streaming
             panes = [PaneState(ps.pane, ps.label, [dict(m) for m in ps.messages], ps.turns, ps.remaining)
                      for ps in panes]
         return SessionView(
-            stage="chat", conversation_id=conv["id"], number=conv["seq"], panes=panes,
+            stage="chat", conversation_id=conv.id, number=conv.seq, panes=panes,
             can_rate=all(ps.remaining == 0 for ps in panes) and not streaming,
-            crisis=self._has_risk(conv["id"]) if crisis is None else crisis, scenario=conv["scenario"],
+            crisis=self._has_risk(conv.id) if crisis is None else crisis, scenario=conv.scenario,
             streaming=streaming, **base,
         )
 
@@ -270,8 +270,8 @@ class Study:
         p = self._participant(code)
         in_progress = StudyRefusal("You already have a conversation in progress; it has been reopened.", hint=True)
         complete = StudyRefusal("You have completed all conversations of this study. Thank you!")
-        convs = [c for c in self.store.conversations_of(p["id"]) if c["status"] in ("chatting", "rated")]
-        if convs and convs[-1]["status"] == "chatting":
+        convs = [c for c in self.store.conversations_of(p["id"]) if c.status in ("chatting", "rated")]
+        if convs and convs[-1].status == "chatting":
             raise in_progress
         if len(convs) >= self.protocol.conversations_per_participant:
             raise complete
@@ -288,7 +288,7 @@ class Study:
                                                   max_conversations=self.protocol.conversations_per_participant)
         except LimitError as exc:
             raise (in_progress if exc.reason == "in_progress" else complete) from None
-        log.info("participant %s started conversation %s", p["id"], conv["id"])
+        log.info("participant %s started conversation %s", p["id"], conv.id)
         return self.view(code)
 
     def next_conversation(self, code: str) -> SessionView:
@@ -307,15 +307,15 @@ class Study:
                                "Please shorten it and send it again.")
         return text
 
-    def _context(self, conv: dict[str, Any], pane: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _context(self, conv: Conversation, pane: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The model's view of one pane: its own history (consecutive same-role turns merged, e.g. after an
         interrupted reply), with the scenario in the system prompt only when the protocol says so."""
         arm = self._arm(conv, pane)
         out: list[dict[str, Any]] = []
         if self.protocol.scenario_to_models:
-            about = f"The person would like to talk about: {conv['scenario']}."
-            if conv.get("description"):
-                about += f" In their words: {conv['description']}"
+            about = f"The person would like to talk about: {conv.scenario}."
+            if conv.description:
+                about += f" In their words: {conv.description}"
             out.append({"role": "system", "content": ((arm.system_prompt or "") + "\n\n" + about).strip()})
         for r in rows:
             if r["pane"] != pane or (r["role"] == "assistant" and not r["text"]):
@@ -346,9 +346,9 @@ class Study:
         held back) does not show up as the last to start.
         """
         p, conv = self._owned(code, conversation_id)
-        if conv["status"] != "chatting":
+        if conv.status != "chatting":
             raise StudyRefusal("This conversation is finished and rated; no more messages can be sent.")
-        if any(arm not in self.protocol.arm_names for arm in conv["arm_order"]):
+        if any(arm not in self.protocol.arm_names for arm in conv.arm_order):
             # Started under another protocol whose models are not loaded now.
             raise StudyRefusal("This conversation cannot be continued in the current study.")
         if isinstance(panes, str):
@@ -358,18 +358,18 @@ class Study:
             raise StudyRefusal("Unknown chat pane.")
         text = self.check_message(text)
         with self._busy_lock:
-            if conv["id"] in self._busy:
+            if conv.id in self._busy:
                 raise StudyRefusal("Please wait until the current replies are finished.", hint=True)
-            self._busy.add(conv["id"])
+            self._busy.add(conv.id)
         try:
             yield from self._send(p, conv, targets, text, cancel or threading.Event())
         finally:
             with self._busy_lock:
-                self._busy.discard(conv["id"])
+                self._busy.discard(conv.id)
 
     def _send(self, p, conv, targets, text, cancel) -> Iterator[SessionView]:
         try:
-            ids = self.store.open_turn(conv["id"], text, [(t, self._arm_name(conv, t)) for t in targets])
+            ids = self.store.open_turn(conv.id, text, [(t, conv.arm(t)) for t in targets])
         except LimitError as exc:
             if exc.reason == "streaming":  # another tab or app process is generating in this conversation
                 raise StudyRefusal("Please wait until the current replies are finished.", hint=True) from None
@@ -382,13 +382,13 @@ class Study:
             self._track(list(reply_ids.values()), False)
 
     def _stream(self, p, conv, targets, text, cancel, ids, reply_ids) -> Iterator[SessionView]:
-        record_risks(self.store, self.risk, conv["id"], p["id"], text, message_id=ids[0][0])
+        record_risks(self.store, self.risk, conv.id, p["id"], text, message_id=ids[0][0])
         base = dict(code=p["code"], participant_id=p["id"], total=self.protocol.conversations_per_participant,
                     min_turns=self.protocol.min_user_turns)
-        rows = self.store.messages(conv["id"])
+        rows = self.store.messages(conv.id)
         history = [r for r in rows if r["id"] not in reply_ids.values()]  # without the empty reply rows
         panes = self._pane_states(conv, history)
-        crisis = self._has_risk(conv["id"])
+        crisis = self._has_risk(conv.id)
         yield self._chat_view(p, conv, base, panes, streaming=True, crisis=crisis)
         by_pane = {ps.pane: ps for ps in panes}
         slots = {}
@@ -396,7 +396,7 @@ class Study:
             slots[t] = {"role": "assistant", "content": "", "id": reply_ids[t], "interrupted": False}
             by_pane[t].messages.append(slots[t])
 
-        requests = {t: (self._arm_name(conv, t), self._context(conv, t, history)) for t in targets}
+        requests = {t: (conv.arm(t), self._context(conv, t, history)) for t in targets}
         pieces: dict[str, list[str]] = {t: [] for t in targets}
         shown: dict[str, str] = {t: "" for t in targets}
         saved: dict[str, str] = {t: "" for t in targets}
@@ -452,7 +452,7 @@ class Study:
                     failed.add(pane)
                     self._end_reply(reply_ids[pane], shown[pane], "error")
                     slots[pane]["interrupted"] = True
-                    log.error("generation failed in conversation %s (pane %s)", conv["id"], pane)
+                    log.error("generation failed in conversation %s (pane %s)", conv.id, pane)
                 elif event.done:
                     done.add(pane)
                     final[pane] = self._finish(conv, pane, reply_ids[pane], event.reply, "".join(pieces[pane]))
@@ -466,7 +466,7 @@ class Study:
             raise
         except Exception as exc:  # a model failed: keep what finished, tell the participant to resend
             cancel.set()
-            log.error("generation failed in conversation %s: %s", conv["id"], type(exc).__name__)
+            log.error("generation failed in conversation %s: %s", conv.id, type(exc).__name__)
             raise StudyRefusal("A model could not reply just now. Please send your message again.") from None
         finally:
             close = getattr(events, "close", None)
@@ -486,10 +486,6 @@ class Study:
             self.store.finish_reply(reply_id, shown, finish_reason=reason, partial=True)
         else:
             self.store.delete_empty_reply(reply_id)
-
-    @staticmethod
-    def _arm_name(conv: dict[str, Any], pane: str) -> str:
-        return conv["arm_order"][PANES.index(pane)]
 
     def _finish(self, conv, pane: str, reply_id: int, reply: Any, streamed: str) -> str:
         """Complete a reply row: the shown text (tags stripped, a reply cut by the length cap trimmed to
@@ -515,14 +511,14 @@ class Study:
         p, conv = self._owned(code, conversation_id)
         if pane not in PANES:
             raise StudyRefusal("Unknown chat pane.")
-        rows = self.store.messages(conv["id"], pane=pane)
+        rows = self.store.messages(conv.id, pane=pane)
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(rows):
             raise StudyRefusal("Please wait until the reply is finished before reporting it.", hint=True)
         row = rows[index]
         if row["role"] != "assistant":
             raise StudyRefusal("Only model replies can be reported.", hint=True)
         try:
-            rid = self.store.add_report(conv["id"], row["id"], p["id"], reason=str(reason)[:200])
+            rid = self.store.add_report(conv.id, row["id"], p["id"], reason=str(reason)[:200])
         except DuplicateError:
             raise StudyRefusal("You already reported this reply. Thank you.", hint=True) from None
         log.info("participant %s reported message %s", p["id"], row["id"])
@@ -539,10 +535,10 @@ class Study:
                       comment: str = "") -> SessionView:
         """Store the whole rating form (all aspects x pairs required) atomically and move on."""
         p, conv = self._owned(code, conversation_id)
-        if conv["status"] != "chatting":
+        if conv.status != "chatting":
             raise StudyRefusal("This conversation has already been rated; your ratings were kept.")
         streaming = StudyRefusal("Please wait until every reply is finished before rating.", hint=True)
-        if conv["id"] in self._busy or self.store.is_streaming(conv["id"]):
+        if conv.id in self._busy or self.store.is_streaming(conv.id):
             raise streaming
         panes = self._pane_states(conv)
         short = [ps for ps in panes if ps.remaining > 0]
@@ -557,18 +553,18 @@ class Study:
                 missing.append(f"{label} ({pane_label(left)} vs {pane_label(right)})")
                 continue
             rows.append({"aspect": key.split(":")[0], "pane_a": left, "pane_b": right,
-                         "arm_a": conv["arm_order"][PANES.index(left)],
-                         "arm_b": conv["arm_order"][PANES.index(right)], "outcome": value})
+                         "arm_a": conv.arm(left),
+                         "arm_b": conv.arm(right), "outcome": value})
         if missing:
             raise StudyRefusal("Please answer every question before submitting. Missing: " + "; ".join(missing))
         comment = clean_input(comment, "comment").strip()
         if len(comment) > self.protocol.max_message_chars:
             raise StudyRefusal(f"Please keep the comment under {self.protocol.max_message_chars:,} characters.")
         try:
-            self.store.submit_votes(conv["id"], p["id"], rows, comment=comment)
+            self.store.submit_votes(conv.id, p["id"], rows, comment=comment)
         except DuplicateError:
             raise StudyRefusal("This conversation has already been rated; your ratings were kept.") from None
         except LimitError:  # a reply started streaming meanwhile (another tab or app process)
             raise streaming from None
-        log.info("participant %s rated conversation %s", p["id"], conv["id"])
+        log.info("participant %s rated conversation %s", p["id"], conv.id)
         return self._after_rating(code, conv)

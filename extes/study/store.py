@@ -19,6 +19,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,46 @@ class LimitError(ValueError):
 # rating. The writing process refreshes it every HEARTBEAT_S (extes.study.session), text or not.
 STREAM_STALE_S = 10.0
 HEARTBEAT_S = 2.0
+
+
+PANE_NAMES: tuple[str, ...] = ("A", "B", "C")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One stored conversation: which arm sits in which pane (`arm(pane)`), its scenario and state."""
+
+    id: str
+    participant_id: str
+    seq: int  # 1, 2, ... within the participant
+    order_index: int  # which of the six arm-to-pane orders
+    arm_order: tuple[str, ...]  # arm names in panes A, B, C
+    scenario: str
+    description: str = ""
+    status: str = "chatting"  # chatting | rated | abandoned
+    comment: str | None = None
+    protocol: str = ""
+    created_at: str = ""
+    rated_at: str | None = None
+
+    def arm(self, pane: str) -> str:
+        """The arm behind pane "A", "B" or "C"."""
+        return self.arm_order[PANE_NAMES.index(pane)]
+
+    def __getitem__(self, key: str) -> Any:
+        """Read-only `conv["id"]` for callers outside extes/study written against the old dicts (the
+        analysis tests); code in the study layer uses the attributes."""
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Conversation:
+        data = {f: row.get(f) for f in cls.__dataclass_fields__ if f in row}
+        order = row["arm_order"]
+        data["arm_order"] = tuple(json.loads(order) if isinstance(order, str) else order)
+        data["description"] = data.get("description") or ""
+        return cls(**data)
 
 
 def now() -> str:
@@ -467,7 +508,7 @@ class Store:
 
     def create_conversation(self, participant_id: str, scenario: str, description: str,
                             choose_order: Callable[[list[int]], tuple[int, Sequence[str]]],
-                            protocol: str = "", max_conversations: int | None = None) -> dict[str, Any]:
+                            protocol: str = "", max_conversations: int | None = None) -> Conversation:
         """Create the participant's next conversation. `choose_order(counts)` gets the per-order usage
         counts and returns (order_index, arm names for panes A, B, C).
 
@@ -497,23 +538,21 @@ class Store:
         return self._conversation_dict(row)
 
     @staticmethod
-    def _conversation_dict(row: dict[str, Any]) -> dict[str, Any]:
-        out = dict(row)
-        out["arm_order"] = json.loads(out["arm_order"])
-        return out
+    def _conversation_dict(row: dict[str, Any]) -> Conversation:
+        return Conversation.from_row(row)
 
-    def conversation(self, conversation_id: str) -> dict[str, Any] | None:
+    def conversation(self, conversation_id: str) -> Conversation | None:
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(conversations).where(conversations.c.id == conversation_id)).first()
         return self._conversation_dict(_row(r)) if r else None
 
-    def conversations_of(self, participant_id: str) -> list[dict[str, Any]]:
+    def conversations_of(self, participant_id: str) -> list[Conversation]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(conversations).where(conversations.c.participant_id == participant_id)
                                 .order_by(conversations.c.seq)).all()
         return [self._conversation_dict(_row(r)) for r in rows]
 
-    def all_conversations(self) -> list[dict[str, Any]]:
+    def all_conversations(self) -> list[Conversation]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(conversations).order_by(conversations.c.created_at)).all()
         return [self._conversation_dict(_row(r)) for r in rows]

@@ -186,9 +186,9 @@ def conversation_list(store: Store) -> pd.DataFrame:
     flagged = {f["conversation_id"] for f in store.flags()} | {r["conversation_id"] for r in store.reports()}
     cols = ["conversation_id", "participant_id", "seq", "status", "scenario", "arms (A, B, C)", "flagged",
             "created_at"]
-    rows = [{"conversation_id": c["id"], "participant_id": c["participant_id"], "seq": c["seq"],
-             "status": c["status"], "scenario": c["scenario"], "arms (A, B, C)": ", ".join(c["arm_order"]),
-             "flagged": "yes" if c["id"] in flagged else "", "created_at": c["created_at"]}
+    rows = [{"conversation_id": c.id, "participant_id": c.participant_id, "seq": c.seq,
+             "status": c.status, "scenario": c.scenario, "arms (A, B, C)": ", ".join(c.arm_order),
+             "flagged": "yes" if c.id in flagged else "", "created_at": c.created_at}
             for c in reversed(store.all_conversations())]
     return pd.DataFrame(rows, columns=cols)
 
@@ -203,14 +203,14 @@ def transcript(store: Store, conversation_id: str) -> tuple[str, pd.DataFrame]:
     conv = store.conversation((conversation_id or "").strip()) if conversation_id else None
     if conv is None:
         return "No such conversation.", pd.DataFrame(columns=TRANSCRIPT_COLUMNS)
-    arms = ", ".join(f"{p} = {a}" for p, a in zip("ABC", conv["arm_order"]))
-    n_flags = len(store.flags(conv["id"])) + len(store.reports(conv["id"]))
-    head = (f"Conversation {conv['id']} ({conv['status']}): panes {arms}; scenario: {conv['scenario']}; "
+    arms = ", ".join(f"{p} = {a}" for p, a in zip("ABC", conv.arm_order))
+    n_flags = len(store.flags(conv.id)) + len(store.reports(conv.id))
+    head = (f"Conversation {conv.id} ({conv.status}): panes {arms}; scenario: {conv.scenario}; "
             f"{n_flags} flag(s)/report(s)")
-    msgs = store.messages(conv["id"])
+    msgs = store.messages(conv.id)
     frame = pd.DataFrame([{c: m.get(c) for c in TRANSCRIPT_COLUMNS} for m in msgs], columns=TRANSCRIPT_COLUMNS)
-    if conv.get("comment"):
-        frame = pd.concat([frame, pd.DataFrame([{"pane": "", "role": "comment", "text": conv["comment"]}])],
+    if conv.comment:
+        frame = pd.concat([frame, pd.DataFrame([{"pane": "", "role": "comment", "text": conv.comment}])],
                           ignore_index=True)
     return head, frame.sort_values("pane", kind="stable").reset_index(drop=True)
 
