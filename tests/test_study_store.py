@@ -41,8 +41,8 @@ def test_schema_versioned_and_migrations_run_once(tmp_path):
             "assignments", "judgments", "likert_ratings", "schema_version"} <= tables
 
 
-def test_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "s.sqlite"
+def test_newer_schema_is_refused(db_url):
+    path = db_url
     store = Store(path)
     with store.engine.begin() as conn:
         conn.execute(sa.text("insert into schema_version values (99, 'later')"))
@@ -61,8 +61,8 @@ def test_codes():
     assert normalize_code(" abcd efgh-jkmn ") == "ABCD-EFGH-JKMN"
 
 
-def test_votes_are_atomic_and_unique(tmp_path):
-    store = Store(tmp_path / "s.sqlite")
+def test_votes_are_atomic_and_unique(db_url):
+    store = Store(db_url)
     p, conv = rated_conversation(store)
     with pytest.raises(DuplicateError):
         store.submit_votes(conv.id, p["id"], [{"aspect": "overall", "pane_a": "A", "pane_b": "B",
@@ -75,8 +75,8 @@ def test_votes_are_atomic_and_unique(tmp_path):
     assert store.conversation(conv2["id"]).status == "chatting"
 
 
-def test_exports_match_the_analysis_formats(tmp_path):
-    store = Store(tmp_path / "s.sqlite")
+def test_exports_match_the_analysis_formats(db_url):
+    store = Store(db_url)
     rated_conversation(store, "a")
     _, conv = rated_conversation(store, "tie")
     votes = store.votes_frame()
@@ -110,8 +110,8 @@ def test_exports_match_the_analysis_formats(tmp_path):
     assert sorted(item["label"]) == ["tie", "x", "x"]
 
 
-def test_reports_flags_and_counts(tmp_path):
-    store = Store(tmp_path / "s.sqlite")
+def test_reports_flags_and_counts(db_url):
+    store = Store(db_url)
     p = store.create_participant()
     conv = store.create_conversation(p["id"], "Academic Stress", "", lambda c: (0, ["x", "y", "z"]))
     mid = store.add_message(conv.id, "A", "x", "assistant", "hello", settings={"temperature": 0.7})
@@ -140,8 +140,8 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_kill_9_loses_no_committed_write(tmp_path):
-    db = tmp_path / "s.sqlite"
+def test_kill_9_loses_no_committed_write(db_url):
+    db = db_url
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     conv_id = proc.stdout.readline().strip()
