@@ -40,6 +40,10 @@ system-deps:
 	  || apt-get install -y -qq --no-install-recommends chromium wordnet-base >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium wordnet-base >/dev/null) \
 	  || echo "warning: could not install chromium/wordnet-base; the browser test will be skipped"
+	@(ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1) \
+	  || apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null) \
+	  || echo "warning: could not install postgresql; the PostgreSQL study tests will be skipped"
 
 lint: setup
 	$(VENV)/bin/ruff check .

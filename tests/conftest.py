@@ -35,3 +35,24 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     from extes.testing.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"), arch="gpt2")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """One throwaway PostgreSQL server for the session (extes.testing.postgres); skipped, with the reason,
+    only where the server package or the driver is missing."""
+    from extes.testing.postgres import TempPostgres, available
+
+    reason = available()
+    if reason:
+        pytest.skip(f"PostgreSQL tests skipped: {reason}")
+    with TempPostgres() as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A fresh, empty study database: an SQLite file, and a new database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "study.sqlite")
+    return request.getfixturevalue("postgres_cluster").url()

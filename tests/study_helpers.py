@@ -21,20 +21,29 @@ class FakePool:
     word-by-word replies. Records every request so tests can check what a model was shown."""
 
     def __init__(self, arm_names=ARM_NAMES, delay: float = 0.0, fail_arm: str | None = None,
-                 words: int = 6, error_arm: str | None = None, finish: str = "stop"):
+                 words: int = 6, error_arm: str | None = None, finish: str = "stop", late_arm: str | None = None,
+                 late_steps: int = 0, tags: dict[int, str] | None = None, reply_attrs: dict | None = None):
         self.arm_names = tuple(arm_names)
         self.delay = delay
         self.fail_arm = fail_arm  # the whole stream_many call raises
         self.error_arm = error_arm  # only this arm's request ends with an error event, as in ArmPool
         self.finish = finish
         self.words = words
+        # late_arm starts its reply late_steps steps after the others, as a strategy arm does while the
+        # engine holds back its leading "[Strategy]" tag
+        self.late_arm, self.late_steps = late_arm, late_steps
+        self.tags = tags or {}  # word index -> a tag the model writes there (for late_arm, or every arm if no late_arm)
+        self.reply_attrs = reply_attrs or {}  # extra attributes on each Reply (dtype, engine_version)
         self.calls: list[tuple[str, list[dict]]] = []
         self.lock = threading.Lock()
 
     def _reply_words(self, messages) -> list[str]:
         n_user = sum(1 for m in messages if m["role"] == "user")
         base = f"That sounds hard; thank you for telling me (turn {n_user})."
-        return (base + " Tell me more.").split()[: max(1, self.words)] or ["Okay."]
+        words = (base + " Tell me more.").split()
+        while len(words) < self.words:  # long replies: the sentence again
+            words += base.split()
+        return words[: max(1, self.words)]
 
     def stream(self, arm_name, messages, cancel=None):
         for _key, ev in self.stream_many({"_": (arm_name, messages)}, cancel=cancel):
@@ -49,15 +58,24 @@ class FakePool:
         if self.fail_arm and any(arm == self.fail_arm for arm, _ in requests.values()):
             raise RuntimeError(f"backend for {self.fail_arm} is down")
         start = time.perf_counter()
-        plans = {k: self._reply_words(m) for k, (_a, m) in requests.items()}
+        plans = {}
+        for k, (arm, m) in requests.items():
+            words = self._reply_words(m)
+            if self.tags and (self.late_arm is None or arm == self.late_arm):
+                words = list(words)
+                for at, tag in sorted(self.tags.items(), reverse=True):
+                    words.insert(min(at, len(words)), tag)
+            plans[k] = words
+        offset = {k: (self.late_steps if requests[k][0] == self.late_arm else 0) for k in requests}
         texts = {k: "" for k in requests}
         step = 0
-        while any(step < len(w) for w in plans.values()):
+        while any(step - offset[k] < len(w) for k, w in plans.items()):
             for key, words in plans.items():
-                if step < len(words):
+                i = step - offset[key]
+                if 0 <= i < len(words):
                     if cancel is not None and cancel.is_set():
                         return
-                    delta = ("" if step == 0 else " ") + words[step]
+                    delta = ("" if i == 0 else " ") + words[i]
                     texts[key] += delta
                     yield key, Event(delta)
             step += 1
@@ -68,9 +86,11 @@ class FakePool:
             if arm == self.error_arm:
                 yield key, Event("", True, None, error="the backend went away")
                 continue
-            yield key, Event("", True, Reply(texts[key], None, texts[key], len(plans[key]),
-                                               time.perf_counter() - start, 0.0, self.finish,
-                                               {"temperature": 0.7, "arm_checked": arm is not None}))
+            reply = Reply(texts[key], None, texts[key], len(plans[key]), time.perf_counter() - start, 0.0,
+                          self.finish, {"temperature": 0.7, "arm_checked": arm is not None})
+            for name, value in self.reply_attrs.items():
+                setattr(reply, name, value)
+            yield key, Event("", True, reply)
 
     def generate(self, arm_name, messages):
         reply = None

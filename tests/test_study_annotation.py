@@ -1,4 +1,4 @@
-"""Annotation: assignment rules (quota, no repeats, never one's own conversation), blind item views,
+"""Annotation: assignment rules (quota, no repeats), blind item views,
 pairwise and Likert forms stored so the export frames carry them, and refusals that change nothing."""
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ ASPECTS = [{"key": k, "label": k.capitalize(), "question": f"Who was better at {
            for k in ("fluency", "identification", "comforting", "suggestion", "overall")]
 
 
-def make_protocol(tmp_path: Path, judges: int = 3, dataset: str | None = None, pairwise: bool = True):
+def make_protocol(tmp_path: Path, judges: int = 3, dataset: str | None = None, pairwise: bool = True,
+                  see: bool = True, **annotation):
     data = {
         "title": "t", "consent": "c", "arms": [{"name": n} for n in ARMS], "aspects": ASPECTS,
         "crisis": {"banner": "b", "patterns": {"suicide": ["suicid"]}}, "min_user_turns": 1,
-        "annotation": {"judges_per_item": judges, "pairwise": pairwise, "dataset": dataset},
+        "annotation": {"judges_per_item": judges, "pairwise": pairwise, "dataset": dataset,
+                       "judges_see_conversations": see, **annotation},
     }
     path = tmp_path / "eval_protocol" / "p.yaml"
     path.parent.mkdir(exist_ok=True)
@@ -35,13 +37,13 @@ def make_protocol(tmp_path: Path, judges: int = 3, dataset: str | None = None, p
 def rated_conversation(store: Store, participant_id: str | None = None) -> dict:
     pid = participant_id or store.create_participant()["id"]
     conv = store.create_conversation(pid, "Academic Stress", "", balanced_chooser(ARMS, random.Random(1)))
-    for pane, arm in zip("ABC", conv["arm_order"]):
-        store.add_message(conv["id"], pane, arm, "user", f"hello {pane}")
-        store.add_message(conv["id"], pane, arm, "assistant", f"reply from {arm}")
-    rows = [{"aspect": "overall", "pane_a": "A", "pane_b": "B", "arm_a": conv["arm_order"][0],
-             "arm_b": conv["arm_order"][1], "outcome": "a"}]
-    store.submit_votes(conv["id"], pid, rows)
-    return store.conversation(conv["id"])
+    for pane, arm in zip("ABC", conv.arm_order):
+        store.add_message(conv.id, pane, arm, "user", f"hello {pane}")
+        store.add_message(conv.id, pane, arm, "assistant", f"reply from {arm}")
+    rows = [{"aspect": "overall", "pane_a": "A", "pane_b": "B", "arm_a": conv.arm_order[0],
+             "arm_b": conv.arm_order[1], "outcome": "a"}]
+    store.submit_votes(conv.id, pid, rows)
+    return store.conversation(conv.id)
 
 
 def full_form(protocol, choice: str = "left") -> dict:
@@ -72,15 +74,15 @@ def test_only_rated_conversations_become_items_and_sync_is_idempotent(store, tmp
     store.create_conversation(pid, "Academic Stress", "", balanced_chooser(ARMS))  # still chatting
     assert ann.sync_items(store, protocol) == {"conversation": 1, "dialogue": 0}
     assert ann.sync_items(store, protocol) == {"conversation": 0, "dialogue": 0}
-    assert [i["id"] for i in store.annotation_items()] == [rated["id"]]
+    assert [i["id"] for i in store.annotation_items()] == [rated.id]
 
 
-def test_each_item_reaches_quota_no_repeats_and_no_own_conversation(store, tmp_path):
+def test_each_item_reaches_quota_no_repeats(store, tmp_path):
     protocol = make_protocol(tmp_path, judges=3)
     owner = store.create_participant()
     convs = [rated_conversation(store, owner["id"])] + [rated_conversation(store) for _ in range(3)]
     ann.sync_items(store, protocol)
-    judges = [ann.new_judge(store, protocol)["id"] for _ in range(4)] + [owner["id"]]
+    judges = [ann.new_judge(store, protocol)["id"] for _ in range(5)]
     rng = random.Random(0)
     # Judges take turns until nobody gets anything more.
     progress = True
@@ -96,13 +98,10 @@ def test_each_item_reaches_quota_no_repeats_and_no_own_conversation(store, tmp_p
     for a in store.assignments():
         assert a["status"] == "done"
         per_item.setdefault(a["item_id"], []).append(a["judge_id"])
-    assert sorted(per_item) == sorted(c["id"] for c in convs)
+    assert sorted(per_item) == sorted(c.id for c in convs)
     for item, js in per_item.items():
         assert len(js) == 3, item  # exactly the quota
         assert len(set(js)) == 3  # no judge twice
-    owned = convs[0]["id"]
-    assert owner["id"] not in per_item[owned]
-    assert any(owner["id"] in js for js in per_item.values())  # but judges the others
 
 
 def test_open_assignment_is_resumed_and_abandoned_ones_stop_counting(store, tmp_path):
@@ -123,7 +122,7 @@ def test_pairwise_judgments_map_shown_panes_to_arms_and_export(store, tmp_path):
     judge = ann.new_judge(store, protocol)["id"]
     a = ann.next_assignment(store, protocol, judge, rng=random.Random(3))
     view = ann.item_view(store, judge, a["id"])
-    arm_of = dict(zip("ABC", conv["arm_order"]))
+    arm_of = dict(zip("ABC", conv.arm_order))
     shown_arms = [arm_of[p] for p in a["pane_order"]]
     # The blind view shows each pane's transcript in the judge's order, without arm names.
     assert [turns[-1][1] for turns in view.panes] == [f"reply from {arm}" for arm in shown_arms]
@@ -202,7 +201,8 @@ def test_annotate_page_through_gradio_client(tmp_path):
     from extes.study.app import build_app
     from extes.study.session import Study
 
-    protocol = study_protocol(tmp_path, min_turns=1, conversations=1)
+    protocol = study_protocol(tmp_path, min_turns=1, conversations=1,
+                              annotation={"judges_see_conversations": True})
     store = Store(tmp_path / "app.sqlite")
     study = Study(protocol, store, FakePool())
     v = study.consent()
@@ -210,11 +210,12 @@ def test_annotate_page_through_gradio_client(tmp_path):
     for _ in study.send(v.code, v.conversation_id, "ABC", "my exams <b>scare</b> me"):
         pass
     study.submit_rating(v.code, v.conversation_id, full_answers(study))
+    [code] = ann.invite_judges(store, protocol, 1)
     with ServerThread(build_app(protocol, store, FakePool(), study=study)) as srv:
         client = Client(srv.url + "annotate/", verbose=False)
-        out = client.predict(api_name="/annotate_new_judge")
-        code, assignment_id = out[0], out[1]
-        assert code and assignment_id.isdigit()
+        out = client.predict(code, api_name="/annotate_login")
+        assert out[0] == code and out[1].isdigit()
+        assignment_id = out[1]
         shown = json.dumps(out, default=str)
         assert not any(name in shown for name in ARM_NAMES)
         assert "&lt;b&gt;scare&lt;/b&gt;" in shown and "<b>scare" not in shown
@@ -223,11 +224,11 @@ def test_annotate_page_through_gradio_client(tmp_path):
         with pytest.raises(Exception, match="missing"):
             client.predict(code, assignment_id, *radios, api_name="/annotate_submit")
         assert store.votes_frame("judge").empty
-        with pytest.raises(Exception, match="not one of yours"):
+        # A participant's code is not a judge code: it opens nothing and submits nothing.
+        with pytest.raises(Exception, match="unknown code"):
             client.predict(v.code, assignment_id, *(["tie"] * n_pairs + [None] * n_likert), api_name="/annotate_submit")
-        # The participant cannot judge their own conversation: nothing is left for them.
-        own = client.predict(v.code, api_name="/annotate_login")
-        assert own[1] == "" and "nothing more for you to judge" in json.dumps(own, default=str)
+        with pytest.raises(Exception, match="unknown code"):
+            client.predict(v.code, api_name="/annotate_login")
         out = client.predict(code, assignment_id, *(["tie"] * n_pairs + [None] * n_likert), api_name="/annotate_submit")
         assert out[1] == ""  # nothing left
     frame = store.votes_frame("judge")

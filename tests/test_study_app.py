@@ -17,7 +17,7 @@ import yaml
 from study_helpers import ARM_NAMES, ServerThread, free_port, protocol_dict, tiny_arm_dicts
 
 from extes.study.app_cli import resolve_address
-from extes.study.store import Store
+from extes.study.store import STREAM_STALE_S, Store
 
 REPO = Path(__file__).resolve().parents[1]
 N_FULL = None  # filled from the API: number of outputs of the full-page endpoints
@@ -225,7 +225,14 @@ def test_kill_9_during_a_conversation_then_restart_loses_nothing(study_files, tm
         assert r[1] == conv
         for chat, value in zip(shown, r[9:12]):
             assert texts(value)[: len(chat)] == chat
-        out = c.predict(code, conv, "after the restart", api_name="/send_c")  # the conversation goes on
+        # The conversation goes on. A reply the dead process was still writing blocks its pane until
+        # its heartbeat is stale (STREAM_STALE_S): until then a send is refused as a hint (outputs skipped).
+        deadline = time.time() + STREAM_STALE_S + 20
+        while True:
+            out = c.predict(code, conv, "after the restart", api_name="/send_c")
+            if isinstance(out[3], list) or time.time() > deadline:
+                break
+            time.sleep(1)
         assert texts(out[3])[-2][1] == "after the restart"
     finally:
         proc.terminate()
@@ -258,7 +265,9 @@ def test_concurrent_participants_through_the_api_never_mix(served):
         t.start()
     for t in threads:
         t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a participant never finished"
     assert not errors, errors
+    assert sorted(results) == [0, 1, 2, 3]  # every participant got through
     for i, (*chats, conv) in results.items():
         for chat in chats:
             users = [text for role, text in chat if role == "user"]

@@ -29,14 +29,13 @@ def test_least_used_order_picks_among_minimum():
 def test_orders_balanced_random_and_persisted(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     choose = balanced_chooser(ARM_NAMES, random.Random(1))
-    p = store.create_participant()
     seen = []
-    for _ in range(60):
-        conv = store.create_conversation(p["id"], "Academic Stress", "", choose)
-        seen.append(conv["order_index"])
+    for _ in range(60):  # one conversation each: a participant has one in progress at a time
+        conv = store.create_conversation(store.create_participant()["id"], "Academic Stress", "", choose)
+        seen.append(conv.order_index)
         counts = store.order_counts()
         assert max(counts) - min(counts) <= 1  # balanced at every moment
-        assert store.conversation(conv["id"])["arm_order"] == arms_for_order(ARM_NAMES, conv["order_index"])
+        assert list(store.conversation(conv.id).arm_order) == arms_for_order(ARM_NAMES, conv.order_index)
     assert store.order_counts() == [10] * 6
     blocks = [tuple(seen[i:i + 6]) for i in range(0, 60, 6)]
     assert len(set(blocks)) > 1  # not one fixed sequence

@@ -83,7 +83,7 @@ def send(page, turns: dict[str, int], panes: str, text: str) -> None:
 
 
 def conv_id_of(store, code: str) -> str:
-    return store.conversations_of(store.participant_by_code(code)["id"])[0]["id"]
+    return store.conversations_of(store.participant_by_code(code)["id"])[0].id
 
 
 def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llama, monkeypatch):
@@ -153,12 +153,16 @@ def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llam
             assert "| 1 |" not in body  # rendered as a table, not raw Markdown
             assert "suicide" in body  # the flagged conversation is listed
             page.get_by_role("button", name="Prepare CSV downloads").click()
-            link = page.locator('a[download="votes.csv"]')
+            link = page.get_by_role("link", name="Download votes.csv, judge_votes.csv and ratings.csv (zip)")
             link.wait_for()
             with page.expect_download() as download:
                 link.click()
-            votes_csv = (tmp_path / "downloaded-votes.csv")
-            download.value.save_as(votes_csv)
+            export_zip = tmp_path / "export.zip"
+            download.value.save_as(export_zip)
+            import zipfile
+
+            votes_csv = tmp_path / "downloaded-votes.csv"
+            votes_csv.write_bytes(zipfile.ZipFile(export_zip).read("votes.csv"))
             page.get_by_label("Conversation id").fill(conv_id_of(store, code))
             page.get_by_role("button", name="Show transcript").click()
             page.get_by_text("window.x=1").last.wait_for()  # the transcript, participant HTML shown as text
@@ -168,15 +172,15 @@ def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llam
         # Everything is in the store.
         (participant,) = [p for p in [store.participant_by_code(code)] if p]
         (conv,) = store.conversations_of(participant["id"])
-        assert conv["status"] == "rated" and conv["scenario"] == "Academic Stress"
-        assert conv["comment"] == "Model A was kind."
-        msgs = store.messages(conv["id"])
+        assert conv.status == "rated" and conv.scenario == "Academic Stress"
+        assert conv.comment == "Model A was kind."
+        msgs = store.messages(conv.id)
         for pane in "ABC":
             roles = [m["role"] for m in msgs if m["pane"] == pane]
             assert roles == ["user", "assistant"] * MIN_TURNS, pane
         assert any("<script>" in m["text"] for m in msgs if m["role"] == "user" and m["pane"] == "B")
         assert all(m["latency_s"] is not None for m in msgs if m["role"] == "assistant")
-        assert [f["category"] for f in store.flags(conv["id"])] == ["suicide"]
+        assert [f["category"] for f in store.flags(conv.id)] == ["suicide"]
         votes = store.votes_frame()
         import pandas as pd
 
@@ -184,7 +188,7 @@ def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llam
         assert list(downloaded.columns) == list(votes.columns) and len(downloaded) == len(votes)
         assert len(votes) == len(protocol.aspects) * 3 and set(votes["outcome"]) == {"tie", "a"}
         first = votes.iloc[0]
-        assert (first["outcome"], first["arm_a"], first["arm_b"]) == ("a", conv["arm_order"][0], conv["arm_order"][1])
+        assert (first["outcome"], first["arm_a"], first["arm_b"]) == ("a", conv.arm_order[0], conv.arm_order[1])
         for name in ("01-three-panes", "02-rating-form", "03-thanks", "04-research"):
             assert (tmp_path / f"{name}.png").stat().st_size > 5_000
     finally:
@@ -193,7 +197,7 @@ def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llam
 
 
 def test_judge_session_in_a_real_browser(browser_page, tmp_path):
-    """/annotate: a new judge gets a code, judges a study conversation blind (pairwise form) and a dataset
+    """/annotate: an invited judge enters their code, judges a study conversation blind (pairwise form) and a dataset
     dialogue (Likert form), and then is told nothing is left; the store has both."""
     import json
 
@@ -208,7 +212,7 @@ def test_judge_session_in_a_real_browser(browser_page, tmp_path):
     data.write_text(json.dumps([{"scene": "Academic Stress", "description": "",
                                  "content": [{"User": "My exams <i>scare</i> me."}, {"AI": "That sounds stressful."}]}]))
     protocol = make_protocol(tmp_path, min_turns=1, conversations=1,
-                             annotation={"judges_per_item": 2, "dataset": str(data)})
+                             annotation={"judges_per_item": 2, "dataset": str(data), "judges_see_conversations": True})
     store = Store(tmp_path / "study.sqlite")
     study = Study(protocol, store, FakePool())
     v = study.consent()
@@ -218,8 +222,12 @@ def test_judge_session_in_a_real_browser(browser_page, tmp_path):
     study.submit_rating(v.code, v.conversation_id, full_answers(study))
     try:
         with ServerThread(build_app(protocol, store, FakePool(), study=study)) as srv:
+            from extes.study import annotation as ann
+
+            [judge_code] = ann.invite_judges(store, protocol, 1)
             page.goto(srv.url + "annotate/")
-            page.get_by_role("button", name="I am a new judge: give me a code").click()
+            page.get_by_label("Judge code").fill(judge_code)
+            page.get_by_role("button", name="Start judging").click()
             page.get_by_text("Your judge code:").wait_for()
             html = page.content()
             assert not any(name in html for name in ARM_NAMES) and "mini" not in page.inner_text("body")

@@ -39,7 +39,7 @@ def setup(tmp_path):
     data.write_text(json.dumps([{"scene": "Academic Stress", "description": "",
                                  "content": [{"User": f"exam {i}"}, {"AI": "That is a lot."}]} for i in range(2)]))
     protocol = make_protocol(tmp_path, min_turns=1, conversations=1,
-                             annotation={"judges_per_item": 2, "dataset": str(data)})
+                             annotation={"judges_per_item": 2, "dataset": str(data), "judges_see_conversations": True})
     store = Store(tmp_path / "study.sqlite")
     study = Study(protocol, store, FakePool(), rng=random.Random(0))
     yield protocol, store, study
@@ -147,7 +147,7 @@ def test_transcript_and_empty_states(setup, monkeypatch):
     (cid,) = run_participants(study, 1, risky=True)
     head, frame = board.transcript(True, cid)
     conv = store.conversation(cid)
-    assert all(arm in head for arm in conv["arm_order"])
+    assert all(arm in head for arm in conv.arm_order)
     assert list(frame["role"]).count("user") == 3 and "<script>alert(1)</script>" in frame["text"].iloc[0]
     assert board.transcript(True, "c-nope")[0] == "No such conversation."
 

@@ -26,8 +26,8 @@ def chat(study, view, text="I have been feeling low", panes="ABC"):
 
 def snapshot(store: Store):
     """Everything stored, to prove refusals change nothing."""
-    return (store.counts(), [c["status"] for c in store.all_conversations()],
-            [(m["id"], m["text"]) for c in store.all_conversations() for m in store.messages(c["id"])])
+    return (store.counts(), [c.status for c in store.all_conversations()],
+            [(m["id"], m["text"]) for c in store.all_conversations() for m in store.messages(c.id)])
 
 
 def test_consent_issues_a_code_and_nothing_is_stored_before(study):
@@ -183,7 +183,7 @@ def test_models_see_only_their_pane_and_not_the_scenario(study):
     chat(study, view, "to A only", panes="A")
     chat(study, view, "to all")
     calls = {arm: msgs for arm, msgs in study.pool.calls[-3:]}
-    arm_a = study.store.conversation(view.conversation_id)["arm_order"][0]
+    arm_a = study.store.conversation(view.conversation_id).arm_order[0]
     assert [m["content"] for m in calls[arm_a] if m["role"] == "user"] == ["to A only", "to all"]
     others = [msgs for arm, msgs in calls.items() if arm != arm_a]
     assert all([m["content"] for m in msgs if m["role"] == "user"] == ["to all"] for msgs in others)
@@ -236,7 +236,7 @@ def test_one_failing_pane_keeps_what_was_shown_and_the_other_panes(tmp_path):
 
 
 def view_order(s, view):
-    return s.store.conversation(view.conversation_id)["arm_order"]
+    return s.store.conversation(view.conversation_id).arm_order
 
 
 def test_a_reply_cut_by_the_length_cap_is_shown_up_to_its_last_sentence(tmp_path):
@@ -248,7 +248,8 @@ def test_a_reply_cut_by_the_length_cap_is_shown_up_to_its_last_sentence(tmp_path
     last = chat(s, view, "hello", panes="A")
     [reply] = [r for r in s.store.messages(view.conversation_id, "A") if r["role"] == "assistant"]
     assert reply["text"] == "That sounds hard." and reply["raw_text"] == "That sounds hard. Maybe you"
-    assert last is not None
+    assert last.panes[0].messages[-1]["content"] == "That sounds hard."  # what the participant is shown
+    assert s.resume(view.code).panes[0].messages[-1]["content"] == "That sounds hard."  # and after a reload
 
 
 def test_abandoned_stream_keeps_the_partial_reply(study):

@@ -9,48 +9,49 @@ Two kinds of items (rows of the store's `annotation_items`):
   on the paper's Likert scale (0-3) for Informativeness, Understanding, Helpfulness, Consistency and
   Coherence. Its dataset name is never shown to the judge.
 
-Assignment rules (what makes Fleiss' kappa meaningful):
-- each item is handed out until it reaches `annotation.judges_per_item` judges;
+Who judges: only invited judges. The researcher creates judge codes (single-use invitations, one per
+judge) on /research or with `python app.py --invite-judges N`; /annotate accepts nothing else (no
+participant codes, no self-service codes), and is off entirely with `annotation.enabled: false`. A revoked
+code opens nothing, and its unfinished items are freed for other judges. Participants' conversations are
+shown to judges only when the protocol says `annotation.judges_see_conversations: true` (the consent text
+must say so); otherwise judges only see dataset dialogues.
+
+Assignment rules (what makes Fleiss' kappa meaningful), decided in one database transaction
+(`Store.assign_next`), so they hold for several app processes:
+- each item is handed out until its submitted judgments plus its assignments in progress reach
+  `annotation.judges_per_item`; only submitted judgments complete it, and a submission beyond the quota
+  (a late judge whose assignment went stale) is refused;
 - a judge never gets the same item twice (the store's unique (item, judge) constraint backs this up);
-- a judge never gets a conversation they took part in (a participant code can also be used to judge);
-- a judge has at most one open item; asking again returns it (refresh, come back later);
+- a judge never gets a conversation they took part in;
+- a judge has at most `max_open_per_judge` items in progress, all judges together `max_open_total`;
+  asking again returns the oldest open item (refresh, come back later);
 - among eligible items, those closest to their quota go first, so items complete rather than all
   items creeping up together; ties are broken at random.
 An open assignment left untouched for `stale_after_s` (default 6 hours) no longer counts towards the
-quota, so an abandoned item is handed to someone else; the late judge can still submit theirs.
-Judges are `participants` rows with role "judge"; their codes work like participant codes.
+quota, so an abandoned item is handed to someone else.
 """
 
 from __future__ import annotations
 
 import random
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from extes.study.protocol import PANES, Protocol
-from extes.study.store import DuplicateError, Store
+from extes.study.store import DuplicateError, LimitError, Store
 
 PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))  # shown positions: A vs B, A vs C, B vs C
 CHOICES: dict[str, str] = {"left": "a", "tie": "tie", "right": "b"}
 DEFAULT_STALE_S = 6 * 3600
 
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
 _synced_datasets: set[tuple[str, str, int]] = set()
 
 
 class AnnotationError(ValueError):
     """A request the annotation flow refuses (unknown code, someone else's item, incomplete form...).
     Messages are safe to show in a browser: they never name an arm or a dataset."""
-
-
-def _store_lock(store: Store) -> threading.Lock:
-    """One lock per database within this process: counting and assigning happen under it."""
-    with _locks_guard:
-        return _locks.setdefault(store.url, threading.Lock())
 
 
 @dataclass
@@ -92,11 +93,11 @@ def sync_items(store: Store, protocol: Protocol) -> dict[str, int]:
     of the protocol's annotation dataset as items. Idempotent; returns how many were new per kind."""
     new = {"conversation": 0, "dialogue": 0}
     settings = protocol.annotation
-    if settings.pairwise:
+    if settings.pairwise and settings.judges_see_conversations:
         known = {r["id"] for r in store.annotation_items("conversation")}
         for conv in store.all_conversations():
-            if conv["status"] == "rated" and conv["id"] not in known:
-                new["conversation"] += store.add_annotation_item(conv["id"], "conversation", source="study")
+            if conv.status == "rated" and conv.id not in known:
+                new["conversation"] += store.add_annotation_item(conv.id, "conversation", source="study")
     if settings.dataset:
         from extes.dialogue import load_dialogues
 
@@ -121,16 +122,25 @@ def sync_items(store: Store, protocol: Protocol) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------ judges
 
 
+def invite_judges(store: Store, protocol: Protocol, n: int) -> list[str]:
+    """`n` judge invitation codes (the researcher hands one to each judge)."""
+    return store.invite_judges(n, protocol=protocol.source)
+
+
 def new_judge(store: Store, protocol: Protocol) -> dict[str, Any]:
-    """Issue a judge code (a participant row with role "judge")."""
-    return store.create_participant(role="judge", protocol=protocol.source)
+    """One invited judge's row (for tests and scripts; the pages only accept codes made this way)."""
+    [code] = invite_judges(store, protocol, 1)
+    return store.participant_by_code(code)  # type: ignore[return-value]
 
 
 def judge_by_code(store: Store, code: str) -> dict[str, Any]:
-    """The judge (or participant acting as judge) behind a code; AnnotationError when unknown."""
-    person = store.participant_by_code(code or "")
-    if person is None:
-        raise AnnotationError("unknown code: check it, or ask for a new judge code")
+    """The invited judge behind a code; AnnotationError for anything else (unknown, revoked, or a
+    participant's code), with one message so codes cannot be probed."""
+    if not isinstance(code, str):
+        raise AnnotationError("unknown code: check it, or ask the researchers for a judge code")
+    person = store.participant_by_code(code)
+    if person is None or person["role"] != "judge" or person.get("revoked_at"):
+        raise AnnotationError("unknown code: check it, or ask the researchers for a judge code")
     return person
 
 
@@ -147,9 +157,14 @@ def _counting(assignments: list[dict[str, Any]], stale_after_s: float) -> dict[s
     cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_s)
     counts: dict[str, int] = {}
     for a in assignments:
-        if a["status"] == "done" or _parse_time(a["created_at"]) > cutoff:
+        if a["status"] == "done" or (a["status"] == "open" and _parse_time(a["created_at"]) > cutoff):
             counts[a["item_id"]] = counts.get(a["item_id"], 0) + 1
     return counts
+
+
+def _kinds(protocol: Protocol) -> tuple[str, ...]:
+    s = protocol.annotation
+    return ("conversation", "dialogue") if (s.pairwise and s.judges_see_conversations) else ("dialogue",)
 
 
 def eligible_items(store: Store, protocol: Protocol, judge_id: str,
@@ -159,12 +174,11 @@ def eligible_items(store: Store, protocol: Protocol, judge_id: str,
     all_assignments = store.assignments()
     counts = _counting(all_assignments, stale_after_s)
     seen = {a["item_id"] for a in all_assignments if a["judge_id"] == judge_id}
-    own = {c["id"] for c in store.conversations_of(judge_id)}
+    own = {c.id for c in store.conversations_of(judge_id)}
+    kinds = _kinds(protocol)
     out = []
     for item in store.annotation_items():
-        if item["id"] in seen or item["id"] in own:
-            continue
-        if item["kind"] == "conversation" and not protocol.annotation.pairwise:
+        if item["id"] in seen or item["id"] in own or item["kind"] not in kinds:
             continue
         n = counts.get(item["id"], 0)
         if n < quota:
@@ -181,26 +195,29 @@ def open_assignment(store: Store, judge_id: str) -> dict[str, Any] | None:
 
 def next_assignment(store: Store, protocol: Protocol, judge_id: str, rng: random.Random | None = None,
                     stale_after_s: float = DEFAULT_STALE_S) -> dict[str, Any] | None:
-    """The judge's open assignment, or a new one (None when nothing is left for this judge)."""
+    """The judge's open assignment, or a new one (None when nothing is left for this judge). The choice
+    is made inside the store's write transaction (`Store.assign_next`)."""
     rng = rng or random.SystemRandom()
-    with _store_lock(store):
-        current = open_assignment(store, judge_id)
-        if current is not None:
-            return current
-        candidates = eligible_items(store, protocol, judge_id, stale_after_s)
-        if not candidates:
-            return None
+    settings = protocol.annotation
+    own = [c.id for c in store.conversations_of(judge_id)]
+
+    def pick(candidates: list[tuple[dict[str, Any], int]]) -> tuple[str, list[str] | None]:
         top = max(n for _, n in candidates)
         item = rng.choice([it for it, n in candidates if n == top])
         pane_order = None
         if item["kind"] == "conversation":
             pane_order = list(PANES)
             rng.shuffle(pane_order)
-        try:
-            assignment_id = store.create_assignment(item["id"], judge_id, pane_order)
-        except DuplicateError:  # another process handed it to this judge meanwhile
-            return open_assignment(store, judge_id)
-    return _assignment(store, judge_id, assignment_id)
+        return item["id"], pane_order
+
+    try:
+        return store.assign_next(judge_id, pick, quota=settings.judges_per_item, stale_after_s=stale_after_s,
+                                 max_open_per_judge=settings.max_open_per_judge,
+                                 max_open_total=settings.max_open_total, kinds=_kinds(protocol), exclude=own)
+    except LimitError as exc:
+        if exc.reason == "busy":
+            raise AnnotationError("Many judges are working right now; please try again in a few minutes.") from None
+        raise AnnotationError("unknown code: check it, or ask the researchers for a judge code") from None
 
 
 def _assignment(store: Store, judge_id: str, assignment_id: int) -> dict[str, Any]:
@@ -272,7 +289,7 @@ def submit_pairwise(store: Store, protocol: Protocol, judge_id: str, assignment_
     conv = store.conversation(item["id"])
     if conv is None:
         raise AnnotationError(f"conversation {item['id']} no longer exists")
-    arm_of = dict(zip(PANES, conv["arm_order"]))
+    arm_of = dict(zip(PANES, conv.arm_order))
     shown = a["pane_order"]
     missing = []
     rows = []
@@ -286,10 +303,19 @@ def submit_pairwise(store: Store, protocol: Protocol, judge_id: str, assignment_
                          "outcome": CHOICES[choice]})
     if missing:
         raise AnnotationError(f"please answer every question; missing: {', '.join(missing)}")
+    return _submit(lambda: store.submit_judgments(a["id"], rows, quota=protocol.annotation.judges_per_item))
+
+
+def _submit(write) -> int:
     try:
-        return store.submit_judgments(a["id"], rows)
+        return write()
     except DuplicateError:
         raise AnnotationError("this item was already submitted") from None
+    except LimitError as exc:
+        if exc.reason == "quota":
+            raise AnnotationError("This item already has all the judgments it needs; thank you. "
+                                  "Here is your next item.") from None
+        raise AnnotationError("unknown code: check it, or ask the researchers for a judge code") from None
 
 
 def submit_likert(store: Store, protocol: Protocol, judge_id: str, assignment_id: int,
@@ -319,7 +345,4 @@ def submit_likert(store: Store, protocol: Protocol, judge_id: str, assignment_id
     if problems:
         raise AnnotationError(f"please give every score as a whole number from {lo} to {hi}; missing or "
                               f"invalid: {', '.join(problems)}")
-    try:
-        return store.submit_likert(a["id"], clean)
-    except DuplicateError:
-        raise AnnotationError("this item was already submitted") from None
+    return _submit(lambda: store.submit_likert(a["id"], clean, quota=protocol.annotation.judges_per_item))

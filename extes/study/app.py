@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-import secrets
 from typing import Any
 
 import gradio as gr
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
+from extes.study.limits import Limiter
 from extes.study.protocol import Protocol
 from extes.study.session import Study
 from extes.study.store import Store
@@ -40,6 +40,51 @@ _MOUNT_KWARGS: dict[str, Any] = dict(show_error=False, footer_links=[], run_hist
                                      mcp_server=False)
 
 
+class _QuietTraceback:
+    """Stands in for the `traceback` module inside Gradio's request handling. Gradio prints the traceback
+    of a failed call to stderr, and its messages quote the inputs ("Received inputs: [code, text]" for a
+    malformed call, the value's repr for one that fails preprocessing): participant text. This logs the
+    exception's type only."""
+
+    def __getattr__(self, name: str):
+        import traceback
+
+        return getattr(traceback, name)
+
+    @staticmethod
+    def print_exc(*_args, **_kwargs) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        log.error("a request failed in Gradio: %s (details withheld: they may quote participant text)",
+                  type(exc).__name__ if exc is not None else "error")
+
+
+def quiet_gradio_tracebacks() -> None:
+    """Install _QuietTraceback in the Gradio modules that print tracebacks of failed calls."""
+    import gradio.queueing
+    import gradio.route_utils
+    import gradio.routes
+    import gradio.utils
+
+    for module in (gradio.queueing, gradio.routes, gradio.utils, gradio.route_utils):
+        if getattr(module, "traceback", None) is not None:
+            module.traceback = _QuietTraceback()  # type: ignore[assignment]
+
+
+def _download_route(downloads: Any):
+    """GET /research-download/<token>: a one-time export handed to a logged-in researcher."""
+
+    def download(token: str) -> Response:
+        data = downloads.take(token)
+        if data is None:
+            return PlainTextResponse("This download link was used already or has expired.", status_code=404)
+        return Response(data, media_type="application/zip", headers={
+            "Content-Disposition": 'attachment; filename="study-export.zip"', "Cache-Control": "no-store"})
+
+    return download
+
+
 def _not_available(path: str) -> HTMLResponse:
     return HTMLResponse(f"<!doctype html><title>Not available</title><p>{path} is not available in this "
                         "version of the study app.</p>", status_code=404)
@@ -49,8 +94,17 @@ def build_app(protocol: Protocol, store: Store, pool: Any, concurrency: int = 16
               study: Study | None = None) -> FastAPI:
     """The whole app. `pool` follows extes.models.ArmPool (stream_many etc.)."""
     study = study or Study(protocol, store, pool)
+    quiet_gradio_tracebacks()
     app = FastAPI(title="Study", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.study = study
+
+    @app.middleware("http")
+    async def no_uploads(request: Request, call_next):
+        # Nothing in the study takes a file: Gradio's upload route (anonymous, 50 MB and more) is off.
+        if request.url.path.rstrip("/").endswith(("/gradio_api/upload", "/gradio_api/upload_progress")):
+            return PlainTextResponse("Not found", status_code=404)
+        return await call_next(request)
+
     for path, module_name, fn_name in MOUNTS:
         blocks = None
         try:
@@ -59,13 +113,16 @@ def build_app(protocol: Protocol, store: Store, pool: Any, concurrency: int = 16
             blocks = builder(protocol, store, pool) if builder is not None else None
         except ImportError as exc:  # a missing optional page must not stop the study
             log.warning("%s not mounted: %s", path, exc)
+        downloads = getattr(blocks, "extes_downloads", None)
+        if downloads is not None:
+            app.add_api_route("/research-download/{token}", _download_route(downloads), methods=["GET"],
+                              include_in_schema=False)
         if blocks is None:
             app.add_api_route(path, lambda p=path: _not_available(p), methods=["GET"], include_in_schema=False)
         else:
             blocks.queue(default_concurrency_limit=concurrency)
             gr.mount_gradio_app(app, blocks, path=path, theme=offline_theme(), **_MOUNT_KWARGS)
-    secret = store.meta_value("browser_state_secret", lambda: secrets.token_urlsafe(24))
-    demo = build_participant_ui(study, browser_secret=secret, concurrency=concurrency)
+    demo = build_participant_ui(study, concurrency=concurrency, limiter=Limiter(store))
     demo.queue(default_concurrency_limit=concurrency, max_size=1000)
     gr.mount_gradio_app(app, demo, path="/", css=CSS, theme=offline_theme(), **_MOUNT_KWARGS)
     return app

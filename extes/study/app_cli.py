@@ -43,6 +43,10 @@ def configure_app(parser: argparse.ArgumentParser) -> None:
                         help=f"SQLite file or SQLAlchemy URL (default: {DEFAULT_DB})")
     parser.add_argument("--concurrency", type=int, default=16,
                         help="chat requests generating at once (the model pool batches them; default 16)")
+    parser.add_argument("--invite-judges", type=int, default=None, metavar="N",
+                        help="print N new judge codes (single-use invitations for /annotate) and exit")
+    parser.add_argument("--revoke-judge", default=None, metavar="CODE",
+                        help="revoke a judge code (its unfinished items are freed) and exit")
 
 
 def resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
@@ -75,8 +79,33 @@ def create(protocol_path: str, db: str, concurrency: int = 16):
     return build_app(protocol, store, pool, concurrency=concurrency), pool, store
 
 
+def manage_judges(args: argparse.Namespace) -> int:
+    """--invite-judges / --revoke-judge: work on the database only (no models are loaded)."""
+    from extes.study.protocol import load_protocol
+    from extes.study.store import Store, StoreError
+
+    try:
+        store = Store(args.db)
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        if args.invite_judges is not None:
+            source = load_protocol(args.protocol or _default_protocol(), build_arms=False).source
+            for code in store.invite_judges(args.invite_judges, protocol=source):
+                print(code)
+        if args.revoke_judge is not None:
+            freed = store.revoke_judge(args.revoke_judge)
+            print(f"revoked; {freed} unfinished item(s) freed")
+    finally:
+        store.close()
+    return 0
+
+
 def run_app(args: argparse.Namespace) -> int:
     import uvicorn
+
+    if getattr(args, "invite_judges", None) is not None or getattr(args, "revoke_judge", None) is not None:
+        return manage_judges(args)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -15,7 +15,8 @@ Every error names the file, the key and the reason, so a researcher fixes the fi
     reveal_identities: never        # never | after_rating
     aspects: [ {key: fluency, label: Fluency, question: ...}, ... ]
     crisis: {banner: ..., patterns: {category: [regex, ...], ...}}
-    annotation: {judges_per_item: 3, pairwise: true, likert_aspects: [...], likert_scale: [0, 3], dataset: null}
+    annotation: {judges_per_item: 3, pairwise: true, likert_aspects: [...], likert_scale: [0, 3], dataset: null,
+                 enabled: true, judges_see_conversations: false, max_open_per_judge: 1, max_open_total: 100}
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class AnnotationSettings:
     likert_aspects: tuple[str, ...] = LIKERT_ASPECTS
     likert_scale: tuple[int, int] = (0, 3)
     dataset: str | None = None
+    enabled: bool = True  # false: /annotate is off entirely
+    judges_see_conversations: bool = False  # true: judges may read participants' conversations
+    max_open_per_judge: int = 1  # items one judge may have in progress
+    max_open_total: int = 100  # items in progress across all judges
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,8 @@ def _annotation(raw: Any, where: str) -> AnnotationSettings:
         return AnnotationSettings()
     if not isinstance(raw, dict):
         raise _err(where, "annotation", "expected a mapping")
-    allowed = {"judges_per_item", "pairwise", "likert_aspects", "likert_scale", "dataset"}
+    allowed = {"judges_per_item", "pairwise", "likert_aspects", "likert_scale", "dataset", "enabled",
+               "judges_see_conversations", "max_open_per_judge", "max_open_total"}
     unknown = set(raw) - allowed
     if unknown:
         raise _err(where, "annotation", f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
@@ -190,7 +196,13 @@ def _annotation(raw: Any, where: str) -> AnnotationSettings:
     dataset = raw.get("dataset")
     if dataset is not None and (not isinstance(dataset, str) or not dataset.strip()):
         raise _err(where, "annotation.dataset", f"expected a path or null, got {dataset!r}")
-    return AnnotationSettings(judges, pairwise, tuple(x.strip() for x in likert), (scale[0], scale[1]), dataset)
+    return AnnotationSettings(
+        judges, pairwise, tuple(x.strip() for x in likert), (scale[0], scale[1]), dataset,
+        enabled=_bool(raw, "enabled", f"{where}: annotation", True),
+        judges_see_conversations=_bool(raw, "judges_see_conversations", f"{where}: annotation", False),
+        max_open_per_judge=_int(raw, "max_open_per_judge", f"{where}: annotation", 1, 1, 100),
+        max_open_total=_int(raw, "max_open_total", f"{where}: annotation", 100, 1, 100_000),
+    )
 
 
 def protocol_from_dict(data: Any, where: str = "<protocol>", base_dir: Path | None = None,

@@ -14,14 +14,18 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 from extes.study.assignment import balanced_chooser
+from extes.study.blinding import strip_tags, visible_so_far
 from extes.study.protocol import PANES, Protocol
 from extes.study.safety import RiskChecker, record_risks
-from extes.study.store import DuplicateError, Store
+from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, Store
 from extes.taxonomy import OTHER_SCENARIO, SCENARIO_NAMES
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,33 @@ SCENARIO_CHOICES: tuple[str, ...] = (*SCENARIO_NAMES, OTHER_SCENARIO)
 PAIRS: tuple[tuple[str, str], ...] = (("A", "B"), ("A", "C"), ("B", "C"))
 ANSWERS = {"left": "a", "right": "b", "tie": "tie", "a": "a", "b": "b"}
 MAX_DESCRIPTION_CHARS = 500
+PERSIST_INTERVAL_S = 0.25  # a streaming reply's shown text is written at least this often ...
+PERSIST_EVERY_DELTAS = 16  # ... or after this many pieces, whichever comes first
+INCOMPLETE = ("streaming", "interrupted", "error")  # finish reasons of replies that do not count
+
+
+class ReplyPool(TypingProtocol):
+    """What the study needs from a model pool (extes.models.ArmPool, tests' FakePool): stream several
+    requests at once. `requests` maps a key (the pane) to (arm name, messages); the iterator yields
+    (key, Event) with Event.delta, .done, .reply (a Reply, or None with .error when that request failed)."""
+
+    def stream_many(self, requests: dict[str, tuple[str, list[dict[str, Any]]]],
+                    cancel: threading.Event | None = None) -> Iterator[tuple[str, Any]]: ...
+
+
+def clean_input(value: Any, what: str, multiline: bool = True) -> str:
+    """A text a person typed, or StudyRefusal naming the field: only strings, and no control characters
+    (NUL and the like) other than newlines and tabs where a field has several lines."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise StudyRefusal(f"The {what} must be text.")
+    allowed = "\n\t\r" if multiline else ""
+    for ch in value:
+        if ch not in allowed and unicodedata.category(ch) in ("Cc", "Cs"):
+            raise StudyRefusal(f"The {what} contains a control character (U+{ord(ch):04X}) that cannot be stored; "
+                               "please remove it.")
+    return value
 
 
 def pane_label(pane: str) -> str:
@@ -62,11 +93,15 @@ class StudyRefusal(ValueError):
         self.hint = hint
 
 
+class UnknownCode(StudyRefusal):
+    """A code (or conversation id) that names nothing of this participant: counted as a guess."""
+
+
 @dataclass
 class PaneState:
     pane: str
     label: str
-    messages: list[dict[str, Any]]  # {"role", "content", "id" (None while streaming)}
+    messages: list[dict[str, Any]]  # {"role", "content", "id", "interrupted"}
     turns: int
     remaining: int
 
@@ -95,7 +130,7 @@ class Study:
     """The study run: protocol + store + model pool. Thread-safe; holds no participant state in memory
     except which conversations are generating right now (to refuse overlapping sends)."""
 
-    def __init__(self, protocol: Protocol, store: Store, pool: Any, rng: random.Random | None = None):
+    def __init__(self, protocol: Protocol, store: Store, pool: ReplyPool, rng: random.Random | None = None):
         self.protocol = protocol
         self.store = store
         self.pool = pool
@@ -103,36 +138,71 @@ class Study:
         self._chooser = balanced_chooser(protocol.arm_names, rng)
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
+        self._live: set[int] = set()  # reply rows streaming in this process (kept fresh by the heartbeat)
+        self._heartbeat: threading.Thread | None = None
+
+    def _beat(self) -> None:
+        """Refresh the replies streaming here, so other processes (and this one after a restart) can
+        tell them from those of a dead process (Store.STREAM_STALE_S)."""
+        while True:
+            time.sleep(HEARTBEAT_S)
+            with self._busy_lock:
+                ids = sorted(self._live)
+            if ids:
+                try:
+                    self.store.touch_replies(ids)
+                except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                    log.warning("heartbeat of streaming replies failed: %s", type(exc).__name__)
+
+    def _track(self, ids: list[int], live: bool) -> None:
+        with self._busy_lock:
+            if live:
+                self._live.update(ids)
+                if self._heartbeat is None:
+                    self._heartbeat = threading.Thread(target=self._beat, name="extes-heartbeat", daemon=True)
+                    self._heartbeat.start()
+            else:
+                self._live.difference_update(ids)
 
     # ---------------------------------------------------------------------------------- lookups
 
     def _participant(self, code: str) -> dict[str, Any]:
-        p = self.store.participant_by_code(code or "")
+        code = clean_input(code, "participant code", multiline=False)
+        p = self.store.participant_by_code(code)
         if p is None:
-            raise StudyRefusal("No participant with this code. Please check the code and try again.")
+            raise UnknownCode("No participant with this code. Please check the code and try again.")
         if p["role"] != "participant":
-            raise StudyRefusal("This code is not a participant code.")
+            raise UnknownCode("This code is not a participant code.")
         return p
 
     def _owned(self, code: str, conversation_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         p = self._participant(code)
+        conversation_id = clean_input(conversation_id, "conversation id", multiline=False)
         conv = self.store.conversation(conversation_id or "") if conversation_id else None
-        if conv is None or conv.get("participant_id") != p["id"]:
+        if conv is None or conv.participant_id != p["id"]:
             # Same answer whether it does not exist or belongs to someone else.
-            raise StudyRefusal("This conversation does not belong to this participant code.")
+            raise UnknownCode("This conversation does not belong to this participant code.")
         return p, conv
 
-    def _arm(self, conv: dict[str, Any], pane: str):
-        return self.protocol.arm(conv["arm_order"][PANES.index(pane)])
+    def _arm(self, conv: Conversation, pane: str):
+        return self.protocol.arm(conv.arm(pane))
 
     # ---------------------------------------------------------------------------------- views
 
-    def _pane_states(self, conv: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> list[PaneState]:
-        rows = self.store.messages(conv["id"]) if rows is None else rows
+    def _pane_states(self, conv: Conversation, rows: list[dict[str, Any]] | None = None) -> list[PaneState]:
+        rows = self.store.messages(conv.id) if rows is None else rows
         out = []
         for pane in PANES:
-            msgs = [{"role": r["role"], "content": r["text"], "id": r["id"]} for r in rows if r["pane"] == pane]
-            turns = sum(1 for m in msgs if m["role"] == "assistant")
+            # a reply row with no text that is not streaming any more (its process died before the first
+            # word) showed nothing: not drawn
+            mine = [r for r in rows if r["pane"] == pane and not (
+                r["role"] == "assistant" and not r["text"] and r["finish_reason"] in ("interrupted", "error"))]
+            msgs = [{"role": r["role"], "content": r["text"], "id": r["id"],
+                     "interrupted": r["role"] == "assistant" and r["finish_reason"] in ("interrupted", "error")}
+                    for r in mine]
+            # only complete replies count towards the minimum (not ones cut off by a crash or a closed page)
+            turns = sum(1 for r in mine if r["role"] == "assistant" and not r.get("partial")
+                        and r["finish_reason"] not in INCOMPLETE)
             out.append(PaneState(pane, pane_label(pane), msgs, turns, max(0, self.protocol.min_user_turns - turns)))
         return out
 
@@ -145,38 +215,40 @@ class Study:
         total = self.protocol.conversations_per_participant
         convs = self.store.conversations_of(p["id"])
         base = dict(code=p["code"], participant_id=p["id"], total=total, min_turns=self.protocol.min_user_turns)
+        convs = [c for c in convs if c.status in ("chatting", "rated")]
         if not convs:
             return SessionView(stage="setup", number=1, **base)
         last = convs[-1]
-        if last["status"] == "chatting":
+        if last.status == "chatting":
             return self._chat_view(p, last, base)
-        rated = sum(1 for c in convs if c["status"] == "rated")
+        rated = sum(1 for c in convs if c.status == "rated")
         if rated < total:  # between conversations: straight to picking the next issue
             return SessionView(stage="setup", number=rated + 1, **base)
-        return SessionView(stage="done", number=rated, conversation_id=last["id"], **base)
+        return SessionView(stage="done", number=rated, conversation_id=last.id, **base)
 
-    def _after_rating(self, code: str, conv: dict[str, Any]) -> SessionView:
+    def _after_rating(self, code: str, conv: Conversation) -> SessionView:
         """The thanks page right after a rating (a later visit goes straight to the next conversation)."""
         v = self.view(code)
         revealed = None
         if self.protocol.reveal_identities == "after_rating":
-            revealed = {pane: arm for pane, arm in zip(PANES, conv["arm_order"])}
+            revealed = {pane: arm for pane, arm in zip(PANES, conv.arm_order)}
         stage = "thanks" if v.stage == "setup" else "done"
-        return SessionView(stage=stage, code=v.code, participant_id=v.participant_id, conversation_id=conv["id"],
+        return SessionView(stage=stage, code=v.code, participant_id=v.participant_id, conversation_id=conv.id,
                            number=v.number, total=v.total, min_turns=v.min_turns, revealed=revealed)
 
-    def _chat_view(self, p: dict[str, Any], conv: dict[str, Any], base: dict[str, Any],
+    def _chat_view(self, p: dict[str, Any], conv: Conversation, base: dict[str, Any],
                    panes: list[PaneState] | None = None, streaming: bool = False,
                    crisis: bool | None = None) -> SessionView:
         if panes is None:
             panes = self._pane_states(conv)
+            streaming = streaming or conv.id in self._busy or self.store.is_streaming(conv.id)
         else:  # a snapshot: the caller keeps updating its own lists while streaming
             panes = [PaneState(ps.pane, ps.label, [dict(m) for m in ps.messages], ps.turns, ps.remaining)
                      for ps in panes]
         return SessionView(
-            stage="chat", conversation_id=conv["id"], number=conv["seq"], panes=panes,
+            stage="chat", conversation_id=conv.id, number=conv.seq, panes=panes,
             can_rate=all(ps.remaining == 0 for ps in panes) and not streaming,
-            crisis=self._has_risk(conv["id"]) if crisis is None else crisis, scenario=conv["scenario"],
+            crisis=self._has_risk(conv.id) if crisis is None else crisis, scenario=conv.scenario,
             streaming=streaming, **base,
         )
 
@@ -192,21 +264,31 @@ class Study:
         return self.view(code)
 
     def start_conversation(self, code: str, scenario: str, description: str = "") -> SessionView:
+        """Start the participant's next conversation. The limits (one in progress, at most
+        conversations_per_participant) are checked again inside the store's write transaction, so
+        simultaneous Start calls, in one process or several, cannot create more."""
         p = self._participant(code)
-        convs = self.store.conversations_of(p["id"])
-        if convs and convs[-1]["status"] == "chatting":
-            raise StudyRefusal("You already have a conversation in progress; it has been reopened.", hint=True)
+        in_progress = StudyRefusal("You already have a conversation in progress; it has been reopened.", hint=True)
+        complete = StudyRefusal("You have completed all conversations of this study. Thank you!")
+        convs = [c for c in self.store.conversations_of(p["id"]) if c.status in ("chatting", "rated")]
+        if convs and convs[-1].status == "chatting":
+            raise in_progress
         if len(convs) >= self.protocol.conversations_per_participant:
-            raise StudyRefusal("You have completed all conversations of this study. Thank you!")
+            raise complete
+        scenario = clean_input(scenario, "issue", multiline=False)
         if scenario not in SCENARIO_CHOICES:
             raise StudyRefusal("Please pick the kind of issue you would like to talk about from the list.", hint=True)
-        description = (description or "").strip()
+        description = clean_input(description, "description").strip()
         if len(description) > MAX_DESCRIPTION_CHARS:
             raise StudyRefusal(f"Please keep the description under {MAX_DESCRIPTION_CHARS} characters "
                                f"(it has {len(description)}).")
-        conv = self.store.create_conversation(p["id"], scenario, description, self._chooser,
-                                              protocol=self.protocol.source)
-        log.info("participant %s started conversation %s", p["id"], conv["id"])
+        try:
+            conv = self.store.create_conversation(p["id"], scenario, description, self._chooser,
+                                                  protocol=self.protocol.source,
+                                                  max_conversations=self.protocol.conversations_per_participant)
+        except LimitError as exc:
+            raise (in_progress if exc.reason == "in_progress" else complete) from None
+        log.info("participant %s started conversation %s", p["id"], conv.id)
         return self.view(code)
 
     def next_conversation(self, code: str) -> SessionView:
@@ -216,7 +298,7 @@ class Study:
     # ---------------------------------------------------------------------------------- chatting
 
     def check_message(self, text: str) -> str:
-        text = (text or "").strip()
+        text = clean_input(text, "message").strip()
         if not text:
             raise StudyRefusal("Type a message first, then press send.", hint=True)
         limit = self.protocol.max_message_chars
@@ -225,19 +307,19 @@ class Study:
                                "Please shorten it and send it again.")
         return text
 
-    def _context(self, conv: dict[str, Any], pane: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _context(self, conv: Conversation, pane: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The model's view of one pane: its own history (consecutive same-role turns merged, e.g. after an
         interrupted reply), with the scenario in the system prompt only when the protocol says so."""
         arm = self._arm(conv, pane)
         out: list[dict[str, Any]] = []
         if self.protocol.scenario_to_models:
-            about = f"The person would like to talk about: {conv['scenario']}."
-            if conv.get("description"):
-                about += f" In their words: {conv['description']}"
+            about = f"The person would like to talk about: {conv.scenario}."
+            if conv.description:
+                about += f" In their words: {conv.description}"
             out.append({"role": "system", "content": ((arm.system_prompt or "") + "\n\n" + about).strip()})
         for r in rows:
-            if r["pane"] != pane:
-                continue
+            if r["pane"] != pane or (r["role"] == "assistant" and not r["text"]):
+                continue  # a reply that never got a word out is not part of the model's history
             if out and out[-1]["role"] == r["role"] and r["role"] != "system":
                 out[-1]["content"] += "\n\n" + r["text"]
                 continue
@@ -251,123 +333,192 @@ class Study:
              cancel: threading.Event | None = None) -> Iterator[SessionView]:
         """Send `text` to one pane ("A") or several ("ABC"); yields views as replies stream in.
 
-        All checks happen before anything is stored. The user's message is committed before generation
-        starts and each reply as soon as it is complete; if the stream is abandoned (page closed), the
-        partial replies shown so far are stored too, marked finish_reason="interrupted".
+        All checks happen before anything is stored. The user's message and an empty reply row per pane
+        (marked streaming) are committed in one transaction before generation starts; the shown text of
+        each reply is written every PERSIST_INTERVAL_S while it streams and completed in place when it
+        ends, so a crash (kill -9) loses at most the last fraction of a second of what was shown, and the
+        reply stays where it was, marked interrupted. If the stream is abandoned (page closed), the
+        replies are stored as shown, marked interrupted.
+
+        Blinding: every strategy tag is stripped (`extes.study.blinding`), and the panes' text is released
+        in step: a pane shows its k-th piece only when every pane still replying has produced k pieces,
+        so a pane whose model starts later (for example one that writes a strategy tag first, which is
+        held back) does not show up as the last to start.
         """
         p, conv = self._owned(code, conversation_id)
-        if conv["status"] != "chatting":
+        if conv.status != "chatting":
             raise StudyRefusal("This conversation is finished and rated; no more messages can be sent.")
-        if any(arm not in self.protocol.arm_names for arm in conv["arm_order"]):
+        if any(arm not in self.protocol.arm_names for arm in conv.arm_order):
             # Started under another protocol whose models are not loaded now.
             raise StudyRefusal("This conversation cannot be continued in the current study.")
-        targets = list(dict.fromkeys(panes))
+        if isinstance(panes, str):
+            panes = list(panes)
+        targets = list(dict.fromkeys(panes)) if isinstance(panes, list) else []
         if not targets or any(t not in PANES for t in targets):
             raise StudyRefusal("Unknown chat pane.")
         text = self.check_message(text)
         with self._busy_lock:
-            if conv["id"] in self._busy:
+            if conv.id in self._busy:
                 raise StudyRefusal("Please wait until the current replies are finished.", hint=True)
-            self._busy.add(conv["id"])
+            self._busy.add(conv.id)
         try:
             yield from self._send(p, conv, targets, text, cancel or threading.Event())
         finally:
             with self._busy_lock:
-                self._busy.discard(conv["id"])
+                self._busy.discard(conv.id)
 
     def _send(self, p, conv, targets, text, cancel) -> Iterator[SessionView]:
-        ids = self.store.add_messages([
-            {"conversation_id": conv["id"], "pane": t, "arm": conv["arm_order"][PANES.index(t)],
-             "role": "user", "text": text} for t in targets
-        ])
-        record_risks(self.store, self.risk, conv["id"], p["id"], text, message_id=ids[0])
+        try:
+            ids = self.store.open_turn(conv.id, text, [(t, conv.arm(t)) for t in targets])
+        except LimitError as exc:
+            if exc.reason == "streaming":  # another tab or app process is generating in this conversation
+                raise StudyRefusal("Please wait until the current replies are finished.", hint=True) from None
+            raise StudyRefusal("This conversation is finished and rated; no more messages can be sent.") from None
+        reply_ids = {t: rid for t, (_uid, rid) in zip(targets, ids)}
+        self._track(list(reply_ids.values()), True)
+        try:
+            yield from self._stream(p, conv, targets, text, cancel, ids, reply_ids)
+        finally:
+            self._track(list(reply_ids.values()), False)
+
+    def _stream(self, p, conv, targets, text, cancel, ids, reply_ids) -> Iterator[SessionView]:
+        record_risks(self.store, self.risk, conv.id, p["id"], text, message_id=ids[0][0])
         base = dict(code=p["code"], participant_id=p["id"], total=self.protocol.conversations_per_participant,
                     min_turns=self.protocol.min_user_turns)
-        rows = self.store.messages(conv["id"])
-        panes = self._pane_states(conv, rows)
-        crisis = self._has_risk(conv["id"])
+        rows = self.store.messages(conv.id)
+        history = [r for r in rows if r["id"] not in reply_ids.values()]  # without the empty reply rows
+        panes = self._pane_states(conv, history)
+        crisis = self._has_risk(conv.id)
         yield self._chat_view(p, conv, base, panes, streaming=True, crisis=crisis)
-
-        requests = {t: (conv["arm_order"][PANES.index(t)], self._context(conv, t, rows)) for t in targets}
-        partial: dict[str, str] = {t: "" for t in targets}
-        done: set[str] = set()
         by_pane = {ps.pane: ps for ps in panes}
+        slots = {}
         for t in targets:
-            by_pane[t].messages.append({"role": "assistant", "content": "", "id": None})
+            slots[t] = {"role": "assistant", "content": "", "id": reply_ids[t], "interrupted": False}
+            by_pane[t].messages.append(slots[t])
+
+        requests = {t: (conv.arm(t), self._context(conv, t, history)) for t in targets}
+        pieces: dict[str, list[str]] = {t: [] for t in targets}
+        shown: dict[str, str] = {t: "" for t in targets}
+        saved: dict[str, str] = {t: "" for t in targets}
+        done: set[str] = set()
+        failed: set[str] = set()
+        last_save, unsaved = time.monotonic(), 0
+
+        final: dict[str, str] = {}
+        counted: set[str] = set()
+
+        def release() -> None:
+            """Shown text per pane: its first k pieces, k the fewest pieces any pane still replying has.
+            A finished pane shows its final text (and counts a turn) only once every pane still replying
+            has gone past its length, so neither the first words nor the end of a reply tell the panes'
+            models apart by timing: only the replies' lengths order their ends."""
+            active = [t for t in targets if t not in done and t not in failed]
+            k = min((len(pieces[t]) for t in active), default=None)
+            for t in targets:
+                if t in failed:
+                    continue
+                if t in done and (k is None or k > len(pieces[t])):  # the others went past its end
+                    shown[t] = final[t]
+                    if t not in counted:
+                        counted.add(t)
+                        by_pane[t].turns += 1
+                        by_pane[t].remaining = max(0, by_pane[t].remaining - 1)
+                else:
+                    shown[t] = visible_so_far("".join(pieces[t][:k or 0]))
+                slots[t]["content"] = shown[t]
+
+        def save(force: bool = False) -> None:
+            nonlocal last_save, unsaved
+            if not force and unsaved < PERSIST_EVERY_DELTAS and time.monotonic() - last_save < PERSIST_INTERVAL_S:
+                return
+            for t in targets:
+                if t not in done and t not in failed and shown[t] != saved[t]:
+                    self.store.update_reply(reply_ids[t], shown[t])
+                    saved[t] = shown[t]
+            last_save, unsaved = time.monotonic(), 0
+
         finished = False
         events = self.pool.stream_many(requests, cancel=cancel)
         try:
             for pane, event in events:
-                if pane in done:
+                if pane in done or pane in failed:
                     continue
-                slot = by_pane[pane].messages[-1]
                 if event.delta:
-                    partial[pane] += event.delta
+                    pieces[pane].append(event.delta)
+                    unsaved += 1
                 if event.done and event.reply is None and getattr(event, "error", None):
                     # this pane's model failed (the others go on): keep what was shown, as for an
                     # interrupted reply; the participant is asked to send again below
-                    if partial[pane]:
-                        self._store_reply(conv, pane, partial[pane], None, finish_reason="error")
-                    else:
-                        by_pane[pane].messages.pop()
-                    log.error("generation failed in conversation %s (pane %s)", conv["id"], pane)
-                    continue
-                if event.done:
-                    reply = event.reply
-                    reply_text = reply.text if reply is not None else partial[pane]
-                    if reply is not None and reply.finish_reason == "length":
-                        reply_text = trim_to_sentence(reply_text)
-                    mid = self._store_reply(conv, pane, reply_text, reply)
-                    slot.update(content=reply_text, id=mid)
-                    by_pane[pane].turns += 1
-                    by_pane[pane].remaining = max(0, by_pane[pane].remaining - 1)
+                    failed.add(pane)
+                    self._end_reply(reply_ids[pane], shown[pane], "error")
+                    slots[pane]["interrupted"] = True
+                    log.error("generation failed in conversation %s (pane %s)", conv.id, pane)
+                elif event.done:
                     done.add(pane)
-                else:
-                    slot["content"] = partial[pane]
-                yield self._chat_view(p, conv, base, panes, streaming=len(done) < len(targets), crisis=crisis)
+                    final[pane] = self._finish(conv, pane, reply_ids[pane], event.reply, "".join(pieces[pane]))
+                release()
+                save()
+                yield self._chat_view(p, conv, base, panes, streaming=len(counted) + len(failed) < len(targets),
+                                      crisis=crisis)
             finished = True
         except GeneratorExit:
             cancel.set()
             raise
         except Exception as exc:  # a model failed: keep what finished, tell the participant to resend
             cancel.set()
-            log.error("generation failed in conversation %s: %s", conv["id"], type(exc).__name__)
+            log.error("generation failed in conversation %s: %s", conv.id, type(exc).__name__)
             raise StudyRefusal("A model could not reply just now. Please send your message again.") from None
         finally:
             close = getattr(events, "close", None)
             if close is not None:
                 close()  # let the pool release the requests now, not when garbage-collected
-            if not finished:
-                for t in targets:
-                    if t not in done and partial[t]:
-                        self._store_reply(conv, t, partial[t], None, finish_reason="interrupted")
+            for t in targets:
+                if t not in done and t not in failed:  # ended early: keep what was shown, marked interrupted
+                    self._end_reply(reply_ids[t], shown[t], "interrupted" if not finished else "error")
         if len(done) < len(targets):  # the pool ended without finishing a pane
             raise StudyRefusal("A model could not reply just now. Please send your message again.")
         yield self._chat_view(p, conv, base, self._pane_states(conv))
 
-    def _store_reply(self, conv, pane: str, text: str, reply: Any, finish_reason: str | None = None) -> int:
-        arm = conv["arm_order"][PANES.index(pane)]
+    def _end_reply(self, reply_id: int, shown: str, reason: str) -> None:
+        """A reply that did not finish: kept as shown, marked partial; one that showed nothing is removed
+        (there is nothing to keep, and the model's next context must not hold an empty turn)."""
+        if shown:
+            self.store.finish_reply(reply_id, shown, finish_reason=reason, partial=True)
+        else:
+            self.store.delete_empty_reply(reply_id)
+
+    def _finish(self, conv, pane: str, reply_id: int, reply: Any, streamed: str) -> str:
+        """Complete a reply row: the shown text (tags stripped, a reply cut by the length cap trimmed to
+        its last sentence), the raw text, every strategy found, the engine's numbers. Returns the text."""
         if reply is None:
-            return self.store.add_message(conv["id"], pane, arm, "assistant", text, finish_reason=finish_reason)
-        return self.store.add_message(
-            conv["id"], pane, arm, "assistant", text, raw_text=reply.raw_text, strategy=reply.strategy,
-            latency_s=reply.latency_s, ttft_s=reply.ttft_s, n_tokens=reply.n_tokens,
-            finish_reason=finish_reason or reply.finish_reason, settings=reply.settings,
-        )
+            text, found = strip_tags(streamed)
+            self.store.finish_reply(reply_id, text, finish_reason="stop", raw_text=streamed, strategies=found)
+            return text
+        text, found = strip_tags(reply.text)
+        if reply.finish_reason == "length":
+            text = trim_to_sentence(text)
+        _, in_raw = strip_tags(reply.raw_text or "")
+        strategies = in_raw or ([reply.strategy] if reply.strategy else []) or found
+        self.store.finish_reply(
+            reply_id, text, finish_reason=reply.finish_reason, raw_text=reply.raw_text, strategy=reply.strategy,
+            strategies=strategies, latency_s=reply.latency_s, ttft_s=reply.ttft_s, n_tokens=reply.n_tokens,
+            settings=reply.settings, dtype=getattr(reply, "dtype", None),
+            engine_version=getattr(reply, "engine_version", None))
+        return text
 
     def report(self, code: str, conversation_id: str, pane: str, index: int, reason: str = "harmful") -> int:
         """The participant reported the model reply at position `index` of `pane` as harmful."""
         p, conv = self._owned(code, conversation_id)
         if pane not in PANES:
             raise StudyRefusal("Unknown chat pane.")
-        rows = self.store.messages(conv["id"], pane=pane)
-        if not isinstance(index, int) or not 0 <= index < len(rows):
+        rows = self.store.messages(conv.id, pane=pane)
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(rows):
             raise StudyRefusal("Please wait until the reply is finished before reporting it.", hint=True)
         row = rows[index]
         if row["role"] != "assistant":
             raise StudyRefusal("Only model replies can be reported.", hint=True)
         try:
-            rid = self.store.add_report(conv["id"], row["id"], p["id"], reason=str(reason)[:200])
+            rid = self.store.add_report(conv.id, row["id"], p["id"], reason=str(reason)[:200])
         except DuplicateError:
             raise StudyRefusal("You already reported this reply. Thank you.", hint=True) from None
         log.info("participant %s reported message %s", p["id"], row["id"])
@@ -384,8 +535,11 @@ class Study:
                       comment: str = "") -> SessionView:
         """Store the whole rating form (all aspects x pairs required) atomically and move on."""
         p, conv = self._owned(code, conversation_id)
-        if conv["status"] != "chatting":
+        if conv.status != "chatting":
             raise StudyRefusal("This conversation has already been rated; your ratings were kept.")
+        streaming = StudyRefusal("Please wait until every reply is finished before rating.", hint=True)
+        if conv.id in self._busy or self.store.is_streaming(conv.id):
+            raise streaming
         panes = self._pane_states(conv)
         short = [ps for ps in panes if ps.remaining > 0]
         if short:
@@ -393,21 +547,24 @@ class Study:
             raise StudyRefusal(f"Each model needs at least {self.protocol.min_user_turns} replies before rating: {need}.")
         missing, rows = [], []
         for key, label, _q, (left, right) in self.questions():
-            value = ANSWERS.get(str(answers.get(key) or "").strip().lower())
+            raw = answers.get(key)
+            value = ANSWERS.get(raw.strip().lower()) if isinstance(raw, str) else None
             if value is None:
                 missing.append(f"{label} ({pane_label(left)} vs {pane_label(right)})")
                 continue
             rows.append({"aspect": key.split(":")[0], "pane_a": left, "pane_b": right,
-                         "arm_a": conv["arm_order"][PANES.index(left)],
-                         "arm_b": conv["arm_order"][PANES.index(right)], "outcome": value})
+                         "arm_a": conv.arm(left),
+                         "arm_b": conv.arm(right), "outcome": value})
         if missing:
             raise StudyRefusal("Please answer every question before submitting. Missing: " + "; ".join(missing))
-        comment = (comment or "").strip()
+        comment = clean_input(comment, "comment").strip()
         if len(comment) > self.protocol.max_message_chars:
             raise StudyRefusal(f"Please keep the comment under {self.protocol.max_message_chars:,} characters.")
         try:
-            self.store.submit_votes(conv["id"], p["id"], rows, comment=comment)
+            self.store.submit_votes(conv.id, p["id"], rows, comment=comment)
         except DuplicateError:
             raise StudyRefusal("This conversation has already been rated; your ratings were kept.") from None
-        log.info("participant %s rated conversation %s", p["id"], conv["id"])
+        except LimitError:  # a reply started streaming meanwhile (another tab or app process)
+            raise streaming from None
+        log.info("participant %s rated conversation %s", p["id"], conv.id)
         return self._after_rating(code, conv)

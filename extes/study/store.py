@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,74 @@ class DuplicateError(ValueError):
     """A write that would repeat one already stored (a second vote for the same conversation, ...)."""
 
 
+class LimitError(ValueError):
+    """A write the study's limits refuse, decided inside the database transaction (so it holds for several
+    app processes on one database). `reason` says which limit: in_progress, complete, streaming, closed,
+    quota, revoked."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+# A reply row still marked "streaming" whose updated_at has not been refreshed for this long belongs to a
+# process that died (kill -9, power loss): it is shown as interrupted and no longer blocks sending or
+# rating. The writing process refreshes it every HEARTBEAT_S (extes.study.session), text or not.
+STREAM_STALE_S = 10.0
+HEARTBEAT_S = 2.0
+
+
+PANE_NAMES: tuple[str, ...] = ("A", "B", "C")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One stored conversation: which arm sits in which pane (`arm(pane)`), its scenario and state."""
+
+    id: str
+    participant_id: str
+    seq: int  # 1, 2, ... within the participant
+    order_index: int  # which of the six arm-to-pane orders
+    arm_order: tuple[str, ...]  # arm names in panes A, B, C
+    scenario: str
+    description: str = ""
+    status: str = "chatting"  # chatting | rated | abandoned
+    comment: str | None = None
+    protocol: str = ""
+    created_at: str = ""
+    rated_at: str | None = None
+
+    def arm(self, pane: str) -> str:
+        """The arm behind pane "A", "B" or "C"."""
+        return self.arm_order[PANE_NAMES.index(pane)]
+
+    def __getitem__(self, key: str) -> Any:
+        """Read-only `conv["id"]` for callers outside extes/study written against the old dicts (the
+        analysis tests); code in the study layer uses the attributes."""
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Conversation:
+        data = {f: row.get(f) for f in cls.__dataclass_fields__ if f in row}
+        order = row["arm_order"]
+        data["arm_order"] = tuple(json.loads(order) if isinstance(order, str) else order)
+        data["description"] = data.get("description") or ""
+        return cls(**data)
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def new_code() -> str:
-    groups = ("".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_GROUP_LEN)) for _ in range(CODE_GROUPS))
+def ago(seconds: float) -> str:
+    """The timestamp `seconds` ago, comparable as text with `now()`."""
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+
+
+def new_code(groups_n: int = CODE_GROUPS) -> str:
+    groups = ("".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_GROUP_LEN)) for _ in range(groups_n))
     return "-".join(groups)
 
 
@@ -78,6 +141,7 @@ participants = sa.Table(
     sa.Column("role", sa.String(20), nullable=False, default="participant"),  # participant | judge
     sa.Column("consented_at", sa.String(40), nullable=False),
     sa.Column("protocol", sa.Text, nullable=False, default=""),
+    sa.Column("revoked_at", sa.String(40), nullable=True),  # v2: a revoked judge invitation
 )
 
 conversations = sa.Table(
@@ -96,6 +160,9 @@ conversations = sa.Table(
     sa.Column("rated_at", sa.String(40), nullable=True),
     sa.UniqueConstraint("participant_id", "seq", name="uq_conversation_seq"),
 )
+# v2: at most one conversation in progress per participant, whatever the number of app processes.
+sa.Index("uq_one_chatting", conversations.c.participant_id, unique=True,
+         sqlite_where=conversations.c.status == "chatting", postgresql_where=conversations.c.status == "chatting")
 
 messages = sa.Table(
     "messages", metadata,
@@ -113,6 +180,13 @@ messages = sa.Table(
     sa.Column("n_tokens", sa.Integer, nullable=True),
     sa.Column("finish_reason", sa.String(40), nullable=True),
     sa.Column("settings", sa.Text, nullable=True),  # JSON generation settings
+    # v2: a reply is written while it streams (partial=True, finish_reason "streaming", refreshed
+    # updated_at) and completed in place; every strategy tag found in the raw text; the engine's numbers.
+    sa.Column("partial", sa.Boolean, nullable=True),
+    sa.Column("updated_at", sa.String(40), nullable=True),
+    sa.Column("strategies", sa.Text, nullable=True),  # JSON list
+    sa.Column("dtype", sa.String(40), nullable=True),
+    sa.Column("engine_version", sa.String(80), nullable=True),
 )
 
 votes = sa.Table(
@@ -203,12 +277,53 @@ likert_ratings = sa.Table(
 )
 
 
+# v2: attempts counted for rate limits and lockouts (extes.study.limits), shared by every app process.
+# `bucket` is a kind plus a keyed hash of the client address: no address is stored.
+rate_events = sa.Table(
+    "rate_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("bucket", sa.String(100), nullable=False, index=True),
+    sa.Column("at", sa.String(40), nullable=False, index=True),
+)
+
+
 def _migration_1(conn: Connection) -> None:
-    """Initial schema."""
-    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t.name != "schema_version"])
+    """Initial schema (frozen in extes.study.schema_v1: creating today's tables here would make every
+    later migration fail on a fresh database with "duplicate column")."""
+    from extes.study import schema_v1
+
+    schema_v1.metadata.create_all(conn, tables=[t for t in schema_v1.metadata.sorted_tables
+                                                if t.name != "schema_version"])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1]
+def _add_columns(conn: Connection, table: sa.Table, names: Sequence[str]) -> None:
+    for name in names:
+        col = table.c[name]
+        conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {col.type.compile(conn.dialect)}"))
+
+
+def _migration_2(conn: Connection) -> None:
+    """Judge invitations (participants.revoked_at), replies persisted while they stream (messages.partial,
+    updated_at), every strategy tag of a reply, the engine's dtype and version; one conversation in
+    progress per participant as a unique index; rate_events. Conversations left "chatting" beside a newer one (the
+    race this index now prevents) become "abandoned"."""
+    _add_columns(conn, participants, ["revoked_at"])
+    _add_columns(conn, messages, ["partial", "updated_at", "strategies", "dtype", "engine_version"])
+    rows = conn.execute(sa.select(conversations.c.id, conversations.c.participant_id)
+                        .where(conversations.c.status == "chatting")
+                        .order_by(conversations.c.participant_id, conversations.c.seq.desc())).all()
+    seen: set[str] = set()
+    for cid, pid in rows:
+        if pid in seen:
+            conn.execute(conversations.update().where(conversations.c.id == cid).values(status="abandoned"))
+        seen.add(pid)
+    for index in conversations.indexes:
+        if index.name == "uq_one_chatting":
+            index.create(conn)
+    rate_events.create(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -236,7 +351,6 @@ class Store:
             self.url, self.path = _url(url_or_path)
         except OSError as exc:
             raise StoreError(f"{url_or_path}: cannot create the database folder ({exc})") from None
-        self._lock = threading.Lock()  # serialises balanced assignment within this process
         kwargs: dict[str, Any] = {"echo": echo}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
@@ -249,6 +363,7 @@ class Store:
 
             @sa.event.listens_for(self.engine, "connect")
             def _pragmas(dbapi_conn, _record):  # pragma: no cover - exercised through every test
+                dbapi_conn.isolation_level = None  # BEGIN is emitted below, so writes can be IMMEDIATE
                 cur = dbapi_conn.cursor()
                 if not in_memory:
                     cur.execute("PRAGMA journal_mode=WAL")
@@ -256,11 +371,36 @@ class Store:
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
+
+            @sa.event.listens_for(self.engine, "begin")
+            def _begin(conn):  # pragma: no cover - exercised through every test
+                # A write transaction takes SQLite's write lock at BEGIN, so a check (how many
+                # conversations, how many judges) and the insert it allows cannot interleave with another
+                # process's: SQLite's BEGIN IMMEDIATE is PostgreSQL's LOCK TABLE in `_write`.
+                immediate = conn.get_execution_options().get("extes_write")
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
         try:
             self.migrate()
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"{self._where()}: cannot open the study database ({type(exc).__name__}: "
                              f"{getattr(exc, 'orig', None) or exc})") from None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @contextmanager
+    def _write(self, *lock_tables: str) -> Iterator[Connection]:
+        """A write transaction in which checks and the writes they allow are atomic across processes:
+        BEGIN IMMEDIATE on SQLite (one writer at a time), and on PostgreSQL an explicit lock on
+        `lock_tables` (SHARE ROW EXCLUSIVE: one such transaction per table at a time; readers go on)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(extes_write=True)
+            with conn.begin():
+                if self.engine.dialect.name == "postgresql":
+                    for name in lock_tables:
+                        conn.execute(sa.text(f"LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE"))
+                yield conn
 
     def _where(self) -> str:
         """The database for messages, without any password in the URL."""
@@ -347,56 +487,72 @@ class Store:
 
     # ------------------------------------------------------------------------------ conversations
 
-    def order_counts(self, n_orders: int = 6, protocol: str | None = None) -> list[int]:
-        """How many conversations used each arm-to-pane order so far (optionally within one protocol)."""
-        q = sa.select(conversations.c.order_index, sa.func.count()).group_by(conversations.c.order_index)
+    def order_counts(self, n_orders: int = 6, protocol: str | None = None,
+                     conn: Connection | None = None) -> list[int]:
+        """How many conversations used each arm-to-pane order so far (optionally within one protocol).
+        Abandoned conversations (see migration 2) do not count."""
+        q = (sa.select(conversations.c.order_index, sa.func.count())
+             .where(conversations.c.status != "abandoned").group_by(conversations.c.order_index))
         if protocol is not None:
             q = q.where(conversations.c.protocol == protocol)
         counts = [0] * n_orders
-        with self.engine.connect() as conn:
-            for idx, n in conn.execute(q):
-                if 0 <= idx < n_orders:
-                    counts[idx] = n
+        if conn is None:
+            with self.engine.connect() as own:
+                result = own.execute(q).all()
+        else:
+            result = conn.execute(q).all()
+        for idx, n in result:
+            if 0 <= idx < n_orders:
+                counts[idx] = n
         return counts
 
     def create_conversation(self, participant_id: str, scenario: str, description: str,
                             choose_order: Callable[[list[int]], tuple[int, Sequence[str]]],
-                            protocol: str = "") -> dict[str, Any]:
+                            protocol: str = "", max_conversations: int | None = None) -> Conversation:
         """Create the participant's next conversation. `choose_order(counts)` gets the per-order usage
-        counts and returns (order_index, arm names for panes A, B, C); counting and inserting happen
-        under one lock so concurrent starts in this process keep the orders balanced."""
-        with self._lock:
-            order_index, arm_order = choose_order(self.order_counts(protocol=protocol))
-            with self.engine.begin() as conn:
-                seq = conn.execute(sa.select(sa.func.count()).select_from(conversations)
-                                   .where(conversations.c.participant_id == participant_id)).scalar() or 0
+        counts and returns (order_index, arm names for panes A, B, C).
+
+        One write transaction checks the limits, counts the orders and inserts, so neither the limits nor
+        the balance of orders can be broken by simultaneous starts, in one process or several. LimitError
+        (reason "in_progress") when the participant has a conversation in progress, ("complete") when they
+        already have `max_conversations`; the unique index `uq_one_chatting` backs the first up."""
+        try:
+            with self._write("conversations") as conn:
+                rows = conn.execute(sa.select(conversations.c.status)
+                                    .where(conversations.c.participant_id == participant_id)).all()
+                statuses = [r.status for r in rows]
+                if "chatting" in statuses:
+                    raise LimitError("a conversation is already in progress", "in_progress")
+                if max_conversations is not None and sum(st == "rated" for st in statuses) >= max_conversations:
+                    raise LimitError("all conversations are done", "complete")
+                order_index, arm_order = choose_order(self.order_counts(protocol=protocol, conn=conn))
                 row = {
-                    "id": f"c-{uuid.uuid4().hex[:12]}", "participant_id": participant_id, "seq": seq + 1,
+                    "id": f"c-{uuid.uuid4().hex[:12]}", "participant_id": participant_id, "seq": len(rows) + 1,
                     "order_index": int(order_index), "arm_order": json.dumps(list(arm_order)),
                     "scenario": scenario, "description": description, "status": "chatting",
                     "protocol": protocol, "created_at": now(),
                 }
                 conn.execute(conversations.insert().values(**row))
+        except sa.exc.IntegrityError:
+            raise LimitError("a conversation is already in progress", "in_progress") from None
         return self._conversation_dict(row)
 
     @staticmethod
-    def _conversation_dict(row: dict[str, Any]) -> dict[str, Any]:
-        out = dict(row)
-        out["arm_order"] = json.loads(out["arm_order"])
-        return out
+    def _conversation_dict(row: dict[str, Any]) -> Conversation:
+        return Conversation.from_row(row)
 
-    def conversation(self, conversation_id: str) -> dict[str, Any] | None:
+    def conversation(self, conversation_id: str) -> Conversation | None:
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(conversations).where(conversations.c.id == conversation_id)).first()
         return self._conversation_dict(_row(r)) if r else None
 
-    def conversations_of(self, participant_id: str) -> list[dict[str, Any]]:
+    def conversations_of(self, participant_id: str) -> list[Conversation]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(conversations).where(conversations.c.participant_id == participant_id)
                                 .order_by(conversations.c.seq)).all()
         return [self._conversation_dict(_row(r)) for r in rows]
 
-    def all_conversations(self) -> list[dict[str, Any]]:
+    def all_conversations(self) -> list[Conversation]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(conversations).order_by(conversations.c.created_at)).all()
         return [self._conversation_dict(_row(r)) for r in rows]
@@ -406,12 +562,15 @@ class Store:
     def add_message(self, conversation_id: str, pane: str, arm: str, role: str, text: str, *,
                     raw_text: str | None = None, strategy: str | None = None, latency_s: float | None = None,
                     ttft_s: float | None = None, n_tokens: int | None = None, finish_reason: str | None = None,
-                    settings: dict | None = None) -> int:
+                    settings: dict | None = None, strategies: Sequence[str] | None = None,
+                    dtype: str | None = None, engine_version: str | None = None, partial: bool = False) -> int:
         row = {
             "conversation_id": conversation_id, "pane": pane, "arm": arm, "role": role, "text": text,
             "raw_text": raw_text, "strategy": strategy, "created_at": now(), "latency_s": latency_s,
             "ttft_s": ttft_s, "n_tokens": n_tokens, "finish_reason": finish_reason,
             "settings": json.dumps(settings, sort_keys=True, default=str) if settings is not None else None,
+            "strategies": json.dumps(list(strategies)) if strategies else None, "dtype": dtype,
+            "engine_version": engine_version, "partial": bool(partial),
         }
         with self.engine.begin() as conn:
             return int(conn.execute(messages.insert().values(**row)).inserted_primary_key[0])
@@ -427,16 +586,96 @@ class Store:
                 ids.append(int(conn.execute(messages.insert().values(**r)).inserted_primary_key[0]))
         return ids
 
+    def open_turn(self, conversation_id: str, text: str, panes: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
+        """A participant's message to each (pane, arm) and an empty reply row per pane marked streaming,
+        in one transaction that first checks that the conversation is still open (LimitError "closed")
+        and that none of these panes is streaming already (LimitError "streaming"). Returns (user message
+        id, reply id) per pane. Rating checks the same rows, so no reply can be stored after a rating."""
+        stamp = now()
+        with self._write("conversations", "messages") as conn:
+            status = conn.execute(sa.select(conversations.c.status).where(conversations.c.id == conversation_id)
+                                  .with_for_update()).scalar()
+            if status != "chatting":
+                raise LimitError("this conversation is closed", "closed")
+            if self._streaming(conn, conversation_id, [p for p, _ in panes]):
+                raise LimitError("a reply is still streaming", "streaming")
+            out = []
+            for pane, arm in panes:
+                base = {"conversation_id": conversation_id, "pane": pane, "arm": arm, "created_at": stamp}
+                uid = conn.execute(messages.insert().values(**base, role="user", text=text, partial=False)
+                                   ).inserted_primary_key[0]
+                rid = conn.execute(messages.insert().values(**base, role="assistant", text="", partial=True,
+                                                            finish_reason="streaming", updated_at=stamp)
+                                   ).inserted_primary_key[0]
+                out.append((int(uid), int(rid)))
+        return out
+
+    @staticmethod
+    def _streaming(conn: Connection, conversation_id: str, panes: Sequence[str] | None = None) -> bool:
+        q = sa.select(sa.func.count()).select_from(messages).where(
+            messages.c.conversation_id == conversation_id, messages.c.finish_reason == "streaming",
+            messages.c.updated_at > ago(STREAM_STALE_S))
+        if panes is not None:
+            q = q.where(messages.c.pane.in_(list(panes)))
+        return bool(conn.execute(q).scalar())
+
+    def is_streaming(self, conversation_id: str) -> bool:
+        """Whether a reply of this conversation is being written by a live process right now."""
+        with self.engine.connect() as conn:
+            return self._streaming(conn, conversation_id)
+
+    def update_reply(self, message_id: int, text: str) -> None:
+        """The streamed text so far (still partial): written every few hundred milliseconds while a reply
+        streams, so a crash loses at most that much of what was shown."""
+        with self.engine.begin() as conn:
+            conn.execute(messages.update().where(messages.c.id == int(message_id),
+                                                 messages.c.finish_reason == "streaming")
+                         .values(text=text, updated_at=now()))
+
+    def touch_replies(self, message_ids: Sequence[int]) -> None:
+        """Heartbeat of replies still streaming in this process (see STREAM_STALE_S)."""
+        if not message_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(messages.update().where(messages.c.id.in_([int(i) for i in message_ids]),
+                                                 messages.c.finish_reason == "streaming").values(updated_at=now()))
+
+    def finish_reply(self, message_id: int, text: str, *, finish_reason: str, partial: bool = False,
+                     raw_text: str | None = None, strategy: str | None = None,
+                     strategies: Sequence[str] | None = None, latency_s: float | None = None,
+                     ttft_s: float | None = None, n_tokens: int | None = None, settings: dict | None = None,
+                     dtype: str | None = None, engine_version: str | None = None) -> None:
+        """Complete a streamed reply row in place (partial=True for interrupted or failed replies)."""
+        with self.engine.begin() as conn:
+            conn.execute(messages.update().where(messages.c.id == int(message_id)).values(
+                text=text, finish_reason=finish_reason, partial=bool(partial), updated_at=now(),
+                raw_text=raw_text, strategy=strategy, strategies=json.dumps(list(strategies)) if strategies else None,
+                latency_s=latency_s, ttft_s=ttft_s, n_tokens=n_tokens, dtype=dtype, engine_version=engine_version,
+                settings=json.dumps(settings, sort_keys=True, default=str) if settings is not None else None))
+
+    def delete_empty_reply(self, message_id: int) -> None:
+        """Remove a reply row that never showed a word (a failed or abandoned reply before its first piece)."""
+        with self.engine.begin() as conn:
+            conn.execute(messages.delete().where(messages.c.id == int(message_id), messages.c.role == "assistant",
+                                                 messages.c.text == ""))
+
     def messages(self, conversation_id: str, pane: str | None = None) -> list[dict[str, Any]]:
+        """Messages in order. A reply still marked streaming whose writer stopped refreshing it
+        (STREAM_STALE_S) is returned with finish_reason "interrupted": the process writing it died."""
         q = sa.select(messages).where(messages.c.conversation_id == conversation_id)
         if pane is not None:
             q = q.where(messages.c.pane == pane)
         with self.engine.connect() as conn:
             rows = conn.execute(q.order_by(messages.c.id)).all()
+        stale = ago(STREAM_STALE_S)
         out = []
         for r in rows:
             d = _row(r)
             d["settings"] = json.loads(d["settings"]) if d["settings"] else None
+            d["strategies"] = json.loads(d["strategies"]) if d.get("strategies") else []
+            d["partial"] = bool(d.get("partial"))
+            if d["finish_reason"] == "streaming" and (d.get("updated_at") or "") <= stale:
+                d["finish_reason"] = "interrupted"
             out.append(d)
         return out
 
@@ -494,7 +733,9 @@ class Store:
                 raise ValueError(f"vote outcome must be one of {OUTCOMES}, got {r['outcome']!r}")
         stamp = now()
         try:
-            with self.engine.begin() as conn:
+            with self._write("conversations", "messages") as conn:
+                if self._streaming(conn, conversation_id):
+                    raise LimitError("a reply is still streaming", "streaming")
                 updated = conn.execute(
                     conversations.update()
                     .where(conversations.c.id == conversation_id, conversations.c.status == "chatting")
@@ -553,6 +794,60 @@ class Store:
         except sa.exc.IntegrityError:
             raise DuplicateError(f"item {item_id} is already assigned to this judge") from None
 
+    def assign_next(self, judge_id: str, pick: Callable[[list[tuple[dict[str, Any], int]]], tuple[str, Any]],
+                    *, quota: int, stale_after_s: float, max_open_per_judge: int = 1, max_open_total: int = 100,
+                    kinds: Sequence[str] = ("conversation", "dialogue"),
+                    exclude: Iterable[str] = ()) -> dict[str, Any] | None:
+        """The judge's oldest open assignment, or a new one, decided in one write transaction so quotas and
+        limits hold with several app processes on one database.
+
+        An item counts its submitted judgments plus open assignments younger than `stale_after_s`; it is
+        eligible while that is below `quota`, the judge never had it and it is not in `exclude` (their own
+        conversations). `pick(candidates)` gets [(item, count)] and returns (item id, pane order or None).
+        None when nothing is eligible, when the judge already has `max_open_per_judge` open items, or when
+        `max_open_total` items are in progress across all judges (LimitError "busy" then)."""
+        cutoff = ago(stale_after_s)
+        with self._write("assignments") as conn:
+            judge = conn.execute(sa.select(participants).where(participants.c.id == judge_id)).first()
+            if judge is None or judge.revoked_at is not None:
+                raise LimitError("this judge code was revoked", "revoked")
+            mine = [_row(r) for r in conn.execute(sa.select(assignments).where(assignments.c.judge_id == judge_id)
+                                                    .order_by(assignments.c.id))]
+            open_mine = [a for a in mine if a["status"] == "open"]
+            if open_mine:
+                a = open_mine[0]
+                a["pane_order"] = json.loads(a["pane_order"]) if a["pane_order"] else None
+                return a
+            if max_open_per_judge < 1:
+                return None
+            live = (assignments.c.status == "done") | (
+                (assignments.c.status == "open") & (assignments.c.created_at > cutoff))
+            n_open = conn.execute(sa.select(sa.func.count()).select_from(assignments).where(
+                assignments.c.status == "open", assignments.c.created_at > cutoff)).scalar() or 0
+            counts = {item: n for item, n in conn.execute(
+                sa.select(assignments.c.item_id, sa.func.count()).where(live).group_by(assignments.c.item_id))}
+            seen = {a["item_id"] for a in mine} | set(exclude)
+            items = [_row(r) for r in conn.execute(sa.select(annotation_items)
+                                                   .where(annotation_items.c.kind.in_(list(kinds)))
+                                                   .order_by(annotation_items.c.created_at, annotation_items.c.id))]
+            candidates = []
+            for item in items:
+                n = counts.get(item["id"], 0)
+                if item["id"] not in seen and n < quota:
+                    item["payload"] = json.loads(item["payload"]) if item["payload"] else None
+                    candidates.append((item, n))
+            if not candidates:
+                return None
+            if n_open >= max_open_total:
+                raise LimitError("too many items are being judged right now", "busy")
+            item_id, pane_order = pick(candidates)
+            row = {"item_id": item_id, "judge_id": judge_id, "status": "open", "created_at": now(),
+                   "pane_order": json.dumps(list(pane_order)) if pane_order else None}
+            row["id"] = int(conn.execute(assignments.insert().values(**row)).inserted_primary_key[0])
+        row["pane_order"] = list(pane_order) if pane_order else None
+        row["completed_at"] = None
+        return row
+
     def assignments(self, judge_id: str | None = None, item_id: str | None = None) -> list[dict[str, Any]]:
         q = sa.select(assignments).order_by(assignments.c.id)
         if judge_id is not None:
@@ -571,39 +866,125 @@ class Store:
         with self.engine.connect() as conn:
             return {item: n for item, n in conn.execute(q)}
 
-    def submit_judgments(self, assignment_id: int, rows: Sequence[dict[str, Any]]) -> int:
+    def submit_judgments(self, assignment_id: int, rows: Sequence[dict[str, Any]], quota: int | None = None) -> int:
         """Pairwise judgments for an assigned conversation (aspect, arm_a, arm_b, outcome), atomically,
         closing the assignment; DuplicateError when it was already done."""
         return self._submit_assignment(assignment_id, judgments, rows, ("aspect", "arm_a", "arm_b", "outcome"),
-                                       extra=lambda a: {"conversation_id": a["item_id"]})
+                                       extra=lambda a: {"conversation_id": a["item_id"]}, quota=quota)
 
-    def submit_likert(self, assignment_id: int, scores: dict[str, int]) -> int:
+    def submit_likert(self, assignment_id: int, scores: dict[str, int], quota: int | None = None) -> int:
         """Likert scores (aspect -> score) for an assigned dataset dialogue, atomically."""
         rows = [{"aspect": k, "score": int(v)} for k, v in scores.items()]
         return self._submit_assignment(assignment_id, likert_ratings, rows, ("aspect", "score"),
-                                       extra=lambda a: {"item_id": a["item_id"]})
+                                       extra=lambda a: {"item_id": a["item_id"]}, quota=quota)
 
     def _submit_assignment(self, assignment_id: int, table: sa.Table, rows: Sequence[dict[str, Any]],
-                           keys: tuple[str, ...], extra: Callable[[dict], dict]) -> int:
+                           keys: tuple[str, ...], extra: Callable[[dict], dict], quota: int | None = None) -> int:
+        """LimitError "quota" when the item already has `quota` submitted judgments (a late judge whose
+        assignment went stale: the assignment is closed as "expired"), "revoked" for a revoked judge."""
         stamp = now()
+        full = False
         try:
-            with self.engine.begin() as conn:
+            with self._write("assignments") as conn:
                 a = conn.execute(sa.select(assignments).where(assignments.c.id == assignment_id)).first()
                 if a is None:
                     raise ValueError(f"no assignment {assignment_id}")
                 a = _row(a)
-                updated = conn.execute(assignments.update().where(
-                    assignments.c.id == assignment_id, assignments.c.status == "open"
-                ).values(status="done", completed_at=stamp)).rowcount
-                if updated != 1:
-                    raise DuplicateError("this assignment was already submitted")
-                conn.execute(table.insert(), [
-                    {"assignment_id": assignment_id, "judge_id": a["judge_id"], "created_at": stamp,
-                     **extra(a), **{k: r[k] for k in keys}} for r in rows
-                ])
+                revoked = conn.execute(sa.select(participants.c.revoked_at)
+                                       .where(participants.c.id == a["judge_id"])).scalar()
+                if revoked is not None:
+                    raise LimitError("this judge code was revoked", "revoked")
+                if quota is not None and a["status"] == "open":
+                    done = conn.execute(sa.select(sa.func.count()).select_from(assignments).where(
+                        assignments.c.item_id == a["item_id"], assignments.c.status == "done")).scalar() or 0
+                    if done >= quota:
+                        conn.execute(assignments.update().where(assignments.c.id == assignment_id)
+                                     .values(status="expired", completed_at=stamp))
+                        full = True
+                if not full:
+                    updated = conn.execute(assignments.update().where(
+                        assignments.c.id == assignment_id, assignments.c.status == "open"
+                    ).values(status="done", completed_at=stamp)).rowcount
+                    if updated != 1:
+                        raise DuplicateError("this assignment was already submitted")
+                    conn.execute(table.insert(), [
+                        {"assignment_id": assignment_id, "judge_id": a["judge_id"], "created_at": stamp,
+                         **extra(a), **{k: r[k] for k in keys}} for r in rows
+                    ])
         except sa.exc.IntegrityError:
             raise DuplicateError("this assignment was already submitted") from None
+        if full:
+            raise LimitError("this item already has all the judgments it needs", "quota")
         return len(rows)
+
+    # ------------------------------------------------------------------------------ rate limits
+
+    def count_and_record(self, buckets: Sequence[tuple[str, int, float]], record: bool = True) -> str | None:
+        """For rate limits shared by all app processes: each (bucket, limit, window_s) is checked against
+        the events recorded within its window; the first bucket at its limit is returned (nothing is
+        recorded then), else None, after recording one event in every bucket when `record`. One write
+        transaction, so simultaneous attempts cannot all slip under a limit. Events older than a day are
+        deleted on the way."""
+        stamp = now()
+        with self._write("rate_events") as conn:
+            for bucket, limit, window_s in buckets:
+                n = conn.execute(sa.select(sa.func.count()).select_from(rate_events).where(
+                    rate_events.c.bucket == bucket, rate_events.c.at > ago(window_s))).scalar() or 0
+                if n >= limit:
+                    return bucket
+            if record:
+                conn.execute(rate_events.insert(), [{"bucket": b, "at": stamp} for b, _l, _w in buckets])
+            if secrets.randbelow(100) == 0:
+                conn.execute(rate_events.delete().where(rate_events.c.at < ago(86400)))
+        return None
+
+    # ------------------------------------------------------------------------------ judge invitations
+
+    def invite_judges(self, n: int, protocol: str = "") -> list[str]:
+        """`n` new judge codes (single-use invitations: each is one judge's identity), as the researcher
+        hands them out. Longer than participant codes: 16 characters (about 79 bits)."""
+        if not 1 <= int(n) <= 1000:
+            raise ValueError(f"number of judge invitations must be 1-1000, got {n}")
+        codes = []
+        for _ in range(int(n)):
+            for _attempt in range(20):
+                row = {"id": f"p-{uuid.uuid4().hex[:12]}", "code": new_code(4), "role": "judge",
+                       "consented_at": now(), "protocol": protocol}
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(participants.insert().values(**row))
+                    codes.append(row["code"])
+                    break
+                except sa.exc.IntegrityError:  # pragma: no cover - a code collision
+                    continue
+        return codes
+
+    def revoke_judge(self, code: str) -> int:
+        """Revoke a judge invitation: the code no longer opens /annotate, and the judge's unfinished items
+        are freed for others (their open assignments are deleted). Returns how many were freed; ValueError
+        when no judge has this code."""
+        code = normalize_code(code)
+        with self._write("assignments") as conn:
+            judge = conn.execute(sa.select(participants).where(participants.c.code == code,
+                                                               participants.c.role == "judge")).first()
+            if judge is None:
+                raise ValueError("no judge invitation with this code")
+            conn.execute(participants.update().where(participants.c.id == judge.id)
+                         .values(revoked_at=judge.revoked_at or now()))
+            freed = conn.execute(assignments.delete().where(assignments.c.judge_id == judge.id,
+                                                            assignments.c.status == "open")).rowcount
+        return int(freed)
+
+    def judges(self) -> list[dict[str, Any]]:
+        """Every judge invitation with its state and submitted items (for the dashboard)."""
+        done = sa.select(assignments.c.judge_id, sa.func.count().label("n")).where(
+            assignments.c.status == "done").group_by(assignments.c.judge_id).subquery()
+        q = (sa.select(participants.c.id, participants.c.code, participants.c.consented_at, participants.c.revoked_at,
+                       sa.func.coalesce(done.c.n, 0).label("done"))
+             .outerjoin(done, done.c.judge_id == participants.c.id)
+             .where(participants.c.role == "judge").order_by(participants.c.consented_at))
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
 
     # ------------------------------------------------------------------------------ exports
 

@@ -5,6 +5,9 @@ The browser holds the judge code and the current assignment id in hidden fields;
 them back and the annotation module checks that the assignment belongs to that code. Nothing shown
 names an arm, a model or a dataset; transcripts are HTML-escaped before Markdown rendering.
 
+Only invited judges get in: codes made by the researcher (`extes.study.annotation.invite_judges`);
+there is no way to make a code from this page.
+
 Hook: `extes.study.app.build_app` calls `build_annotate_ui(protocol, store, pool)` and mounts the
 returned Blocks at `/annotate`.
 """
@@ -19,9 +22,10 @@ from typing import Any
 import gradio as gr
 
 from extes.study import annotation as ann
+from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import PANES, Protocol
 from extes.study.store import Store
-from extes.study.ui_participant import safe_text
+from extes.study.ui_participant import StrictTextbox, _request, safe_text, with_request
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ is which. There are two kinds of items:
 - **Dataset dialogues**: one conversation between a person and a supporter. Score each quality from
   the lowest to the highest value of the scale.
 
-Enter your judge code to continue where you left off, or ask for a new one."""
+Enter the judge code the researchers gave you (it also brings you back to where you left off)."""
 
 
 def _chat(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
@@ -50,6 +54,7 @@ def _chat(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
 class AnnotateUI:
     def __init__(self, store: Store, protocol: Protocol):
         self.store = store
+        self.limiter = Limiter(store)
         self.protocol = protocol
         lo, hi = protocol.annotation.likert_scale
         self.scale = list(range(lo, hi + 1))
@@ -93,9 +98,18 @@ class AnnotateUI:
 
         @wraps(fn)
         def wrapper(*args):
+            client = client_of(_request(args))
             try:
+                self.limiter.check("code", client)  # code guessing: refused up front once over the limit
                 return fn(*args)
+            except RateLimited as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
             except ann.AnnotationError as exc:
+                if "unknown code" in str(exc):
+                    try:
+                        self.limiter.hit("code", client)
+                    except RateLimited:
+                        pass
                 raise gr.Error(str(exc), print_exception=False) from None
             except gr.Error:
                 raise
@@ -105,13 +119,11 @@ class AnnotateUI:
 
         return wrapper
 
-    def on_new(self):
-        return self._updates(ann.new_judge(self.store, self.protocol))
-
-    def on_login(self, code: str):
+    def on_login(self, code: str, request: gr.Request = None):
         return self._updates(ann.judge_by_code(self.store, code))
 
     def on_submit(self, code: str, assignment_id: str, *values):
+        values = tuple(v for v in values if not isinstance(v, gr.Request))
         judge = ann.judge_by_code(self.store, code)
         if not str(assignment_id or "").isdigit():
             raise ann.AnnotationError("No item is open; press 'Start judging' first.")
@@ -135,16 +147,14 @@ class AnnotateUI:
         """Build the page's components inside the current `gr.Blocks` (or route) context."""
         p = self.protocol
         gr.HTML(STYLE, padding=False)
-        code_box = gr.Textbox(visible=False, label="judge code")
-        assignment_box = gr.Textbox(visible=False, label="assignment")
+        code_box = StrictTextbox(visible=False, label="judge code")
+        assignment_box = StrictTextbox(visible=False, label="assignment")
         gr.Markdown(INTRO)
         code_md = gr.Markdown(visible=False)
         with gr.Column(visible=True) as login_col:
-            code_in = gr.Textbox(label="Judge code", max_lines=1, placeholder="XXXX-XXXX-XXXX",
+            code_in = StrictTextbox(label="Judge code", max_lines=1, placeholder="XXXX-XXXX-XXXX",
                                  elem_id="annotate-code")
-            with gr.Row():
-                login_btn = gr.Button("Start judging", variant="primary", elem_id="annotate-login")
-                new_btn = gr.Button("I am a new judge: give me a code", elem_id="annotate-new")
+            login_btn = gr.Button("Start judging", variant="primary", elem_id="annotate-login")
         status_md = gr.Markdown()
         self.pair_radios: list[gr.Radio] = []
         self.pair_keys: list[tuple[str, int]] = []
@@ -190,10 +200,13 @@ class AnnotateUI:
         self.outputs = [code_box, assignment_box, login_col, code_md, status_md, conv_col, *chats, dlg_col,
                         scene_md, dlg_chat, submit_btn, *self.pair_radios, *self.likert_radios]
         kw = dict(outputs=self.outputs, concurrency_limit=None)
-        new_btn.click(self._guard(self.on_new), inputs=None, api_name="annotate_new_judge", **kw)
         login_btn.click(self._guard(self.on_login), inputs=[code_in], api_name="annotate_login", **kw)
         code_in.submit(self._guard(self.on_login), inputs=[code_in], api_visibility="private", **kw)
-        submit_btn.click(self._guard(self.on_submit),
+        n_values = len(self.pair_radios) + len(self.likert_radios)
+        on_submit = with_request(lambda *a: self.on_submit(*a), ["code", "assignment_id",
+                                                                 *(f"v{i}" for i in range(n_values))])
+        on_submit.__name__ = "on_submit"
+        submit_btn.click(self._guard(on_submit),
                          inputs=[code_box, assignment_box, *self.pair_radios, *self.likert_radios],
                          api_name="annotate_submit", **kw)
 
@@ -204,8 +217,11 @@ def render_annotate(store: Store, protocol: Protocol) -> AnnotateUI:
     return ui
 
 
-def build_annotate_ui(protocol: Protocol, store: Store, pool: Any = None) -> gr.Blocks:
-    """The `/annotate` Blocks (mounted by extes.study.app.build_app)."""
+def build_annotate_ui(protocol: Protocol, store: Store, pool: Any = None) -> gr.Blocks | None:
+    """The `/annotate` Blocks (mounted by extes.study.app.build_app); None when the protocol turns
+    annotation off (`annotation.enabled: false`: the path then answers "not available")."""
+    if not protocol.annotation.enabled:
+        return None
     with gr.Blocks(title="Judging", analytics_enabled=False, fill_width=True) as demo:
         render_annotate(store, protocol)
     return demo

@@ -1,8 +1,9 @@
 """The participant page (`/`): Gradio 6 components wired to `extes.study.session.Study`.
 
 This module only draws: every rule lives in `Study`, every fact in the store. The browser holds the
-participant code and the current conversation id (hidden fields, plus the code in encrypted
-localStorage so a refresh resumes); each call sends them back and `Study` checks ownership.
+participant code and the current conversation id (hidden fields, plus the code in localStorage so a
+refresh resumes: BROWSER_NOTE says so on the page; Gradio's encryption of it uses a key every page
+receives, so it is not counted on); each call sends them back and `Study` checks ownership.
 
 Blinding: nothing here ever names an arm. Panes are "Model A/B/C"; errors from models are replaced by
 a generic message; unexpected exceptions become a generic error. Model output and participant text are
@@ -21,13 +22,28 @@ from typing import Any
 
 import gradio as gr
 
+from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import PANES
-from extes.study.session import PAIRS, SCENARIO_CHOICES, SessionView, Study, StudyRefusal, pane_label
+from extes.study.session import (
+    PAIRS,
+    SCENARIO_CHOICES,
+    SessionView,
+    Study,
+    StudyRefusal,
+    UnknownCode,
+    pane_label,
+)
 
 log = logging.getLogger(__name__)
 
 REPORT_OPTION = "This response is harmful"
 GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment."
+BROWSER_NOTE = ("This browser keeps your participant code (and nothing else) so that reloading the page brings "
+                "you back. Anyone using this browser could continue as you: on a shared computer, press "
+                "the button.")
+# Gradio's BrowserState encrypts with a key sent to every page: a fixed, public key says so honestly (and
+# works the same on every app process and after restarts).
+BROWSER_KEY = "not-a-secret:extes-study"
 STREAM_INTERVAL_S = 0.05  # at most ~20 page updates a second while replies stream
 CSS = """
 .extes-crisis {border: 2px solid #b91c1c; background: #fef2f2; padding: 0.8em; border-radius: 8px;}
@@ -37,13 +53,51 @@ CSS = """
 """
 
 
+def StrictTextbox(**kwargs: Any) -> gr.Textbox:  # noqa: N802 - used like a component class
+    """A Textbox that takes only text: Gradio's own turns a list sent to the API into its Python repr
+    (which was then stored). Control characters are refused by the study's checks, with the field named.
+    (An instance attribute, not a subclass: Gradio writes a .pyi file next to any component subclass.)"""
+    box = gr.Textbox(**kwargs)
+    label = kwargs.get("label") or "This field"
+
+    def preprocess(payload: Any) -> str | None:
+        if payload is not None and not isinstance(payload, str):
+            raise gr.Error(f"{label}: expected text.", print_exception=False)
+        return payload
+
+    box.preprocess = preprocess  # type: ignore[method-assign]
+    return box
+
+
+def with_request(fn: Callable, names: list[str]) -> Callable:
+    """Give a handler taking *args an explicit signature (names..., request: gr.Request), so Gradio passes
+    the request last (it only does so for a named parameter); used for the abuse limits."""
+    import inspect
+
+    P = inspect.Parameter
+    params = [P(n, P.POSITIONAL_OR_KEYWORD) for n in names]
+    params.append(P("request", P.POSITIONAL_OR_KEYWORD, annotation=gr.Request))
+    fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    fn.__annotations__ = {"request": gr.Request}  # Gradio reads the type hints, not the signature's
+    return fn
+
+
+def _request(args: tuple) -> gr.Request | None:
+    return next((a for a in args if isinstance(a, gr.Request)), None)
+
+
 def safe_text(text: str) -> str:
     """Text for a Markdown renderer that must show it literally: HTML escaped, images not loaded."""
     return html.escape(text or "", quote=False).replace("![", "!\\[")
 
 
+INTERRUPTED_NOTE = "\n\n*(this reply was interrupted)*"
+
+
 def _chat_value(pane_state) -> list[dict[str, str]]:
-    return [{"role": m["role"], "content": safe_text(m["content"]) or "…"} for m in pane_state.messages]
+    return [{"role": m["role"],
+             "content": (safe_text(m["content"]) or "…") + (INTERRUPTED_NOTE if m.get("interrupted") else "")}
+            for m in pane_state.messages]
 
 
 def _counter_text(view: SessionView, i: int) -> str:
@@ -57,11 +111,11 @@ def _counter_text(view: SessionView, i: int) -> str:
 class ParticipantUI:
     """Builds the Blocks and owns the mapping SessionView -> component updates."""
 
-    def __init__(self, study: Study, browser_secret: str | None = None, concurrency: int = 16):
+    def __init__(self, study: Study, concurrency: int = 16, limiter: Limiter | None = None):
         self.study = study
+        self.limiter = limiter
         self.concurrency = concurrency  # generating events at once (the pool batches them)
         self.protocol = study.protocol
-        self.browser_secret = browser_secret
 
     # ------------------------------------------------------------------------------ rendering
 
@@ -123,11 +177,25 @@ class ParticipantUI:
 
     # ------------------------------------------------------------------------------ handlers
 
+    def _limited(self, fn: Callable, args: tuple) -> None:
+        """Before a handler that takes a code: refuse a client (or everyone) over the code-guessing limit."""
+        if self.limiter is not None and fn.__name__ != "on_consent":
+            self.limiter.check("code", client_of(_request(args)))
+
+    def _count_guess(self, exc: BaseException, args: tuple) -> None:
+        if self.limiter is not None and isinstance(exc, UnknownCode):
+            try:
+                self.limiter.hit("code", client_of(_request(args)))
+            except RateLimited:
+                pass  # this refusal is shown; the next attempt is refused up front
+
     def _guard(self, n_outputs: int, fn: Callable) -> Callable:
         """Refusals: hints become a toast and change nothing; others a participant-safe error. Any other
         exception is logged (type only; never participant text) and shown as a generic error."""
 
         def handle(exc: BaseException):
+            if isinstance(exc, RateLimited):
+                raise gr.Error(str(exc), print_exception=False) from None
             if isinstance(exc, StudyRefusal):
                 if exc.hint:
                     gr.Warning(str(exc))
@@ -141,8 +209,10 @@ class ParticipantUI:
         @wraps(fn)
         def wrapper(*args):
             try:
+                self._limited(fn, args)
                 return fn(*args)
             except Exception as exc:  # noqa: BLE001 - translated for the browser
+                self._count_guess(exc, args)
                 return handle(exc)
 
         return wrapper
@@ -151,8 +221,12 @@ class ParticipantUI:
         @wraps(fn)
         def wrapper(*args):
             try:
+                self._limited(fn, args)
                 yield from fn(*args)
+            except RateLimited as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
             except StudyRefusal as exc:
+                self._count_guess(exc, args)
                 if exc.hint:
                     gr.Warning(str(exc))
                     yield [gr.skip() for _ in range(n_outputs)]
@@ -166,7 +240,7 @@ class ParticipantUI:
 
         return wrapper
 
-    def on_load(self, saved_code: str | None):
+    def on_load(self, saved_code: str | None, request: gr.Request = None):
         if saved_code:
             try:
                 return self._full(self.study.resume(saved_code))
@@ -174,13 +248,15 @@ class ParticipantUI:
                 pass
         return self._full(None)
 
-    def on_consent(self):
+    def on_consent(self, request: gr.Request = None):
+        if self.limiter is not None:
+            self.limiter.hit("consent", client_of(request))
         return self._full(self.study.consent())
 
-    def on_resume(self, code: str):
+    def on_resume(self, code: str, request: gr.Request = None):
         return self._full(self.study.resume(code))
 
-    def on_start(self, code: str, scenario: str, description: str):
+    def on_start(self, code: str, scenario: str, description: str, request: gr.Request = None):
         try:
             return self._full(self.study.start_conversation(code, scenario, description))
         except StudyRefusal as exc:
@@ -191,16 +267,23 @@ class ParticipantUI:
                     return self._full(view)
             raise
 
-    def on_next(self, code: str):
+    def on_next(self, code: str, request: gr.Request = None):
         return self._full(self.study.next_conversation(code))
 
-    def on_rate(self, code: str, conversation_id: str, *values):
-        *answers, comment = values
-        keyed = {key: value for (key, *_rest), value in zip(self.study.questions(), answers)}
-        return self._full(self.study.submit_rating(code, conversation_id, keyed, comment))
+    def make_rate(self) -> Callable:
+        """The rating handler: code, conversation id, one value per question, comment, and the request."""
+
+        def rate(*args):
+            code, conversation_id, *values = [a for a in args if not isinstance(a, gr.Request)]
+            *answers, comment = values
+            keyed = {key: value for (key, *_rest), value in zip(self.study.questions(), answers)}
+            return self._full(self.study.submit_rating(code, conversation_id, keyed, comment))
+
+        rate.__name__ = "on_rate"
+        return with_request(rate, ["code", "conversation_id", *(f"q{i}" for i in range(len(self.radios))), "comment"])
 
     def make_send(self, panes: str):
-        def send(code: str, conversation_id: str, text: str):
+        def send(code: str, conversation_id: str, text: str, request: gr.Request = None):
             cancel = threading.Event()
             stream = self.study.send(code, conversation_id, panes, text, cancel=cancel)
             first, last_sent, pending = True, 0.0, None
@@ -222,7 +305,7 @@ class ParticipantUI:
         return send
 
     def make_report(self, pane: str):
-        def report(code: str, conversation_id: str, data: gr.LikeData):
+        def report(code: str, conversation_id: str, data: gr.LikeData, request: gr.Request = None):
             index = data.index if isinstance(data.index, int) else data.index[0]
             self.study.report(code, conversation_id, pane, int(index), reason=str(data.liked))
             gr.Info("Thank you: the reply was reported to the researchers.")
@@ -235,24 +318,30 @@ class ParticipantUI:
     def build(self) -> gr.Blocks:
         p = self.protocol
         with gr.Blocks(title="Study", analytics_enabled=False, fill_width=True) as demo:
-            code_box = gr.Textbox(visible=False, label="code")
-            conv_box = gr.Textbox(visible=False, label="conversation")
-            saved_code = gr.BrowserState("", storage_key="extes-study-code", secret=self.browser_secret)
+            code_box = StrictTextbox(visible=False, label="code")
+            conv_box = StrictTextbox(visible=False, label="conversation")
+            # What this browser keeps (localStorage): the participant code, nothing else, so that a reload
+            # resumes. Gradio "encrypts" it with a key every visitor's page receives: that is no protection,
+            # so the page says plainly what is kept and offers to forget it (BROWSER_NOTE).
+            saved_code = gr.BrowserState("", storage_key="extes-study-code", secret=BROWSER_KEY)
             gr.Markdown(f"# {safe_text(p.title)}")
             code_md = gr.Markdown(visible=False, elem_classes=["extes-code"])
+            with gr.Row():
+                gr.Markdown(BROWSER_NOTE, elem_id="browser-note")
+                forget_btn = gr.Button("Forget my code on this browser", size="sm", scale=0, elem_id="forget-code")
             with gr.Column(visible=True) as consent_col:
                 gr.Markdown(p.consent)
                 if p.instructions:
                     gr.Markdown("**How it works.** " + p.instructions)
                 agree_btn = gr.Button("I agree", variant="primary")
                 with gr.Accordion("Coming back? Enter your participant code", open=False):
-                    resume_code = gr.Textbox(label="Participant code", max_lines=1, placeholder="XXXX-XXXX-XXXX")
+                    resume_code = StrictTextbox(label="Participant code", max_lines=1, placeholder="XXXX-XXXX-XXXX")
                     resume_btn = gr.Button("Continue with this code")
             progress_md = gr.Markdown(visible=False)
             with gr.Column(visible=False) as setup_col:
                 scenario = gr.Dropdown(choices=list(SCENARIO_CHOICES), value=None,
                                        label="What would you like to talk about?")
-                description = gr.Textbox(label="In one sentence, what is it about? (optional; not shown to the models)",
+                description = StrictTextbox(label="In one sentence, what is it about? (optional; not shown to the models)",
                                          max_lines=2)
                 start_btn = gr.Button("Start the conversation", variant="primary")
             with gr.Column(visible=False) as chat_col:
@@ -271,11 +360,11 @@ class ParticipantUI:
                                 allow_tags=False, allow_file_downloads=False, autoscroll=True,
                                 group_consecutive_messages=False, elem_classes=["extes-chat"],
                             ))
-                            boxes.append(gr.Textbox(show_label=False, placeholder=f"Message to {pane_label(pane)}",
+                            boxes.append(StrictTextbox(show_label=False, placeholder=f"Message to {pane_label(pane)}",
                                                     max_lines=6, lines=1))
                             buttons.append(gr.Button(f"Send to {pane_label(pane)}"))
                 with gr.Row():
-                    all_box = gr.Textbox(label="Send the same message to all three models", max_lines=6, lines=1,
+                    all_box = StrictTextbox(label="Send the same message to all three models", max_lines=6, lines=1,
                                          scale=4)
                     all_btn = gr.Button("Send to all", variant="primary", scale=1)
                 rate_hint = gr.Markdown()
@@ -292,7 +381,7 @@ class ParticipantUI:
                                              (f"{pane_label(right)} better", "right")],
                                     label=f"{pane_label(left)} vs {pane_label(right)}", value=None,
                                 ))
-                    comment = gr.Textbox(label="Anything you would like to add? (optional)", lines=2, max_lines=8)
+                    comment = StrictTextbox(label="Anything you would like to add? (optional)", lines=2, max_lines=8)
                     submit_btn = gr.Button("Submit ratings", variant="primary")
             with gr.Column(visible=False) as thanks_col:
                 thanks_md = gr.Markdown()
@@ -305,13 +394,17 @@ class ParticipantUI:
             n_full = len(self.full_outputs)
             full = dict(outputs=self.full_outputs, concurrency_limit=None)
 
+            forget_btn.click(lambda: ("", gr.update(value="Your code is no longer kept in this browser. "
+                                                     "Write it down if you want to come back.")),
+                             inputs=None, outputs=[saved_code, code_md], api_visibility="private",
+                             concurrency_limit=None)
             demo.load(self._guard(n_full, self.on_load), inputs=[saved_code], api_visibility="private", **full)
             agree_btn.click(self._guard(n_full, self.on_consent), inputs=None, api_name="consent", **full)
             resume_btn.click(self._guard(n_full, self.on_resume), inputs=[resume_code], api_name="resume", **full)
             start_btn.click(self._guard(n_full, self.on_start), inputs=[code_box, scenario, description],
                             api_name="start", **full)
             next_btn.click(self._guard(n_full, self.on_next), inputs=[code_box], api_name="next", **full)
-            submit_btn.click(self._guard(n_full, self.on_rate), inputs=[code_box, conv_box, *self.radios, comment],
+            submit_btn.click(self._guard(n_full, self.make_rate()), inputs=[code_box, conv_box, *self.radios, comment],
                              api_name="rate", **full)
             for pane, box, btn, chat in zip(PANES, boxes, buttons, chats):
                 outs = [*self.chat_outputs, box]
@@ -331,5 +424,5 @@ class ParticipantUI:
         return demo
 
 
-def build_participant_ui(study: Study, browser_secret: str | None = None, concurrency: int = 16) -> gr.Blocks:
-    return ParticipantUI(study, browser_secret, concurrency).build()
+def build_participant_ui(study: Study, concurrency: int = 16, limiter: Limiter | None = None) -> gr.Blocks:
+    return ParticipantUI(study, concurrency, limiter).build()

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import hmac
 import html
+import io
 import logging
 import os
 import re
-import tempfile
+import secrets
+import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
@@ -31,6 +34,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import Protocol
 from extes.study.store import Store
 
@@ -182,9 +186,9 @@ def conversation_list(store: Store) -> pd.DataFrame:
     flagged = {f["conversation_id"] for f in store.flags()} | {r["conversation_id"] for r in store.reports()}
     cols = ["conversation_id", "participant_id", "seq", "status", "scenario", "arms (A, B, C)", "flagged",
             "created_at"]
-    rows = [{"conversation_id": c["id"], "participant_id": c["participant_id"], "seq": c["seq"],
-             "status": c["status"], "scenario": c["scenario"], "arms (A, B, C)": ", ".join(c["arm_order"]),
-             "flagged": "yes" if c["id"] in flagged else "", "created_at": c["created_at"]}
+    rows = [{"conversation_id": c.id, "participant_id": c.participant_id, "seq": c.seq,
+             "status": c.status, "scenario": c.scenario, "arms (A, B, C)": ", ".join(c.arm_order),
+             "flagged": "yes" if c.id in flagged else "", "created_at": c.created_at}
             for c in reversed(store.all_conversations())]
     return pd.DataFrame(rows, columns=cols)
 
@@ -199,14 +203,14 @@ def transcript(store: Store, conversation_id: str) -> tuple[str, pd.DataFrame]:
     conv = store.conversation((conversation_id or "").strip()) if conversation_id else None
     if conv is None:
         return "No such conversation.", pd.DataFrame(columns=TRANSCRIPT_COLUMNS)
-    arms = ", ".join(f"{p} = {a}" for p, a in zip("ABC", conv["arm_order"]))
-    n_flags = len(store.flags(conv["id"])) + len(store.reports(conv["id"]))
-    head = (f"Conversation {conv['id']} ({conv['status']}): panes {arms}; scenario: {conv['scenario']}; "
+    arms = ", ".join(f"{p} = {a}" for p, a in zip("ABC", conv.arm_order))
+    n_flags = len(store.flags(conv.id)) + len(store.reports(conv.id))
+    head = (f"Conversation {conv.id} ({conv.status}): panes {arms}; scenario: {conv.scenario}; "
             f"{n_flags} flag(s)/report(s)")
-    msgs = store.messages(conv["id"])
+    msgs = store.messages(conv.id)
     frame = pd.DataFrame([{c: m.get(c) for c in TRANSCRIPT_COLUMNS} for m in msgs], columns=TRANSCRIPT_COLUMNS)
-    if conv.get("comment"):
-        frame = pd.concat([frame, pd.DataFrame([{"pane": "", "role": "comment", "text": conv["comment"]}])],
+    if conv.comment:
+        frame = pd.concat([frame, pd.DataFrame([{"pane": "", "role": "comment", "text": conv.comment}])],
                           ignore_index=True)
     return head, frame.sort_values("pane", kind="stable").reset_index(drop=True)
 
@@ -231,21 +235,72 @@ class NotLoggedIn(PermissionError):
     pass
 
 
+class OneTimeDownloads:
+    """Exports handed to a logged-in researcher: the CSVs zipped in memory under a random token, served
+    once by build_app's `/research-download/<token>` route within `ttl_s`. Nothing is written to disk, so
+    no temporary export folder is left behind, and Gradio's file route (which serves files to anyone who
+    knows their path) never sees them. Process-local: sticky sessions send the link to the same process."""
+
+    def __init__(self, ttl_s: float = 300.0):
+        self.ttl_s = ttl_s
+        self._items: dict[str, tuple[float, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, data: bytes) -> str:
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            now = time.monotonic()
+            self._items = {k: v for k, v in self._items.items() if v[0] > now}
+            self._items[token] = (now + self.ttl_s, data)
+        return token
+
+    def take(self, token: str) -> bytes | None:
+        with self._lock:
+            item = self._items.pop(str(token), None)
+        if item is None or item[0] < time.monotonic():
+            return None
+        return item[1]
+
+
+def export_zip(store: Store) -> bytes:
+    """votes.csv, judge_votes.csv and ratings.csv (as `export_csvs` writes them) in one zip, in memory."""
+    frames = (store.votes_frame("participant"), store.votes_frame("judge"), store.ratings_frame())
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, frame in zip(EXPORTS, frames):
+            zf.writestr(name, frame.to_csv(index=False))
+    return buf.getvalue()
+
+
 class Dashboard:
     """What the dashboard's buttons do, without Gradio: each call takes the session's login state
     (`ok`, kept server-side in a gr.State) and refuses with NotLoggedIn when it is False."""
 
-    def __init__(self, store: Store, protocol: Protocol):
+    def __init__(self, store: Store, protocol: Protocol, downloads: OneTimeDownloads | None = None):
         self.store = store
         self.protocol = protocol
+        self.limiter = Limiter(store)
+        self.downloads = downloads or OneTimeDownloads()
 
-    def login(self, given: str | None) -> list[str]:
+    def login(self, given: str | None, client: str | None = None) -> list[str]:
         """The arm names (for the reference choice) when the password is right; NotLoggedIn otherwise,
-        after a delay that slows down guessing. The UI preselects the last one (in the default and paper
-        protocols, the strategy-trained arm the paper compares against the others)."""
-        if not password_ok(given):
+        after a delay that slows down guessing. Wrong passwords lock the dashboard for the client, and
+        for everyone after many (extes.study.limits): while locked even the right password is refused.
+        The UI preselects the last arm (in the default and paper protocols, the strategy-trained arm the
+        paper compares against the others)."""
+        if research_password() is None:
+            raise NotLoggedIn(OFF_MESSAGE)
+        try:
+            self.limiter.check("password", client)
+        except RateLimited as exc:
+            raise NotLoggedIn(str(exc)) from None
+        if not isinstance(given, str) or not password_ok(given):
             time.sleep(FAIL_DELAY_S)
-            raise NotLoggedIn("Wrong password." if research_password() else OFF_MESSAGE)
+            try:
+                self.limiter.hit("password", client)
+            except RateLimited as exc:
+                raise NotLoggedIn(str(exc)) from None
+            raise NotLoggedIn("Wrong password.")
         # The protocol's arms first, then any other arm the database holds votes for (an earlier protocol).
         votes = self.store.votes_frame("all")
         seen = sorted(set(votes["arm_a"]) | set(votes["arm_b"]))
@@ -270,15 +325,39 @@ class Dashboard:
         self._check(ok)
         return transcript(self.store, conversation_id)
 
-    def export(self, ok: bool) -> list[Path]:
+    def invite(self, ok: bool, n: Any) -> list[str]:
+        """`n` new judge codes (single-use invitations for /annotate)."""
         self._check(ok)
-        return export_csvs(self.store, tempfile.mkdtemp(prefix="extes-export-"))
+        try:
+            count = int(n)
+        except (TypeError, ValueError):
+            raise ValueError("number of judge invitations must be a whole number") from None
+        from extes.study.annotation import invite_judges
+
+        return invite_judges(self.store, self.protocol, count)
+
+    def revoke(self, ok: bool, code: str) -> int:
+        """Revoke a judge code; returns how many unfinished items were freed."""
+        self._check(ok)
+        return self.store.revoke_judge(str(code or ""))
+
+    def judges(self, ok: bool) -> pd.DataFrame:
+        self._check(ok)
+        rows = self.store.judges()
+        return pd.DataFrame([{"judge_id": r["id"], "code": r["code"], "created_at": r["consented_at"],
+                              "revoked": "yes" if r["revoked_at"] else "", "submitted": r["done"]} for r in rows],
+                            columns=["judge_id", "code", "created_at", "revoked", "submitted"])
+
+    def export(self, ok: bool) -> str:
+        """A one-time download token for the zipped CSVs (see OneTimeDownloads)."""
+        self._check(ok)
+        return self.downloads.put(export_zip(self.store))
 
 
 # ------------------------------------------------------------------------------------------- UI
 
 
-def render_research(store: Store, protocol: Protocol) -> None:
+def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownloads | None = None) -> None:
     """Build the dashboard's components inside the current `gr.Blocks` context."""
     gr.Markdown("# Researcher dashboard")
     if research_password() is None:
@@ -318,12 +397,20 @@ def render_research(store: Store, protocol: Protocol) -> None:
             show_btn = gr.Button("Show transcript", scale=1)
         conv_head = gr.Markdown()
         conv_msgs = gr.Dataframe(interactive=False, wrap=True, visible=False)
+        gr.Markdown("## Judges\nJudges need a code from you: each code is one judge's single-use invitation "
+                    "to `/annotate`. Revoking a code locks it out and frees its unfinished items.")
+        with gr.Row():
+            n_invites = gr.Number(label="How many judge codes", value=1, precision=0, minimum=1, maximum=1000, scale=1)
+            invite_btn = gr.Button("Create judge codes", scale=1, elem_id="research-invite")
+            revoke_code = gr.Textbox(label="Judge code to revoke", max_lines=1, scale=2)
+            revoke_btn = gr.Button("Revoke", scale=1, elem_id="research-revoke")
+        invites_md = gr.Markdown(elem_id="research-invites")
+        judges_df = gr.Dataframe(interactive=False, visible=False)
         gr.Markdown("## Downloads")
         export_btn = gr.Button("Prepare CSV downloads", elem_id="research-export")
-        files = gr.File(label="votes.csv, judge_votes.csv, ratings.csv", file_count="multiple", interactive=False,
-                        visible=False)
+        files = gr.Markdown(elem_id="research-download")
 
-    board_fns = Dashboard(store, protocol)
+    board_fns = Dashboard(store, protocol, downloads)
 
     def guarded(fn):
         @wraps(fn)
@@ -338,8 +425,8 @@ def render_research(store: Store, protocol: Protocol) -> None:
         return wrapper
 
     @guarded
-    def login(given: str):
-        arms = board_fns.login(given)
+    def login(given: str, request: gr.Request = None):
+        arms = board_fns.login(given, client_of(request))
         return (True, gr.update(visible=False), gr.update(visible=True),
                 gr.update(choices=arms, value=arms[-1] if arms else None))
 
@@ -378,7 +465,26 @@ def render_research(store: Store, protocol: Protocol) -> None:
 
     @guarded
     def export(ok: bool):
-        return gr.update(value=[str(p) for p in board_fns.export(ok)], visible=True)
+        token = board_fns.export(ok)
+        return (f"[Download votes.csv, judge_votes.csv and ratings.csv (zip)](/research-download/{token}) "
+                "(one download, within 5 minutes)")
+
+    @guarded
+    def invite(ok: bool, n):
+        codes = board_fns.invite(ok, n)
+        text = "New judge codes (give one to each judge):\n\n```\n" + "\n".join(codes) + "\n```"
+        return text, frame(board_fns.judges(ok))
+
+    @guarded
+    def revoke(ok: bool, code: str):
+        try:
+            freed = board_fns.revoke(ok, code)
+        except ValueError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return f"Revoked; {freed} unfinished item(s) freed.", frame(board_fns.judges(ok))
+
+    invite_btn.click(invite, [authed, n_invites], [invites_md, judges_df], **dict(api_visibility="private"))
+    revoke_btn.click(revoke, [authed, revoke_code], [invites_md, judges_df], **dict(api_visibility="private"))
 
     outputs = [counts_md, wtl_note, wtl_table, wtl_plot, wtl_rows, agree_note, agree_table,
                quality, flags_df, convs_df, flags_note]
@@ -396,7 +502,10 @@ def render_research(store: Store, protocol: Protocol) -> None:
 
 
 def build_research_ui(protocol: Protocol, store: Store, pool: Any = None):
-    """The `/research` Blocks (mounted by extes.study.app.build_app)."""
+    """The `/research` Blocks (mounted by extes.study.app.build_app, which serves `demo.extes_downloads`
+    at /research-download/<token>)."""
+    downloads = OneTimeDownloads()
     with gr.Blocks(title="Study dashboard", analytics_enabled=False, fill_width=True) as demo:
-        render_research(store, protocol)
+        render_research(store, protocol, downloads)
+    demo.extes_downloads = downloads
     return demo

@@ -1,0 +1,85 @@
+"""Blinding (issue 13): no strategy tag reaches a participant or a judge, and the panes cannot be told
+apart by when their text appears.
+
+Before: only a leading "[Strategy]" tag was stripped (a second or mid-reply tag was shown, in the strategy
+arm's pane only), and the strategy pane's first text came about 400 ms after the others in 8 of 8 sends.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from study_helpers import ARM_NAMES, FakePool, full_answers, make_protocol
+
+from extes.study import annotation as ann
+from extes.study.blinding import strip_tags, visible_so_far
+from extes.study.session import Study
+from extes.study.store import Store
+
+TAGS = {2: "[Emotional Validation]", 4: "[ev]", 5: "[offer HOPE]"}  # mid-reply, any case, abbreviations
+
+
+@pytest.mark.parametrize("text, clean, found", [
+    ("[Emotional Validation] That sounds hard.", "That sounds hard.", ["Emotional Validation"]),
+    ("That is hard. [Offer Hope] It gets better.", "That is hard. It gets better.", ["Offer Hope"]),
+    ("Hi [rs]there [CLA] ok", "Hi there ok", ["Reflective Statements", "Clarification"]),
+    ("[Question] What happened?", "What happened?", ["Question"]),  # ESConv's taxonomy too
+    ("A note [sic] and [1] stay.", "A note [sic] and [1] stay.", []),  # not strategy tags
+])
+def test_every_tag_of_the_taxonomy_is_stripped_anywhere(text, clean, found):
+    assert strip_tags(text) == (clean, found)
+
+
+def test_an_unfinished_tag_is_held_back_while_streaming():
+    assert visible_so_far("That is hard. [Emot") == "That is hard."
+    assert visible_so_far("That is hard. [Emotional Validation] I") == "That is hard. I"
+    assert visible_so_far("see [" + "x" * 80) == "see [" + "x" * 80  # too long to become a tag
+
+
+def test_no_tag_is_shown_stored_as_text_or_shown_to_judges(tmp_path):
+    protocol = make_protocol(tmp_path, min_turns=1, conversations=1,
+                             annotation={"judges_see_conversations": True})
+    store = Store(tmp_path / "s.sqlite")
+    study = Study(protocol, store, FakePool(late_arm=ARM_NAMES[2], tags=TAGS,
+                                            reply_attrs={"dtype": "bfloat16", "engine_version": "e-2"}))
+    view = study.start_conversation(study.consent().code, "Academic Stress")
+    views = list(study.send(view.code, view.conversation_id, "ABC", "hello"))
+    for v in views:
+        shown = " ".join(m["content"] for p in v.panes for m in p.messages)
+        assert "[" not in shown and "Validation" not in shown, shown
+    pane = "ABC"[store.conversation(view.conversation_id).arm_order.index(ARM_NAMES[2])]
+    [reply] = [m for m in store.messages(view.conversation_id, pane) if m["role"] == "assistant"]
+    assert "[" not in reply["text"] and "[ev]" in reply["raw_text"]  # raw text kept for analysis
+    assert reply["strategies"] == ["Emotional Validation", "Emotional Validation", "Offer Hope"]
+    assert (reply["dtype"], reply["engine_version"]) == ("bfloat16", "e-2")  # the engine's, when it has them
+    study.submit_rating(view.code, view.conversation_id, full_answers(study))
+    ann.sync_items(store, protocol)
+    judge = ann.new_judge(store, protocol)["id"]
+    a = ann.next_assignment(store, protocol, judge)
+    assert "[" not in " ".join(text for turns in ann.item_view(store, judge, a["id"]).panes for _r, text in turns)
+
+
+def test_over_20_sends_no_pane_is_first_or_last_by_timing(tmp_path):
+    """The arm that starts late (as a strategy arm does while its tag is held back) sits in every pane
+    over the sends; in each send, all panes show their first words in the same update and complete in
+    the same update, so no pane is systematically first or last."""
+    protocol = make_protocol(tmp_path, min_turns=1, conversations=1)
+    store = Store(tmp_path / "s.sqlite")
+    study = Study(protocol, store, FakePool(late_arm=ARM_NAMES[2], late_steps=4, words=8),
+                  rng=random.Random(0))
+    late_panes = set()
+    for i in range(20):
+        view = study.start_conversation(study.consent().code, "Academic Stress")
+        late_panes.add("ABC"[store.conversation(view.conversation_id).arm_order.index(ARM_NAMES[2])])
+        views = list(study.send(view.code, view.conversation_id, "ABC", f"hello {i}"))
+        first, complete = {}, {}
+        for n, v in enumerate(views):
+            for ps in v.panes:
+                if ps.messages[-1]["role"] == "assistant" and ps.messages[-1]["content"]:
+                    first.setdefault(ps.pane, n)
+                if ps.turns == 1:
+                    complete.setdefault(ps.pane, n)
+        assert len(set(first.values())) == 1, (i, first)  # first words: same update for all panes
+        assert len(set(complete.values())) == 1, (i, complete)  # completion: same update
+    assert late_panes == {"A", "B", "C"}
