@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Debian packages for the tests: Chromium for the real-browser test (Playwright drives /usr/bin/chromium),
-# WordNet for METEOR's synonym matching (without it METEOR runs on exact and stem matches and says so).
+# WordNet for METEOR's synonym matching (without it METEOR runs on exact and stem matches and says so),
+# PostgreSQL for the store's tests on a throwaway cluster, LaTeX (booktabs) to compile `extes report`'s tables.
 system-deps:
 	@(command -v chromium >/dev/null 2>&1 && test -d /usr/share/wordnet) \
 	  || apt-get install -y -qq --no-install-recommends chromium wordnet-base >/dev/null 2>&1 \
@@ -44,6 +45,10 @@ system-deps:
 	  || apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null) \
 	  || echo "warning: could not install postgresql; the PostgreSQL study tests will be skipped"
+	@(command -v pdflatex >/dev/null 2>&1 && kpsewhich booktabs.sty >/dev/null 2>&1) \
+	  || apt-get install -y -qq --no-install-recommends texlive-latex-base texlive-latex-recommended >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq --no-install-recommends texlive-latex-base texlive-latex-recommended >/dev/null) \
+	  || echo "warning: could not install LaTeX; the report's compile test will be skipped"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -101,7 +101,7 @@ def counts_markdown(counts: dict[str, int]) -> str:
 
 @dataclass
 class WinTieLossView:
-    table: pd.DataFrame | None = None  # paper layout: "W / T / L" percent per aspect, * for p < 0.05
+    table: pd.DataFrame | None = None  # paper layout: "W / T / L" percent per aspect, * for corrected p < 0.05
     rows: pd.DataFrame | None = None  # one row per opponent and aspect: %, counts, p-value, CI
     figure: Any = None
     note: str = ""
@@ -127,10 +127,16 @@ def win_tie_loss_view(store: Store, reference: str | None, source: str = "partic
     rows = result.rows.copy()
     for col in ("win", "tie", "loss"):
         rows[col] = (100 * rows[col]).round(1)
-    cols = ["opponent", "aspect", "win", "tie", "loss", "n", "n_win", "n_tie", "n_loss", "p_value", "ci_low", "ci_high"]
+    cols = ["opponent", "aspect", "win", "tie", "loss", "n", "n_win", "n_tie", "n_loss", "p_value", "p_adjusted",
+            "ci_low", "ci_high"]
+    from extes.analysis.pairwise import CORRECTION_NAMES
+
     note = (f"Reference arm: {reference}; {result.sessions} rating session(s). Win / tie / loss in %; "
-            "p: two-sided sign test on wins vs losses (ties left out), * marks p < 0.05; "
+            "p: two-sided sign test on wins vs losses (ties left out); p_adjusted: corrected over the table's "
+            f"{result.tests} tests ({CORRECTION_NAMES[result.correction]}); * marks p_adjusted < 0.05; "
             f"CI: {round(100 * result.confidence)}% session-bootstrap interval of win - loss ({n_boot} resamples).")
+    if result.notes:
+        note += " " + " ".join(result.notes)
     return WinTieLossView(result.table(), rows[cols], plot_win_tie_loss(result), note)
 
 
@@ -376,7 +382,7 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
         counts_md = gr.Markdown(elem_id="research-counts")
         gr.Markdown("## Win / tie / loss per aspect")
         wtl_note = gr.Markdown()
-        wtl_table = gr.Dataframe(label="W / T / L (%), * p < 0.05", interactive=False, wrap=True)
+        wtl_table = gr.Dataframe(label="W / T / L (%), * corrected p < 0.05", interactive=False, wrap=True)
         wtl_plot = gr.Plot(label="Win / tie / loss")
         wtl_rows = gr.Dataframe(label="Details: counts, sign-test p-value, bootstrap CI", interactive=False, wrap=True)
         gr.Markdown("## Agreement")
