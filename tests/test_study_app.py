@@ -274,3 +274,12 @@ def test_concurrent_participants_through_the_api_never_mix(served):
             assert users == [f"participant {i} says 0", f"participant {i} says 1"]
         stored = [m["text"] for m in store.messages(conv) if m["role"] == "user"]
         assert all(s.startswith(f"participant {i} ") for s in stored) and len(stored) == 6
+
+
+def test_pages_open_with_or_without_the_trailing_slash(served):
+    """`/annotate` and `/research` as typed in an address bar: not the participant page's 404."""
+    server, _ = served
+    base = server.url.rstrip("/")
+    for path in ("/annotate", "/research"):
+        with urllib.request.urlopen(base + path, timeout=30) as r:  # follows the redirect
+            assert r.status == 200 and r.url.rstrip("/").endswith(path)

@@ -17,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from extes.study.limits import Limiter
 from extes.study.protocol import Protocol
@@ -120,6 +120,9 @@ def build_app(protocol: Protocol, store: Store, pool: Any, concurrency: int = 16
         if blocks is None:
             app.add_api_route(path, lambda p=path: _not_available(p), methods=["GET"], include_in_schema=False)
         else:
+            # `/annotate` (no slash) would fall through to the participant page's mount and 404 there.
+            app.add_api_route(path, lambda p=path: RedirectResponse(p + "/", status_code=307), methods=["GET"],
+                              include_in_schema=False)
             blocks.queue(default_concurrency_limit=concurrency)
             gr.mount_gradio_app(app, blocks, path=path, theme=offline_theme(), **_MOUNT_KWARGS)
     demo = build_participant_ui(study, concurrency=concurrency, limiter=Limiter(store))
