@@ -63,6 +63,7 @@ def create_engine(base: str, adapters=(), dtype: str | None = "auto", **kwargs) 
     legacy = None if dtype in (None, "auto") else dtype
     kwargs.pop("kv_cache_bytes", None)
     kwargs.pop("prefill_chunk", None)
+    kwargs.pop("device", None)
     return LocalEngine(base, adapters=adapters, dtype=legacy, **kwargs)
 
 
@@ -98,7 +99,8 @@ class FastEngine(LocalEngine):
         for i, path in enumerate(adapters):
             self._adapter_names[path] = f"adapter_{i}"
         self._adapter_index = {None: -1, **{p: i for i, p in enumerate(adapters)}}
-        self.fast = FastLlama(model, loras, dtype=self.precision.torch_dtype, prepack=self._prepack)
+        self.fast = FastLlama(model, loras, dtype=self.precision.torch_dtype, prepack=self._prepack,
+                              device=self._device)
         self.kv_cache = PrefixCache(self._kv_cache_bytes)
         self._kv = None  # batch KV buffers: per layer (slots, 2, n_kv, capacity, head_dim)
         log.info("fast engine on %s: %s weights (%s), %d adapter(s), matmuls via %s", Path(str(base)).name,
@@ -109,10 +111,16 @@ class FastEngine(LocalEngine):
         self.window = min(self.window, self.fast.window)
         self.model = None  # the fast forward holds its own copy of the weights
         self.prefill_tokens = 0  # prompt tokens run through the model (tests, benchmarks)
+        self.step_times: deque[tuple[int, float]] = deque(maxlen=4096)  # (rows, seconds) per decode step
 
     # -- the forward pass (tests monkeypatch this) -------------------------------------------------------
 
     def _forward(self, ids, starts, kv, row_adapter):
+        if self._device != "cpu":
+            dev = self.fast.device
+            ids, starts = ids.to(dev), starts.to(dev)
+            row_adapter = None if row_adapter is None else row_adapter.to(dev)
+            return self.fast.forward(ids, starts, kv, row_adapter).cpu()
         return self.fast.forward(ids, starts, kv, row_adapter)
 
     # -- worker ---------------------------------------------------------------------------------------------
@@ -213,6 +221,7 @@ class FastEngine(LocalEngine):
 
     def _decode_step(self, rows: list[_Row]) -> None:
         torch = self._torch
+        t0 = time.perf_counter()
         b = len(rows)
         ids = torch.tensor([[r.last_token] for r in rows], dtype=torch.long)
         starts = torch.tensor([r.length for r in rows], dtype=torch.long)
@@ -226,6 +235,7 @@ class FastEngine(LocalEngine):
                 r.finish = "cancelled"
                 continue
             self._accept(r, _sample(logits[i], r.req.settings, r.seen, r.generator))
+        self.step_times.append((b, time.perf_counter() - t0))
         done = [i for i, r in enumerate(rows) if r.finish is not None]
         for i in reversed(done):  # from the end, so moving the last row into slot i is always valid
             row = rows[i]

@@ -82,10 +82,11 @@ class Kernel:
     """A base linear with fixed weights. `prepack` uses a private packed op when it exists and agrees with
     `F.linear` on a probe input; otherwise (or with prepack=False) the public `F.linear` path runs."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, prepack: bool = True):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, prepack: bool = True,
+                 device: str = "cpu"):
         self.dtype = dtype
-        self.weight = weight.detach().to(dtype).contiguous()
-        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.weight = weight.detach().to(device=device, dtype=dtype).contiguous()
+        self.bias = None if bias is None else bias.detach().float().to(device).contiguous()
         self.out_features = self.weight.shape[0]
         self.packed_with = "F.linear"
         self._run = self._public
@@ -199,7 +200,7 @@ class GroupLora:
     """All adapters' LoRA for one fused projection group of one layer: y += ((x @ A_t) * mask) @ B."""
 
     def __init__(self, names: tuple[str, ...], outs: list[int], in_features: int, layer: int,
-                 adapters: list[LoraWeights]):
+                 adapters: list[LoraWeights], device: str = "cpu"):
         cols_a: list[torch.Tensor] = []
         blocks_b: list[torch.Tensor] = []
         owner: list[int] = []
@@ -222,13 +223,18 @@ class GroupLora:
                 owner += [ai] * a.shape[0]
         self.empty = not cols_a
         if not self.empty:
-            self.a_t = torch.cat(cols_a, 0).t().contiguous()  # (in, R)
-            self.b = torch.cat(blocks_b, 0).contiguous()  # (R, out)
-            self.owner = torch.tensor(owner, dtype=torch.long)  # (R,) adapter index of each column
+            self.a_t = torch.cat(cols_a, 0).t().contiguous().to(device)  # (in, R)
+            self.b = torch.cat(blocks_b, 0).contiguous().to(device)  # (R, out)
+            self.owner = torch.tensor(owner, dtype=torch.long, device=device)  # (R,) adapter index per column
+            self.owner_key = tuple(owner)
 
-    def delta_into(self, y: torch.Tensor, x: torch.Tensor, row_adapter: torch.Tensor) -> torch.Tensor:
-        """y + each row's own adapter delta. row_adapter: (N,) adapter index per row, -1 for none."""
-        mask = (row_adapter[:, None] == self.owner[None, :]).to(x.dtype)
+    def delta_into(self, y: torch.Tensor, x: torch.Tensor, row_adapter: torch.Tensor, masks: dict) -> torch.Tensor:
+        """y + each row's own adapter delta. row_adapter: (N,) adapter index per row, -1 for none. `masks`
+        caches the (N, R) row masks for one forward pass (layers share their column layout)."""
+        key = self.owner_key
+        mask = masks.get(key)
+        if mask is None:
+            mask = masks[key] = (row_adapter[:, None] == self.owner[None, :]).to(x.dtype)
         return torch.addmm(y, (x @ self.a_t) * mask, self.b)
 
 
@@ -240,10 +246,10 @@ class _Linear:
     def __init__(self, kernel: Kernel, lora: GroupLora | None):
         self.kernel, self.lora = kernel, lora
 
-    def __call__(self, x, row_adapter):
+    def __call__(self, x, row_adapter, masks):
         y = self.kernel(x)
-        if row_adapter is not None and self.lora is not None and not self.lora.empty:
-            y = self.lora.delta_into(y, x, row_adapter)
+        if row_adapter is not None and self.lora is not None:
+            y = self.lora.delta_into(y, x, row_adapter, masks)
         return y
 
 
@@ -251,13 +257,14 @@ class FastLlama:
     """Weights of one LLaMA-family model (+ LoRA adapters) laid out for `forward`."""
 
     def __init__(self, hf_model, adapters: list[LoraWeights] = (), dtype: torch.dtype = torch.float32,
-                 prepack: bool = True):
+                 prepack: bool = True, device: str = "cpu"):
         cfg = hf_model.config
         why = unsupported_reason(cfg)
         if why:
             raise ValueError(f"the fast forward cannot run this model: {why}")
         inner = hf_model.model
         self.dtype = dtype
+        self.device = torch.device(device)
         self.n_layers = cfg.num_hidden_layers
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
@@ -277,16 +284,18 @@ class FastLlama:
                     if any(x is not None for x in biases):
                         b = torch.cat([x.float() if x is not None else torch.zeros(m.weight.shape[0])
                                        for x, m in zip(biases, mods)])
-                    lora = GroupLora(names, [m.weight.shape[0] for m in mods], w.shape[1], li, self.adapters)
-                    lins.append(_Linear(Kernel(w, b, dtype, prepack), None if lora.empty else lora))
-                self.layers.append((layer.input_layernorm.weight.float().clone(), lins[0], lins[1],
-                                    layer.post_attention_layernorm.weight.float().clone(), lins[2], lins[3]))
-            self.embed = inner.embed_tokens.weight.float().clone()
-            self.norm = inner.norm.weight.float().clone()
+                    lora = GroupLora(names, [m.weight.shape[0] for m in mods], w.shape[1], li, self.adapters,
+                                     device)
+                    lins.append(_Linear(Kernel(w, b, dtype, prepack, device), None if lora.empty else lora))
+                self.layers.append((layer.input_layernorm.weight.float().to(device).clone(), lins[0], lins[1],
+                                    layer.post_attention_layernorm.weight.float().to(device).clone(), lins[2],
+                                    lins[3]))
+            self.embed = inner.embed_tokens.weight.float().to(device).clone()
+            self.norm = inner.norm.weight.float().to(device).clone()
             head = hf_model.lm_head
-            self.head = Kernel(head.weight.float(), getattr(head, "bias", None), dtype, prepack)
+            self.head = Kernel(head.weight.float(), getattr(head, "bias", None), dtype, prepack, device)
             self._rotary = inner.rotary_emb
-            self.cos = self.sin = torch.empty(0, self.head_dim)
+            self.cos = self.sin = torch.empty(0, self.head_dim, device=device)
             self._ensure_rope(min(self.window, 4096))
         self.vocab = self.head.out_features
 
@@ -305,11 +314,13 @@ class FastLlama:
         probe = torch.zeros(1, n, self.head_dim)
         with torch.no_grad():
             cos, sin = self._rotary(probe, pos)
-        self.cos, self.sin = cos[0].float().contiguous(), sin[0].float().contiguous()
+        self.cos = cos[0].float().to(self.device).contiguous()
+        self.sin = sin[0].float().to(self.device).contiguous()
 
     def new_kv(self, rows: int, capacity: int) -> list[torch.Tensor]:
         """A KV buffer per layer: (rows, 2, n_kv, capacity, head_dim), fp32, zeros."""
-        return [torch.zeros(rows, 2, self.n_kv, capacity, self.head_dim) for _ in range(self.n_layers)]
+        return [torch.zeros(rows, 2, self.n_kv, capacity, self.head_dim, device=self.device)
+                for _ in range(self.n_layers)]
 
     def forward(self, ids: torch.Tensor, starts: torch.Tensor, kv: list[torch.Tensor],
                 row_adapter: torch.Tensor | None) -> torch.Tensor:
@@ -324,18 +335,20 @@ class FastLlama:
         starts_l = starts.tolist()
         s_len = max(starts_l) + t
         self._ensure_rope(s_len)
-        pos = starts[:, None] + torch.arange(t)[None, :]  # (B, T)
+        dev = self.device
+        pos = starts[:, None] + torch.arange(t, device=dev)[None, :]  # (B, T)
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (B, 1, T, D)
-        cols = torch.arange(s_len)
+        cols = torch.arange(s_len, device=dev)
         mask = cols[None, None, :] <= pos[:, :, None]  # (B, T, S): causal, and only the row's own columns
         full = bool(mask.all())
         attn_mask = None if full else mask[:, None]
         ra = None if row_adapter is None else (row_adapter if t == 1 else row_adapter.repeat_interleave(t))
+        masks: dict = {}
         x = self.embed[ids]  # (B, T, H) fp32
         half = d // 2
         for li, (ln1, qkv_l, o_l, ln2, gu_l, down_l) in enumerate(self.layers):
             h = _rms(x, ln1, self.eps).reshape(b_sz * t, -1)
-            qkv = qkv_l(h, ra).reshape(b_sz, t, -1)
+            qkv = qkv_l(h, ra, masks).reshape(b_sz, t, -1)
             q = qkv[..., : h_q * d].reshape(b_sz, t, h_q, d).transpose(1, 2)
             k = qkv[..., h_q * d:(h_q + h_kv) * d].reshape(b_sz, t, h_kv, d).transpose(1, 2)
             v = qkv[..., (h_q + h_kv) * d:].reshape(b_sz, t, h_kv, d).transpose(1, 2)
@@ -347,7 +360,7 @@ class FastLlama:
                 buf[0, 0, :, s0:s0 + t] = k[0]
                 buf[0, 1, :, s0:s0 + t] = v[0]
             elif t == 1:
-                rows = torch.arange(b_sz)
+                rows = torch.arange(b_sz, device=dev)
                 buf[:, 0][rows, :, starts] = k[:, :, 0]
                 buf[:, 1][rows, :, starts] = v[:, :, 0]
             else:
@@ -359,11 +372,11 @@ class FastLlama:
                                                is_causal=full and t > 1 and s_len == t,
                                                scale=d ** -0.5, enable_gqa=h_kv != h_q)
             o = o.transpose(1, 2).reshape(b_sz * t, h_q * d)
-            x = x + o_l(o, ra).reshape(b_sz, t, -1)
+            x = x + o_l(o, ra, masks).reshape(b_sz, t, -1)
             h = _rms(x, ln2, self.eps).reshape(b_sz * t, -1)
-            gu = gu_l(h, ra)
+            gu = gu_l(h, ra, masks)
             inter = gu.shape[-1] // 2
-            x = x + down_l(F.silu(gu[:, :inter]) * gu[:, inter:], ra).reshape(b_sz, t, -1)
+            x = x + down_l(F.silu(gu[:, :inter]) * gu[:, inter:], ra, masks).reshape(b_sz, t, -1)
         return self.head(_rms(x[:, -1], self.norm, self.eps))
 
 

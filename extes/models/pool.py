@@ -79,9 +79,11 @@ def prepare_messages(arm: Arm, messages: Any) -> list[dict[str, str]]:
 
 class ArmPool:
     def __init__(self, arms: Sequence[Arm] | str | Path, *, max_batch: int = 32, max_context: int | None = None,
-                 dtype: str | None = None, gather_s: float = 0.01, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES):
+                 dtype: str | None = None, gather_s: float = 0.01, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+                 device: str = "cpu"):
         """dtype: overrides every local arm's `dtype` (auto | float32 | bfloat16) when given.
-        kv_cache_bytes: per base engine, the budget of the KV cache kept across turns."""
+        kv_cache_bytes: per base engine, the budget of the KV cache kept across turns.
+        device: where the fast engine runs ("cpu" or "cuda"; the transformers path stays on the CPU)."""
         if isinstance(arms, (str, Path)):
             arms = load_arms(arms)
         arms = list(arms)
@@ -111,7 +113,7 @@ class ArmPool:
             for (base, _, arm_dtype), group in groups.items():
                 engine = create_engine(base, adapters=[a.adapter for a in group if a.adapter], dtype=arm_dtype,
                                        max_batch=max_batch, max_context=max_context, gather_s=gather_s,
-                                       kv_cache_bytes=kv_cache_bytes)
+                                       kv_cache_bytes=kv_cache_bytes, device=device)
                 self._engines.append(engine)
                 for arm in group:
                     self._backends[arm.name] = engine
