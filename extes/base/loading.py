@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from extes.base.embedded import EMBEDDED_NAME, embedded_checkpoint, load_gguf
+from extes.base.embedded import EMBEDDED_HUB_ID, EMBEDDED_NAME, embedded_checkpoint, load_gguf
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
@@ -18,7 +18,14 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
 
 
 def is_embedded(base: str) -> bool:
-    return str(base).strip().lower() == EMBEDDED_NAME
+    """The embedded name, or the embedded model's hub id (mapped to the local copy, so offline works)."""
+    return str(base).strip().lower() in (EMBEDDED_NAME, EMBEDDED_HUB_ID.lower())
+
+
+def hub_id(base: str) -> str:
+    """What an adapter records as `base_model_name_or_path`: the hub id for the embedded model (PEFT and
+    vLLM can resolve it; `resolve_base` maps it back to the local checkpoint), else the spec as given."""
+    return EMBEDDED_HUB_ID if is_embedded(base) else str(base)
 
 
 def resolve_base(base: str) -> str:
