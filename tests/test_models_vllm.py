@@ -94,3 +94,22 @@ def test_serve_vllm_command_cli_prints_command_and_yaml():
     assert "--lora-modules" in out.stdout
     yaml_part = out.stdout[out.stdout.index("arms:"):]
     assert len(yaml.safe_load(yaml_part)["arms"]) == 3
+
+
+def test_vllm_plan_with_local_weights_serves_the_folder_under_the_hub_id(monkeypatch, tmp_path):
+    import extes.base.loading as loading
+
+    monkeypatch.setattr(loading, "resolve_base", lambda base: str(tmp_path / "ckpt"))
+    (cmd,) = vllm_plan(load_arms(PROTOCOL), local_weights=True).commands
+    assert cmd[2] == str(tmp_path / "ckpt") and cmd[cmd.index("--served-model-name") + 1] == EMBEDDED_HUB_ID
+
+
+def test_gpu_check_without_a_gpu_exits_with_a_message(tmp_path):
+    import os
+    import shutil
+
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi")
+    out = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), sys.executable], capture_output=True,
+                         text=True, timeout=60, cwd=REPO, env={**os.environ, "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2 and "no NVIDIA GPU" in out.stdout

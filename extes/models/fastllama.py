@@ -323,12 +323,13 @@ class FastLlama:
                 for _ in range(self.n_layers)]
 
     def forward(self, ids: torch.Tensor, starts: torch.Tensor, kv: list[torch.Tensor],
-                row_adapter: torch.Tensor | None) -> torch.Tensor:
+                row_adapter: torch.Tensor | None, all_logits: bool = False) -> torch.Tensor:
         """Run `ids` (B, T) whose row b sits at positions starts[b] .. starts[b]+T-1 of its sequence, with
         the earlier positions' keys/values in kv[layer][b] (B rows of the buffers). Writes the new keys and
         values in place and returns the last position's logits (B, vocab), fp32.
 
         row_adapter: (B,) adapter index per row (-1 = base), or None when no row has an adapter.
+        all_logits: return (B, T, vocab), every position's logits (teacher-forced comparisons).
         """
         b_sz, t = ids.shape
         h_q, h_kv, d = self.n_heads, self.n_kv, self.head_dim
@@ -377,6 +378,8 @@ class FastLlama:
             gu = gu_l(h, ra, masks)
             inter = gu.shape[-1] // 2
             x = x + down_l(F.silu(gu[:, :inter]) * gu[:, inter:], ra, masks).reshape(b_sz, t, -1)
+        if all_logits:
+            return self.head(_rms(x, self.norm, self.eps).reshape(b_sz * t, -1)).reshape(b_sz, t, -1)
         return self.head(_rms(x[:, -1], self.norm, self.eps))
 
 

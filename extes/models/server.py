@@ -221,6 +221,10 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
                              "and the arms YAML that points the study at them, then exit")
     parser.add_argument("--tensor-parallel", type=int, default=1,
                         help="with --vllm-command: GPUs per vLLM server (tensor parallel)")
+    parser.add_argument("--vllm-local-weights", action="store_true",
+                        help="with --vllm-command: serve the local checkpoint folder (no hub access) under the "
+                             "hub id")
+    parser.add_argument("--vllm-arms-out", type=Path, help="with --vllm-command: also write the arms YAML here")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch", type=int, default=32, help="most sequences decoded together per base")
@@ -240,8 +244,15 @@ def run_serve(args: argparse.Namespace) -> int:
         from extes.models.vllm import print_vllm_plan
 
         host = args.host if args.host not in {"127.0.0.1", "localhost", "::1"} else "127.0.0.1"
-        print(print_vllm_plan(load_arms(args.vllm_command), host=host, port=args.port,
-                              tensor_parallel=args.tensor_parallel), end="")
+        arms = load_arms(args.vllm_command)
+        print(print_vllm_plan(arms, host=host, port=args.port, tensor_parallel=args.tensor_parallel,
+                              local_weights=args.vllm_local_weights), end="")
+        if args.vllm_arms_out:
+            from extes.models.vllm import vllm_plan
+
+            plan = vllm_plan(arms, host=host, port=args.port, tensor_parallel=args.tensor_parallel,
+                             local_weights=args.vllm_local_weights)
+            args.vllm_arms_out.write_text(plan.arms_yaml(), encoding="utf-8")
         return 0
     if not args.arms:
         from extes.errors import CLIError

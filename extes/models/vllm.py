@@ -54,8 +54,11 @@ def _rank(path: Path) -> int:
 
 
 def vllm_plan(arms: list[Arm], host: str = "127.0.0.1", port: int = 8000, tensor_parallel: int = 1,
-              dtype: str = "bfloat16", max_model_len: int | None = 8192) -> VLLMPlan:
-    """The vllm serve command(s) and the openai arms for `arms` (local arms only; openai arms are kept)."""
+              dtype: str = "bfloat16", max_model_len: int | None = 8192, local_weights: bool = False) -> VLLMPlan:
+    """The vllm serve command(s) and the openai arms for `arms` (local arms only).
+
+    local_weights: serve the local checkpoint folder (for a machine without access to the hub) under the
+    hub id as its served model name."""
     from extes.models.fastllama import adapter_unsupported_reason
 
     groups: dict[str, list[Arm]] = {}
@@ -75,6 +78,10 @@ def vllm_plan(arms: list[Arm], host: str = "127.0.0.1", port: int = 8000, tensor
         p = port + i
         endpoint_of[base] = f"http://{host}:{p}/v1"
         cmd = ["vllm", "serve", base, "--host", host, "--port", str(p), "--dtype", dtype]
+        if local_weights and not Path(base).exists():
+            from extes.base.loading import resolve_base
+
+            cmd[2:3] = [resolve_base(base), "--served-model-name", base]
         if max_model_len:
             cmd += ["--max-model-len", str(max_model_len)]
         if tensor_parallel > 1:
@@ -101,8 +108,9 @@ def vllm_plan(arms: list[Arm], host: str = "127.0.0.1", port: int = 8000, tensor
     return VLLMPlan(commands=commands, arms=out_arms)
 
 
-def print_vllm_plan(arms: list[Arm], host: str, port: int, tensor_parallel: int = 1) -> str:
-    plan = vllm_plan(arms, host=host, port=port, tensor_parallel=tensor_parallel)
+def print_vllm_plan(arms: list[Arm], host: str, port: int, tensor_parallel: int = 1,
+                    local_weights: bool = False) -> str:
+    plan = vllm_plan(arms, host=host, port=port, tensor_parallel=tensor_parallel, local_weights=local_weights)
     return (
         "# 1. On the GPU machine (pip install vllm), serve the base and its LoRA adapters:\n"
         + plan.commands_text()
