@@ -106,17 +106,17 @@ def timed_many(pool: ArmPool, requests: dict) -> dict:
 
 
 def bandwidth_floor(engine, rounds: int = 3) -> tuple[float, int]:
-    """Seconds to read every base weight's bytes once (min of `rounds`), and how many bytes."""
+    """Seconds to read as many bytes as the base weights hold, once (min of `rounds`), and how many bytes.
+    (Prepacked weights are opaque tensors, so the read is of buffers of the same sizes.)"""
     import torch
 
     fast = getattr(engine, "fast", None)
     if fast is None:
-        tensors = [p.detach() for p in engine.model.parameters()]
+        sizes = [p.numel() * p.element_size() for p in engine.model.parameters()]
     else:
-        tensors = [lin.kernel.weight for layer in fast.layers for lin in (layer[1], layer[2], layer[4], layer[5])]
-        tensors.append(fast.head.weight)
-    flat = [t.reshape(-1).view(torch.uint8)[: (t.numel() * t.element_size()) // 4 * 4].view(torch.float32)
-            for t in tensors]
+        sizes = [lin.kernel.nbytes for layer in fast.layers for lin in (layer[1], layer[2], layer[4], layer[5])]
+        sizes.append(fast.head.nbytes)
+    flat = [torch.ones(n // 4, dtype=torch.float32) for n in sizes]
     nbytes = sum(f.numel() * 4 for f in flat)
     best = float("inf")
     with torch.inference_mode():

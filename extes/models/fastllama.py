@@ -88,6 +88,7 @@ class Kernel:
         self.weight = weight.detach().to(device=device, dtype=dtype).contiguous()
         self.bias = None if bias is None else bias.detach().float().to(device).contiguous()
         self.out_features = self.weight.shape[0]
+        self.nbytes = self.weight.numel() * self.weight.element_size()
         self.packed_with = "F.linear"
         self._run = self._public
         if prepack and self.weight.device.type == "cpu":
@@ -113,6 +114,8 @@ class Kernel:
         self._keep = keep
         self._run = run
         self.packed_with = packer.__name__.strip("_").replace("_pack", "")
+        if packer is _mkldnn_pack:
+            self.weight = None  # the packed copy holds the data (MKL's packed op still needs the original)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = self._run(x if x.dtype == self.dtype else x.to(self.dtype))
