@@ -278,3 +278,28 @@ def test_dtype_option_reaches_the_engine_and_the_reply(base, adapters):
         assert r.dtype == "bfloat16" and p.engine_for("lora").precision.name == "bfloat16"
     with ArmPool(arms, dtype="float32") as p:
         assert p.generate("lora", user(PROMPTS[0])).dtype == "float32"
+
+
+def test_cancel_during_chunked_prefill_and_others_go_on(base, adapters):
+    import threading
+
+    with ArmPool(tiny_arms(base, adapters), kv_cache_bytes=0) as p:
+        eng = p.engine_for("plain")
+        eng.prefill_chunk = 4  # a long prompt takes many loop iterations to prefill
+        cancel = threading.Event()
+        cancel.set()  # cancelled before its prefill can finish
+        long_msgs = user("word " * 60)
+        got = {}
+        for key, ev in p.stream_many({"x": ("plain", long_msgs)}, cancel=cancel):
+            if ev.done:
+                got[key] = ev.reply
+        assert got["x"].finish_reason == "cancelled" and got["x"].n_tokens == 0
+        solo = p.generate("lora", user(PROMPTS[0])).token_ids
+        # a long prompt prefilled in many chunks and a short request in the same batch both come out right
+        order = []
+        for key, ev in p.stream_many({"long": ("plain", long_msgs), "short": ("lora", user(PROMPTS[0]))}):
+            if ev.done:
+                order.append(key)
+                got[key] = ev.reply
+        assert got["short"].token_ids == solo
+        assert got["long"].n_tokens > 0
