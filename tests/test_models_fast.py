@@ -303,3 +303,20 @@ def test_cancel_during_chunked_prefill_and_others_go_on(base, adapters):
                 got[key] = ev.reply
         assert got["short"].token_ids == solo
         assert got["long"].n_tokens > 0
+
+
+def test_decode_steps_go_on_while_a_long_prompt_is_prefilled_in_chunks(base, adapters):
+    with ArmPool(tiny_arms(base, adapters), kv_cache_bytes=0) as p:
+        eng = p.engine_for("plain")
+        eng.prefill_chunk = 2
+        short = p.stream("lora", user(PROMPTS[0]))
+        next(short)  # the short request is decoding
+        start = eng.prefill_tokens
+        long_it = p.stream("plain", user("word " * 200))
+        seen_during = []
+        for ev in short:
+            seen_during.append(eng.prefill_tokens - start)
+        long_reply = [ev for ev in long_it][-1].reply
+        # the short reply kept streaming while the long prompt was part-way through its prefill
+        assert any(0 < n < long_reply.prompt_tokens for n in seen_during)
+        assert long_reply.n_tokens > 0
