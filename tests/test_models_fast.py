@@ -312,7 +312,7 @@ def test_decode_steps_go_on_while_a_long_prompt_is_prefilled_in_chunks(base, ada
         short = p.stream("lora", user(PROMPTS[0]))
         next(short)  # the short request is decoding
         start = eng.prefill_tokens
-        long_it = p.stream("plain", user("word " * 200))
+        long_it = p.stream("plain", user("word " * 120))
         seen_during = []
         for ev in short:
             seen_during.append(eng.prefill_tokens - start)
