@@ -314,7 +314,7 @@ def test_decode_steps_go_on_while_a_long_prompt_is_prefilled_in_chunks(base, ada
         start = eng.prefill_tokens
         long_it = p.stream("plain", user("word " * 120))
         seen_during = []
-        for ev in short:
+        for _ev in short:
             seen_during.append(eng.prefill_tokens - start)
         long_reply = [ev for ev in long_it][-1].reply
         # the short reply kept streaming while the long prompt was part-way through its prefill

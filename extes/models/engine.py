@@ -176,26 +176,73 @@ def split_reply(raw: str, strategies: bool) -> tuple[str | None, str]:
 # Sampling
 
 
-def _sample(logits, settings: GenerationSettings, seen, generator) -> int:
-    """One token from 1-D logits with repetition penalty (over prompt + output), temperature and top-p."""
+def _penalised(scores, settings: GenerationSettings, seen):
     import torch
 
-    scores = logits.float()
     if settings.repetition_penalty != 1.0 and seen is not None and seen.numel():
         picked = scores.gather(0, seen)
         picked = torch.where(picked < 0, picked * settings.repetition_penalty, picked / settings.repetition_penalty)
         scores = scores.scatter(0, seen, picked)
-    if settings.temperature == 0:
-        return int(scores.argmax())
-    scores = scores / settings.temperature
-    probs = torch.softmax(scores, dim=-1)
-    if settings.top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        cum = sorted_p.cumsum(0)
-        drop = (cum - sorted_p) > settings.top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return scores
+
+
+def _draw(probs, order, generator) -> int:
+    """Inverse-CDF draw from unnormalised `probs` (1-D) with the row's own generator; `order` maps back."""
+    import torch
+
+    cum = probs.cumsum(0)
+    u = torch.rand(1, generator=generator, dtype=cum.dtype) * cum[-1]
+    j = int(torch.searchsorted(cum, u).clamp(max=cum.numel() - 1))
+    while float(probs[j]) == 0.0 and j > 0:  # never land on a zeroed (dropped) entry
+        j -= 1
+    return int(order[j]) if order is not None else j
+
+
+def sample_rows(logits, settings: list[GenerationSettings], seen: list, generators: list) -> list[int]:
+    """One token per row of `logits` (B, vocab): repetition penalty (over prompt + output), temperature,
+    top-p, each row with its own settings and generator. Batched where it matters: one argmax, one
+    softmax and one top-k for all rows; the nucleus comes from the top 256 tokens unless it is larger
+    (then that row takes the full sort). Sorting all 49k probabilities per row took 10-60 ms on the 2-core
+    machine; this takes well under a millisecond per row."""
+    import torch
+
+    scores = logits.float()
+    rows = []
+    for i, st in enumerate(settings):
+        rows.append(_penalised(scores[i], st, seen[i]))
+    scores = torch.stack(rows) if rows else scores
+    out: list[int | None] = [None] * len(settings)
+    greedy = [i for i, st in enumerate(settings) if st.temperature == 0]
+    if greedy:
+        picks = scores[greedy].argmax(-1).tolist()
+        for i, t in zip(greedy, picks):
+            out[i] = int(t)
+    sampled = [i for i, st in enumerate(settings) if st.temperature != 0]
+    if sampled:
+        temps = torch.tensor([settings[i].temperature for i in sampled], dtype=scores.dtype)[:, None]
+        probs = torch.softmax(scores[sampled] / temps, dim=-1)
+        vocab = probs.shape[-1]
+        k = min(256, vocab)
+        top, order = probs.topk(k, dim=-1)
+        cum = top.cumsum(-1)
+        for r, i in enumerate(sampled):
+            st = settings[i]
+            if st.top_p >= 1.0:
+                out[i] = _draw(probs[r], None, generators[i])
+                continue
+            if k < vocab and float(cum[r, -1] - top[r, -1]) <= st.top_p:  # nucleus larger than k: full sort
+                p_sorted, o_sorted = probs[r].sort(descending=True)
+                c_sorted = p_sorted.cumsum(0)
+            else:
+                p_sorted, o_sorted, c_sorted = top[r], order[r], cum[r]
+            kept = p_sorted.masked_fill((c_sorted - p_sorted) > st.top_p, 0.0)
+            out[i] = _draw(kept, o_sorted, generators[i])
+    return [int(t) for t in out]
+
+
+def _sample(logits, settings: GenerationSettings, seen, generator) -> int:
+    """One token from 1-D logits (see sample_rows)."""
+    return sample_rows(logits[None], [settings], [seen], [generator])[0]
 
 
 @dataclass
@@ -484,11 +531,13 @@ class LocalEngine:
         self.steps += 1
         state.cache, state.mask = cache, mask
         state.positions = state.positions + 1
-        for i, r in enumerate(rows):
+        tokens = sample_rows(logits, [r.req.settings for r in rows], [r.seen for r in rows],
+                             [r.generator for r in rows])
+        for r, token in zip(rows, tokens):
             if r.req.cancelled():
                 r.finish = "cancelled"
                 continue
-            self._accept(r, _sample(logits[i], r.req.settings, r.seen, r.generator))
+            self._accept(r, token)
         self._retire(rows, state)
 
     def _accept(self, row: _Row, token: int) -> None:

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from extes.models.engine import GenRequest, LocalEngine, _Row, _sample
+from extes.models.engine import GenRequest, LocalEngine, _Row, _sample, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -229,12 +229,14 @@ class FastEngine(LocalEngine):
         ra = torch.tensor(idx, dtype=torch.long) if any(i >= 0 for i in idx) else None
         logits = self._forward(ids, starts, [buf[:b] for buf in self._kv], ra)
         self.steps += 1
-        for i, r in enumerate(rows):
+        tokens = sample_rows(logits, [r.req.settings for r in rows], [r.seen for r in rows],
+                             [r.generator for r in rows])
+        for r, token in zip(rows, tokens):
             r.length += 1
             if r.req.cancelled():
                 r.finish = "cancelled"
                 continue
-            self._accept(r, _sample(logits[i], r.req.settings, r.seen, r.generator))
+            self._accept(r, token)
         self.step_times.append((b, time.perf_counter() - t0))
         done = [i for i, r in enumerate(rows) if r.finish is not None]
         for i in reversed(done):  # from the end, so moving the last row into slot i is always valid
