@@ -39,18 +39,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from extes.base.loading import load_base, resolve_base
+    from extes.base.loading import checkpoint_source, load_base
     from extes.models.arms import load_arms
     from extes.models.engine import render_prompt
     from extes.models.fastllama import FastLlama, adapter_unsupported_reason, load_lora
     from extes.models.pool import prepare_messages
 
     arms = [a for a in load_arms(args.protocol) if a.backend == "local"]
-    bases = {resolve_base(a.base) for a in arms}
+    bases = {checkpoint_source(a.base) for a in arms}
     total_agree = total = 0
     worst_margin = 0.0
     for base in sorted(bases):
-        group = [a for a in arms if resolve_base(a.base) == base]
+        group = [a for a in arms if checkpoint_source(a.base) == base]
         adapters = [a.adapter for a in group if a.adapter and adapter_unsupported_reason(a.adapter) is None]
         model, tok = load_base(base)
         loras = [load_lora(p) for p in adapters]

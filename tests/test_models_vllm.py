@@ -20,7 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = REPO / "eval_protocol" / "default.yaml"
 
 
-def test_hub_id_mapping_for_the_embedded_model(tmp_path):
+def test_hub_id_mapping_for_the_embedded_model(tmp_path, monkeypatch):
+    import extes.base.loading as loading
+
+    monkeypatch.setattr(loading, "embedded_checkpoint", lambda: tmp_path / "embedded")
+    assert loading.checkpoint_source(EMBEDDED_HUB_ID) == str(tmp_path / "embedded")  # offline: the local copy
+    assert loading.checkpoint_source(EMBEDDED_NAME) == str(tmp_path / "embedded")
     assert hub_id(EMBEDDED_NAME) == EMBEDDED_HUB_ID
     assert is_embedded(EMBEDDED_HUB_ID) and is_embedded(EMBEDDED_HUB_ID.lower()) and is_embedded(EMBEDDED_NAME)
     assert hub_id(str(tmp_path)) == str(tmp_path)
@@ -99,7 +104,7 @@ def test_serve_vllm_command_cli_prints_command_and_yaml():
 def test_vllm_plan_with_local_weights_serves_the_folder_under_the_hub_id(monkeypatch, tmp_path):
     import extes.base.loading as loading
 
-    monkeypatch.setattr(loading, "resolve_base", lambda base: str(tmp_path / "ckpt"))
+    monkeypatch.setattr(loading, "checkpoint_source", lambda base: str(tmp_path / "ckpt"))
     (cmd,) = vllm_plan(load_arms(PROTOCOL), local_weights=True).commands
     assert cmd[2] == str(tmp_path / "ckpt") and cmd[cmd.index("--served-model-name") + 1] == EMBEDDED_HUB_ID
 

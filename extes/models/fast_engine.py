@@ -52,10 +52,10 @@ def create_engine(base: str, adapters=(), dtype: str | None = "auto", **kwargs) 
     bfloat16 is asked for explicitly."""
     from transformers import AutoConfig
 
-    from extes.base.loading import resolve_base
+    from extes.base.loading import checkpoint_source
 
     adapters = [str(Path(a)) for a in dict.fromkeys(adapters)]
-    cfg = AutoConfig.from_pretrained(resolve_base(base))
+    cfg = AutoConfig.from_pretrained(checkpoint_source(base))
     why = fast_path_reason(cfg, adapters)
     if why is None:
         return FastEngine(base, adapters=adapters, dtype=dtype or "auto", **kwargs)

@@ -97,7 +97,7 @@ class ArmPool:
         self._backends: dict[str, Any] = {}
         self._engines: list[LocalEngine] = []
         self._closed = False
-        from extes.base.loading import resolve_base
+        from extes.base.loading import checkpoint_source
 
         groups: dict[tuple[str, str | None, str], list[Arm]] = {}
         for arm in arms:
@@ -108,7 +108,7 @@ class ArmPool:
             if arm.adapter and read_adapter_info(Path(arm.adapter))["peft_type"] not in _MIXABLE:
                 key_adapter = arm.adapter
             arm_dtype = dtype or getattr(arm, "dtype", "auto") or "auto"
-            groups.setdefault((resolve_base(arm.base), key_adapter, arm_dtype), []).append(arm)
+            groups.setdefault((checkpoint_source(arm.base), key_adapter, arm_dtype), []).append(arm)
         try:
             for (base, _, arm_dtype), group in groups.items():
                 engine = create_engine(base, adapters=[a.adapter for a in group if a.adapter], dtype=arm_dtype,

@@ -79,9 +79,9 @@ def vllm_plan(arms: list[Arm], host: str = "127.0.0.1", port: int = 8000, tensor
         endpoint_of[base] = f"http://{host}:{p}/v1"
         cmd = ["vllm", "serve", base, "--host", host, "--port", str(p), "--dtype", dtype]
         if local_weights and not Path(base).exists():
-            from extes.base.loading import resolve_base
+            from extes.base.loading import checkpoint_source
 
-            cmd[2:3] = [resolve_base(base), "--served-model-name", base]
+            cmd[2:3] = [checkpoint_source(base), "--served-model-name", base]
         if max_model_len:
             cmd += ["--max-model-len", str(max_model_len)]
         if tensor_parallel > 1:

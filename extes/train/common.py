@@ -25,8 +25,8 @@ def enable_checkpointing(model, cfg: TrainConfig) -> None:
 
 def save_peft(model, out: Path, cfg: TrainConfig) -> None:
     """Save the adapter only; its config names the base by its hub id where there is one (the embedded
-    model: HuggingFaceTB/SmolLM2-135M-Instruct), so PEFT and vLLM can resolve it; `resolve_base` maps that
-    id back to the local checkpoint offline, and training_config.json keeps the base as given."""
+    model: HuggingFaceTB/SmolLM2-135M-Instruct), so PEFT and vLLM can resolve it; `checkpoint_source`
+    maps that id back to the local checkpoint offline; training_config.json keeps the base as given."""
     from extes.base.loading import hub_id
 
     for pc in model.peft_config.values():
