@@ -8,13 +8,16 @@ SmolLM2-135M-Instruct with the demo LoRA settings, for --steps optimizer steps e
 Prints real (non-padding) tokens per second of each, their ratio (target >= 1.5x) and the padding
 waste of each (target for ours <= 10%). Numbers from one run on a shared CPU; not a timed test.
 
-Reproducibility (issue 12): the README once said 409 vs 132 tokens/s (3.1x) where later runs gave
-~230 vs ~130 (1.75x). Two things made single runs swing: (1) the first training run in a process also
-pays one-time costs (oneDNN primitive creation, allocator growth) inside its timed steps, and `ours` ran
-first; (2) the two runs trained on different examples (ours took the first batches of the length-grouped
-order, naive the first batches of a plain shuffle), so with 6 steps each measured a different random
-~15-16k tokens. Now both train on the same examples (the first steps x batch examples of one shuffle),
-an untimed one-step warm-up run comes first, the order alternates over --rounds, and medians are printed.
+Reproducibility (issue 12): the README once said 409 vs 132 tokens/s (3.1x), from a single run of this
+script (6 steps each) at the commit that introduced it; later runs on a quiet machine gave ~230 vs ~130
+(1.75x). The training code path is unchanged since (only import paths moved; the config's epochs/lr do
+not change the cost of a step), so the 3.1x was not a property of the code. What made single runs
+unreliable, and is fixed here: (1) the two runs trained on different examples (ours took the first
+batches of the length-grouped order, naive the first batches of a plain shuffle), so each measured a
+different random ~15k tokens; (2) the first training run in a process (ours) also paid one-time costs
+inside its timed steps; (3) one run each, on a shared machine. Now both train on the same examples (the
+first steps x batch of one shuffle), an untimed one-step warm-up run comes first, the order alternates
+over --rounds, and medians are printed.
 
     python bench/training.py [--steps 6] [--batch-size 4] [--max-length 1024] [--rounds 3] [--json out.json]
 """
