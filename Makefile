@@ -58,6 +58,8 @@ demo-adapters: setup
 
 bench: setup
 	$(PY) bench/generation.py
+	$(PY) bench/conversation.py
+	$(PY) bench/precision.py
 	$(PY) bench/training.py
 	$(PY) bench/analysis.py
 	$(PY) bench/build.py

@@ -1,17 +1,21 @@
 """Generation benchmark on the embedded model (not a test; no timing assertions).
 
-    .venv/bin/python bench/generation.py [--context 512] [--new-tokens 64] [--rounds 2]
+    python bench/generation.py [--context 512] [--new-tokens 64] [--rounds 3] [--dtype auto] [--device cpu]
 
 Three arms on one shared SmolLM2-135M-Instruct base: `base` (no adapter) and two LoRA arms (r=8 on all
-linear layers, made here with a couple of optimiser steps so their weights are real, non-zero LoRA
-weights). A conversation of about `--context` tokens, `--new-tokens` new tokens, greedy, end-of-turn
-ignored so every reply has exactly that many tokens.
-  (a) one arm alone
-  (b) all three arms at once (one batch: what a participant's click does)
-  (c) all three one after another (what separate model copies, one request at a time, would cost)
-Prints time-to-first-token, tokens/s and the ratios b/a and c/b (median of --rounds), then the peak RSS
-of a process with one arm loaded versus three (measured in fresh subprocesses).
-Targets (issue 3, 2-core CPU): b/a <= 1.5, c/b >= 2.0, RSS(three) <= 1.2 x RSS(one).
+linear layers, made here with one optimiser step so their weights are real, non-zero LoRA weights). A
+conversation of about `--context` tokens, `--new-tokens` new tokens, greedy, end-of-turn ignored so every
+reply has exactly that many tokens. Everything goes through ArmPool, as the study app does.
+
+  (1) decode step: the time per generated token after the first, one arm alone vs three arms batched;
+  (2) the bandwidth floor: a timed read of the base weights' bytes (what one decode step must at least
+      read), measured in this run; the one-arm step over that floor;
+  (3) a whole reply with a cached history: each arm's previous turn is in the kept KV cache and the new
+      user message is about 40 tokens; one arm vs three arms, first request to last token.
+Then the peak RSS of a process with one arm loaded versus three (fresh subprocesses).
+
+Prints medians of --rounds and whether each target of issue 12 is met:
+decode step 3/1 <= 1.25; one-arm step <= 3x the floor; cached-history reply 3/1 <= 1.35; RSS(3) <= 1.2 RSS(1).
 """
 
 from __future__ import annotations
@@ -42,6 +46,14 @@ TURNS = [
     ("I also have exams coming up and I can't focus on anything.",
      "That's a lot at once: heartbreak and exam pressure. Would a small study plan with breaks help?"),
 ]
+# new user messages of about 40 tokens each, one per measurement (so none is already in the cache)
+NEW_MESSAGES = [
+    f"{opening} I keep replaying our last conversation in my head and wondering whether I should call "
+    f"and apologise, or whether that would only make things worse for both of us right now."
+    for opening in ("Thank you for listening.", "That helps a little.", "I see what you mean.", "Okay, maybe.",
+                    "You're right, I think.", "Thanks, honestly.", "Hmm, I guess so.", "That is kind of you.",
+                    "I appreciate that.", "Fair enough.", "I hadn't thought of that.", "Yes, exactly.")
+]
 
 
 def conversation(tokenizer, system: str, target: int) -> list[dict[str, str]]:
@@ -68,25 +80,56 @@ def make_adapters(out: Path) -> list[Path]:
                        strategies=bool(i)) for i in range(2)]
 
 
-def build_arms(adapters: list[Path], new_tokens: int) -> list[Arm]:
+def build_arms(adapters: list[Path], new_tokens: int, dtype: str = "auto") -> list[Arm]:
     g = GenerationSettings(max_new_tokens=new_tokens, temperature=0.0, repetition_penalty=1.1)
-    return [Arm("base", generation=g),
-            Arm("lora", adapter=str(adapters[0]), generation=g),
-            Arm("lora-strategies", adapter=str(adapters[1]), strategies=True, generation=g)]
+    return [Arm("base", generation=g, dtype=dtype),
+            Arm("lora", adapter=str(adapters[0]), generation=g, dtype=dtype),
+            Arm("lora-strategies", adapter=str(adapters[1]), strategies=True, generation=g, dtype=dtype)]
 
 
 def timed_many(pool: ArmPool, requests: dict) -> dict:
+    """Send all requests at once; wall time, mean TTFT, mean decode step (from the stream's timing)."""
     t0 = time.perf_counter()
-    ttft, tokens = {}, 0
+    first: dict = {}
+    done: dict = {}
+    replies = {}
     for key, ev in pool.stream_many(requests):
+        now = time.perf_counter()
+        first.setdefault(key, now)
         if ev.done:
-            ttft[key] = ev.reply.ttft_s
-            tokens += ev.reply.n_tokens
-    return {"time": time.perf_counter() - t0, "ttft": statistics.mean(ttft.values()), "tokens": tokens}
+            done[key] = now
+            replies[key] = ev.reply
+    steps = [(replies[k].latency_s - replies[k].ttft_s) / max(1, replies[k].n_tokens - 1) for k in replies]
+    return {"time": time.perf_counter() - t0, "ttft": statistics.mean(r.ttft_s for r in replies.values()),
+            "step": statistics.mean(steps), "tokens": sum(r.n_tokens for r in replies.values()),
+            "replies": replies}
 
 
-def run_rss_probe(n_arms: int, adapters: list[Path], new_tokens: int, context: int) -> None:
-    arms = build_arms(adapters, new_tokens)[:n_arms]
+def bandwidth_floor(engine, rounds: int = 3) -> tuple[float, int]:
+    """Seconds to read as many bytes as the base weights hold, once (min of `rounds`), and how many bytes.
+    (Prepacked weights are opaque tensors, so the read is of buffers of the same sizes.)"""
+    import torch
+
+    fast = getattr(engine, "fast", None)
+    if fast is None:
+        sizes = [p.numel() * p.element_size() for p in engine.model.parameters()]
+    else:
+        sizes = [lin.kernel.nbytes for layer in fast.layers for lin in (layer[1], layer[2], layer[4], layer[5])]
+        sizes.append(fast.head.nbytes)
+    flat = [torch.ones(n // 4, dtype=torch.float32) for n in sizes]
+    nbytes = sum(f.numel() * 4 for f in flat)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for f in flat:
+                f.amax()  # reads every byte; the result does not matter
+            best = min(best, time.perf_counter() - t0)
+    return best, nbytes
+
+
+def run_rss_probe(n_arms: int, adapters: list[Path], new_tokens: int, context: int, dtype: str) -> None:
+    arms = build_arms(adapters, new_tokens, dtype)[:n_arms]
     with ArmPool(arms) as pool:
         msgs = conversation(pool.engine_for("base").tokenizer, arms[0].system_prompt, context)
         list(pool.stream_many({a.name: (a.name, msgs) for a in arms}))
@@ -100,14 +143,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the fast engine's device)")
+    ap.add_argument("--no-rss", action="store_true", help="skip the RSS subprocesses")
     ap.add_argument("--rss-probe", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--adapters", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_probe:
-        run_rss_probe(args.rss_probe, [Path(a) for a in args.adapters], args.new_tokens, args.context)
+        run_rss_probe(args.rss_probe, [Path(a) for a in args.adapters], args.new_tokens, args.context, args.dtype)
         return
-
     tmp = Path(tempfile.mkdtemp(prefix="extes-bench-"))
     try:
         measure(args, tmp)
@@ -115,47 +160,93 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
 def measure(args: argparse.Namespace, tmp: Path) -> None:
+    import torch
+
     t = time.perf_counter()
     adapters = make_adapters(tmp)
     print(f"made two LoRA adapters in {time.perf_counter() - t:.1f}s")
-    arms = build_arms(adapters, args.new_tokens)
-    with ArmPool(arms) as pool:
+    arms = build_arms(adapters, args.new_tokens, args.dtype)
+    names = [a.name for a in arms]
+    with ArmPool(arms, device=args.device) as pool:
         engine = pool.engine_for("base")
         engine.eos_ids = set()  # fixed-length replies, so every run does the same work
         msgs = conversation(engine.tokenizer, arms[0].system_prompt, args.context)
         from extes.models.engine import render_prompt
 
         n_prompt = len(render_prompt(engine.tokenizer, [{"role": "system", "content": arms[0].system_prompt}] + msgs))
-        print(f"context {n_prompt} tokens, {args.new_tokens} new tokens, greedy, torch threads "
-              f"{__import__('torch').get_num_threads()}")
+        print(f"engine {getattr(engine, 'ENGINE_VERSION', '?')}, weights {engine.dtype_name}, context {n_prompt} "
+              f"tokens, {args.new_tokens} new tokens, greedy, torch threads {torch.get_num_threads()}")
+        cache = getattr(engine, "kv_cache", None)
         timed_many(pool, {"w": ("lora", msgs)})  # warm-up
-        results: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
-        for _ in range(args.rounds):
-            results["a"].append(timed_many(pool, {"lora": ("lora", msgs)}))
-            results["b"].append(timed_many(pool, {a.name: (a.name, msgs) for a in arms}))
-            t0 = time.perf_counter()
-            seq = [timed_many(pool, {a.name: (a.name, msgs)}) for a in arms]
-            results["c"].append({"time": time.perf_counter() - t0, "ttft": statistics.mean(s["ttft"] for s in seq),
-                                 "tokens": sum(s["tokens"] for s in seq)})
-    med = {k: {m: statistics.median(r[m] for r in v) for m in ("time", "ttft", "tokens")} for k, v in results.items()}
-    labels = {"a": "(a) one arm alone", "b": "(b) three arms batched", "c": "(c) three arms one by one"}
-    for k in "abc":
-        r = med[k]
-        print(f"{labels[k]:<28} total {r['time']:6.2f}s  mean TTFT {r['ttft']:5.2f}s  "
-              f"{r['tokens'] / r['time']:6.1f} tokens/s")
-    ba, cb = med["b"]["time"] / med["a"]["time"], med["c"]["time"] / med["b"]["time"]
-    print(f"b/a = {ba:.2f} (target <= 1.5)    c/b = {cb:.2f} (target >= 2.0)")
 
+        # (1) decode step, fresh prompts (the kept cache is cleared before each measurement)
+        if getattr(engine, "step_times", None) is not None:
+            engine.step_times.clear()
+        one, three = [], []
+        for _ in range(args.rounds):
+            if cache is not None:
+                cache.clear()
+            one.append(timed_many(pool, {"lora": ("lora", msgs)}))
+            if cache is not None:
+                cache.clear()
+            three.append(timed_many(pool, {n: (n, msgs) for n in names}))
+        step1 = statistics.median(r["step"] for r in one)
+        step3 = statistics.median(r["step"] for r in three)
+        timer = getattr(engine, "step_times", None)
+        if timer:  # the engine's own timer of decode steps (forward + sampling), by batch size
+            s1 = [t for n, t in timer if n == 1]
+            s3 = [t for n, t in timer if n == 3]
+            if s1 and s3:
+                step1, step3 = statistics.median(s1), statistics.median(s3)
+        print(f"(1) decode step: one arm {step1 * 1e3:.1f} ms, three arms {step3 * 1e3:.1f} ms; "
+              f"ratio {step3 / step1:.2f} (target <= 1.25: {verdict(step3 / step1 <= 1.25)})")
+        print(f"    fresh {n_prompt}-token prompt: TTFT one arm {statistics.median(r['ttft'] for r in one):.2f} s, "
+              f"three arms {statistics.median(r['ttft'] for r in three):.2f} s")
+
+        # (2) the bandwidth floor, measured now
+        floor, nbytes = bandwidth_floor(engine)
+        print(f"(2) bandwidth floor: reading the {nbytes / 1e6:.0f} MB of base weights takes {floor * 1e3:.1f} ms "
+              f"({nbytes / floor / 1e9:.1f} GB/s); one-arm step / floor = {step1 / floor:.2f} "
+              f"(target <= 3: {verdict(step1 / floor <= 3)})")
+
+        # (3) a whole reply with the history in the kept cache: prime each arm with the history, then send
+        # history + its own reply + a new ~40-token message
+        if cache is not None:
+            cache.clear()
+        prior = timed_many(pool, {n: (n, msgs) for n in names})["replies"]
+        follow = {n: msgs + [{"role": "assistant", "content": prior[n].text}] for n in names}
+        new_msgs = iter(NEW_MESSAGES)
+        n_new = len(engine.tokenizer(NEW_MESSAGES[0], add_special_tokens=False)["input_ids"])
+        one_c, three_c = [], []
+        for _ in range(args.rounds):
+            m = next(new_msgs)
+            one_c.append(timed_many(pool, {"lora": ("lora", follow["lora"] + [{"role": "user", "content": m}])}))
+            m = next(new_msgs)
+            three_c.append(timed_many(pool, {n: (n, follow[n] + [{"role": "user", "content": m}]) for n in names}))
+        t1 = statistics.median(r["time"] for r in one_c)
+        t3 = statistics.median(r["time"] for r in three_c)
+        cached = [r.cached_prompt_tokens for x in three_c for r in x["replies"].values()]
+        print(f"(3) whole reply, cached history + {n_new}-token message: one arm {t1:.2f} s, three arms {t3:.2f} s "
+              f"(TTFT {statistics.median(r['ttft'] for r in one_c):.2f} / "
+              f"{statistics.median(r['ttft'] for r in three_c):.2f} s; prompt tokens reused from the cache: "
+              f"{min(cached) if cached else 0}-{max(cached) if cached else 0}); ratio {t3 / t1:.2f} "
+              f"(target <= 1.35: {verdict(t3 / t1 <= 1.35)})")
+    if args.no_rss or args.device != "cpu":
+        return
     rss = {}
     for n in (1, 3):
         out = subprocess.run([sys.executable, __file__, "--rss-probe", str(n), "--context", str(args.context),
-                              "--new-tokens", "8", "--adapters", *map(str, adapters)],
+                              "--new-tokens", "8", "--dtype", args.dtype, "--adapters", *map(str, adapters)],
                              capture_output=True, text=True, check=True)
         rss[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = rss[3]["max_rss_mb"] / rss[1]["max_rss_mb"]
     print(f"peak RSS: one arm {rss[1]['max_rss_mb']:.0f} MB, three arms {rss[3]['max_rss_mb']:.0f} MB, "
-          f"ratio {rss[3]['max_rss_mb'] / rss[1]['max_rss_mb']:.2f} (target <= 1.2); RSS after generating: "
-          f"{rss[1]['rss_mb']:.0f} MB vs {rss[3]['rss_mb']:.0f} MB")
+          f"ratio {ratio:.2f} (target <= 1.2: {verdict(ratio <= 1.2)})")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 Starts the real app (`python app.py`) in a subprocess on a loopback port with a copy of the protocol (default:
 eval_protocol/default.yaml, arms on the embedded model SmolLM2-135M-Instruct), a fresh database, a minimum
 of `--turns` turns per pane and one conversation per participant. Replies are capped at `--max-new-tokens`
-(default 48, below the protocol's 160, so a run on 2 CPU cores takes minutes, not an hour). When the
+(default 160, the protocol's real cap). When the
 protocol's adapter arms are not trained yet (no adapter_config.json under results/adapters/...), they are
 replaced by arms on their base with other sampling settings, and the run says so.
 
@@ -19,6 +19,8 @@ with each reply); per-request latency p50/p95 as the client saw it (send until e
 finished); tokens/s; and checks zero lost messages (every pane: `turns` user messages and `turns` replies,
 and what the client was last shown is what was stored) and zero lost votes (15 per conversation).
 Exit status 1 when anything was lost or a participant failed.
+Targets (issue 12, 20 participants, 160-token cap, 2-core CPU): aggregate tokens/s >= 150, time to first
+token p95 <= 5 s, nothing lost; printed as met / NOT met.
 """
 
 from __future__ import annotations
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--participants", type=int, default=20)
     parser.add_argument("--turns", type=int, default=3, help="turns per pane (the protocol minimum)")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=160, help="reply cap (the protocol's is 160)")
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL, help="study protocol to copy")
     parser.add_argument("--keep", action="store_true", help="keep the database and app log")
@@ -283,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(app log: {work / 'app.log'})")
         return 1
     print("zero lost messages and votes")
+    rate, p95 = tokens / wall, percentile(ttft, 0.95)
+    print(f"targets: aggregate {rate:.1f} tokens/s >= 150: {'met' if rate >= 150 else 'NOT met'}; "
+          f"first-token p95 {p95:.2f} s <= 5 s: {'met' if p95 <= 5 else 'NOT met'}; nothing lost: met")
     if args.keep:
         print(f"kept: {db} and {work / 'app.log'}")
     else:

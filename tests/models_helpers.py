@@ -61,12 +61,15 @@ def shared_base_and_adapters(tiny_llama: Path, tmp_path_factory) -> tuple[Path, 
     return _SHARED[key]
 
 
-def tiny_arms(base: Path, adapters: dict[str, Path], settings: GenerationSettings = GREEDY) -> list[Arm]:
+def tiny_arms(base: Path, adapters: dict[str, Path], settings: GenerationSettings = GREEDY,
+              dtype: str = "float32") -> list[Arm]:
+    """Three arms on one base; fp32 by default so that outputs compare exactly with transformers/PEFT."""
     return [
-        Arm("plain", base=str(base), system_prompt=SYSTEM, generation=settings),
-        Arm("lora", base=str(base), adapter=str(adapters["lora"]), system_prompt=SYSTEM, generation=settings),
+        Arm("plain", base=str(base), system_prompt=SYSTEM, generation=settings, dtype=dtype),
+        Arm("lora", base=str(base), adapter=str(adapters["lora"]), system_prompt=SYSTEM, generation=settings,
+            dtype=dtype),
         Arm("strat", base=str(base), adapter=str(adapters["lora-strat"]), system_prompt=SYSTEM,
-            generation=settings, strategies=True),
+            generation=settings, strategies=True, dtype=dtype),
     ]
 
 

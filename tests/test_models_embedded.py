@@ -66,3 +66,32 @@ def test_three_arms_stream_together_in_python_and_through_the_server(tmp_path):
                 t.join(120)
             assert texts == {name: r.text for name, r in replies_out.items()}
             client.close()
+
+
+def test_fast_forward_equals_transformers_on_the_embedded_model():
+    """The compact LLaMA forward in fp32 gives transformers' greedy tokens on the real model; bf16 weights
+    agree on the first tokens of this prompt (top-1 agreement over a prompt set is bench/precision.py)."""
+    from extes.base.loading import load_base
+    from extes.models.engine import render_prompt
+    from extes.models.fastllama import FastLlama
+
+    model, tok = load_base(EMBEDDED_NAME)
+    ids = render_prompt(tok, MESSAGES)
+    x = torch.tensor([ids])
+    n = 20
+    with torch.no_grad():
+        ref = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
+                             min_new_tokens=n)[0, len(ids):].tolist()
+    for dtype in (torch.float32, torch.bfloat16):
+        fast = FastLlama(model, [], dtype=dtype)
+        kv = fast.new_kv(1, len(ids) + n)
+        out = []
+        with torch.inference_mode():
+            logits = fast.forward(x, torch.tensor([0]), kv, None)
+            for i in range(n):
+                out.append(int(logits[0].argmax()))
+                logits = fast.forward(torch.tensor([[out[-1]]]), torch.tensor([len(ids) + i]), kv, None)
+        if dtype == torch.float32:
+            assert out == ref
+        else:
+            assert out[:3] == ref[:3]

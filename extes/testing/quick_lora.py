@@ -49,7 +49,9 @@ def quick_lora(base: str, out_dir: str | Path, replies: list[tuple[str, str, str
         opt.zero_grad()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    peft_model.peft_config["default"].base_model_name_or_path = base
+    from extes.base.loading import hub_id
+
+    peft_model.peft_config["default"].base_model_name_or_path = hub_id(base)
     peft_model.save_pretrained(out, save_embedding_layers=False)
     (out / "training_config.json").write_text(json.dumps({
         "method": "lora", "base": base, "strategies": strategies, "steps": steps, "lr": lr, "r": r,

@@ -24,8 +24,11 @@ def enable_checkpointing(model, cfg: TrainConfig) -> None:
 
 
 def save_peft(model, out: Path, cfg: TrainConfig) -> None:
-    """Save the adapter only; its config names the base as given to training (e.g. the embedded name),
-    so an arm or `PeftModel.from_pretrained(load_base(base), out)` finds the same base."""
+    """Save the adapter only; its config names the base by its hub id where there is one (the embedded
+    model: HuggingFaceTB/SmolLM2-135M-Instruct), so PEFT and vLLM can resolve it; `checkpoint_source`
+    maps that id back to the local checkpoint offline; training_config.json keeps the base as given."""
+    from extes.base.loading import hub_id
+
     for pc in model.peft_config.values():
-        pc.base_model_name_or_path = cfg.base
+        pc.base_model_name_or_path = hub_id(cfg.base)
     model.save_pretrained(str(out), safe_serialization=True)
