@@ -190,8 +190,19 @@ class Participant(threading.Thread):
 
 
 def shown_as(text: str) -> str:
-    """What the participant page shows for a stored text (HTML escaped, images not loaded)."""
-    return html.escape(text or "", quote=False).replace("![", "!\\[") or "…"
+    """What the participant page shows for a stored text: HTML escaped, images not loaded (as the page
+    does), then Gradio's Chatbot normalisation (it dedents lines like `inspect.cleandoc`, so "\n\n As"
+    is shown as "\n\nAs"; Markdown renders both alike). Without the latter a reply with an indented
+    line was reported as "shown differs from stored" although nothing was lost."""
+    import gradio as gr
+
+    escaped = html.escape(text or "", quote=False).replace("![", "!\\[") or "…"
+    value = gr.Chatbot().postprocess([{"role": "assistant", "content": escaped}])
+    message = (value.root if hasattr(value, "root") else value)[0]
+    content = message.content
+    if isinstance(content, list):
+        content = "".join(getattr(part, "text", "") or "" for part in content)
+    return str(getattr(content, "text", content))
 
 
 def main(argv: list[str] | None = None) -> int:
