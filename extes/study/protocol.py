@@ -1,7 +1,8 @@
 """A study protocol: one YAML file that says everything a study run needs.
 
 Loaded and validated once at start-up (`load_protocol`); afterwards the `Protocol` object is trusted.
-Every error names the file, the key and the reason, so a researcher fixes the file in one pass.
+The file is read into pydantic models on `extes.config` (`ConfigModel`, `validate_config`); every error
+names the file, the key and the reason, so a researcher fixes the file in one pass.
 
     title: ...                      # shown at the top of the page
     consent: |                      # Markdown; nothing is stored before the participant agrees
@@ -22,9 +23,13 @@ Every error names the file, the key and the reason, so a researcher fixes the fi
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, ValidationInfo, field_validator, model_validator
+
+from extes.config import ConfigModel, validate_config
 
 # The ExTES human-evaluation aspects; the analysis layer (extes.analysis.io.ASPECTS) accepts these.
 ASPECT_KEYS: tuple[str, ...] = ("fluency", "identification", "comforting", "suggestion", "overall")
@@ -37,233 +42,264 @@ class ProtocolError(ValueError):
     """A protocol file that cannot be used; the message names the file, the key and the reason."""
 
 
-@dataclass(frozen=True)
-class Aspect:
+class _ArmsError(Exception):
+    """An arm error whose message already names the file (passed through pydantic untouched)."""
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty text, got {value!r}")
+    return value.strip()
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+
+
+def _whole(lo: int, hi: int):
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"expected a whole number from {lo} to {hi}, got {value!r}")
+        return value
+    return BeforeValidator(check)
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+
+
+def _allowed(data: Any, allowed: tuple[str, ...], what: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a mapping with {what}, got {data!r}")
+    unknown = set(data) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(allowed)}")
+    return data
+
+
+class Aspect(ConfigModel):
     key: str
     label: str
-    question: str
+    question: Text
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        data = dict(_allowed(data, ("key", "label", "question"), "key, label and question"))
+        data.setdefault("key", "")
+        key = str(data["key"]).strip().lower()
+        data.setdefault("label", key.capitalize())
+        return data
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key(cls, value: Any) -> str:
+        key = str(value or "").strip().lower()
+        if key not in ASPECT_KEYS:
+            raise ValueError(f"{value!r} is not one of {', '.join(ASPECT_KEYS)}")
+        return key
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label(cls, value: Any) -> str:
+        return _text(value)
 
 
-@dataclass(frozen=True)
-class Crisis:
-    banner: str
-    patterns: dict[str, tuple[str, ...]]
+def _pattern(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a regular expression, got {value!r}")
+    try:
+        re.compile(value, re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
 
 
-@dataclass(frozen=True)
-class AnnotationSettings:
-    judges_per_item: int = 3
-    pairwise: bool = True
-    likert_aspects: tuple[str, ...] = LIKERT_ASPECTS
-    likert_scale: tuple[int, int] = (0, 3)
-    dataset: str | None = None
-    enabled: bool = True  # false: /annotate is off entirely
-    judges_see_conversations: bool = False  # true: judges may read participants' conversations
-    max_open_per_judge: int = 1  # items one judge may have in progress
-    max_open_total: int = 100  # items in progress across all judges
+def _pattern_list(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError("expected a non-empty list of regular expressions")
+    return value
 
 
-@dataclass(frozen=True)
-class Protocol:
-    title: str
-    consent: str
-    instructions: str
-    arms: tuple[Any, ...]  # extes.models.Arm
+Patterns = Annotated[tuple[Annotated[str, BeforeValidator(_pattern)], ...], BeforeValidator(_pattern_list)]
+
+
+class Crisis(ConfigModel):
+    banner: Text
+    patterns: dict[str, Patterns]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        return _allowed(data, ("banner", "patterns"), "banner and patterns")
+
+    @field_validator("patterns", mode="before")
+    @classmethod
+    def _patterns(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not value:
+            raise ValueError("expected a mapping of category -> list of regular expressions")
+        return {str(k): v for k, v in value.items()}
+
+
+def _names(value: Any) -> Any:
+    if not isinstance(value, list) or not value or not all(isinstance(x, str) and x.strip() for x in value):
+        raise ValueError(f"expected a non-empty list of names, got {value!r}")
+    return tuple(x.strip() for x in value)
+
+
+def _scale(value: Any) -> Any:
+    if (not isinstance(value, list | tuple) or len(value) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in value) or value[0] >= value[1]):
+        raise ValueError(f"expected [low, high] whole numbers with low < high, got {list(value) if isinstance(value, tuple) else value!r}")
+    return tuple(value)
+
+
+def _dataset(value: Any) -> Any:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"expected a path or null, got {value!r}")
+    return value
+
+
+class AnnotationSettings(ConfigModel):
+    judges_per_item: Annotated[int, _whole(1, 50)] = 3
+    pairwise: Flag = True
+    likert_aspects: Annotated[tuple[str, ...], BeforeValidator(_names)] = LIKERT_ASPECTS
+    likert_scale: Annotated[tuple[int, int], BeforeValidator(_scale)] = (0, 3)
+    dataset: Annotated[str | None, BeforeValidator(_dataset)] = None
+    enabled: Flag = True  # false: /annotate is off entirely
+    judges_see_conversations: Flag = False  # true: judges may read participants' conversations
+    max_open_per_judge: Annotated[int, _whole(1, 100)] = 1  # items one judge may have in progress
+    max_open_total: Annotated[int, _whole(1, 100_000)] = 100  # items in progress across all judges
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError("expected a mapping")
+        return _allowed(data, tuple(sorted(cls.model_fields)), "")
+
+
+_TOP_KEYS = (
+    "title", "consent", "instructions", "arms", "aspects", "crisis", "min_user_turns",
+    "conversations_per_participant", "max_message_chars", "max_reply_tokens", "scenario_to_models",
+    "reveal_identities", "annotation", "description",
+)
+_REQUIRED = ("title", "consent", "arms", "aspects", "crisis")
+
+
+class Protocol(ConfigModel):
+    title: Text
+    consent: Text
+    instructions: str = ""
+    max_reply_tokens: Annotated[int, _whole(1, 8192)] = 256  # before arms: the arms' cap
+    arms: tuple[Any, ...]  # extes.models.Arm (dicts when built without arms)
     aspects: tuple[Aspect, ...]
     crisis: Crisis
-    min_user_turns: int = 10
-    conversations_per_participant: int = 2
-    max_message_chars: int = 4000
-    max_reply_tokens: int = 256
-    scenario_to_models: bool = False
+    min_user_turns: Annotated[int, _whole(1, 200)] = 10
+    conversations_per_participant: Annotated[int, _whole(1, 50)] = 2
+    max_message_chars: Annotated[int, _whole(1, 100_000)] = 4000
+    scenario_to_models: Flag = False
     reveal_identities: str = "never"
-    annotation: AnnotationSettings = field(default_factory=AnnotationSettings)
+    annotation: AnnotationSettings = AnnotationSettings()
+    description: Any = None  # accepted and ignored (a note for the researchers)
     source: str = "<memory>"
 
     @property
     def arm_names(self) -> tuple[str, ...]:
-        return tuple(a.name for a in self.arms)
+        return tuple(a.name if not isinstance(a, dict) else str(a["name"]).strip() for a in self.arms)
 
     def arm(self, name: str):
         for a in self.arms:
-            if a.name == name:
+            if (a.name if not isinstance(a, dict) else a.get("name")) == name:
                 return a
         raise KeyError(name)
 
-
-_TOP_KEYS = {
-    "title", "consent", "instructions", "arms", "aspects", "crisis", "min_user_turns",
-    "conversations_per_participant", "max_message_chars", "max_reply_tokens", "scenario_to_models",
-    "reveal_identities", "annotation", "description",
-}
-_REQUIRED = ("title", "consent", "arms", "aspects", "crisis")
-
-
-def _err(where: str, key: str, reason: str) -> ProtocolError:
-    return ProtocolError(f"{where}: {key}: {reason}")
-
-
-def _text(data: dict, key: str, where: str, default: str | None = None) -> str:
-    value = data.get(key, default)
-    if not isinstance(value, str) or not value.strip():
-        raise _err(where, key, f"expected a non-empty text, got {value!r}")
-    return value.strip()
-
-
-def _int(data: dict, key: str, where: str, default: int, lo: int, hi: int) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _err(where, key, f"expected a whole number from {lo} to {hi}, got {value!r}")
-    return value
-
-
-def _bool(data: dict, key: str, where: str, default: bool) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise _err(where, key, f"expected true or false, got {value!r}")
-    return value
-
-
-def _aspects(raw: Any, where: str) -> tuple[Aspect, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise _err(where, "aspects", "expected a non-empty list of {key, label, question}")
-    out: list[Aspect] = []
-    for i, item in enumerate(raw):
-        at = f"aspects[{i}]"
-        if not isinstance(item, dict):
-            raise _err(where, at, f"expected a mapping with key, label and question, got {item!r}")
-        unknown = set(item) - {"key", "label", "question"}
+    @model_validator(mode="before")
+    @classmethod
+    def _top(cls, data: Any) -> Any:
+        unknown = set(data) - set(_TOP_KEYS)
         if unknown:
-            raise _err(where, at, f"unknown key(s) {', '.join(sorted(unknown))}; allowed: key, label, question")
-        key = str(item.get("key", "")).strip().lower()
-        if key not in ASPECT_KEYS:
-            raise _err(where, f"{at}.key", f"{item.get('key')!r} is not one of {', '.join(ASPECT_KEYS)}")
-        if any(a.key == key for a in out):
-            raise _err(where, f"{at}.key", f"aspect {key!r} is listed twice")
-        label = _text(item, "label", f"{where}: {at}", key.capitalize())
-        question = _text(item, "question", f"{where}: {at}")
-        out.append(Aspect(key, label, question))
-    return tuple(out)
+            raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise ValueError(f"missing required key(s) {', '.join(missing)}")
+        data = dict(data)
+        if data.get("instructions") is None:
+            data["instructions"] = ""
+        return data
 
+    @field_validator("instructions", mode="before")
+    @classmethod
+    def _instructions(cls, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a text, got {value!r}")
+        return value.strip()
 
-def _crisis(raw: Any, where: str) -> Crisis:
-    if not isinstance(raw, dict):
-        raise _err(where, "crisis", "expected a mapping with banner and patterns")
-    unknown = set(raw) - {"banner", "patterns"}
-    if unknown:
-        raise _err(where, "crisis", f"unknown key(s) {', '.join(sorted(unknown))}; allowed: banner, patterns")
-    banner = _text(raw, "banner", f"{where}: crisis")
-    pats = raw.get("patterns")
-    if not isinstance(pats, dict) or not pats:
-        raise _err(where, "crisis.patterns", "expected a mapping of category -> list of regular expressions")
-    patterns: dict[str, tuple[str, ...]] = {}
-    for category, items in pats.items():
-        at = f"crisis.patterns.{category}"
-        if isinstance(items, str):
-            items = [items]
-        if not isinstance(items, list) or not items:
-            raise _err(where, at, "expected a non-empty list of regular expressions")
-        for j, pattern in enumerate(items):
-            if not isinstance(pattern, str) or not pattern.strip():
-                raise _err(where, f"{at}[{j}]", f"expected a regular expression, got {pattern!r}")
-            try:
-                re.compile(pattern, re.IGNORECASE)
-            except re.error as exc:
-                raise _err(where, f"{at}[{j}]", f"invalid regular expression {pattern!r}: {exc}") from None
-        patterns[str(category)] = tuple(items)
-    return Crisis(banner, patterns)
+    @field_validator("aspects", mode="before")
+    @classmethod
+    def _aspects(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not value:
+            raise ValueError("expected a non-empty list of {key, label, question}")
+        return value
 
+    @field_validator("aspects")
+    @classmethod
+    def _distinct_aspects(cls, value: tuple[Aspect, ...]) -> tuple[Aspect, ...]:
+        seen: set[str] = set()
+        for i, a in enumerate(value):
+            if a.key in seen:
+                raise ValueError(f"aspect {a.key!r} is listed twice (aspects[{i}].key)")
+            seen.add(a.key)
+        return value
 
-def _annotation(raw: Any, where: str) -> AnnotationSettings:
-    if raw is None:
-        return AnnotationSettings()
-    if not isinstance(raw, dict):
-        raise _err(where, "annotation", "expected a mapping")
-    allowed = {"judges_per_item", "pairwise", "likert_aspects", "likert_scale", "dataset", "enabled",
-               "judges_see_conversations", "max_open_per_judge", "max_open_total"}
-    unknown = set(raw) - allowed
-    if unknown:
-        raise _err(where, "annotation", f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
-    judges = _int(raw, "judges_per_item", f"{where}: annotation", 3, 1, 50)
-    pairwise = _bool(raw, "pairwise", f"{where}: annotation", True)
-    likert = raw.get("likert_aspects", list(LIKERT_ASPECTS))
-    if not isinstance(likert, list) or not likert or not all(isinstance(x, str) and x.strip() for x in likert):
-        raise _err(where, "annotation.likert_aspects", f"expected a non-empty list of names, got {likert!r}")
-    scale = raw.get("likert_scale", [0, 3])
-    if (not isinstance(scale, list) or len(scale) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in scale)
-            or scale[0] >= scale[1]):
-        raise _err(where, "annotation.likert_scale", f"expected [low, high] whole numbers with low < high, got {scale!r}")
-    dataset = raw.get("dataset")
-    if dataset is not None and (not isinstance(dataset, str) or not dataset.strip()):
-        raise _err(where, "annotation.dataset", f"expected a path or null, got {dataset!r}")
-    return AnnotationSettings(
-        judges, pairwise, tuple(x.strip() for x in likert), (scale[0], scale[1]), dataset,
-        enabled=_bool(raw, "enabled", f"{where}: annotation", True),
-        judges_see_conversations=_bool(raw, "judges_see_conversations", f"{where}: annotation", False),
-        max_open_per_judge=_int(raw, "max_open_per_judge", f"{where}: annotation", 1, 1, 100),
-        max_open_total=_int(raw, "max_open_total", f"{where}: annotation", 100, 1, 100_000),
-    )
+    @field_validator("crisis", mode="before")
+    @classmethod
+    def _crisis(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError("expected a mapping with banner and patterns")
+        return value
 
+    @field_validator("reveal_identities", mode="before")
+    @classmethod
+    def _reveal(cls, value: Any) -> str:
+        if value not in REVEAL_OPTIONS:
+            raise ValueError(f"expected one of {', '.join(REVEAL_OPTIONS)}, got {value!r}")
+        return value
 
-def protocol_from_dict(data: Any, where: str = "<protocol>", base_dir: Path | None = None,
-                       build_arms: bool = True) -> Protocol:
-    """Validate a parsed protocol mapping. `build_arms=False` keeps the arm dicts unvalidated (for tools
-    that only need the text parts and must not touch model files)."""
-    if not isinstance(data, dict):
-        raise ProtocolError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
-    unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise ProtocolError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_TOP_KEYS))}")
-    missing = [k for k in _REQUIRED if k not in data]
-    if missing:
-        raise ProtocolError(f"{where}: missing required key(s) {', '.join(missing)}")
-    title = _text(data, "title", where)
-    consent = _text(data, "consent", where)
-    instructions = data.get("instructions") or ""
-    if not isinstance(instructions, str):
-        raise _err(where, "instructions", f"expected a text, got {instructions!r}")
-    raw_arms = data.get("arms")
-    if not isinstance(raw_arms, list) or len(raw_arms) != 3:
-        n = len(raw_arms) if isinstance(raw_arms, list) else type(raw_arms).__name__
-        raise _err(where, "arms", f"expected a list of exactly 3 arms (one per pane), got {n}")
-    for i, a in enumerate(raw_arms):
-        if not isinstance(a, dict) or not str(a.get("name", "")).strip():
-            raise _err(where, f"arms[{i}]", "expected a mapping with at least a name")
-    names = [str(a["name"]).strip() for a in raw_arms]
-    if len(set(names)) != 3:
-        raise _err(where, "arms", f"arm names must be distinct, got {names}")
-    max_reply_tokens = _int(data, "max_reply_tokens", where, 256, 1, 8192)
-    if build_arms:
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _arms(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, list) or len(value) != 3:
+            n = len(value) if isinstance(value, list) else type(value).__name__
+            raise ValueError(f"expected a list of exactly 3 arms (one per pane), got {n}")
+        for i, a in enumerate(value):
+            if not isinstance(a, dict) or not str(a.get("name", "")).strip():
+                raise ValueError(f"[{i}]: expected a mapping with at least a name")
+        names = [str(a["name"]).strip() for a in value]
+        if len(set(names)) != 3:
+            raise ValueError(f"arm names must be distinct, got {names}")
+        ctx = info.context or {}
+        if not ctx.get("build_arms", True):
+            return tuple(value)
         from extes.models.arms import arms_from_config
 
+        where = ctx.get("where", "<protocol>")
         try:
             # Relative paths: the working directory first, then base_dir (the repository root for
             # eval_protocol/*.yaml), so `python app.py` works from anywhere.
-            arms = arms_from_config(raw_arms, where, base_dir=base_dir)
+            arms = arms_from_config(value, where, base_dir=ctx.get("base_dir"))
         except (ValueError, FileNotFoundError) as exc:
-            raise ProtocolError(str(exc) if where in str(exc) else f"{where}: arms: {exc}") from None
-        arms = [_cap_reply(a, max_reply_tokens) for a in arms]
-    else:
-        arms = raw_arms
-    reveal = data.get("reveal_identities", "never")
-    if reveal not in REVEAL_OPTIONS:
-        raise _err(where, "reveal_identities", f"expected one of {', '.join(REVEAL_OPTIONS)}, got {reveal!r}")
-    return Protocol(
-        title=title,
-        consent=consent,
-        instructions=instructions.strip(),
-        arms=tuple(arms),
-        aspects=_aspects(data.get("aspects"), where),
-        crisis=_crisis(data.get("crisis"), where),
-        min_user_turns=_int(data, "min_user_turns", where, 10, 1, 200),
-        conversations_per_participant=_int(data, "conversations_per_participant", where, 2, 1, 50),
-        max_message_chars=_int(data, "max_message_chars", where, 4000, 1, 100_000),
-        max_reply_tokens=max_reply_tokens,
-        scenario_to_models=_bool(data, "scenario_to_models", where, False),
-        reveal_identities=reveal,
-        annotation=_annotation(data.get("annotation"), where),
-        source=where,
-    )
+            raise _ArmsError(str(exc) if where in str(exc) else f"{where}: arms: {exc}") from None
+        cap = info.data.get("max_reply_tokens", 256)
+        return tuple(_cap_reply(a, cap) for a in arms)
 
 
 def _cap_reply(arm: Any, cap: int) -> Any:
@@ -271,6 +307,20 @@ def _cap_reply(arm: Any, cap: int) -> Any:
     if gen is not None and getattr(gen, "max_new_tokens", 0) > cap:
         return replace(arm, generation=replace(gen, max_new_tokens=cap))
     return arm
+
+
+def protocol_from_dict(data: Any, where: str = "<protocol>", base_dir: Path | None = None,
+                       build_arms: bool = True) -> Protocol:
+    """Validate a parsed protocol mapping. `build_arms=False` keeps the arm dicts unvalidated (for tools
+    that only need the text parts and must not touch model files)."""
+    if isinstance(data, dict) and "source" in data:
+        raise ProtocolError(f"{where}: unknown key(s) source; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    try:
+        protocol = validate_config(data, Protocol, where, error=ProtocolError,
+                                   context={"where": where, "base_dir": base_dir, "build_arms": build_arms})
+    except _ArmsError as exc:
+        raise ProtocolError(str(exc)) from None
+    return protocol.model_copy(update={"source": where})
 
 
 def load_protocol(path: str | Path, build_arms: bool = True) -> Protocol:
