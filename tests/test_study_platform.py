@@ -49,7 +49,7 @@ def test_protocol_errors_name_the_file_and_key(extra, message):
 import json  # noqa: E402
 
 import sqlalchemy as sa  # noqa: E402
-from study_helpers import FakePool, full_answers, make_protocol  # noqa: E402
+from study_helpers import ARM_NAMES, FakePool, full_answers, make_protocol  # noqa: E402
 
 from extes.study import store as store_mod  # noqa: E402
 from extes.study.session import INSTRUCTED_KEY, Study, StudyRefusal  # noqa: E402
@@ -220,3 +220,103 @@ def test_no_checks_no_rows(tmp_path):
     v = chat_and_rate(s, v, instructed=None)
     assert v.stage == "done" and s.store.conversation_flags() == [] and v.completion_url == ""
     s.store.close()
+
+
+# ---------------------------------------------------------------------------------------- exclusions at analysis
+
+from extes.cli import main  # noqa: E402
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def rated_study(tmp_path, n_good=3, attention=ATTENTION, **extra):
+    """A study DB: one conversation that fails the attention row, n_good that pass."""
+    attention = {k: v for k, v in attention.items() if k not in ("min_rating_seconds",)}
+    protocol = make_protocol(tmp_path, min_turns=1, conversations=1, attention=attention, **extra)
+    s = Study(protocol, Store(tmp_path / "study.sqlite"), FakePool())
+    bad = None
+    for i in range(n_good + 1):
+        v = s.start_conversation(s.consent().code, "Academic Stress")
+        answers = full_answers(s, "left")
+        answers[next(iter(answers))] = "tie"  # not straight-lined
+        answers[INSTRUCTED_KEY] = "right" if i == 0 else "tie"
+        list(s.send(v.code, v.conversation_id, "ABC", f"something long enough {i}"))
+        s.submit_rating(v.code, v.conversation_id, answers)
+        bad = bad or v.conversation_id
+    s.store.close()
+    return tmp_path / "study.sqlite", bad
+
+
+def test_attention_failure_is_excluded_from_analyze_by_default_and_listed(tmp_path, capsys):
+    db, bad = rated_study(tmp_path)
+    per_conv = 3 * 5  # 3 pairs x 5 aspects in the default protocol
+    code, out, _ = run_cli(capsys, "analyze", "--db", db, "--reference", ARM_NAMES[0], "--json", "--n-boot", 10)
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["exclusions"] == {"rule": ["failed_attention", "straight_lined"], "conversations": 4,
+                                     "excluded": [bad], "by_flag": {"failed_attention": 1, "straight_lined": 0},
+                                     "votes_excluded": per_conv}
+    assert payload["votes"] == 3 * per_conv
+    code, out, _ = run_cli(capsys, "analyze", "--db", db, "--reference", ARM_NAMES[0], "--n-boot", 10)
+    assert ("Exclusions (failed_attention, straight_lined): 1 of 4 conversation(s) excluded (failed_attention 1); "
+            f"{per_conv} vote(s) left out, kept in the store.") in out
+    code, out, _ = run_cli(capsys, "analyze", "--db", db, "--reference", ARM_NAMES[0], "--json", "--n-boot", 10,
+                           "--exclusions", "none")
+    assert json.loads(out)["votes"] == 4 * per_conv
+    # the excluded votes stay in the store
+    store = Store(db)
+    assert len(store.votes(bad)) == per_conv
+    store.close()
+
+
+def test_export_applies_the_rule_and_analyze_votes_accepts_flags(tmp_path, capsys):
+    db, bad = rated_study(tmp_path)
+    votes, flags = tmp_path / "votes.csv", tmp_path / "flags.csv"
+    code, out, _ = run_cli(capsys, "export", "--db", db, "--votes", votes, "--flags", flags)
+    assert code == 0 and "1 of 4 conversation(s) excluded" in out
+    import pandas as pd
+
+    assert bad not in set(pd.read_csv(votes)["conversation_id"])
+    assert pd.read_csv(flags)[["conversation_id", "flag"]].values.tolist() == [[bad, "failed_attention"]]
+    code, out, _ = run_cli(capsys, "export", "--db", db, "--votes", votes, "--exclusions", "none")
+    assert bad in set(pd.read_csv(votes)["conversation_id"]) and "Exclusions: none applied." in out
+    code, out, _ = run_cli(capsys, "analyze", "--votes", votes, "--flags", flags, "--exclusions", "failed_attention",
+                           "--reference", ARM_NAMES[0], "--json", "--n-boot", 10)
+    assert json.loads(out)["exclusions"]["excluded"] == [bad]
+    code, _, err = run_cli(capsys, "analyze", "--votes", votes, "--exclusions", "failed_attention",
+                           "--reference", ARM_NAMES[0], "--n-boot", 10)
+    assert code != 0 and "give --db, or --flags FILE" in err
+    code, _, err = run_cli(capsys, "analyze", "--db", db, "--exclusions", "lazy", "--reference", ARM_NAMES[0])
+    assert code != 0 and "unknown flag(s) lazy" in err
+
+
+def test_payments_export_has_ids_status_codes_times_and_no_chat_text(tmp_path, env_salt, capsys):
+    s = platform_study(tmp_path)
+    v = s.platform_consent(PARAMS)
+    for _ in range(2):
+        v = s.start_conversation(v.code, "Academic Stress")
+        v = chat_and_rate(s, v, text="my private words here", instructed=None)
+    other = {"PROLIFIC_PID": "aaaaaaaaaaaaaaaaaaaaaaaa", "STUDY_ID": "study-1", "SESSION_ID": "session-2"}
+    s.platform_decline(other)
+    third = {"PROLIFIC_PID": "bbbbbbbbbbbbbbbbbbbbbbbb", "STUDY_ID": "study-1", "SESSION_ID": "session-3"}
+    s.start_conversation(s.platform_consent(third).code, "Academic Stress")  # drops out while chatting
+    s.store.close()
+    out_csv = tmp_path / "payments.csv"
+    code, out, _ = run_cli(capsys, "export", "--db", tmp_path / "study.sqlite", "--payments", out_csv)
+    assert code == 0 and "wrote 3 platform sessions" in out
+    import pandas as pd
+
+    text = out_csv.read_text()
+    frame = pd.read_csv(out_csv, dtype=str, keep_default_na=False)
+    assert list(frame["status"]) == ["completed", "screened_out", "incomplete"]
+    assert list(frame["completion_code"]) == ["C1A2B3", "NOCONSENT", ""]
+    assert list(frame["session_id"]) == ["session-1", "session-2", "session-3"]
+    assert list(frame["id_kind"]) == ["hash"] * 3 and frame["last_stage"].iloc[2] == "chat"
+    assert PID not in text and "private words" not in text and "Academic" not in text
+    assert list(frame.columns) == ["platform", "platform_id", "id_kind", "study_id", "session_id", "status",
+                                   "completion_code", "started_at", "completed_at", "screened_out_at", "last_stage",
+                                   "minutes"]

@@ -640,7 +640,11 @@ class Study:
         import json
 
         self.store.set_meta(EXCLUSION_RULE_META, json.dumps(list(self.protocol.attention.exclude)))
-        self._salt = platform_salt() if self.protocol.recruitment is not None else b""
+        rec = self.protocol.recruitment
+        self._salt = platform_salt() if rec is not None else b""
+        if rec is not None:  # for the payments export (`extes export --payments`) from the database alone
+            self.store.set_meta("completion_codes", json.dumps({"completion": rec.completion_code,
+                                                                "screened_out": rec.screened_out_code}))
 
     def _arrival(self, params: dict[str, str] | None) -> tuple[PlatformArrival, str] | None:
         rec = self.protocol.recruitment
