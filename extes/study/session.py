@@ -709,7 +709,7 @@ class Study:
                 arrival.study, arrival.session)
         except DuplicateError:
             raise StudyRefusal("This study was already started with your platform id; it cannot be started "
-                               "twice. Open the study link from the platform again to continue.") from None
+                               "twice. Open the study link from the platform again to continue.", hint=True) from None
         log.info("participant %s consented (from %s)", p["id"], rec.platform)
         return self._seen(self.view(p["code"]))
 
