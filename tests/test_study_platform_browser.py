@@ -87,6 +87,43 @@ def rate(page, n_questions: int) -> None:
     form.get_by_role("button", name="Submit ratings").click()
 
 
+def return_and_finish(back, link: str, complete, redirected: list[str], tmp_path: Path, n_questions: int) -> None:
+    """The participant comes back with the platform link in a fresh browser, finishes, and is redirected."""
+    back.route(f"{COMPLETE}*", complete)
+    back.goto(link)  # the same link from the platform, in a fresh browser: resumed
+    back.get_by_placeholder("Message to Model A").wait_for()
+    back.get_by_text("Conversation 2 of 2").wait_for()
+    shot(back, tmp_path, "p3-resumed")
+    send_all(back, "We broke up last month and I still think about it.")
+    rate(back, n_questions)
+    back.get_by_text("Your completion code:").wait_for()
+    body = back.inner_text("body")
+    assert "C1A2B3" in body and PID not in body
+    assert back.get_by_role("link", name="Return to the recruitment platform").get_attribute("href") == \
+        f"{COMPLETE}?cc=C1A2B3"
+    shot(back, tmp_path, "p4-completion")
+    back.wait_for_url(f"{COMPLETE}*", timeout=TIMEOUT_MS)  # the redirect
+    assert redirected and redirected[-1] == f"{COMPLETE}?cc=C1A2B3"
+
+
+
+def check_store(store, n_questions: int) -> None:
+    """What the browser session left in the store."""
+    (session,) = store.platform_sessions()
+    assert session["completed_at"] and session["last_stage"] == "done" and session["raw_id"] is None
+    assert session["study_id"] == "study-e2e" and session["session_id"] == "session-e2e"
+    convs = store.all_conversations()
+    assert [c.status for c in convs] == ["rated", "rated"]
+    assert all(store.rating_checks(c.id)["instructed_answer"] == "tie" for c in convs)
+    assert store.conversation_flags() == []
+    assert len(store.votes()) == 2 * n_questions  # the attention row is never a vote
+
+
+def check_shots(tmp_path: Path) -> None:
+    for name in ("p1-platform-consent", "p2-second-start-refused", "p3-resumed", "p4-completion"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 5_000
+
+
 def test_prolific_participant_in_a_real_browser(browser, tmp_path, monkeypatch):
     from extes.study.app import build_app
     from extes.study.store import Store
@@ -132,23 +169,7 @@ def test_prolific_participant_in_a_real_browser(browser, tmp_path, monkeypatch):
             start(page, "Breakups or Divorce")
             page.close()  # dropout in the middle of the second conversation
 
-            back = new_page(browser)
-            back.route(f"{COMPLETE}*", complete)
-            back.goto(link)  # the same link from the platform, in a fresh browser: resumed
-            back.get_by_placeholder("Message to Model A").wait_for()
-            back.get_by_text("Conversation 2 of 2").wait_for()
-            shot(back, tmp_path, "p3-resumed")
-            send_all(back, "We broke up last month and I still think about it.")
-            rate(back, n_questions)
-            back.get_by_text("Your completion code:").wait_for()
-            body = back.inner_text("body")
-            assert "C1A2B3" in body and PID not in body
-            assert back.get_by_role("link", name="Return to the recruitment platform").get_attribute("href") == \
-                f"{COMPLETE}?cc=C1A2B3"
-            shot(back, tmp_path, "p4-completion")
-            back.wait_for_url(f"{COMPLETE}*", timeout=TIMEOUT_MS)  # the redirect
-            assert redirected and redirected[-1] == f"{COMPLETE}?cc=C1A2B3"
-
+            return_and_finish(new_page(browser), link, complete, redirected, tmp_path, n_questions)
             again = new_page(browser)
             again.goto(link)  # after the end: the completion code again, no new start
             again.get_by_text("Your completion code:").wait_for()
@@ -156,13 +177,5 @@ def test_prolific_participant_in_a_real_browser(browser, tmp_path, monkeypatch):
     finally:
         store.close()
 
-    (session,) = store.platform_sessions()
-    assert session["completed_at"] and session["last_stage"] == "done" and session["raw_id"] is None
-    assert session["study_id"] == "study-e2e" and session["session_id"] == "session-e2e"
-    convs = store.all_conversations()
-    assert [c.status for c in convs] == ["rated", "rated"]
-    assert all(store.rating_checks(c.id)["instructed_answer"] == "tie" for c in convs)
-    assert store.conversation_flags() == []
-    assert len(store.votes()) == 2 * n_questions  # the attention row is never a vote
-    for name in ("p1-platform-consent", "p2-second-start-refused", "p3-resumed", "p4-completion"):
-        assert (tmp_path / f"{name}.png").stat().st_size > 5_000
+    check_store(store, n_questions)
+    check_shots(tmp_path)
