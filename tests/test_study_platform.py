@@ -320,3 +320,33 @@ def test_payments_export_has_ids_status_codes_times_and_no_chat_text(tmp_path, e
     assert list(frame.columns) == ["platform", "platform_id", "id_kind", "study_id", "session_id", "status",
                                    "completion_code", "started_at", "completed_at", "screened_out_at", "last_stage",
                                    "minutes"]
+
+
+def test_dashboard_platform_sessions_dropouts_and_zip(tmp_path, env_salt):
+    import io
+    import zipfile
+
+    from extes.study import ui_research as ui
+
+    s = platform_study(tmp_path)
+    v = s.platform_consent(PARAMS)
+    for _ in range(2):
+        v = s.start_conversation(v.code, "Academic Stress")
+        v = chat_and_rate(s, v, instructed=None)
+    s.platform_decline({"PROLIFIC_PID": "a" * 24, "SESSION_ID": "s2"})
+    gone = s.platform_consent({"PROLIFIC_PID": "b" * 24, "SESSION_ID": "s3"})
+    s.start_conversation(gone.code, "Academic Stress")
+    s.platform_consent({"PROLIFIC_PID": "c" * 24, "SESSION_ID": "s4"})  # still on the setup page
+    with s.store.engine.begin() as conn:  # the third was last seen an hour ago
+        conn.execute(store_mod.platform_sessions.update().where(store_mod.platform_sessions.c.session_id == "s3")
+                     .values(last_seen_at="2000-01-01T00:00:00.000+00:00"))
+    frame = ui.platform_sessions_view(s.store)
+    assert list(frame["status"]) == ["completed", "screened_out", "dropped out at chat", "in progress (setup)"]
+    summary = ui.platform_summary(frame)
+    assert summary.startswith("4 started, 1 completed, 1 screened out, 1 dropped out (chat 1), 1 in progress")
+    assert PID not in frame.to_csv()
+    with zipfile.ZipFile(io.BytesIO(ui.export_zip(s.store))) as zf:
+        assert {"payments.csv", "attention_flags.csv"} <= set(zf.namelist())
+        payments = zf.read("payments.csv").decode()
+    assert "C1A2B3" in payments and "NOCONSENT" in payments and PID not in payments
+    s.store.close()

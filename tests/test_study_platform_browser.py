@@ -107,6 +107,16 @@ def return_and_finish(back, link: str, complete, redirected: list[str], tmp_path
 
 
 
+def dashboard(page, url: str, tmp_path: Path) -> None:
+    """The researcher sees the platform session on /research (started, completed, minutes)."""
+    page.goto(url + "research/")
+    page.get_by_label("Password").fill("e2e-password")
+    page.get_by_role("button", name="Open the dashboard").click()
+    page.get_by_text("1 started, 1 completed, 0 screened out, 0 dropped out, 0 in progress").wait_for()
+    assert PID not in page.inner_text("body")
+    shot(page, tmp_path, "p5-dashboard")
+
+
 def check_store(store, n_questions: int) -> None:
     """What the browser session left in the store."""
     (session,) = store.platform_sessions()
@@ -120,7 +130,7 @@ def check_store(store, n_questions: int) -> None:
 
 
 def check_shots(tmp_path: Path) -> None:
-    for name in ("p1-platform-consent", "p2-second-start-refused", "p3-resumed", "p4-completion"):
+    for name in ("p1-platform-consent", "p2-second-start-refused", "p3-resumed", "p4-completion", "p5-dashboard"):
         assert (tmp_path / f"{name}.png").stat().st_size > 5_000
 
 
@@ -129,6 +139,7 @@ def test_prolific_participant_in_a_real_browser(browser, tmp_path, monkeypatch):
     from extes.study.store import Store
 
     monkeypatch.setenv("EXTES_PLATFORM_SALT", "e2e-salt-0123456789abcdef")
+    monkeypatch.setenv("EXTES_RESEARCH_PASSWORD", "e2e-password")
     protocol = make_protocol(
         tmp_path, min_turns=1, conversations=2,
         recruitment={"platform": "prolific", "completion_code": "C1A2B3", "screened_out_code": "NOCONSENT"},
@@ -174,6 +185,7 @@ def test_prolific_participant_in_a_real_browser(browser, tmp_path, monkeypatch):
             again.goto(link)  # after the end: the completion code again, no new start
             again.get_by_text("Your completion code:").wait_for()
             assert store.counts()["participants"] == 1
+            dashboard(again, srv.url, tmp_path)
     finally:
         store.close()
 
