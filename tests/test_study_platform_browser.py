@@ -93,8 +93,8 @@ def return_and_finish(back, link: str, complete, redirected: list[str], tmp_path
     back.goto(link)  # the same link from the platform, in a fresh browser: resumed
     back.get_by_placeholder("Message to Model A").wait_for()
     back.get_by_text("Conversation 2 of 2").wait_for()
+    back.get_by_text("We broke up last month and I still think about it.").first.wait_for()  # the chat so far
     shot(back, tmp_path, "p3-resumed")
-    send_all(back, "We broke up last month and I still think about it.")
     rate(back, n_questions)
     back.get_by_text("Your completion code:").wait_for()
     body = back.inner_text("body")
@@ -178,7 +178,8 @@ def test_prolific_participant_in_a_real_browser(browser, tmp_path, monkeypatch):
             rate(page, n_questions)
             page.get_by_role("button", name="Start the next conversation").click()
             start(page, "Breakups or Divorce")
-            page.close()  # dropout in the middle of the second conversation
+            send_all(page, "We broke up last month and I still think about it.")
+            page.close()  # dropout in the middle of the second conversation, before rating it
 
             return_and_finish(new_page(browser), link, complete, redirected, tmp_path, n_questions)
             again = new_page(browser)
