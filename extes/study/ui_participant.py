@@ -13,6 +13,7 @@ HTML-escaped before Markdown rendering, so `<script>` shows as text.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import threading
 import time
@@ -90,6 +91,17 @@ def with_request(fn: Callable, names: list[str]) -> Callable:
 
 def _request(args: tuple) -> gr.Request | None:
     return next((a for a in args if isinstance(a, gr.Request)), None)
+
+
+def _params(text: str | None) -> dict[str, str]:
+    """The platform parameters kept on the page (JSON of the URL's query parameters)."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise StudyRefusal("Please open the study from the link on the recruitment platform.")
+    return value
 
 
 def safe_text(text: str) -> str:
@@ -284,8 +296,8 @@ class ParticipantUI:
         params = dict(request.query_params) if request is not None and getattr(request, "query_params", None) else {}
         arrival = self.study.platform_arrival(params) if self.protocol.recruitment is not None else None
         if arrival is not None:  # from a recruitment platform: no code screen (the platform id resumes)
-            return [*self._full(arrival), params]
-        return [*self._on_load(saved_code), {}]
+            return [*self._full(arrival), json.dumps(params)]
+        return [*self._on_load(saved_code), ""]
 
     def _on_load(self, saved_code: str | None):
         if saved_code:
@@ -295,15 +307,15 @@ class ParticipantUI:
                 pass
         return self._full(None)
 
-    def on_consent(self, params: dict | None = None, request: gr.Request = None):
+    def on_consent(self, params: str | None = None, request: gr.Request = None):
         if self.limiter is not None:
             self.limiter.hit("consent", client_of(request))
         if params:
-            return self._full(self.study.platform_consent(params))
+            return self._full(self.study.platform_consent(_params(params)))
         return self._full(self.study.consent())
 
-    def on_decline(self, params: dict | None = None, request: gr.Request = None):
-        return self._full(self.study.platform_decline(params))
+    def on_decline(self, params: str | None = None, request: gr.Request = None):
+        return self._full(self.study.platform_decline(_params(params)))
 
     def on_resume(self, code: str, request: gr.Request = None):
         return self._full(self.study.resume(code))
@@ -458,7 +470,10 @@ class ParticipantUI:
                                  *self.chat_outputs, *self.radios, comment]
             self.platform_outputs = [redirect_box, decline_btn, resume_acc, attention]
             self.full_outputs += self.platform_outputs
-            platform_params = gr.State({})  # the platform's URL parameters, read on load (server-side)
+            # the platform's URL parameters as read on load (JSON). A hidden field rather than a gr.State: a
+            # State input kept the app from shutting down on SIGTERM after API calls; the page's own URL is
+            # the participant's to change anyway, and the study checks the parameters again.
+            platform_params = StrictTextbox(visible=False, label="platform parameters", value="")
             n_full = len(self.full_outputs)
             full = dict(outputs=self.full_outputs, concurrency_limit=None)
 
