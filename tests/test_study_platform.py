@@ -350,3 +350,12 @@ def test_dashboard_platform_sessions_dropouts_and_zip(tmp_path, env_salt):
         payments = zf.read("payments.csv").decode()
     assert "C1A2B3" in payments and "NOCONSENT" in payments and PID not in payments
     s.store.close()
+
+
+def test_page_platform_parameters_are_checked():
+    from extes.study.ui_participant import _params
+
+    assert _params("") == {} and _params('{"PROLIFIC_PID": "x1"}') == {"PROLIFIC_PID": "x1"}
+    for bad in ("not json", "[1]", '{"PROLIFIC_PID": 5}'):
+        with pytest.raises(StudyRefusal, match="recruitment platform"):
+            _params(bad)
