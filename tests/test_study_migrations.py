@@ -23,25 +23,26 @@ def _make_version(path, version: int) -> sa.Engine:
         for v in range(1, version + 1):
             MIGRATIONS[v - 1](conn)
             conn.execute(store_mod.schema_version.insert().values(version=v, applied_at="then"))
+            if v == 1:  # the data as version 1 wrote it, carried through the later migrations
+                _v1_data(conn)
     return engine
 
 
-def _v1_data(engine: sa.Engine) -> None:
+def _v1_data(conn: sa.Connection) -> None:
     t = schema_v1
-    with engine.begin() as conn:
-        conn.execute(t.participants.insert().values(id="p-1", code="AAAA-BBBB-CCCC", role="participant",
-                                                    consented_at="2026-01-01", protocol="x"))
-        # Two conversations "chatting" at once: what the race on Start could leave behind.
-        for seq in (1, 2):
-            conn.execute(t.conversations.insert().values(
-                id=f"c-{seq}", participant_id="p-1", seq=seq, order_index=seq, arm_order=json.dumps(["a", "b", "c"]),
-                scenario="Academic Stress", description="", status="chatting", protocol="x",
-                created_at=f"2026-01-0{seq}"))
-        conn.execute(t.messages.insert().values(conversation_id="c-2", pane="A", arm="a", role="user",
-                                                text="old message", created_at="2026-01-02"))
-        conn.execute(t.messages.insert().values(conversation_id="c-2", pane="A", arm="a", role="assistant",
-                                                text="old reply", raw_text="[EV] old reply", strategy="Emotional Validation",
-                                                created_at="2026-01-02", finish_reason="stop"))
+    conn.execute(t.participants.insert().values(id="p-1", code="AAAA-BBBB-CCCC", role="participant",
+                                                consented_at="2026-01-01", protocol="x"))
+    # Two conversations "chatting" at once: what the race on Start could leave behind.
+    for seq in (1, 2):
+        conn.execute(t.conversations.insert().values(
+            id=f"c-{seq}", participant_id="p-1", seq=seq, order_index=seq, arm_order=json.dumps(["a", "b", "c"]),
+            scenario="Academic Stress", description="", status="chatting", protocol="x",
+            created_at=f"2026-01-0{seq}"))
+    conn.execute(t.messages.insert().values(conversation_id="c-2", pane="A", arm="a", role="user",
+                                            text="old message", created_at="2026-01-02"))
+    conn.execute(t.messages.insert().values(conversation_id="c-2", pane="A", arm="a", role="assistant",
+                                            text="old reply", raw_text="[EV] old reply", strategy="Emotional Validation",
+                                            created_at="2026-01-02", finish_reason="stop"))
 
 
 def test_a_fresh_database_runs_every_migration(tmp_path):
@@ -57,7 +58,6 @@ def test_every_earlier_version_with_data_upgrades(tmp_path):
     for version in range(1, SCHEMA_VERSION):
         path = tmp_path / f"v{version}.sqlite"
         engine = _make_version(path, version)
-        _v1_data(engine)
         engine.dispose()
         store = Store(path)
         assert store.schema_version() == SCHEMA_VERSION

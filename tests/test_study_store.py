@@ -31,14 +31,15 @@ def rated_conversation(store: Store, outcome: str = "a"):
 def test_schema_versioned_and_migrations_run_once(tmp_path):
     path = tmp_path / "s.sqlite"
     store = Store(path)
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION == 3
     Store(path)  # reopening applies nothing twice
     with store.engine.connect() as conn:
         assert conn.execute(sa.text("select count(*) from schema_version")).scalar() == SCHEMA_VERSION
         assert conn.execute(sa.text("pragma journal_mode")).scalar() == "wal"
         tables = set(sa.inspect(conn).get_table_names())
     assert {"participants", "conversations", "messages", "votes", "reports", "flags", "annotation_items",
-            "assignments", "judgments", "likert_ratings", "schema_version"} <= tables
+            "assignments", "judgments", "likert_ratings", "schema_version", "conversation_flags", "rating_checks",
+            "platform_sessions"} <= tables
 
 
 def test_newer_schema_is_refused(db_url):

@@ -76,6 +76,61 @@ def _fmt(value: float, spec: str = ".3f") -> str:
     return "n/a" if value is None or value != value else format(value, spec)
 
 
+# ------------------------------------------------------------------------------------- exclusions
+
+EXCLUSIONS_HELP = ("attention-check exclusions: protocol (the rule the study's protocol declared, stored in the "
+                   "database; the default), none, or a comma-separated list of flags (failed_attention, "
+                   "short_messages, fast_rating, repeated_message, straight_lined). Excluded votes stay in the store.")
+
+
+def _load_flags(path: Path) -> pd.DataFrame:
+    """A flags CSV (conversation_id, flag[, detail]) for `analyze --votes --flags`."""
+    from extes.analysis.exclusions import FLAGS
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--flags {path}: no such file")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in ("conversation_id", "flag") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (need conversation_id, flag)")
+    bad = sorted(set(frame["flag"]) - set(FLAGS))
+    if bad:
+        raise ValueError(f"{path}: unknown flag(s) {', '.join(bad[:5])}; known: {', '.join(FLAGS)}")
+    return frame
+
+
+def _exclusions(votes: pd.DataFrame, spec: str | None, db: str | None = None, flags_file: Path | None = None):
+    """(kept votes, ExclusionReport): the rule of `--exclusions` applied with the flags of the study database
+    (or a flags CSV). Votes are matched on conversation_id, or session_id where that is empty."""
+    from extes.analysis.exclusions import apply_exclusions, parse_rule
+
+    protocol_rule: list[str] = []
+    flags = None
+    if db:
+        store = _open_store(db)
+        try:
+            if hasattr(store, "flags_frame"):  # a store without attention flags (before schema v3) has none
+                flags = store.flags_frame()
+                protocol_rule = json.loads(store.get_meta("exclusion_rule") or "[]")
+        finally:
+            _close(store)
+    elif flags_file is not None:
+        flags = _load_flags(flags_file)
+    rule = parse_rule(spec, protocol_rule)
+    if rule and flags is None:
+        raise ValueError(f"--exclusions {spec}: the flags are in the study database; give --db, or --flags FILE "
+                         "with --votes")
+    keyed = votes.copy()
+    if "conversation_id" in keyed:
+        keyed["conversation_id"] = keyed["conversation_id"].where(keyed["conversation_id"].astype(str) != "",
+                                                                  keyed["session_id"])
+    empty = pd.DataFrame(columns=["conversation_id", "flag"])
+    kept, report = apply_exclusions(keyed, flags if flags is not None else empty, rule)
+    out = votes.loc[kept.index]
+    out.attrs = dict(votes.attrs)
+    return out, report
+
+
 # ------------------------------------------------------------------------------------------ export
 
 
@@ -85,21 +140,54 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voters", choices=("participant", "judge", "all"), default="participant",
                         help="whose votes: the participants' own (default), third-party judges', or both")
     parser.add_argument("--ratings", type=Path, help="write the Ratings CSV (annotation judgments) here")
+    parser.add_argument("--exclusions", default="protocol", metavar="protocol|none|LIST", help=EXCLUSIONS_HELP)
+    parser.add_argument("--flags", dest="flags_out", type=Path,
+                        help="write the attention flags CSV (conversation_id, flag, detail) here")
+    parser.add_argument("--payments", type=Path,
+                        help="write the payments CSV for a recruitment platform here (ids, status, completion "
+                             "code, times; no chat text)")
 
 
 def run_export(args: argparse.Namespace) -> int:
-    if args.votes is None and args.ratings is None:
+    if args.votes is None and args.ratings is None and args.flags_out is None and args.payments is None:
         raise ValueError("nothing to export: give --votes FILE and/or --ratings FILE")
     # Read and validate everything before writing anything, so a bad record leaves no file behind.
     votes = _votes_from_db(args.db, allow_empty=True, who=args.voters) if args.votes else None
     ratings = _ratings_from_db(args.db, for_agreement=False) if args.ratings else None
+    excluded = None
+    if votes is not None:
+        votes, excluded = _exclusions(votes, args.exclusions, db=args.db)
+    extra = _extra_exports(args)
     if votes is not None:
         write_csv_atomic(votes[list(VOTE_COLUMNS + VOTE_OPTIONAL)], args.votes)
         print(f"wrote {len(votes)} votes to {args.votes}")
+        print(excluded.describe())
     if ratings is not None:
         write_csv_atomic(ratings[list(RATING_COLUMNS + RATING_OPTIONAL)], args.ratings)
         print(f"wrote {len(ratings)} ratings to {args.ratings}")
+    for path, frame, what in extra:
+        write_csv_atomic(frame, path)
+        print(f"wrote {len(frame)} {what} to {path}")
     return 0
+
+
+def _extra_exports(args: argparse.Namespace) -> list[tuple[Path, pd.DataFrame, str]]:
+    """The flags and payments CSVs (read before anything is written)."""
+    from extes.study.recruitment import payments_frame
+
+    out = []
+    if args.flags_out is None and args.payments is None:
+        return out
+    store = _open_store(args.db)
+    try:
+        if args.flags_out is not None:
+            out.append((args.flags_out, store.flags_frame(), "flags"))
+        if args.payments is not None:
+            codes = json.loads(store.get_meta("completion_codes") or "{}")
+            out.append((args.payments, payments_frame(store.platform_sessions(), codes), "platform sessions"))
+    finally:
+        _close(store)
+    return out
 
 
 # ----------------------------------------------------------------------------------------- analyze
@@ -116,6 +204,10 @@ def configure_analyze(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write Markdown, CSV and PNG reports into this directory")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--exclusions", default="protocol", metavar="protocol|none|LIST", help=EXCLUSIONS_HELP)
+    parser.add_argument("--flags", type=Path,
+                        help="with --votes: attention flags CSV (conversation_id, flag), e.g. from "
+                             "`extes export --flags`")
     add_stat_options(parser)
 
 
@@ -138,6 +230,11 @@ def run_analyze(args: argparse.Namespace) -> int:
     from extes.analysis.report import bt_caption, votes_sentence, wtl_caption
 
     votes = load_votes(args.votes) if args.votes else _votes_from_db(args.db, who=args.voters)
+    if args.flags is not None and not args.votes:
+        raise ValueError("--flags goes with --votes (with --db the flags are read from the database)")
+    votes, excluded = _exclusions(votes, args.exclusions, db=args.db, flags_file=args.flags)
+    if votes.empty:
+        raise ValueError(f"no vote is left after the exclusions. {excluded.describe()}")
     wtl = win_tie_loss(votes, args.reference, n_boot=args.n_boot, seed=args.seed,
                        correction=args.correction, min_sessions=args.min_sessions)
     bt = bradley_terry(votes, n_boot=args.n_boot, seed=args.seed, prior=args.bt_prior,
@@ -151,8 +248,10 @@ def run_analyze(args: argparse.Namespace) -> int:
         payload["win_rate"] = {m.aspect: m.to_dict() for m in matrices}
         payload.update(votes=wtl.votes, votes_with_reference=wtl.votes_with_reference,
                        sessions=wtl.sessions, n_boot=args.n_boot, seed=args.seed)
+        payload["exclusions"] = excluded.to_dict()
         _dump(payload)
         return 0
+    print(excluded.describe())
     print(wtl_caption(wtl))
     print(wtl.table().to_string(index=False))
     print(f"\nDetails: {votes_sentence(wtl)}")

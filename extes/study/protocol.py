@@ -18,6 +18,10 @@ names the file, the key and the reason, so a researcher fixes the file in one pa
     crisis: {banner: ..., patterns: {category: [regex, ...], ...}}
     annotation: {judges_per_item: 3, pairwise: true, likert_aspects: [...], likert_scale: [0, 3], dataset: null,
                  enabled: true, judges_see_conversations: false, max_open_per_judge: 1, max_open_total: 100}
+    recruitment: {platform: prolific, completion_code: C1A2B3, screened_out_code: null, keep_raw_id: false,
+                  redirect: true, participant_param/study_param/session_param/completion_url: preset}
+    attention: {instructed_response: false, min_message_chars: 0, min_rating_seconds: 0,
+                flag_repeated_messages: false, flag_straight_lining: false, exclude: [flag, ...]}
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, ValidationInfo, field_validator, model_validator
 
+from extes.analysis.exclusions import FLAGS
 from extes.config import ConfigModel, validate_config
+from extes.study.recruitment import RecruitmentSettings
 
 # The ExTES human-evaluation aspects; the analysis layer (extes.analysis.io.ASPECTS) accepts these.
 ASPECT_KEYS: tuple[str, ...] = ("fluency", "identification", "comforting", "suggestion", "overall")
@@ -187,10 +193,64 @@ class AnnotationSettings(ConfigModel):
         return _allowed(data, tuple(sorted(cls.model_fields)), "")
 
 
+INSTRUCTED_LABEL = "For this row, please choose Tie"  # the attention row of the rating form
+INSTRUCTED_ANSWER = "tie"
+# which protocol option computes each flag (extes.analysis.exclusions.FLAGS)
+FLAG_OPTIONS: dict[str, str] = {
+    "failed_attention": "instructed_response", "short_messages": "min_message_chars",
+    "fast_rating": "min_rating_seconds", "repeated_message": "flag_repeated_messages",
+    "straight_lined": "flag_straight_lining",
+}
+
+
+class AttentionSettings(ConfigModel):
+    """The protocol's ``attention:`` section: checks that flag a conversation at rating time (all off by
+    default) and the exclusion rule applied at analysis (`extes export/analyze --exclusions protocol`)."""
+
+    instructed_response: Flag = False  # a row "For this row, please choose Tie" in the rating form
+    min_message_chars: Annotated[int, _whole(0, 100_000)] = 0  # flag short_messages below this (0: off)
+    min_rating_seconds: Annotated[int, _whole(0, 86_400)] = 0  # flag fast_rating below this (0: off)
+    flag_repeated_messages: Flag = False  # flag repeated_message: the same text in every turn
+    flag_straight_lining: Flag = False  # flag straight_lined: every answer the same option
+    exclude: tuple[str, ...] = ()  # flags whose conversations the analysis leaves out
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError("expected a mapping")
+        return _allowed(data, tuple(sorted(cls.model_fields)), "")
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _exclude(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ValueError(f"expected a list of flags ({', '.join(FLAGS)}), got {value!r}")
+        unknown = [x for x in value if x not in FLAGS]
+        if unknown:
+            raise ValueError(f"unknown flag(s) {', '.join(unknown)}; known: {', '.join(FLAGS)}")
+        return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _rule_needs_checks(self) -> AttentionSettings:
+        off = [f"{f} needs {FLAG_OPTIONS[f]}" for f in self.exclude if not getattr(self, FLAG_OPTIONS[f])]
+        if off:
+            raise ValueError("exclude names a check that is off: " + "; ".join(off))
+        return self
+
+    def enabled(self) -> tuple[str, ...]:
+        """The flags this protocol computes."""
+        return tuple(f for f in FLAGS if getattr(self, FLAG_OPTIONS[f]))
+
+
 _TOP_KEYS = (
     "title", "consent", "instructions", "arms", "aspects", "crisis", "min_user_turns",
     "conversations_per_participant", "max_message_chars", "max_reply_tokens", "scenario_to_models",
-    "reveal_identities", "annotation", "description",
+    "reveal_identities", "annotation", "description", "recruitment", "attention",
 )
 _REQUIRED = ("title", "consent", "arms", "aspects", "crisis")
 
@@ -209,6 +269,8 @@ class Protocol(ConfigModel):
     scenario_to_models: Flag = False
     reveal_identities: str = "never"
     annotation: AnnotationSettings = AnnotationSettings()
+    recruitment: RecruitmentSettings | None = None  # a recruitment platform (Prolific, MTurk-style links)
+    attention: AttentionSettings = AttentionSettings()
     description: Any = None  # accepted and ignored (a note for the researchers)
     source: str = "<memory>"
 

@@ -21,11 +21,20 @@ from dataclasses import dataclass, field
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from extes.analysis import exclusions as ex
 from extes.study.assignment import balanced_chooser
 from extes.study.blinding import strip_tags, visible_so_far
-from extes.study.protocol import PANES, Protocol
+from extes.study.protocol import INSTRUCTED_ANSWER, PANES, Protocol
+from extes.study.recruitment import (
+    PlatformArrival,
+    RecruitmentError,
+    arrival_from_params,
+    completion_link,
+    hash_platform_id,
+    platform_salt,
+)
 from extes.study.safety import RiskChecker, record_risks
-from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, Store
+from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, RatingChecks, Store
 from extes.taxonomy import OTHER_SCENARIO, SCENARIO_NAMES
 
 log = logging.getLogger(__name__)
@@ -37,6 +46,8 @@ MAX_DESCRIPTION_CHARS = 500
 PERSIST_INTERVAL_S = 0.25  # a streaming reply's shown text is written at least this often ...
 PERSIST_EVERY_DELTAS = 16  # ... or after this many pieces, whichever comes first
 INCOMPLETE = ("streaming", "interrupted", "error")  # finish reasons of replies that do not count
+INSTRUCTED_KEY = "attention:instructed"  # the attention row of the rating form (never a vote)
+EXCLUSION_RULE_META = "exclusion_rule"  # the running protocol's `attention.exclude`, JSON, in the store's meta
 
 
 class ReplyPool(TypingProtocol):
@@ -124,6 +135,10 @@ class SessionView:
     scenario: str = ""
     revealed: dict[str, str] | None = None
     streaming: bool = False
+    # a participant from a recruitment platform: at the end (stage "done", or "screened_out" for one who
+    # declined) the completion link and code to take back to the platform
+    completion_url: str = ""
+    completion_code: str = ""
 
 
 class Study:
@@ -140,6 +155,7 @@ class Study:
         self._busy_lock = threading.Lock()
         self._live: set[int] = set()  # reply rows streaming in this process (kept fresh by the heartbeat)
         self._heartbeat: threading.Thread | None = None
+        self._init_platform()
 
     def _beat(self) -> None:
         """Refresh the replies streaming here, so other processes (and this one after a restart) can
@@ -261,7 +277,7 @@ class Study:
         return self.view(p["code"])
 
     def resume(self, code: str) -> SessionView:
-        return self.view(code)
+        return self._seen(self.view(code))
 
     def start_conversation(self, code: str, scenario: str, description: str = "") -> SessionView:
         """Start the participant's next conversation. The limits (one in progress, at most
@@ -289,11 +305,11 @@ class Study:
         except LimitError as exc:
             raise (in_progress if exc.reason == "in_progress" else complete) from None
         log.info("participant %s started conversation %s", p["id"], conv.id)
-        return self.view(code)
+        return self._seen(self.view(code))
 
     def next_conversation(self, code: str) -> SessionView:
         """After the thanks page: the setup page for the next conversation (nothing is stored yet)."""
-        return self.view(code)
+        return self._seen(self.view(code))
 
     # ---------------------------------------------------------------------------------- chatting
 
@@ -555,16 +571,159 @@ class Study:
             rows.append({"aspect": key.split(":")[0], "pane_a": left, "pane_b": right,
                          "arm_a": conv.arm(left),
                          "arm_b": conv.arm(right), "outcome": value})
+        if self.protocol.attention.instructed_response and not isinstance(answers.get(INSTRUCTED_KEY), str):
+            missing.append("the attention row")
         if missing:
             raise StudyRefusal("Please answer every question before submitting. Missing: " + "; ".join(missing))
         comment = clean_input(comment, "comment").strip()
         if len(comment) > self.protocol.max_message_chars:
             raise StudyRefusal(f"Please keep the comment under {self.protocol.max_message_chars:,} characters.")
         try:
-            self.store.submit_votes(conv.id, p["id"], rows, comment=comment)
+            self.store.submit_votes(conv.id, p["id"], rows, comment=comment,
+                                    checks=self._attention_checks(conv, answers, rows))
         except DuplicateError:
             raise StudyRefusal("This conversation has already been rated; your ratings were kept.") from None
         except LimitError:  # a reply started streaming meanwhile (another tab or app process)
             raise streaming from None
         log.info("participant %s rated conversation %s", p["id"], conv.id)
-        return self._after_rating(code, conv)
+        return self._seen(self._after_rating(code, conv))
+
+    # ---------------------------------------------------------------------------------- attention checks
+
+    def _attention_checks(self, conv: Conversation, answers: dict[str, Any], rows: list[dict[str, Any]]) -> RatingChecks | None:
+        """The flags this protocol's attention checks raise for a rating form (None when none is on). The
+        details hold counts and times only, never what the participant wrote."""
+        att = self.protocol.attention
+        if not att.enabled():
+            return None
+        found: list[tuple[str, str]] = []
+        instructed = None
+        if att.instructed_response:
+            raw = answers.get(INSTRUCTED_KEY)
+            instructed = ANSWERS.get(raw.strip().lower(), "other") if isinstance(raw, str) else None
+            if ex.failed_attention(instructed, INSTRUCTED_ANSWER):
+                found.append(("failed_attention", f"answered {instructed!r}, asked for {INSTRUCTED_ANSWER!r}"))
+        user = [r for r in self.store.messages(conv.id) if r["role"] == "user"]
+        texts = [r["text"] for r in user]
+        if att.min_message_chars and ex.short_messages(texts, att.min_message_chars):
+            n = sum(len(t.strip()) < att.min_message_chars for t in texts)
+            found.append(("short_messages", f"{n} of {len(texts)} message(s) under {att.min_message_chars} characters"))
+        turns = max((sum(r["pane"] == pane for r in user) for pane in PANES), default=0)
+        if att.flag_repeated_messages and turns >= 2 and ex.repeated_message(texts):
+            found.append(("repeated_message", f"the same message in all {len(texts)} sent"))
+        seconds = self._rating_seconds(conv.id)
+        if att.min_rating_seconds and ex.fast_rating(seconds, att.min_rating_seconds):
+            found.append(("fast_rating", f"{seconds:.1f} s on the rating form, minimum {att.min_rating_seconds} s"))
+        outcomes = [r["outcome"] for r in rows]
+        if att.flag_straight_lining and ex.straight_lined(outcomes):
+            found.append(("straight_lined", f"all {len(outcomes)} answers {outcomes[0]!r}"))
+        return RatingChecks(instructed_answer=instructed, rating_seconds=seconds, flags=tuple(found))
+
+    def _rating_seconds(self, conversation_id: str) -> float | None:
+        """Seconds from the conversation's last message (when the rating form was last in view without a
+        reply pending) to now, measured on the server (a page cannot forge it)."""
+        from datetime import UTC, datetime
+
+        last = self.store.last_activity(conversation_id)
+        if not last:
+            return None
+        try:
+            return round(max(0.0, (datetime.now(UTC) - datetime.fromisoformat(last)).total_seconds()), 3)
+        except ValueError:  # pragma: no cover - a timestamp not written by this store
+            return None
+
+    # ---------------------------------------------------------------------------------- recruitment platforms
+
+    def _init_platform(self) -> None:
+        """Record the running protocol's exclusion rule in the store (`extes analyze --exclusions protocol`
+        then works from the database alone); check the platform salt before anyone arrives."""
+        import json
+
+        self.store.set_meta(EXCLUSION_RULE_META, json.dumps(list(self.protocol.attention.exclude)))
+        rec = self.protocol.recruitment
+        self._salt = platform_salt() if rec is not None else b""
+        if rec is not None:  # for the payments export (`extes export --payments`) from the database alone
+            self.store.set_meta("completion_codes", json.dumps({"completion": rec.completion_code,
+                                                                "screened_out": rec.screened_out_code}))
+
+    def _arrival(self, params: dict[str, str] | None) -> tuple[PlatformArrival, str] | None:
+        rec = self.protocol.recruitment
+        if rec is None or not params:
+            return None
+        try:
+            arrival = arrival_from_params({str(k): str(v) for k, v in params.items()}, rec)
+        except RecruitmentError as exc:
+            raise StudyRefusal(f"{exc}. Please open the study from the link on the recruitment platform.") from None
+        if arrival is None:
+            return None
+        return arrival, hash_platform_id(rec.platform, arrival.participant, self._salt)
+
+    def _seen(self, view: SessionView) -> SessionView:
+        """For a participant from a platform: record the stage reached, and at the end add the completion
+        link and code."""
+        rec = self.protocol.recruitment
+        if rec is None or not view.participant_id:
+            return view
+        if self.store.platform_session_of(view.participant_id) is None:
+            return view
+        self.store.platform_seen(view.participant_id, view.stage)
+        if view.stage == "done":
+            view.completion_url, view.completion_code = completion_link(rec), rec.completion_code
+        return view
+
+    def _screened_out_view(self) -> SessionView:
+        rec = self.protocol.recruitment
+        assert rec is not None
+        link = completion_link(rec, screened_out=True) if rec.screened_out_code else ""
+        return SessionView(stage="screened_out", code="", participant_id="", completion_url=link,
+                           completion_code=rec.screened_out_code or "")
+
+    def platform_arrival(self, params: dict[str, str] | None) -> SessionView | None:
+        """A page opened with URL parameters. None: no platform arrival (the ordinary consent and code
+        screens). Otherwise: a known platform id resumes where it was (or sees the screened-out link
+        again); a new one gets stage "consent" (no code screen; nothing is stored before consent)."""
+        found = self._arrival(params)
+        if found is None:
+            return None
+        _arrival, digest = found
+        session = self.store.platform_session(digest)
+        if session is None:
+            return SessionView(stage="consent", code="", participant_id="")
+        if session["participant_id"] is None:
+            return self._screened_out_view()
+        p = self.store.participant(session["participant_id"])
+        log.info("platform participant %s returned", session["participant_id"])
+        return self.resume(p["code"])
+
+    def platform_consent(self, params: dict[str, str] | None) -> SessionView:
+        """The participant from a platform agreed: a participant linked to the platform id's hash. The same
+        platform id can never start twice (refused, nothing stored)."""
+        found = self._arrival(params)
+        if found is None:
+            return self.consent()
+        arrival, digest = found
+        rec = self.protocol.recruitment
+        try:
+            p = self.store.create_platform_participant(
+                self.protocol.source, rec.platform, digest, arrival.participant if rec.keep_raw_id else None,
+                arrival.study, arrival.session)
+        except DuplicateError:
+            raise StudyRefusal("This study was already started with your platform id; it cannot be started "
+                               "twice. Open the study link from the platform again to continue.", hint=True) from None
+        log.info("participant %s consented (from %s)", p["id"], rec.platform)
+        return self._seen(self.view(p["code"]))
+
+    def platform_decline(self, params: dict[str, str] | None) -> SessionView:
+        """The participant from a platform did not consent: recorded as screened out (no participant, no
+        text); the view carries the screened-out link when the protocol has a screened-out code."""
+        found = self._arrival(params)
+        if found is None:
+            raise StudyRefusal("Thank you. You can close this page.")
+        arrival, digest = found
+        rec = self.protocol.recruitment
+        session = self.store.platform_session(digest)
+        if session is not None and session["participant_id"] is not None:
+            raise StudyRefusal("You have already agreed to take part; open the study link again to continue.")
+        self.store.record_screened_out(rec.platform, digest, arrival.participant if rec.keep_raw_id else None,
+                                       arrival.study, arrival.session)
+        return self._screened_out_view()

@@ -98,6 +98,15 @@ class Conversation:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class RatingChecks:
+    """What the rating form's attention checks found (v3): stored with the votes, atomically."""
+
+    instructed_answer: str | None = None
+    rating_seconds: float | None = None
+    flags: tuple[tuple[str, str], ...] = ()  # (flag, detail): counts and times, never participant text
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -287,6 +296,44 @@ rate_events = sa.Table(
 )
 
 
+# v3 (issue 15): attention flags per conversation, the rating form's attention answer and time, and the
+# sessions of participants who arrived from a recruitment platform.
+conversation_flags = sa.Table(
+    "conversation_flags", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("conversation_id", sa.String(40), sa.ForeignKey("conversations.id"), nullable=False, index=True),
+    sa.Column("flag", sa.String(40), nullable=False),  # extes.analysis.exclusions.FLAGS
+    sa.Column("detail", sa.Text, nullable=False, default=""),  # counts and times only, never the text
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.UniqueConstraint("conversation_id", "flag", name="uq_conversation_flag"),
+)
+
+rating_checks = sa.Table(
+    "rating_checks", metadata,
+    sa.Column("conversation_id", sa.String(40), sa.ForeignKey("conversations.id"), primary_key=True),
+    sa.Column("instructed_answer", sa.String(20), nullable=True),  # the attention row's answer (never a vote)
+    sa.Column("rating_seconds", sa.Float, nullable=True),  # from the last reply to the submitted form
+    sa.Column("created_at", sa.String(40), nullable=False),
+)
+
+platform_sessions = sa.Table(
+    "platform_sessions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # NULL for one who declined consent (screened out: no participant was created)
+    sa.Column("participant_id", sa.String(40), sa.ForeignKey("participants.id"), nullable=True, unique=True),
+    sa.Column("platform", sa.String(20), nullable=False),
+    sa.Column("platform_hash", sa.String(64), nullable=False, unique=True),  # HMAC of the platform id
+    sa.Column("raw_id", sa.String(128), nullable=True),  # only with recruitment.keep_raw_id
+    sa.Column("study_id", sa.String(128), nullable=True),
+    sa.Column("session_id", sa.String(128), nullable=True),
+    sa.Column("started_at", sa.String(40), nullable=False),
+    sa.Column("completed_at", sa.String(40), nullable=True),
+    sa.Column("screened_out_at", sa.String(40), nullable=True),
+    sa.Column("last_stage", sa.String(20), nullable=False, default="consent"),
+    sa.Column("last_seen_at", sa.String(40), nullable=False),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     """Initial schema (frozen in extes.study.schema_v1: creating today's tables here would make every
     later migration fail on a fresh database with "duplicate column")."""
@@ -323,7 +370,13 @@ def _migration_2(conn: Connection) -> None:
     rate_events.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
+def _migration_3(conn: Connection) -> None:
+    """Attention flags per conversation, the rating form's attention answer and time, platform sessions."""
+    for table in (conversation_flags, rating_checks, platform_sessions):
+        table.create(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -724,7 +777,7 @@ class Store:
     # ------------------------------------------------------------------------------ votes
 
     def submit_votes(self, conversation_id: str, rater_id: str, rows: Sequence[dict[str, Any]],
-                     comment: str | None = None) -> int:
+                     comment: str | None = None, checks: RatingChecks | None = None) -> int:
         """Store a participant's complete rating form and mark the conversation rated, atomically.
         Each row: aspect, pane_a, pane_b, arm_a, arm_b, outcome (a|b|tie). Raises DuplicateError when the
         conversation was already rated (nothing is written then)."""
@@ -748,6 +801,8 @@ class Store:
                      **{k: r[k] for k in ("aspect", "pane_a", "pane_b", "arm_a", "arm_b", "outcome")}}
                     for r in rows
                 ])
+                if checks is not None:  # v3: attention answer, time on the form and flags, in the same transaction
+                    self._write_checks(conn, conversation_id, checks, stamp)
         except sa.exc.IntegrityError:
             raise DuplicateError("this conversation was already rated") from None
         return len(rows)
@@ -1058,3 +1113,118 @@ class Store:
                 "open_flags": n(sa.select(sa.func.count()).select_from(flags).where(flags.c.resolved_at.is_(None))),
                 "reports": n(sa.select(sa.func.count()).select_from(reports)),
             }
+
+    # ------------------------------------------------------------------------------ v3: attention, platforms
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store `value` under `key`, replacing an earlier value (e.g. the running protocol's exclusion rule)."""
+        with self.engine.begin() as conn:
+            if conn.execute(meta.update().where(meta.c.key == key).values(value=value)).rowcount == 0:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(meta.insert().values(key=key, value=value))
+                except sa.exc.IntegrityError:  # another process inserted it meanwhile
+                    conn.execute(meta.update().where(meta.c.key == key).values(value=value))
+
+    @staticmethod
+    def _write_checks(conn: Connection, conversation_id: str, checks: RatingChecks, stamp: str) -> None:
+        conn.execute(rating_checks.insert().values(
+            conversation_id=conversation_id, instructed_answer=checks.instructed_answer,
+            rating_seconds=checks.rating_seconds, created_at=stamp))
+        if checks.flags:
+            conn.execute(conversation_flags.insert(), [
+                {"conversation_id": conversation_id, "flag": f, "detail": d, "created_at": stamp}
+                for f, d in checks.flags])
+
+    def rating_checks(self, conversation_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(rating_checks).where(rating_checks.c.conversation_id == conversation_id)).first()
+        return _row(r) if r else None
+
+    def conversation_flags(self, conversation_id: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(conversation_flags).order_by(conversation_flags.c.id)
+        if conversation_id is not None:
+            q = q.where(conversation_flags.c.conversation_id == conversation_id)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
+    def flags_frame(self):
+        """Attention flags for extes.analysis.exclusions.apply_exclusions: conversation_id, flag, detail."""
+        import pandas as pd
+
+        rows = [{k: r[k] for k in ("conversation_id", "flag", "detail")} for r in self.conversation_flags()]
+        return pd.DataFrame(rows, columns=["conversation_id", "flag", "detail"])
+
+    def last_activity(self, conversation_id: str) -> str | None:
+        """When the conversation's last message was written or finished (the rating form opens after it)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(sa.func.coalesce(messages.c.updated_at, messages.c.created_at)))
+                                .where(messages.c.conversation_id == conversation_id)).scalar()
+
+    def create_platform_participant(self, protocol: str, platform: str, platform_hash: str, raw_id: str | None,
+                                    study_id: str | None, session_id: str | None) -> dict[str, Any]:
+        """A participant who consented after arriving from a recruitment platform, and their platform session,
+        in one transaction. DuplicateError when this platform id already started (or was screened out):
+        the unique hash means the same id can never start twice, whatever the number of app processes."""
+        stamp = now()
+        for _ in range(20):
+            row = {"id": f"p-{uuid.uuid4().hex[:12]}", "code": new_code(), "role": "participant",
+                   "consented_at": stamp, "protocol": protocol}
+            try:
+                with self.engine.begin() as conn:
+                    if conn.execute(sa.select(platform_sessions.c.id)
+                                    .where(platform_sessions.c.platform_hash == platform_hash)).first():
+                        raise DuplicateError("this platform id already started this study")
+                    conn.execute(participants.insert().values(**row))
+                    conn.execute(platform_sessions.insert().values(
+                        participant_id=row["id"], platform=platform, platform_hash=platform_hash, raw_id=raw_id,
+                        study_id=study_id, session_id=session_id, started_at=stamp, last_stage="setup",
+                        last_seen_at=stamp))
+                return row
+            except sa.exc.IntegrityError:
+                if self.platform_session(platform_hash) is not None:  # a simultaneous start won
+                    raise DuplicateError("this platform id already started this study") from None
+                continue  # pragma: no cover - a participant code collision
+        raise StoreError("could not issue a unique participant code")  # pragma: no cover
+
+    def record_screened_out(self, platform: str, platform_hash: str, raw_id: str | None, study_id: str | None,
+                            session_id: str | None, stage: str = "consent") -> bool:
+        """One who arrived from a platform and did not consent (no participant is created). False when this
+        platform id is already known (nothing changes)."""
+        stamp = now()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(platform_sessions.insert().values(
+                    participant_id=None, platform=platform, platform_hash=platform_hash, raw_id=raw_id,
+                    study_id=study_id, session_id=session_id, started_at=stamp, screened_out_at=stamp,
+                    last_stage=stage, last_seen_at=stamp))
+            return True
+        except sa.exc.IntegrityError:
+            return False
+
+    def platform_session(self, platform_hash: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(platform_sessions).where(platform_sessions.c.platform_hash == platform_hash)).first()
+        return _row(r) if r else None
+
+    def platform_session_of(self, participant_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(platform_sessions)
+                             .where(platform_sessions.c.participant_id == participant_id)).first()
+        return _row(r) if r else None
+
+    def platform_seen(self, participant_id: str, stage: str) -> None:
+        """The stage a platform participant was last seen at; the first "done" sets completed_at."""
+        stamp = now()
+        with self.engine.begin() as conn:
+            conn.execute(platform_sessions.update().where(platform_sessions.c.participant_id == participant_id)
+                         .values(last_stage=stage, last_seen_at=stamp))
+            if stage == "done":
+                conn.execute(platform_sessions.update()
+                             .where(platform_sessions.c.participant_id == participant_id,
+                                    platform_sessions.c.completed_at.is_(None))
+                             .values(completed_at=stamp))
+
+    def platform_sessions(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(sa.select(platform_sessions).order_by(platform_sessions.c.id))]

@@ -13,6 +13,7 @@ HTML-escaped before Markdown rendering, so `<script>` shows as text.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import threading
 import time
@@ -23,8 +24,9 @@ from typing import Any
 import gradio as gr
 
 from extes.study.limits import Limiter, RateLimited, client_of
-from extes.study.protocol import PANES
+from extes.study.protocol import INSTRUCTED_LABEL, PANES
 from extes.study.session import (
+    INSTRUCTED_KEY,
     PAIRS,
     SCENARIO_CHOICES,
     SessionView,
@@ -45,6 +47,11 @@ BROWSER_NOTE = ("This browser keeps your participant code (and nothing else) so 
 # works the same on every app process and after restarts).
 BROWSER_KEY = "not-a-secret:extes-study"
 STREAM_INTERVAL_S = 0.05  # at most ~20 page updates a second while replies stream
+REDIRECT_DELAY_MS = 2500  # the completion code stays readable this long before the platform's page opens
+# Runs in the browser after an event that may end the study: open the completion URL (set only when the
+# protocol says redirect: true). The link and code stay on the page in case the redirect is blocked.
+REDIRECT_JS = ("(url) => { if (url && /^https?:\\/\\//.test(url)) { setTimeout(() => { window.location.href = url; }, "
+               f"{REDIRECT_DELAY_MS}); }} return url; }}")
 CSS = """
 .extes-crisis {border: 2px solid #b91c1c; background: #fef2f2; padding: 0.8em; border-radius: 8px;}
 .extes-code {font-size: 1.1em;}
@@ -84,6 +91,17 @@ def with_request(fn: Callable, names: list[str]) -> Callable:
 
 def _request(args: tuple) -> gr.Request | None:
     return next((a for a in args if isinstance(a, gr.Request)), None)
+
+
+def _params(text: str | None) -> dict[str, str]:
+    """The platform parameters kept on the page (JSON of the URL's query parameters)."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise StudyRefusal("Please open the study from the link on the recruitment platform.")
+    return value
 
 
 def safe_text(text: str) -> str:
@@ -135,8 +153,12 @@ class ParticipantUI:
         if stage == "thanks":
             thanks = (f"### Thank you!\nYour ratings are saved. The study asks for {view.total} conversations; "
                       "press the button to start the next one (you can also come back later with your code).")
+        elif stage == "done" and view.completion_url:
+            thanks = self._completion_md(view)
         elif stage == "done":
             thanks = "### Thank you!\nYou have completed the study. You can close this page now."
+        elif stage == "screened_out":
+            thanks = self._completion_md(view)
         if view is not None and view.revealed and stage in ("thanks", "done"):
             thanks += "\n\nThe models were: " + ", ".join(
                 f"{pane_label(pane)} = {safe_text(arm)}" for pane, arm in view.revealed.items())
@@ -151,14 +173,44 @@ class ParticipantUI:
             gr.update(value=None) if stage == "setup" else gr.skip(),  # scenario
             gr.update(value="") if stage == "setup" else gr.skip(),  # description
             gr.update(visible=chat),  # chat_col
-            gr.update(visible=stage in ("thanks", "done")),  # thanks_col
+            gr.update(visible=stage in ("thanks", "done", "screened_out")),  # thanks_col
             gr.update(value=thanks),  # thanks_md
             gr.update(visible=stage == "thanks"),  # next_btn
         ]
         updates += self._chat_updates(view if chat else None)
         # A fresh rating form for each conversation.
         updates += [gr.update(value=None) for _ in self.radios] + [gr.update(value="")]
+        updates += self._platform_updates(view)
         return updates
+
+    # ------------------------------------------------------------------------------ platforms, attention
+
+    def _completion_md(self, view: SessionView) -> str:
+        """The end of the study for a participant from a recruitment platform: the code and the link back."""
+        if view.stage == "screened_out":
+            head = "### Thank you\nYou did not agree to take part, so the study ends here."
+        else:
+            head = "### Thank you!\nYou have completed the study."
+        if not view.completion_url:
+            return head + " Please return to the recruitment platform."
+        code = safe_text(view.completion_code)
+        return (f"{head}\n\nYour completion code: **{code}**\n\n"
+                f"[Return to the recruitment platform to record your submission]({view.completion_url})"
+                + ("\n\nYou will be taken there in a moment." if self._redirects(view) else ""))
+
+    def _redirects(self, view: SessionView | None) -> bool:
+        rec = self.protocol.recruitment
+        return bool(view is not None and view.completion_url and rec is not None and rec.redirect)
+
+    def _platform_updates(self, view: SessionView | None) -> list[Any]:
+        """Updates for self.platform_outputs: redirect URL, decline button, code screen, attention row."""
+        platform_consent = view is not None and view.stage == "consent"
+        return [
+            view.completion_url if self._redirects(view) else "",  # redirect_box
+            gr.update(visible=platform_consent),  # decline_btn
+            gr.update(visible=view is None),  # resume_acc: the code screen, not for platform arrivals
+            gr.update(value=None),  # attention row
+        ]
 
     def _chat_updates(self, view: SessionView | None) -> list[Any]:
         """Updates for self.chat_outputs: banner, 3 chatbots, 3 counters, rate hint, rating column."""
@@ -241,6 +293,13 @@ class ParticipantUI:
         return wrapper
 
     def on_load(self, saved_code: str | None, request: gr.Request = None):
+        params = dict(request.query_params) if request is not None and getattr(request, "query_params", None) else {}
+        arrival = self.study.platform_arrival(params) if self.protocol.recruitment is not None else None
+        if arrival is not None:  # from a recruitment platform: no code screen (the platform id resumes)
+            return [*self._full(arrival), json.dumps(params)]
+        return [*self._on_load(saved_code), ""]
+
+    def _on_load(self, saved_code: str | None):
         if saved_code:
             try:
                 return self._full(self.study.resume(saved_code))
@@ -248,10 +307,15 @@ class ParticipantUI:
                 pass
         return self._full(None)
 
-    def on_consent(self, request: gr.Request = None):
+    def on_consent(self, params: str | None = None, request: gr.Request = None):
         if self.limiter is not None:
             self.limiter.hit("consent", client_of(request))
+        if params:
+            return self._full(self.study.platform_consent(_params(params)))
         return self._full(self.study.consent())
+
+    def on_decline(self, params: str | None = None, request: gr.Request = None):
+        return self._full(self.study.platform_decline(_params(params)))
 
     def on_resume(self, code: str, request: gr.Request = None):
         return self._full(self.study.resume(code))
@@ -275,12 +339,17 @@ class ParticipantUI:
 
         def rate(*args):
             code, conversation_id, *values = [a for a in args if not isinstance(a, gr.Request)]
+            attention = values.pop() if self.protocol.attention.instructed_response else None
             *answers, comment = values
             keyed = {key: value for (key, *_rest), value in zip(self.study.questions(), answers)}
+            if attention is not None:
+                keyed[INSTRUCTED_KEY] = attention
             return self._full(self.study.submit_rating(code, conversation_id, keyed, comment))
 
         rate.__name__ = "on_rate"
-        return with_request(rate, ["code", "conversation_id", *(f"q{i}" for i in range(len(self.radios))), "comment"])
+        extra = ["attention"] if self.protocol.attention.instructed_response else []
+        return with_request(rate, ["code", "conversation_id", *(f"q{i}" for i in range(len(self.radios))), "comment",
+                                   *extra])
 
     def make_send(self, panes: str):
         def send(code: str, conversation_id: str, text: str, request: gr.Request = None):
@@ -334,7 +403,8 @@ class ParticipantUI:
                 if p.instructions:
                     gr.Markdown("**How it works.** " + p.instructions)
                 agree_btn = gr.Button("I agree", variant="primary")
-                with gr.Accordion("Coming back? Enter your participant code", open=False):
+                decline_btn = gr.Button("I do not agree", visible=False, elem_id="decline")
+                with gr.Accordion("Coming back? Enter your participant code", open=False) as resume_acc:
                     resume_code = StrictTextbox(label="Participant code", max_lines=1, placeholder="XXXX-XXXX-XXXX")
                     resume_btn = gr.Button("Continue with this code")
             progress_md = gr.Markdown(visible=False)
@@ -372,7 +442,13 @@ class ParticipantUI:
                 with gr.Column(visible=False) as rating_col:
                     gr.Markdown("## Your ratings\nFor each question, compare each pair of models. "
                                 "All questions are required.")
-                    for aspect in p.aspects:
+                    attention = gr.Radio(visible=False, value=None)
+                    for i, aspect in enumerate(p.aspects):
+                        if i == min(1, len(p.aspects) - 1) and p.attention.instructed_response:
+                            # the instructed-response row, among the questions (stored, never a vote)
+                            attention = gr.Radio(choices=[("Model A better", "left"), ("Tie", "tie"),
+                                                          ("Model B better", "right")],
+                                                 label=INSTRUCTED_LABEL, value=None, elem_id="attention-row")
                         gr.Markdown(f"### {safe_text(aspect.label)}\n{safe_text(aspect.question)}")
                         with gr.Row():
                             for left, right in PAIRS:
@@ -384,13 +460,20 @@ class ParticipantUI:
                     comment = StrictTextbox(label="Anything you would like to add? (optional)", lines=2, max_lines=8)
                     submit_btn = gr.Button("Submit ratings", variant="primary")
             with gr.Column(visible=False) as thanks_col:
-                thanks_md = gr.Markdown()
+                thanks_md = gr.Markdown(elem_id="thanks")
+                redirect_box = StrictTextbox(visible=False, label="redirect")
                 next_btn = gr.Button("Start the next conversation", variant="primary", visible=False)
 
             self.chat_outputs = [banner, *chats, *counters, rate_hint, rating_col]
             self.full_outputs = [code_box, conv_box, saved_code, consent_col, code_md, setup_col, progress_md,
                                  scenario, description, chat_col, thanks_col, thanks_md, next_btn,
                                  *self.chat_outputs, *self.radios, comment]
+            self.platform_outputs = [redirect_box, decline_btn, resume_acc, attention]
+            self.full_outputs += self.platform_outputs
+            # the platform's URL parameters as read on load (JSON). A hidden field rather than a gr.State: a
+            # State input kept the app from shutting down on SIGTERM after API calls; the page's own URL is
+            # the participant's to change anyway, and the study checks the parameters again.
+            platform_params = StrictTextbox(visible=False, label="platform parameters", value="")
             n_full = len(self.full_outputs)
             full = dict(outputs=self.full_outputs, concurrency_limit=None)
 
@@ -398,14 +481,20 @@ class ParticipantUI:
                                                      "Write it down if you want to come back.")),
                              inputs=None, outputs=[saved_code, code_md], api_visibility="private",
                              concurrency_limit=None)
-            demo.load(self._guard(n_full, self.on_load), inputs=[saved_code], api_visibility="private", **full)
-            agree_btn.click(self._guard(n_full, self.on_consent), inputs=None, api_name="consent", **full)
+            redirect = dict(fn=None, inputs=[redirect_box], outputs=None, js=REDIRECT_JS)
+            demo.load(self._guard(n_full + 1, self.on_load), inputs=[saved_code], api_visibility="private",
+                      outputs=[*self.full_outputs, platform_params], concurrency_limit=None).then(**redirect)
+            agree_btn.click(self._guard(n_full, self.on_consent), inputs=[platform_params], api_name="consent", **full)
+            decline_btn.click(self._guard(n_full, self.on_decline), inputs=[platform_params],
+                              api_visibility="private", **full).then(**redirect)
             resume_btn.click(self._guard(n_full, self.on_resume), inputs=[resume_code], api_name="resume", **full)
             start_btn.click(self._guard(n_full, self.on_start), inputs=[code_box, scenario, description],
                             api_name="start", **full)
             next_btn.click(self._guard(n_full, self.on_next), inputs=[code_box], api_name="next", **full)
-            submit_btn.click(self._guard(n_full, self.make_rate()), inputs=[code_box, conv_box, *self.radios, comment],
-                             api_name="rate", **full)
+            submit_btn.click(self._guard(n_full, self.make_rate()),
+                             inputs=[code_box, conv_box, *self.radios, comment,
+                                     *([attention] if p.attention.instructed_response else [])],
+                             api_name="rate", **full).then(**redirect)
             for pane, box, btn, chat in zip(PANES, boxes, buttons, chats):
                 outs = [*self.chat_outputs, box]
                 fn = self._stream_guard(len(outs), self.make_send(pane))

@@ -268,6 +268,49 @@ class OneTimeDownloads:
         return item[1]
 
 
+# ------------------------------------------------------------------- recruitment platforms, attention
+
+DROPOUT_AFTER_S = 30 * 60  # a platform session not seen for this long (and not finished) counts as dropped out
+PLATFORM_EXPORTS = ("payments.csv", "attention_flags.csv")
+
+
+def platform_sessions_view(store: Store) -> pd.DataFrame:
+    """Per platform session: started, completed, screened out or dropped out (and at which stage), minutes.
+    The platform id shows as the first characters of its keyed hash (never the raw id)."""
+    from extes.study.recruitment import payment_status, session_minutes
+    from extes.study.store import ago
+
+    stale = ago(DROPOUT_AFTER_S)
+    rows = []
+    for s in store.platform_sessions():
+        status = payment_status(s)
+        if status == "incomplete":
+            status = (f"dropped out at {s['last_stage']}" if s["last_seen_at"] < stale
+                      else f"in progress ({s['last_stage']})")
+        rows.append({"platform": s["platform"], "id (hash)": s["platform_hash"][:10], "session_id": s["session_id"] or "",
+                     "status": status, "started_at": s["started_at"], "completed_at": s["completed_at"] or "",
+                     "last_seen_at": s["last_seen_at"], "minutes": session_minutes(s)})
+    cols = ["platform", "id (hash)", "session_id", "status", "started_at", "completed_at", "last_seen_at", "minutes"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def platform_summary(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "No participant has arrived from a recruitment platform."
+    status = frame["status"]
+    done = frame[status == "completed"]["minutes"].dropna()
+    dropped = status[status.str.startswith("dropped out")].str.replace("dropped out at ", "", regex=False)
+    where = ", ".join(f"{stage} {n}" for stage, n in dropped.value_counts().sort_index().items())
+    return (f"{len(frame)} started, {int((status == 'completed').sum())} completed, "
+            f"{int((status == 'screened_out').sum())} screened out, {len(dropped)} dropped out"
+            + (f" ({where})" if where else "") + f", {int(status.str.startswith('in progress').sum())} in progress"
+            + (f"; median time to complete {done.median():.1f} min" if len(done) else "") + ".")
+
+
+def attention_flags_view(store: Store) -> pd.DataFrame:
+    return store.flags_frame()
+
+
 def export_zip(store: Store) -> bytes:
     """votes.csv, judge_votes.csv and ratings.csv (as `export_csvs` writes them) in one zip, in memory."""
     frames = (store.votes_frame("participant"), store.votes_frame("judge"), store.ratings_frame())
@@ -275,7 +318,20 @@ def export_zip(store: Store) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, frame in zip(EXPORTS, frames):
             zf.writestr(name, frame.to_csv(index=False))
+        for name, frame in zip(PLATFORM_EXPORTS, _platform_frames(store)):
+            zf.writestr(name, frame.to_csv(index=False))
     return buf.getvalue()
+
+
+def _platform_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """payments.csv (as `extes export --payments`: what the platform needs to approve payments, no chat
+    text) and attention_flags.csv."""
+    import json
+
+    from extes.study.recruitment import payments_frame
+
+    codes = json.loads(store.get_meta("completion_codes") or "{}")
+    return payments_frame(store.platform_sessions(), codes), store.flags_frame()
 
 
 class Dashboard:
@@ -412,6 +468,11 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
             revoke_btn = gr.Button("Revoke", scale=1, elem_id="research-revoke")
         invites_md = gr.Markdown(elem_id="research-invites")
         judges_df = gr.Dataframe(interactive=False, visible=False)
+        gr.Markdown("## Recruitment platform sessions and attention flags")
+        platform_md = gr.Markdown(elem_id="research-platform")
+        platform_df = gr.Dataframe(interactive=False, wrap=True, visible=False)
+        attention_df = gr.Dataframe(label="Attention flags (conversation, flag, detail)", interactive=False,
+                                    wrap=True, visible=False)
         gr.Markdown("## Downloads")
         export_btn = gr.Button("Prepare CSV downloads", elem_id="research-export")
         files = gr.Markdown(elem_id="research-download")
@@ -473,6 +534,7 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
     def export(ok: bool):
         token = board_fns.export(ok)
         return (f"[Download votes.csv, judge_votes.csv and ratings.csv (zip)](/research-download/{token}) "
+                "(with payments.csv and attention_flags.csv) "
                 "(one download, within 5 minutes)")
 
     @guarded
@@ -505,6 +567,15 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
     for table in (convs_df, flags_df):
         table.select(select_row, [authed], [conv_id, conv_head, conv_msgs], **private)
     export_btn.click(export, [authed], [files], **private)
+
+    @guarded
+    def platform(ok: bool):
+        board_fns._check(ok)
+        sessions = platform_sessions_view(store)
+        return platform_summary(sessions), frame(sessions), frame(attention_flags_view(store))
+
+    authed.change(platform, [authed], [platform_md, platform_df, attention_df], **private)
+    refresh_btn.click(platform, [authed], [platform_md, platform_df, attention_df], **private)
 
 
 def build_research_ui(protocol: Protocol, store: Store, pool: Any = None):
