@@ -388,14 +388,7 @@ class LocalEngine:
                     if not self._collect(block=not rows and not self._pending):
                         break
                     if len(rows) < self.max_batch and self._pending:
-                        while self._pending and len(rows) + len(new) < self.max_batch:
-                            req = self._pending.popleft()
-                            if req.cancelled():
-                                self._finish_unstarted(req, "cancelled")
-                                continue
-                            row = self._admit(req)
-                            if row is not None:
-                                new.append(row)
+                        new = self._take_pending(self.max_batch - len(rows))
                         if new:
                             self._prefill(new, rows, state)
                     if rows:
@@ -599,6 +592,20 @@ class LocalEngine:
         )
         row.final_sent = True
         row.req.sink(Event(delta=delta, done=True, reply=reply))
+
+    def _take_pending(self, room: int) -> list[Any]:
+        """Admit waiting requests, oldest first, until ``room`` rows are taken; cancelled ones are finished
+        without a row. Both engines join requests between decode steps through this."""
+        taken: list[Any] = []
+        while self._pending and len(taken) < room:
+            req = self._pending.popleft()
+            if req.cancelled():
+                self._finish_unstarted(req, "cancelled")
+                continue
+            row = self._admit(req)
+            if row is not None:
+                taken.append(row)
+        return taken
 
     def _finish_unstarted(self, req: GenRequest, reason: str) -> None:
         req.sink(Event(delta="", done=True, reply=Reply(

@@ -134,15 +134,9 @@ class FastEngine(LocalEngine):
                 try:
                     if not self._collect(block=not rows and not prefilling and not self._pending):
                         break
-                    while self._pending and len(rows) + len(prefilling) < self.max_batch:
-                        req = self._pending.popleft()
-                        if req.cancelled():
-                            self._finish_unstarted(req, "cancelled")
-                            continue
-                        row = self._admit(req)
-                        if row is not None:
-                            self._start_prefill(row)
-                            prefilling.append(row)
+                    for row in self._take_pending(self.max_batch - len(rows) - len(prefilling)):
+                        self._start_prefill(row)
+                        prefilling.append(row)
                     if prefilling:
                         self._prefill_chunk(prefilling, rows)
                     if rows:

@@ -87,6 +87,19 @@ def _allowed(data: Any, allowed: tuple[str, ...], what: str) -> Any:
     return data
 
 
+class _OptionalSection(ConfigModel):
+    """A protocol section that may be left out (or null): then every key takes its default."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError("expected a mapping")
+        return _allowed(data, tuple(sorted(cls.model_fields)), "")
+
+
 class Aspect(ConfigModel):
     key: str
     label: str
@@ -172,7 +185,7 @@ def _dataset(value: Any) -> Any:
     return value
 
 
-class AnnotationSettings(ConfigModel):
+class AnnotationSettings(_OptionalSection):
     judges_per_item: Annotated[int, _whole(1, 50)] = 3
     pairwise: Flag = True
     likert_aspects: Annotated[tuple[str, ...], BeforeValidator(_names)] = LIKERT_ASPECTS
@@ -183,14 +196,6 @@ class AnnotationSettings(ConfigModel):
     max_open_per_judge: Annotated[int, _whole(1, 100)] = 1  # items one judge may have in progress
     max_open_total: Annotated[int, _whole(1, 100_000)] = 100  # items in progress across all judges
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shape(cls, data: Any) -> Any:
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            raise ValueError("expected a mapping")
-        return _allowed(data, tuple(sorted(cls.model_fields)), "")
 
 
 INSTRUCTED_LABEL = "For this row, please choose Tie"  # the attention row of the rating form
@@ -203,7 +208,7 @@ FLAG_OPTIONS: dict[str, str] = {
 }
 
 
-class AttentionSettings(ConfigModel):
+class AttentionSettings(_OptionalSection):
     """The protocol's ``attention:`` section: checks that flag a conversation at rating time (all off by
     default) and the exclusion rule applied at analysis (`extes export/analyze --exclusions protocol`)."""
 
@@ -214,14 +219,6 @@ class AttentionSettings(ConfigModel):
     flag_straight_lining: Flag = False  # flag straight_lined: every answer the same option
     exclude: tuple[str, ...] = ()  # flags whose conversations the analysis leaves out
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shape(cls, data: Any) -> Any:
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            raise ValueError("expected a mapping")
-        return _allowed(data, tuple(sorted(cls.model_fields)), "")
 
     @field_validator("exclude", mode="before")
     @classmethod
