@@ -261,6 +261,29 @@ def test_extes_judge_on_a_study_database(tmp_path, capsys):
     assert again["position_inconsistency"]["comforting"] == 1.0
     assert main(["agreement", "--db", str(db), "--llm", str(out / "llm_votes.csv")]) == 0
     assert "| comforting | 6 | 2 | 33.3 |" in capsys.readouterr().out
+    # the votes are in the study database too, as voter type llm, next to the participants' own
+    from extes.study.store import Store
+    from extes.study.ui_research import win_tie_loss_view
+
+    store = Store(str(db))
+    frame = store.votes_frame("llm")
+    assert len(frame) == 30 and set(frame["rater_id"]) == {"llm:judge-model"}
+    assert len(store.votes_frame("participant")) == 2 * 3 * len(KEYS)  # untouched
+    assert "lora" in win_tie_loss_view(store, "lora", "llm").table.to_string()
+    store.close()
+    capsys.readouterr()
+    assert main(["analyze", "--db", str(db), "--voters", "llm", "--reference", "lora", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["reference"] == "lora" and payload["votes"] == 30
+    # a rerun replaces this judge's votes instead of adding a second set
+    with FunctionChatServer(answer) as server:
+        arms.write_text(f"arms:\n  - name: judge\n    backend: openai\n    base_url: {server.base_url}\n"
+                        "    model: judge-model\n    max_retries: 0\n")
+        assert main(["judge", "--db", str(db), "--arms", str(arms), "--arm", "judge", "--out", str(out)]) == 0
+        assert server.count() == 0  # everything came from the journal
+    store = Store(str(db))
+    assert len(store.votes_frame("llm")) == 30
+    store.close()
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ from study_helpers import ARM_NAMES, FakePool, full_answers, make_protocol  # no
 
 from extes.study import store as store_mod  # noqa: E402
 from extes.study.session import INSTRUCTED_KEY, Study, StudyRefusal  # noqa: E402
-from extes.study.store import MIGRATIONS, DuplicateError, RatingChecks, Store  # noqa: E402
+from extes.study.store import MIGRATIONS, SCHEMA_VERSION, DuplicateError, RatingChecks, Store  # noqa: E402
 
 
 def test_upgrade_from_v2_with_data_keeps_rows_and_adds_the_v3_tables(tmp_path):
@@ -72,7 +72,7 @@ def test_upgrade_from_v2_with_data_keeps_rows_and_adds_the_v3_tables(tmp_path):
         conn.execute(sa.text("INSERT INTO meta (key, value) VALUES ('exclusion_rule', '[]')"))
     engine.dispose()
     store = Store(path)
-    assert store.schema_version() == 3
+    assert store.schema_version() == SCHEMA_VERSION  # v2 -> v3 (and every later migration)
     assert store.participant_by_code("AAAA-BBBB-CCCC")["id"] == "p-1"
     store.submit_votes("c-1", "p-1", [{"aspect": "fluency", "pane_a": "A", "pane_b": "B", "arm_a": "a", "arm_b": "b",
                                        "outcome": "a"}],

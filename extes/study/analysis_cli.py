@@ -137,8 +137,8 @@ def _exclusions(votes: pd.DataFrame, spec: str | None, db: str | None = None, fl
 def configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, help="study database (SQLite path or SQLAlchemy URL)")
     parser.add_argument("--votes", type=Path, help="write the Votes CSV here")
-    parser.add_argument("--voters", choices=("participant", "judge", "all"), default="participant",
-                        help="whose votes: the participants' own (default), third-party judges', or both")
+    parser.add_argument("--voters", choices=("participant", "judge", "all", "llm"), default="participant",
+                        help="whose votes: the participants' own (default), third-party judges', both (all), or LLM judges' (llm)")
     parser.add_argument("--ratings", type=Path, help="write the Ratings CSV (annotation judgments) here")
     parser.add_argument("--exclusions", default="protocol", metavar="protocol|none|LIST", help=EXCLUSIONS_HELP)
     parser.add_argument("--flags", dest="flags_out", type=Path,
@@ -198,7 +198,7 @@ def configure_analyze(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--votes", type=Path, help="Votes CSV")
     source.add_argument("--db", help="study database (SQLite path or SQLAlchemy URL)")
     parser.add_argument("--reference", required=True, help="the arm whose win/tie/loss is reported")
-    parser.add_argument("--voters", choices=("participant", "judge", "all"), default="participant",
+    parser.add_argument("--voters", choices=("participant", "judge", "all", "llm"), default="participant",
                         help="with --db: whose votes (default: the participants' own)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--out", type=Path, help="write Markdown, CSV and PNG reports into this directory")

@@ -38,6 +38,9 @@ def configure_judge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--price-out", type=float, default=None, help="USD per 1M completion tokens")
     p.add_argument("--max-tokens", type=int, default=200, help="the judge's answer length cap")
     p.add_argument("--prompt-version", default=None, help="judge prompt version (default: the newest)")
+    p.add_argument("--no-db", dest="into_db", action="store_false",
+                   help="do not store the LLM's votes in the study database (default: store them, replacing "
+                        "this judge model's and prompt version's earlier votes)")
 
 
 def _judge_arm(args: argparse.Namespace) -> Any:
@@ -119,6 +122,12 @@ def run_judge(args: argparse.Namespace) -> int:
     cols = ["session_id", "aspect", "arm_a", "arm_b", "outcome", "rater_id", "conversation_id", "created_at", "voter"]
     llm = pd.DataFrame(result.votes, columns=cols)
     write_csv_atomic(llm, args.out / "llm_votes.csv")
+    if args.into_db:  # the votes join the study's own (`--voters llm` in export/analyze, the dashboard)
+        store = _open_store(args.db)
+        try:
+            store.replace_llm_votes(arm.model, result.prompt_version, result.votes)
+        finally:
+            getattr(store, "close", lambda: None)()
     summary = result.summary()
     lines = [f"# LLM judge: {arm.model} (prompt {result.prompt_version})", "",
              f"- pairs: {result.pairs}; judged in both orders: {result.judged_pairs}; votes: {len(result.votes)}",

@@ -31,6 +31,7 @@ DEFAULT_DB = Path("results") / "study.sqlite"
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: easy to read back and type
 CODE_GROUPS, CODE_GROUP_LEN = 3, 4
 OUTCOMES = ("a", "b", "tie")
+VOTE_SOURCES = ("participant", "judge", "all", "llm")  # votes_frame sources; "all" is people only
 
 
 class StoreError(RuntimeError):
@@ -334,6 +335,24 @@ platform_sessions = sa.Table(
 )
 
 
+# Votes of LLM judges (`extes judge --db`): pairwise, per aspect, both orders already combined; one set
+# per (judge model, prompt version), replaced as a whole when the judge runs again.
+llm_votes = sa.Table(
+    "llm_votes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("conversation_id", sa.String(40), sa.ForeignKey("conversations.id"), nullable=False, index=True),
+    sa.Column("judge_model", sa.String(200), nullable=False),
+    sa.Column("prompt_version", sa.String(40), nullable=False),
+    sa.Column("aspect", sa.String(40), nullable=False),
+    sa.Column("arm_a", sa.String(200), nullable=False),
+    sa.Column("arm_b", sa.String(200), nullable=False),
+    sa.Column("outcome", sa.String(10), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.UniqueConstraint("conversation_id", "judge_model", "prompt_version", "aspect", "arm_a", "arm_b",
+                        name="uq_llm_vote"),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     """Initial schema (frozen in extes.study.schema_v1: creating today's tables here would make every
     later migration fail on a fresh database with "duplicate column")."""
@@ -376,7 +395,12 @@ def _migration_3(conn: Connection) -> None:
         table.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(conn: Connection) -> None:
+    """LLM judges' votes (`extes judge --db`)."""
+    llm_votes.create(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -1047,7 +1071,8 @@ class Store:
         """Votes CSV frame: session_id, aspect, arm_a, arm_b, outcome, rater_id, conversation_id, created_at.
 
         source="participant": the participants' own votes (session_id = conversation id: one rating form);
-        "judge": third-party judgments (session_id = "j<assignment id>"); "all": both.
+        "judge": third-party judgments (session_id = "j<assignment id>"); "all": both (people only);
+        "llm": LLM judges' votes (`extes judge --db`; rater_id = "llm:<model>").
         """
         import pandas as pd
 
@@ -1064,9 +1089,31 @@ class Store:
                     rows.append({"session_id": f"j{r.assignment_id}", "aspect": r.aspect, "arm_a": r.arm_a,
                                  "arm_b": r.arm_b, "outcome": r.outcome, "rater_id": r.judge_id,
                                  "conversation_id": r.conversation_id, "created_at": r.created_at})
-            if source not in ("participant", "judge", "all"):
-                raise ValueError(f"votes source must be participant, judge or all, got {source!r}")
+            if source == "llm":
+                for r in conn.execute(sa.select(llm_votes).order_by(llm_votes.c.id)):
+                    rows.append({"session_id": r.conversation_id, "aspect": r.aspect, "arm_a": r.arm_a,
+                                 "arm_b": r.arm_b, "outcome": r.outcome, "rater_id": f"llm:{r.judge_model}",
+                                 "conversation_id": r.conversation_id, "created_at": r.created_at})
+            if source not in VOTE_SOURCES:
+                raise ValueError(f"votes source must be {', '.join(VOTE_SOURCES)}, got {source!r}")
         return pd.DataFrame(rows, columns=cols)
+
+    def replace_llm_votes(self, judge_model: str, prompt_version: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Store an LLM judge's votes (Votes CSV rows with conversation_id), replacing that judge's and
+        prompt version's earlier set in the same transaction."""
+        for r in rows:
+            if r["outcome"] not in OUTCOMES:
+                raise ValueError(f"vote outcome must be one of {OUTCOMES}, got {r['outcome']!r}")
+        stamp = now()
+        with self._write("llm_votes") as conn:
+            conn.execute(llm_votes.delete().where(llm_votes.c.judge_model == judge_model,
+                                                  llm_votes.c.prompt_version == prompt_version))
+            if rows:
+                conn.execute(llm_votes.insert(), [
+                    {"conversation_id": r["conversation_id"], "judge_model": judge_model,
+                     "prompt_version": prompt_version, "created_at": stamp,
+                     **{k: r[k] for k in ("aspect", "arm_a", "arm_b", "outcome")}} for r in rows])
+        return len(rows)
 
     def ratings_frame(self):
         """Ratings CSV frame: item_id, rater_id, label, aspect, source.

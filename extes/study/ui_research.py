@@ -36,12 +36,11 @@ import pandas as pd
 
 from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import Protocol
-from extes.study.store import Store
+from extes.study.store import VOTE_SOURCES, Store
 
 log = logging.getLogger(__name__)
 
 PASSWORD_ENV = "EXTES_RESEARCH_PASSWORD"
-VOTE_SOURCES = ("participant", "judge", "all")
 N_BOOT = 1000
 OFF_MESSAGE = (f"The researcher dashboard is off. Set the environment variable `{PASSWORD_ENV}` to a "
                "password and restart the app to turn it on.")
