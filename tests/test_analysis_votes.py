@@ -101,6 +101,7 @@ def test_bootstrap_is_seeded_chunk_independent_and_brackets_the_estimate(monkeyp
     assert (other_seed.ci_low, other_seed.ci_high) != (first.ci_low, first.ci_high)
 
 
+@pytest.mark.slow  # over 10 s: in `make test`, not in `make test-fast`
 def test_bootstrap_ci_covers_truth_about_95_percent_of_the_time():
     # 60 simulated studies with a known win - loss of 0.2; a 95% CI should miss rarely.
     rng = np.random.default_rng(0)

@@ -48,6 +48,7 @@ def test_simulation_agrees_with_exact_power_at_a_fixed_level(correction):
             assert abs(p - exact) < 4 * se, (cell.name, n, p, exact)
 
 
+@pytest.mark.slow  # over 10 s: in `make test`, not in `make test-fast`
 @pytest.mark.parametrize(("ours", "theirs"), [("holm", "holm"), ("bh", "fdr_bh"), ("bonferroni", "bonferroni")])
 def test_vectorised_corrections_equal_statsmodels(ours, theirs):
     rng = np.random.default_rng(1)

@@ -194,6 +194,7 @@ def _start_app(protocol: Path, db: Path, port: int, log: Path) -> subprocess.Pop
     raise RuntimeError(f"app did not start:\n{log.read_text()}")
 
 
+@pytest.mark.slow  # over 10 s: in `make test`, not in `make test-fast`
 def test_kill_9_during_a_conversation_then_restart_loses_nothing(study_files, tmp_path):
     db = tmp_path / "study.sqlite"
     port = free_port()

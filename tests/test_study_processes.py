@@ -7,9 +7,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "study_processes.py"
 
 
+@pytest.mark.slow  # over 10 s: in `make test`, not in `make test-fast`
 def test_two_app_processes_on_one_postgresql(postgres_cluster, tmp_path):
     spec = importlib.util.spec_from_file_location("study_processes", BENCH)
     bench = importlib.util.module_from_spec(spec)
