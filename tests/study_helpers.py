@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -169,3 +170,25 @@ def tiny_arm_dicts(tiny_base: Path, adapter: Path | None = None, names=ARM_NAMES
     if adapter is not None:
         arms[1]["adapter"] = str(adapter)
     return arms
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless Debian Chromium on a machine without outside network: no background connections, no sandbox (root).
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def chromium_browser():
+    """A Playwright Browser on Debian's Chromium; the test is skipped where Chromium or Playwright is missing."""
+    import pytest
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium) - the browser test needs it")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

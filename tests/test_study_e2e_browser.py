@@ -13,11 +13,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from study_helpers import ARM_NAMES, ServerThread, make_protocol, tiny_arm_dicts
+from study_helpers import ARM_NAMES, ServerThread, chromium_browser, make_protocol, tiny_arm_dicts
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 OUT = Path(__file__).resolve().parents[1] / "results" / "test-output" / "e2e"
 MIN_TURNS = 2
 TIMEOUT_MS = 60_000
@@ -27,17 +24,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture
 def browser_page():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium) - the browser test needs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium_browser() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(TIMEOUT_MS)
-        try:
-            yield page
-        finally:
-            browser.close()
+        yield page
 
 
 def shot(page, tmp_path: Path, name: str, locator=None) -> None:

@@ -14,11 +14,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from study_helpers import FakePool, ServerThread, make_protocol
+from study_helpers import FakePool, ServerThread, chromium_browser, make_protocol
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 OUT = Path(__file__).resolve().parents[1] / "results" / "test-output" / "e2e"
 TIMEOUT_MS = 60_000
 PID = "5f8e3b2a9c1d4e6f7a8b9c0d"
@@ -30,15 +27,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture
 def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium) - the browser test needs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium_browser() as b:
+        yield b
 
 
 def new_page(browser):
