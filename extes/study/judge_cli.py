@@ -63,27 +63,18 @@ def pair_items(store: Any, limit: int | None = None) -> list[Any]:
     from extes.judge import PairItem
 
     items = []
-    rated = [c for c in store.all_conversations() if _field(c, "status") == "rated"]
+    rated = [c for c in store.all_conversations() if c.status == "rated"]
     for conv in rated[:limit] if limit else rated:
-        conv_id = _field(conv, "id")
-        order = list(_field(conv, "arm_order"))
+        conv_id = conv.id
+        order = list(conv.arm_order)
         transcripts = {}
         for pane, arm in zip(PANES_OF_STUDY, order):
             rows = store.messages(conv_id, pane)
-            transcripts[arm] = tuple((_field(r, "role"), _field(r, "text")) for r in rows
-                                     if _field(r, "role") in ("user", "assistant"))
+            transcripts[arm] = tuple((r["role"], r["text"]) for r in rows if r["role"] in ("user", "assistant"))
         for x, y in combinations(sorted(transcripts), 2):
             items.append(PairItem(f"{conv_id}/{x}~{y}", x, y, transcripts[x], transcripts[y],
                                   conversation_id=conv_id))
     return items
-
-
-def _field(obj: Any, name: str) -> Any:
-    return obj[name] if isinstance(obj, dict) else getattr(obj, name)
-
-
-def _fmt(v: Any) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
 
 
 def run_judge(args: argparse.Namespace) -> int:
@@ -92,7 +83,7 @@ def run_judge(args: argparse.Namespace) -> int:
     from extes.judge import PROMPT_VERSION, Judge
     from extes.selfchat.budget import Budget, price_for
     from extes.selfchat.client import LLMClient
-    from extes.study.analysis_cli import _open_store
+    from extes.study.analysis_cli import _fmt, _open_store
 
     arm = _judge_arm(args)
     store = _open_store(args.db)
