@@ -110,6 +110,19 @@ def _check_columns(frame: pd.DataFrame, required: tuple[str, ...], name: str, ki
         )
 
 
+def _columns(frame: pd.DataFrame, required: tuple[str, ...], optional: tuple[str, ...], name: str,
+             kind: str) -> pd.DataFrame:
+    """Exactly the required and optional columns (a missing optional one empty), every field stripped text."""
+    _check_columns(frame, required, name, kind)
+    for col in optional:
+        if col not in frame.columns:
+            frame[col] = ""
+    frame = frame[list(required + optional)].copy()
+    for col in frame.columns:
+        frame[col] = frame[col].astype(str).str.strip()
+    return frame
+
+
 def load_votes(
     source: str | os.PathLike | pd.DataFrame, *, where: str | None = None, allow_empty: bool = False
 ) -> pd.DataFrame:
@@ -120,13 +133,7 @@ def load_votes(
     aspects, ``arm_a == arm_b``, and (unless ``allow_empty``) an input without any vote.
     """
     frame, name, csv_lines = _read_frame(source, "votes", where)
-    _check_columns(frame, VOTE_COLUMNS, name, "votes")
-    for col in VOTE_OPTIONAL:
-        if col not in frame.columns:
-            frame[col] = ""
-    frame = frame[list(VOTE_COLUMNS + VOTE_OPTIONAL)].copy()
-    for col in frame.columns:
-        frame[col] = frame[col].astype(str).str.strip()
+    frame = _columns(frame, VOTE_COLUMNS, VOTE_OPTIONAL, name, "votes")
     shown = frame.copy()  # messages quote the values as written
     frame["aspect"] = frame["aspect"].str.lower()
     frame["outcome"] = frame["outcome"].str.lower()
@@ -183,13 +190,7 @@ def load_ratings(
     there is nothing to agree on.
     """
     frame, name, csv_lines = _read_frame(source, "ratings", where)
-    _check_columns(frame, RATING_COLUMNS, name, "ratings")
-    for col in RATING_OPTIONAL:
-        if col not in frame.columns:
-            frame[col] = ""
-    frame = frame[list(RATING_COLUMNS + RATING_OPTIONAL)].copy()
-    for col in frame.columns:
-        frame[col] = frame[col].astype(str).str.strip()
+    frame = _columns(frame, RATING_COLUMNS, RATING_OPTIONAL, name, "ratings")
     # An optional column counts as present when any row fills it; then every row must.
     present = [c for c in RATING_OPTIONAL if frame[c].ne("").any()]
     if "aspect" in present:
