@@ -56,3 +56,19 @@ def db_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "study.sqlite")
     return request.getfixturevalue("postgres_cluster").url()
+
+
+@pytest.fixture(scope="session")
+def base(tiny_llama, tmp_path_factory) -> Path:
+    """The engine tests' tiny llama with sharper logits (models_helpers.spicy_tiny), shared per session."""
+    from models_helpers import shared_base_and_adapters
+
+    return shared_base_and_adapters(tiny_llama, tmp_path_factory)[0]
+
+
+@pytest.fixture(scope="session")
+def adapters(tiny_llama, tmp_path_factory) -> dict[str, Path]:
+    """Two LoRA adapters trained on `base` (one with strategy tags), shared per session."""
+    from models_helpers import shared_base_and_adapters
+
+    return shared_base_and_adapters(tiny_llama, tmp_path_factory)[1]

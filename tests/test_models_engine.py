@@ -6,21 +6,11 @@ import threading
 
 import pytest
 import torch
-from models_helpers import GREEDY, shared_base_and_adapters, tiny_arms, user
+from models_helpers import GREEDY, tiny_arms, user
 
 from extes.models import Arm, ArmPool, GenerationSettings
 from extes.models.engine import ContextTooLongError, fit_messages, render_prompt, visible_text
 from extes.models.pool import MessageError, UnknownArmError, prepare_messages
-
-
-@pytest.fixture(scope="module")
-def base(tiny_llama, tmp_path_factory):
-    return shared_base_and_adapters(tiny_llama, tmp_path_factory)[0]
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_llama, tmp_path_factory):
-    return shared_base_and_adapters(tiny_llama, tmp_path_factory)[1]
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,8 @@ greedy, token for token), gathered multi-LoRA = PEFT, kept KV cache = no cache, 
 
 from __future__ import annotations
 
-import pytest
 import torch
-from models_helpers import GREEDY, SYSTEM, shared_base_and_adapters, tiny_arms, user
+from models_helpers import GREEDY, SYSTEM, tiny_arms, user
 
 from extes.models import ArmPool, GenerationSettings
 from extes.models.engine import render_prompt
@@ -17,17 +16,6 @@ from extes.models.fastllama import (
     load_lora,
     unsupported_reason,
 )
-
-
-@pytest.fixture(scope="module")
-def base(tiny_llama, tmp_path_factory):
-    return shared_base_and_adapters(tiny_llama, tmp_path_factory)[0]
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_llama, tmp_path_factory):
-    return shared_base_and_adapters(tiny_llama, tmp_path_factory)[1]
-
 
 PROMPTS = ["I feel so alone since the breakup", "hello " * 9, "My boss keeps giving me more work and I am tired"]
 
