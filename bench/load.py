@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         user_msgs += sum(1 for m in msgs if m["role"] == "user")
         replies += [m for m in msgs if m["role"] == "assistant"]
         n_votes = len(store.votes(p.conversation))
-        if conv["status"] != "rated" or n_votes != 15:
-            problems.append(f"participant {p.index}: conversation {conv['status']}, {n_votes} votes stored")
+        if conv.status != "rated" or n_votes != 15:
+            problems.append(f"participant {p.index}: conversation {conv.status}, {n_votes} votes stored")
         else:
             votes_ok += 1
     interrupted = sum(1 for m in replies if m["finish_reason"] == "interrupted")

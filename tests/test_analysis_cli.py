@@ -266,7 +266,7 @@ def test_against_a_real_study_store(capsys, tmp_path):
                 "outcome": "b",
             }
         )
-        store.submit_votes(conv["id"], participant["id"], rows)
+        store.submit_votes(conv.id, participant["id"], rows)
     judges = [store.create_participant(role="judge")["id"] for _ in range(3)]
     for item in ("d1", "d2"):
         store.add_annotation_item(item, "dialogue", source="extes")

@@ -203,7 +203,7 @@ def study_db(tmp_path):
     convs = []
     for i, order in enumerate((["base", "lora", "strat"], ["strat", "base", "lora"])):
         conv = store.create_conversation(pid, "Job loss", "", lambda counts, o=order, i=i: (i, o))
-        cid = conv["id"] if isinstance(conv, dict) else conv.id
+        cid = conv.id
         for pane, arm in zip("ABC", order):
             store.add_message(cid, pane, arm, "user", "I lost my job today.")
             reply = "GOODBOT I'm so sorry, that is a lot." if arm == "lora" else f"{arm} says ok."

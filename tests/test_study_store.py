@@ -71,9 +71,9 @@ def test_votes_are_atomic_and_unique(db_url):
     assert len(store.votes(conv.id)) == 6
     conv2 = store.create_conversation(p["id"], "Academic Stress", "", lambda c: (1, ["x", "z", "y"]))
     with pytest.raises(ValueError):
-        store.submit_votes(conv2["id"], p["id"], [{"aspect": "overall", "pane_a": "A", "pane_b": "B",
+        store.submit_votes(conv2.id, p["id"], [{"aspect": "overall", "pane_a": "A", "pane_b": "B",
                                                    "arm_a": "x", "arm_b": "z", "outcome": "left"}])
-    assert store.conversation(conv2["id"]).status == "chatting"
+    assert store.conversation(conv2.id).status == "chatting"
 
 
 def test_exports_match_the_analysis_formats(db_url):
@@ -107,7 +107,7 @@ def test_exports_match_the_analysis_formats(db_url):
     likert = checked[checked["source"] != "pairwise"]
     assert sorted(likert["label"]) == ["2", "3", "3", "3"]
     # The participant said tie for x~y overall, both judges said x (arm_b of their judgment) was better.
-    item = checked[(checked["item_id"] == f"{conv['id']}/x~y") & (checked["aspect"] == "overall")]
+    item = checked[(checked["item_id"] == f"{conv.id}/x~y") & (checked["aspect"] == "overall")]
     assert sorted(item["label"]) == ["tie", "x", "x"]
 
 

@@ -83,13 +83,6 @@ class Conversation:
         """The arm behind pane "A", "B" or "C"."""
         return self.arm_order[PANE_NAMES.index(pane)]
 
-    def __getitem__(self, key: str) -> Any:
-        """Read-only `conv["id"]` for callers outside extes/study written against the old dicts (the
-        analysis tests); code in the study layer uses the attributes."""
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
-
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Conversation:
         data = {f: row.get(f) for f in cls.__dataclass_fields__ if f in row}
