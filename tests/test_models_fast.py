@@ -89,7 +89,7 @@ def test_gathered_lora_equals_peft_with_mixed_adapters_in_one_batch(base, adapte
     firsts = []
     with torch.inference_mode():
         for i, ids in enumerate(prompts):
-            own = [buf[i:i + 1] for buf in kv]
+            own = [buf[:, i:i + 1] for buf in kv]
             ra = None if rows[i][1] < 0 else torch.tensor([rows[i][1]])
             firsts.append(int(fast.forward(torch.tensor([ids]), torch.tensor([0]), own, ra)[0].argmax()))
         step = fast.forward(torch.tensor([[t] for t in firsts]), torch.tensor([len(p) for p in prompts]), kv,

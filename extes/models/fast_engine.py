@@ -102,7 +102,7 @@ class FastEngine(LocalEngine):
         self.fast = FastLlama(model, loras, dtype=self.precision.torch_dtype, prepack=self._prepack,
                               device=self._device)
         self.kv_cache = PrefixCache(self._kv_cache_bytes)
-        self._kv = None  # batch KV buffers: per layer (slots, 2, n_kv, capacity, head_dim)
+        self._kv = None  # batch KV buffers: per layer (2, slots, n_kv, capacity, head_dim)
         log.info("fast engine on %s: %s weights (%s), %d adapter(s), matmuls via %s", Path(str(base)).name,
                  self.dtype_name, self.precision.reason, len(loras), self.fast.packed_with)
         return model, tokenizer
@@ -160,7 +160,7 @@ class FastEngine(LocalEngine):
         row.kv = self.fast.new_kv(1, row.prompt_len)
         if entry is not None:
             for buf, part in zip(row.kv, entry.kv):
-                buf[0, :, :, :n] = part[:, :, :n]
+                buf[:, 0, :, :n] = part[:, :, :n]
         row.length = row.cached = n
 
     def _prefill_chunk(self, prefilling: deque[_Row], rows: list[_Row]) -> None:
@@ -195,23 +195,23 @@ class FastEngine(LocalEngine):
         self._ensure_kv(len(rows) + 1, need)
         slot = len(rows)
         for buf, own in zip(self._kv, row.kv):
-            buf[slot, :, :, :row.length] = own[0, :, :, :row.length]
+            buf[:, slot, :, :row.length] = own[:, 0, :, :row.length]
         row.kv = None
         rows.append(row)
         self.max_rows_seen = max(self.max_rows_seen, len(rows))
 
     def _ensure_kv(self, slots: int, capacity: int) -> None:
-        if self._kv is not None and self._kv[0].shape[0] >= slots and self._kv[0].shape[3] >= capacity:
+        if self._kv is not None and self._kv[0].shape[1] >= slots and self._kv[0].shape[3] >= capacity:
             return
         old = self._kv
-        have_s, have_c = (old[0].shape[0], old[0].shape[3]) if old is not None else (0, 0)
+        have_s, have_c = (old[0].shape[1], old[0].shape[3]) if old is not None else (0, 0)
         new_s = min(self.max_batch, max(slots, 2 * have_s, 4))
         new_c = have_c if have_c >= capacity else min(self.window, max(capacity, 2 * have_c, 64))
         new_c = max(new_c, capacity)
         self._kv = self.fast.new_kv(new_s, new_c)
         if old is not None:
             for dst, src in zip(self._kv, old):
-                dst[:have_s, :, :, :have_c] = src
+                dst[:, :have_s, :, :have_c] = src
 
     def _decode_step(self, rows: list[_Row]) -> None:
         torch = self._torch
@@ -221,7 +221,7 @@ class FastEngine(LocalEngine):
         starts = torch.tensor([r.length for r in rows], dtype=torch.long)
         idx = [self._adapter_index[r.req.adapter] for r in rows]
         ra = torch.tensor(idx, dtype=torch.long) if any(i >= 0 for i in idx) else None
-        logits = self._forward(ids, starts, [buf[:b] for buf in self._kv], ra)
+        logits = self._forward(ids, starts, [buf[:, :b] for buf in self._kv], ra)
         self.steps += 1
         tokens = sample_rows(logits, [r.req.settings for r in rows], [r.seen for r in rows],
                              [r.generator for r in rows])
@@ -240,7 +240,7 @@ class FastEngine(LocalEngine):
             if i != last:
                 moved = rows[last]
                 for buf in self._kv:
-                    buf[i, :, :, :moved.length] = buf[last, :, :, :moved.length]
+                    buf[:, i, :, :moved.length] = buf[:, last, :, :moved.length]
                 rows[i] = moved
             rows.pop()
 
@@ -251,7 +251,7 @@ class FastEngine(LocalEngine):
         if n <= 0:
             return
         ids = (row.prompt_ids + row.out_ids)[:n]
-        kept = [buf[slot, :, :, :n].clone(memory_format=self._torch.contiguous_format) for buf in kv]
+        kept = [buf[:, slot, :, :n].clone(memory_format=self._torch.contiguous_format) for buf in kv]
         self.kv_cache.store(row.req.adapter, ids, kept)
 
 

@@ -321,8 +321,9 @@ class FastLlama:
         self.sin = sin[0].float().to(self.device).contiguous()
 
     def new_kv(self, rows: int, capacity: int) -> list[torch.Tensor]:
-        """A KV buffer per layer: (rows, 2, n_kv, capacity, head_dim), fp32, zeros."""
-        return [torch.zeros(rows, 2, self.n_kv, capacity, self.head_dim, device=self.device)
+        """A KV buffer per layer: (2, rows, n_kv, capacity, head_dim), fp32, zeros: [0] keys, [1] values.
+        Keys first, rows next, so that the keys of rows 0..B-1 form one strided batch of (S, D) matrices."""
+        return [torch.zeros(2, rows, self.n_kv, capacity, self.head_dim, device=self.device)
                 for _ in range(self.n_layers)]
 
     def forward(self, ids: torch.Tensor, starts: torch.Tensor, kv: list[torch.Tensor],
@@ -346,6 +347,9 @@ class FastLlama:
         mask = cols[None, None, :] <= pos[:, :, None]  # (B, T, S): causal, and only the row's own columns
         full = bool(mask.all())
         attn_mask = None if full else mask[:, None]
+        # decode (one new token per row): an additive mask (B, 1, 1, S), 0 on the row's own columns
+        neg_mask = None if full or t != 1 else torch.zeros(mask.shape, device=dev).masked_fill_(
+            ~mask, float("-inf"))[:, None, :, :]
         ra = None if row_adapter is None else (row_adapter if t == 1 else row_adapter.repeat_interleave(t))
         masks: dict = {}
         x = self.embed[ids]  # (B, T, H) fp32
@@ -362,19 +366,22 @@ class FastLlama:
             if b_sz == 1:
                 s0 = starts_l[0]
                 buf[0, 0, :, s0:s0 + t] = k[0]
-                buf[0, 1, :, s0:s0 + t] = v[0]
+                buf[1, 0, :, s0:s0 + t] = v[0]
             elif t == 1:
                 rows = torch.arange(b_sz, device=dev)
-                buf[:, 0][rows, :, starts] = k[:, :, 0]
-                buf[:, 1][rows, :, starts] = v[:, :, 0]
+                buf[0][rows, :, starts] = k[:, :, 0]
+                buf[1][rows, :, starts] = v[:, :, 0]
             else:
                 for b, s0 in enumerate(starts_l):
-                    buf[b, 0, :, s0:s0 + t] = k[b]
-                    buf[b, 1, :, s0:s0 + t] = v[b]
-            keys, values = buf[:b_sz, 0, :, :s_len], buf[:b_sz, 1, :, :s_len]
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask,
-                                               is_causal=full and t > 1 and s_len == t,
-                                               scale=d ** -0.5, enable_gqa=h_kv != h_q)
+                    buf[0, b, :, s0:s0 + t] = k[b]
+                    buf[1, b, :, s0:s0 + t] = v[b]
+            keys, values = buf[0, :b_sz, :, :s_len], buf[1, :b_sz, :, :s_len]
+            if t == 1:
+                o = _decode_attention(q, keys, values, neg_mask, d ** -0.5)
+            else:
+                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask,
+                                                   is_causal=full and t > 1 and s_len == t,
+                                                   scale=d ** -0.5, enable_gqa=h_kv != h_q)
             o = o.transpose(1, 2).reshape(b_sz * t, h_q * d)
             x = x + o_l(o, ra, masks).reshape(b_sz, t, -1)
             h = _rms(x, ln2, self.eps).reshape(b_sz * t, -1)
@@ -384,6 +391,26 @@ class FastLlama:
         if all_logits:
             return self.head(_rms(x, self.norm, self.eps).reshape(b_sz * t, -1)).reshape(b_sz, t, -1)
         return self.head(_rms(x[:, -1], self.norm, self.eps))
+
+
+def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, neg_mask: torch.Tensor | None,
+                      scale: float) -> torch.Tensor:
+    """Attention of one new query per row, grouped-query aware, as two batched matmuls that read each
+    row's keys and values once, where they lie in the preallocated buffer (no copy, no repeat).
+
+    q: (B, Hq, 1, D); keys/values: (B, Hkv, S, D) views; neg_mask: (B, 1, 1, S) additive (0 / -inf) or None.
+    Returns (B, Hq, 1, D). Equal to scaled_dot_product_attention (fp32, up to rounding); on the 2-core
+    development machine CPU's SDPA kernel took about three times as long for this shape (32 rows x 200
+    positions), because it is built for many queries per row."""
+    b, h_q, _, d = q.shape
+    h_kv = keys.shape[1]
+    qg = q.reshape(b, h_kv, h_q // h_kv, d)  # query head h uses kv head h // group, as transformers' repeat_kv
+    scores = torch.matmul(qg, keys.transpose(-1, -2))  # (B, Hkv, G, S)
+    scores.mul_(scale)
+    if neg_mask is not None:
+        scores.add_(neg_mask)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs, values).reshape(b, h_q, 1, d)
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:

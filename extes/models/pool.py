@@ -21,6 +21,7 @@ from typing import Any
 
 from extes.models.arms import Arm, GenerationSettings, load_arms, read_adapter_info
 from extes.models.engine import Event, GenRequest, LocalEngine, Reply
+from extes.models.engine_process import EngineProcess
 from extes.models.fast_engine import DEFAULT_KV_CACHE_BYTES, create_engine
 from extes.models.openai_backend import OpenAIBackend
 from extes.taxonomy import STRATEGY_TAG_RE, format_strategy_tag
@@ -80,10 +81,12 @@ def prepare_messages(arm: Arm, messages: Any) -> list[dict[str, str]]:
 class ArmPool:
     def __init__(self, arms: Sequence[Arm] | str | Path, *, max_batch: int = 32, max_context: int | None = None,
                  dtype: str | None = None, gather_s: float = 0.01, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-                 device: str = "cpu"):
+                 device: str = "cpu", isolate: bool = False):
         """dtype: overrides every local arm's `dtype` (auto | float32 | bfloat16) when given.
         kv_cache_bytes: per base engine, the budget of the KV cache kept across turns.
-        device: where the fast engine runs ("cpu" or "cuda"; the transformers path stays on the CPU)."""
+        device: where the fast engine runs ("cpu" or "cuda"; the transformers path stays on the CPU).
+        isolate: run each base model's engine in its own process (extes.models.engine_process), as the study
+        app and `extes serve` do, so a web server's Python threads never slow its decode steps."""
         if isinstance(arms, (str, Path)):
             arms = load_arms(arms)
         arms = list(arms)
@@ -111,9 +114,10 @@ class ArmPool:
             groups.setdefault((checkpoint_source(arm.base), key_adapter, arm_dtype), []).append(arm)
         try:
             for (base, _, arm_dtype), group in groups.items():
-                engine = create_engine(base, adapters=[a.adapter for a in group if a.adapter], dtype=arm_dtype,
-                                       max_batch=max_batch, max_context=max_context, gather_s=gather_s,
-                                       kv_cache_bytes=kv_cache_bytes, device=device)
+                make = EngineProcess if isolate else create_engine
+                engine = make(base, adapters=[a.adapter for a in group if a.adapter], dtype=arm_dtype,
+                              max_batch=max_batch, max_context=max_context, gather_s=gather_s,
+                              kv_cache_bytes=kv_cache_bytes, device=device)
                 self._engines.append(engine)
                 for arm in group:
                     self._backends[arm.name] = engine

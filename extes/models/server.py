@@ -265,7 +265,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.host not in {"127.0.0.1", "localhost", "::1"}:
         print(f"warning: binding to {args.host}: anyone who can reach this port can use the models",
               file=sys.stderr)
-    pool = ArmPool(local, max_batch=args.max_batch, max_context=args.max_context)
+    pool = ArmPool(local, max_batch=args.max_batch, max_context=args.max_context, isolate=True)
     try:
         app = create_app(pool, max_body_bytes=args.max_body_bytes)
         print(f"serving {', '.join(pool.names)} at http://{args.host}:{args.port}/v1", file=sys.stderr)

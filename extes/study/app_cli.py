@@ -75,7 +75,7 @@ def create(protocol_path: str, db: str, concurrency: int = 16):
         store = Store(db)
     except StoreError as exc:
         raise ValueError(str(exc)) from None
-    pool = ArmPool(list(protocol.arms))
+    pool = ArmPool(list(protocol.arms), isolate=True)
     return build_app(protocol, store, pool, concurrency=concurrency), pool, store
 
 

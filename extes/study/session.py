@@ -447,10 +447,9 @@ class Study:
             nonlocal last_save, unsaved
             if not force and unsaved < PERSIST_EVERY_DELTAS and time.monotonic() - last_save < PERSIST_INTERVAL_S:
                 return
-            for t in targets:
-                if t not in done and t not in failed and shown[t] != saved[t]:
-                    self.store.update_reply(reply_ids[t], shown[t])
-                    saved[t] = shown[t]
+            changed = {t: shown[t] for t in targets if t not in done and t not in failed and shown[t] != saved[t]}
+            self.store.update_replies({reply_ids[t]: text for t, text in changed.items()})
+            saved.update(changed)
             last_save, unsaved = time.monotonic(), 0
 
         finished = False

@@ -408,6 +408,12 @@ def _url(url_or_path: str | Path | None) -> tuple[str, Path | None]:
     return f"sqlite:///{path}", path
 
 
+def _sqlite_file(url: str) -> bool:
+    """An SQLite URL naming a file (not an in-memory database, which has its own pool)."""
+    rest = url.split("://", 1)[-1].lstrip("/")
+    return bool(rest) and ":memory:" not in url and "mode=memory" not in url
+
+
 def _row(r: Any) -> dict[str, Any]:
     return dict(r._mapping)
 
@@ -424,6 +430,10 @@ class Store:
         kwargs: dict[str, Any] = {"echo": echo}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            if _sqlite_file(self.url):
+                # one kept connection per busy thread: with SQLAlchemy's default (5 + 10 overflow) twenty
+                # participants' threads kept opening and closing connections, each paying the pragmas
+                kwargs.update(pool_size=32, max_overflow=32)
         try:
             self.engine: Engine = sa.create_engine(self.url, **kwargs)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
@@ -697,10 +707,18 @@ class Store:
     def update_reply(self, message_id: int, text: str) -> None:
         """The streamed text so far (still partial): written every few hundred milliseconds while a reply
         streams, so a crash loses at most that much of what was shown."""
+        self.update_replies({message_id: text})
+
+    def update_replies(self, texts: dict[int, str]) -> None:
+        """`update_reply` for several replies (the panes of one send) in one transaction: one commit."""
+        if not texts:
+            return
+        stamp = now()
         with self.engine.begin() as conn:
-            conn.execute(messages.update().where(messages.c.id == int(message_id),
-                                                 messages.c.finish_reason == "streaming")
-                         .values(text=text, updated_at=now()))
+            for message_id, text in texts.items():
+                conn.execute(messages.update().where(messages.c.id == int(message_id),
+                                                     messages.c.finish_reason == "streaming")
+                             .values(text=text, updated_at=stamp))
 
     def touch_replies(self, message_ids: Sequence[int]) -> None:
         """Heartbeat of replies still streaming in this process (see STREAM_STALE_S)."""

@@ -46,7 +46,7 @@ BROWSER_NOTE = ("This browser keeps your participant code (and nothing else) so 
 # Gradio's BrowserState encrypts with a key sent to every page: a fixed, public key says so honestly (and
 # works the same on every app process and after restarts).
 BROWSER_KEY = "not-a-secret:extes-study"
-STREAM_INTERVAL_S = 0.05  # at most ~20 page updates a second while replies stream
+STREAM_INTERVAL_S = 0.1  # at most ~10 page updates a second while replies stream
 REDIRECT_DELAY_MS = 2500  # the completion code stays readable this long before the platform's page opens
 # Runs in the browser after an event that may end the study: open the completion URL (set only when the
 # protocol says redirect: true). The link and code stay on the page in case the redirect is blocked.
@@ -212,11 +212,18 @@ class ParticipantUI:
             gr.update(value=None),  # attention row
         ]
 
-    def _chat_updates(self, view: SessionView | None) -> list[Any]:
-        """Updates for self.chat_outputs: banner, 3 chatbots, 3 counters, rate hint, rating column."""
+    def _chat_updates(self, view: SessionView | None, between: bool = False) -> list[Any]:
+        """Updates for self.chat_outputs: banner, 3 chatbots, 3 counters, rate hint, rating column.
+
+        between: an update in the middle of a stream, after the first. Gradio rebuilds a component (and its
+        JSON schema) for every gr.update or gr.skip it is given, which under twenty streaming participants
+        took half the app's CPU; a plain value only runs the component's postprocess. So between the
+        first and the last update of a stream the banner (whose visibility the first update set) is sent
+        as a plain value, and every other output already is one except the rating column."""
         if view is None or not view.panes:
             return [gr.update(visible=False)] + [[] for _ in PANES] + ["" for _ in PANES] + ["", gr.update(visible=False)]
-        banner = gr.update(value=self.protocol.crisis.banner, visible=view.crisis)
+        banner = self.protocol.crisis.banner if between else gr.update(value=self.protocol.crisis.banner,
+                                                                       visible=view.crisis)
         chats = [_chat_value(ps) for ps in view.panes]
         counters = [_counter_text(view, i) for i in range(len(PANES))]
         if view.can_rate:
@@ -362,7 +369,8 @@ class ParticipantUI:
                     now = time.monotonic()
                     if first or now - last_sent >= STREAM_INTERVAL_S or not view.streaming:
                         # Clear the box that was used (on the first update only, so typing can go on).
-                        yield [*self._chat_updates(view), "" if first else gr.skip()]
+                        yield [*self._chat_updates(view, between=not first and view.streaming),
+                               "" if first else gr.skip()]
                         first, last_sent, pending = False, now, None
                 if pending is not None:
                     yield [*self._chat_updates(pending), gr.skip()]
