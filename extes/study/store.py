@@ -408,12 +408,6 @@ def _url(url_or_path: str | Path | None) -> tuple[str, Path | None]:
     return f"sqlite:///{path}", path
 
 
-def _sqlite_file(url: str) -> bool:
-    """An SQLite URL naming a file (not an in-memory database, which has its own pool)."""
-    rest = url.split("://", 1)[-1].lstrip("/")
-    return bool(rest) and ":memory:" not in url and "mode=memory" not in url
-
-
 def _row(r: Any) -> dict[str, Any]:
     return dict(r._mapping)
 
@@ -428,9 +422,10 @@ class Store:
         except OSError as exc:
             raise StoreError(f"{url_or_path}: cannot create the database folder ({exc})") from None
         kwargs: dict[str, Any] = {"echo": echo}
+        in_memory = self.path is None and (":memory:" in self.url or self.url.rstrip("/").endswith("sqlite:"))
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-            if _sqlite_file(self.url):
+            if not in_memory:  # (an in-memory database has its own pool)
                 # one kept connection per busy thread: with SQLAlchemy's default (5 + 10 overflow) twenty
                 # participants' threads kept opening and closing connections, each paying the pragmas
                 kwargs.update(pool_size=32, max_overflow=32)
@@ -439,8 +434,6 @@ class Store:
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             raise StoreError(f"{self._where()}: not a usable database URL ({exc})") from None
         if self.url.startswith("sqlite"):
-            in_memory = self.path is None and (":memory:" in self.url or self.url.rstrip("/").endswith("sqlite:"))
-
             @sa.event.listens_for(self.engine, "connect")
             def _pragmas(dbapi_conn, _record):  # pragma: no cover - exercised through every test
                 dbapi_conn.isolation_level = None  # BEGIN is emitted below, so writes can be IMMEDIATE
