@@ -697,13 +697,10 @@ class Store:
         with self.engine.connect() as conn:
             return self._streaming(conn, conversation_id)
 
-    def update_reply(self, message_id: int, text: str) -> None:
-        """The streamed text so far (still partial): written every few hundred milliseconds while a reply
-        streams, so a crash loses at most that much of what was shown."""
-        self.update_replies({message_id: text})
-
     def update_replies(self, texts: dict[int, str]) -> None:
-        """`update_reply` for several replies (the panes of one send) in one transaction: one commit."""
+        """The streamed text so far (still partial) of the replies of one send, {message id: text}, in one
+        transaction: written every few hundred milliseconds while they stream, so a crash loses at most
+        that much of what was shown."""
         if not texts:
             return
         stamp = now()
