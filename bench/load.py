@@ -101,11 +101,11 @@ def bench_protocol(source: Path, out_dir: Path, turns: int, max_new_tokens: int)
     return path, notes
 
 
-def start_app(protocol: Path, db: Path, port: int, log_path: Path) -> subprocess.Popen:
+def start_app(protocol: Path, db: Path, port: int, log_path: Path, extra: list[str]) -> subprocess.Popen:
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     log = open(log_path, "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(port),
-                             "--protocol", str(protocol), "--db", str(db)],
+                             "--protocol", str(protocol), "--db", str(db), *extra],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=160, help="reply cap (the protocol's is 160)")
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL, help="study protocol to copy")
+    parser.add_argument("--concurrency", type=int, default=None, help="the app's --concurrency (default: its own)")
+    parser.add_argument("--engine-threads", type=int, default=None, help="the app's --engine-threads (default: its own)")
     parser.add_argument("--keep", action="store_true", help="keep the database and app log")
     args = parser.parse_args(argv)
 
@@ -226,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"participants {args.participants}, {args.turns} turns per pane, replies <= {args.max_new_tokens} tokens, "
           f"app on {url}, database {db}")
     t0 = time.perf_counter()
-    proc = start_app(protocol, db, port, work / "app.log")
+    extra = [f"--{name}={value}" for name, value in (("concurrency", args.concurrency),
+                                                     ("engine-threads", args.engine_threads)) if value is not None]
+    proc = start_app(protocol, db, port, work / "app.log", extra)
     try:
         wait_ready(url, proc, timeout=600)
         print(f"app ready after {time.perf_counter() - t0:.1f} s (model load and conversion included)")
@@ -282,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
           f"time to first token p50 {percentile(ttft, 0.5):.2f} s, p95 {percentile(ttft, 0.95):.2f} s")
     print(f"request latency (client, send until all targeted panes replied): "
           f"p50 {percentile(request, 0.5):.2f} s, p95 {percentile(request, 0.95):.2f} s over {len(request)} sends")
+    for line in (work / "app.log").read_text(errors="replace").splitlines():
+        if " closing: " in line and "engine for" in line:  # the engine process's counters (no text)
+            print(line.split(" INFO ", 1)[-1])
     if replies:
         print(f"mean reply length {statistics.mean(m['n_tokens'] or 0 for m in replies):.1f} tokens; "
               f"empty replies {sum(1 for m in replies if not m['text'].strip())}")

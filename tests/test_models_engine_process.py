@@ -17,7 +17,7 @@ import pytest
 from models_helpers import tiny_arms, user
 
 from extes.models import ArmPool, GenerationSettings
-from extes.models.engine_process import EngineProcess
+from extes.models.engine_process import EngineProcess, default_engine_threads, usable_cpus
 
 PROMPTS = ["I feel so alone since the breakup", "My boss keeps giving me more work and I am tired"]
 
@@ -55,6 +55,19 @@ def test_isolated_pool_gives_the_same_greedy_replies_as_in_process(base, adapter
         assert set(many) == {"plain", "lora", "strat"}
         stats = engine.stats()
         assert stats["max_rows_seen"] >= 2 and stats["steps"] > 0 and stats["prefill_tokens"] > 0
+        # the default leaves a CPU to the web server
+        assert stats["torch_threads"] == engine.threads == default_engine_threads() == max(1, usable_cpus() - 1)
+
+
+def test_engine_threads_reach_the_child_and_bad_values_are_refused(base, adapters):
+    arms = tiny_arms(base, adapters)
+    with ArmPool(arms, isolate=True, engine_threads=1) as pool:
+        assert pool.engine_for("plain").stats()["torch_threads"] == 1
+        assert pool.generate("plain", user(PROMPTS[0])).text
+    with pytest.raises(ValueError, match="isolate"):
+        ArmPool(arms, engine_threads=1)
+    with pytest.raises(ValueError, match="at least 1"):
+        ArmPool(arms, isolate=True, engine_threads=0)
 
 
 def test_streamed_deltas_add_up_to_the_reply(base, adapters):
@@ -117,7 +130,7 @@ def test_load_error_is_raised_in_the_parent(base, tmp_path):
 def test_child_exits_when_its_parent_is_killed(base, tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
-        from extes.models.engine_process import EngineProcess
+        from extes.models.engine_process import EngineProcess, default_engine_threads, usable_cpus
         e = EngineProcess({str(base)!r}, dtype="float32")
         print(e.pid, flush=True)
         time.sleep(600)
@@ -132,3 +145,14 @@ def test_child_exits_when_its_parent_is_killed(base, tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_close_summary_counts_batches_without_text(base, adapters):
+    """The line the engine process logs at close: batch fill, step time, attention padding; never text."""
+    from extes.models.engine_process import _summary
+
+    with ArmPool(tiny_arms(base, adapters)) as pool:
+        replies = dict(pool.stream_many({arm: (arm, user(PROMPTS[1])) for arm in ("plain", "lora", "strat")}))
+        line = _summary(pool.engine_for("plain"))
+    assert replies and "decode steps" in line and "rows per step" in line and "% padding" in line
+    assert PROMPTS[1] not in line and "boss" not in line

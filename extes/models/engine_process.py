@@ -12,7 +12,7 @@ How: `EngineProcess` starts a child (`python -m extes.models.engine_process`, a 
 threads do not survive a fork, and multiprocessing's spawn would re-run the caller's main script) that
 builds the engine with `create_engine` and answers over one socket pair wrapped as a multiprocessing
 Connection:
-- parent -> child: first (base, adapters, dtype, engine options, log level), then ("submit", id, messages, settings, adapter, strategies), ("cancel", id), ("stats", id),
+- parent -> child: first (base, adapters, dtype, engine options, log level, torch threads), then ("submit", id, messages, settings, adapter, strategies), ("cancel", id), ("stats", id),
   ("close",);
 - child -> parent: ("ready", info) or ("failed", error) once, then lists of ("event", id, Event),
   ("error", id, error) and ("stats", id, dict). Events are batched: the child's writer thread sends
@@ -49,6 +49,24 @@ CANCEL_POLL_S = 0.02  # how often the parent looks for requests cancelled by the
 START_TIMEOUT_S = 900.0  # loading and converting a base model (the embedded one takes about 10 s)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_engine_threads() -> int:
+    """Torch threads for an engine process that shares the machine with a web server: every usable CPU
+    but one. A torch operation that runs on several threads waits at its end for the slowest of them, so
+    when the web server takes a core one of the engine's threads is descheduled and every operation waits
+    for it. Measured on the 2-core development machine (60 requests on three arms, `bench/load.py`'s
+    request mix, beside a process that keeps one core 60% busy): 92 tokens/s with two threads, 127 with
+    one; alone, one thread decoded as fast as two (121 vs 121-149 tokens/s)."""
+    return max(1, usable_cpus() - 1)
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     """What the child reports once its engine is loaded."""
@@ -80,9 +98,14 @@ class _Child:
         self.cancels = 0  # cancellations received from the parent (stats)
 
     def run(self) -> None:
-        base, adapters, dtype, kwargs, log_level = self.conn.recv()
+        base, adapters, dtype, kwargs, log_level, threads = self.conn.recv()
         logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        import torch
+
         from extes.models.fast_engine import create_engine
+
+        if threads:
+            torch.set_num_threads(threads)
 
         try:
             engine = create_engine(base, adapters=adapters, dtype=dtype, **kwargs)
@@ -98,6 +121,7 @@ class _Child:
         try:
             self._serve(engine)
         finally:
+            log.info("engine for %s closing: %s", Path(str(base)).name, _summary(engine))
             engine.close()
             self.out.put(None)
             time.sleep(0.05)
@@ -167,7 +191,10 @@ class _Child:
 
 def _engine_stats(engine) -> dict[str, Any]:
     """Counters for tests and benchmarks (no text)."""
-    stats: dict[str, Any] = {"steps": engine.steps, "max_rows_seen": engine.max_rows_seen}
+    import torch
+
+    stats: dict[str, Any] = {"steps": engine.steps, "max_rows_seen": engine.max_rows_seen,
+                             "torch_threads": torch.get_num_threads()}
     if hasattr(engine, "step_times"):
         stats["step_times"] = list(engine.step_times)
         stats["prefill_tokens"] = engine.prefill_tokens
@@ -177,13 +204,37 @@ def _engine_stats(engine) -> dict[str, Any]:
     return stats
 
 
+def _summary(engine) -> str:
+    """One line of counters for the log at close (no text): how full the decode batches were and how long
+    a step took, for reading a load test's or a study's throughput."""
+    steps = engine.steps
+    rows, secs = getattr(engine, "decode_rows", 0), getattr(engine, "decode_seconds", 0.0)
+    line = f"{steps} decode steps"
+    if steps and rows:
+        line += (f", {rows / steps:.1f} rows per step on average, {1000 * secs / steps:.0f} ms per step, "
+                 f"{rows / secs:.0f} decoded tokens/s while decoding")
+    if getattr(engine, "kv_positions_read", 0):
+        line += f", attention read {100 * (1 - engine.kv_positions_used / engine.kv_positions_read):.0f}% padding"
+    if hasattr(engine, "prefill_tokens"):
+        line += f", {engine.prefill_tokens} prompt tokens prefilled"
+    kv = getattr(engine, "kv_cache", None)
+    if kv is not None:
+        line += f", kept KV cache {kv.stats.hits} hits / {kv.stats.misses} misses"
+    return line
+
+
 class EngineProcess:
     """An engine (FastEngine or LocalEngine, as `create_engine` picks) running in a child process. Same
     public surface as the in-process engine for what the pool and the servers use: `submit`, `close`,
-    `alive`, `has_adapter`, `window`, `dtype_name`, `ENGINE_VERSION`; plus `stats()` and `info`."""
+    `alive`, `has_adapter`, `window`, `dtype_name`, `ENGINE_VERSION`; plus `stats()` and `info`.
 
-    def __init__(self, base: str, adapters=(), dtype: str | None = "auto", **kwargs):
+    threads: torch threads in the child (None: `default_engine_threads()`, every usable CPU but one)."""
+
+    def __init__(self, base: str, adapters=(), dtype: str | None = "auto", threads: int | None = None, **kwargs):
+        if threads is not None and threads < 1:
+            raise ValueError(f"engine threads must be at least 1, got {threads}")
         self.base = base
+        self.threads = threads or default_engine_threads()
         adapters = [str(Path(a)) for a in dict.fromkeys(adapters)]
         ours, theirs = socket.socketpair()
         root = str(Path(__file__).resolve().parents[2])
@@ -192,7 +243,7 @@ class EngineProcess:
                                       pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self._conn = Connection(ours.detach())
-        self._conn.send((base, adapters, dtype, kwargs, logging.getLogger().getEffectiveLevel()))
+        self._conn.send((base, adapters, dtype, kwargs, logging.getLogger().getEffectiveLevel(), self.threads))
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._live: dict[int, GenRequest] = {}

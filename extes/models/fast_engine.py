@@ -112,6 +112,10 @@ class FastEngine(LocalEngine):
         self.model = None  # the fast forward holds its own copy of the weights
         self.prefill_tokens = 0  # prompt tokens run through the model (tests, benchmarks)
         self.step_times: deque[tuple[int, float]] = deque(maxlen=4096)  # (rows, seconds) per decode step
+        self.decode_rows = 0  # rows summed over all decode steps, and their seconds (the summary at close)
+        self.decode_seconds = 0.0
+        self.kv_positions_read = 0  # cached positions attention read in decode steps (every row up to the
+        self.kv_positions_used = 0  # longest), and of those the rows' own: their ratio is the padding
 
     # -- the forward pass (tests monkeypatch this) -------------------------------------------------------
 
@@ -218,7 +222,8 @@ class FastEngine(LocalEngine):
         t0 = time.perf_counter()
         b = len(rows)
         ids = torch.tensor([[r.last_token] for r in rows], dtype=torch.long)
-        starts = torch.tensor([r.length for r in rows], dtype=torch.long)
+        lengths = [r.length for r in rows]
+        starts = torch.tensor(lengths, dtype=torch.long)
         idx = [self._adapter_index[r.req.adapter] for r in rows]
         ra = torch.tensor(idx, dtype=torch.long) if any(i >= 0 for i in idx) else None
         logits = self._forward(ids, starts, [buf[:, :b] for buf in self._kv], ra)
@@ -231,7 +236,12 @@ class FastEngine(LocalEngine):
                 r.finish = "cancelled"
                 continue
             self._accept(r, token)
-        self.step_times.append((b, time.perf_counter() - t0))
+        took = time.perf_counter() - t0
+        self.step_times.append((b, took))
+        self.decode_rows += b
+        self.decode_seconds += took
+        self.kv_positions_read += b * (max(lengths) + 1)
+        self.kv_positions_used += sum(lengths) + b
         done = [i for i, r in enumerate(rows) if r.finish is not None]
         for i in reversed(done):  # from the end, so moving the last row into slot i is always valid
             row = rows[i]

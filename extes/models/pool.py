@@ -81,12 +81,16 @@ def prepare_messages(arm: Arm, messages: Any) -> list[dict[str, str]]:
 class ArmPool:
     def __init__(self, arms: Sequence[Arm] | str | Path, *, max_batch: int = 32, max_context: int | None = None,
                  dtype: str | None = None, gather_s: float = 0.01, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-                 device: str = "cpu", isolate: bool = False):
+                 device: str = "cpu", isolate: bool = False, engine_threads: int | None = None):
         """dtype: overrides every local arm's `dtype` (auto | float32 | bfloat16) when given.
         kv_cache_bytes: per base engine, the budget of the KV cache kept across turns.
         device: where the fast engine runs ("cpu" or "cuda"; the transformers path stays on the CPU).
         isolate: run each base model's engine in its own process (extes.models.engine_process), as the study
-        app and `extes serve` do, so a web server's Python threads never slow its decode steps."""
+        app and `extes serve` do, so a web server's Python threads never slow its decode steps.
+        engine_threads: with isolate, torch threads per engine process (None: every usable CPU but one, see
+        extes.models.engine_process.default_engine_threads). In-process engines use torch's global setting."""
+        if engine_threads is not None and not isolate:
+            raise ValueError("engine_threads applies to isolated engines (isolate=True) only")
         if isinstance(arms, (str, Path)):
             arms = load_arms(arms)
         arms = list(arms)
@@ -114,10 +118,13 @@ class ArmPool:
             groups.setdefault((checkpoint_source(arm.base), key_adapter, arm_dtype), []).append(arm)
         try:
             for (base, _, arm_dtype), group in groups.items():
-                make = EngineProcess if isolate else create_engine
-                engine = make(base, adapters=[a.adapter for a in group if a.adapter], dtype=arm_dtype,
-                              max_batch=max_batch, max_context=max_context, gather_s=gather_s,
-                              kv_cache_bytes=kv_cache_bytes, device=device)
+                options = dict(adapters=[a.adapter for a in group if a.adapter], dtype=arm_dtype,
+                               max_batch=max_batch, max_context=max_context, gather_s=gather_s,
+                               kv_cache_bytes=kv_cache_bytes, device=device)
+                if isolate:
+                    engine = EngineProcess(base, threads=engine_threads, **options)
+                else:
+                    engine = create_engine(base, **options)
                 self._engines.append(engine)
                 for arm in group:
                     self._backends[arm.name] = engine

@@ -230,6 +230,8 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="most sequences decoded together per base")
     parser.add_argument("--max-context", type=int, default=None,
                         help="cap the context window (tokens); default: the model's own")
+    parser.add_argument("--engine-threads", type=int, default=None, metavar="N",
+                        help="torch threads of each model process (default: every CPU but one, left to the server)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
 
 
@@ -265,7 +267,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.host not in {"127.0.0.1", "localhost", "::1"}:
         print(f"warning: binding to {args.host}: anyone who can reach this port can use the models",
               file=sys.stderr)
-    pool = ArmPool(local, max_batch=args.max_batch, max_context=args.max_context, isolate=True)
+    pool = ArmPool(local, max_batch=args.max_batch, max_context=args.max_context, isolate=True,
+                   engine_threads=args.engine_threads)
     try:
         app = create_app(pool, max_body_bytes=args.max_body_bytes)
         print(f"serving {', '.join(pool.names)} at http://{args.host}:{args.port}/v1", file=sys.stderr)

@@ -43,6 +43,9 @@ def configure_app(parser: argparse.ArgumentParser) -> None:
                         help=f"SQLite file or SQLAlchemy URL (default: {DEFAULT_DB})")
     parser.add_argument("--concurrency", type=int, default=16,
                         help="chat requests generating at once (the model pool batches them; default 16)")
+    parser.add_argument("--engine-threads", type=int, default=None, metavar="N",
+                        help="torch threads of each model process (default: every CPU but one, which is left to "
+                             "the web server)")
     parser.add_argument("--invite-judges", type=int, default=None, metavar="N",
                         help="print N new judge codes (single-use invitations for /annotate) and exit")
     parser.add_argument("--revoke-judge", default=None, metavar="CODE",
@@ -63,8 +66,9 @@ def resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
     return host, port
 
 
-def create(protocol_path: str, db: str, concurrency: int = 16):
-    """(app, pool, store) for a protocol file and database; the pool loads the arms' models."""
+def create(protocol_path: str, db: str, concurrency: int = 16, engine_threads: int | None = None):
+    """(app, pool, store) for a protocol file and database; the pool loads the arms' models, each base in
+    its own process with `engine_threads` torch threads (None: every CPU but one)."""
     from extes.models import ArmPool
     from extes.study.app import build_app
     from extes.study.protocol import load_protocol
@@ -75,7 +79,7 @@ def create(protocol_path: str, db: str, concurrency: int = 16):
         store = Store(db)
     except StoreError as exc:
         raise ValueError(str(exc)) from None
-    pool = ArmPool(list(protocol.arms), isolate=True)
+    pool = ArmPool(list(protocol.arms), isolate=True, engine_threads=engine_threads)
     return build_app(protocol, store, pool, concurrency=concurrency), pool, store
 
 
@@ -113,8 +117,10 @@ def run_app(args: argparse.Namespace) -> int:
     protocol_path = args.protocol or _default_protocol()
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.engine_threads is not None and args.engine_threads < 1:
+        raise ValueError(f"--engine-threads must be at least 1, got {args.engine_threads}")
     print(f"Loading the study from {protocol_path} (database {args.db}) ...", flush=True)
-    app, pool, store = create(protocol_path, args.db, args.concurrency)
+    app, pool, store = create(protocol_path, args.db, args.concurrency, args.engine_threads)
     print(f"Study app running on http://{host}:{port}  (Ctrl+C to stop)", flush=True)
     try:
         # No access log: URLs hold no participant text, but there is no reason to keep them either.
