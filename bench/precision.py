@@ -1,6 +1,9 @@
-"""Is bf16 safe? Top-1 agreement of bf16 weights with fp32 on the demo arms (not a test).
+"""Is bf16 safe? Top-1 agreement of bf16 weights with fp32 on the demo arms, and both precisions' Table 6
+metrics on the held-out seeds (not a test).
 
     python bench/precision.py [--protocol eval_protocol/default.yaml] [--new-tokens 24]
+                              [--heldout results/adapters/seeds-split/valid.jsonl] [--limit N]
+                              [--reply-tokens 64] [--no-metrics]
 
 For every local LoRA/base arm of the protocol (default: the three demo arms on the embedded model), and a
 fixed set of eight support-seeking prompts: fp32 writes a greedy continuation of --new-tokens tokens;
@@ -10,6 +13,14 @@ token agrees. Where they differ, the fp32 margin between its top two tokens is p
 near-ties (small margins) are harmless; a large-margin difference is a real error.
 Also prints the largest absolute logit difference. `dtype: auto` picks bf16 on CPUs with AVX512-BF16/AMX;
 this script is the evidence that doing so is safe for these arms.
+
+Then the Table 6 metrics (METEOR, BLEU-2/4, ROUGE-L, Vector Extrema, Distinct-1/2/3; `extes evaluate`'s
+code) of every arm twice, `dtype: float32` and `dtype: bfloat16`, generating greedy replies (at most
+--reply-tokens tokens) for every supporter turn of the held-out seed dialogues (default: the split the demo
+adapters were trained without), in a fresh generation cache so both are measured in this run. Printed
+side by side with the difference and how many replies are word for word the same. Perplexity is left out:
+`extes evaluate` computes it with the transformers model in fp32 whatever the arm's dtype, so it could not
+differ.
 """
 
 from __future__ import annotations
@@ -35,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", default=str(REPO / "eval_protocol" / "default.yaml"))
     ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--heldout", default=str(REPO / "results" / "adapters" / "seeds-split" / "valid.jsonl"),
+                    help="held-out dialogues for the Table 6 comparison")
+    ap.add_argument("--limit", type=int, default=None, help="first N held-out dialogues only")
+    ap.add_argument("--reply-tokens", type=int, default=64, help="reply cap for the Table 6 comparison")
+    ap.add_argument("--no-metrics", action="store_true", help="top-1 agreement only")
     args = ap.parse_args(argv)
 
     import torch
@@ -94,7 +110,56 @@ def main(argv: list[str] | None = None) -> int:
                   f"differ: {sorted(diffs) or 'none'}; max |logit diff| {max_abs:.3f}")
     print(f"all arms: {total_agree}/{total} ({100 * total_agree / max(total, 1):.1f}%); largest fp32 margin at a "
           f"difference {worst_margin:.3f} ({'near-ties only' if worst_margin <= 0.5 else 'NOT only near-ties'})")
+    if not args.no_metrics:
+        table6(arms, Path(args.heldout), args.limit, args.reply_tokens)
     return 0
+
+
+METRICS = ("METEOR", "B-2", "B-4", "R-L", "Extrema", "D-1", "D-2", "D-3")
+
+
+def table6(arms, heldout: Path, limit: int | None, reply_tokens: int) -> None:
+    """Every local arm in fp32 and in bf16 on the held-out dialogues: the metrics side by side."""
+    import dataclasses
+    import tempfile
+    import time
+
+    from extes.dialogue import load_dialogues
+    from extes.metrics.evaluate import EvalOptions, ModelCache, evaluate_many
+    from extes.models import ArmPool
+
+    if not heldout.is_file():
+        print(f"Table 6 comparison skipped: {heldout} does not exist (make demo-adapters writes the split)")
+        return
+    dialogues = load_dialogues(heldout)
+    pairs = [(dataclasses.replace(a, name=f"{a.name}.fp32", dtype="float32"),
+              dataclasses.replace(a, name=f"{a.name}.bf16", dtype="bfloat16")) for a in arms]
+    both = [a for pair in pairs for a in pair]
+    with tempfile.TemporaryDirectory(prefix="extes-precision-") as cache:
+        options = EvalOptions(limit=limit, greedy=True, settings={"max_new_tokens": reply_tokens}, ppl=False,
+                              cache_dir=cache, progress=False)
+        t0 = time.perf_counter()
+        with ArmPool(both) as pool:
+            if any(pool.engine_for(b.name).dtype_name != "bfloat16" for _, b in pairs):
+                print("Table 6 comparison skipped: bf16 weights are not available on this machine")
+                return
+            results = {r.arm: r for r in evaluate_many(pool, both, {heldout.stem: (heldout, dialogues)}, options,
+                                                       ModelCache())}
+        took = time.perf_counter() - t0
+    n_dialogues = len(dialogues[:limit] if limit else dialogues)
+    n_turns = len(next(iter(results.values())).replies)
+    print(f"\nTable 6 metrics, fp32 vs bf16 weights: {n_dialogues} held-out dialogues ({heldout}), {n_turns} "
+          f"supporter turns, greedy, replies <= {reply_tokens} tokens ({took:.0f} s)")
+    print(f"{'arm':<24} {'metric':<8} {'fp32':>7} {'bf16':>7} {'diff':>7}")
+    for fp, bf in pairs:
+        a, b = results[fp.name], results[bf.name]
+        for m in METRICS:
+            x, y = a.metrics.get(m), b.metrics.get(m)
+            if x is None or y is None:
+                continue
+            print(f"{fp.name[:-5]:<24} {m:<8} {x:7.2f} {y:7.2f} {y - x:+7.2f}")
+        same = sum(1 for ra, rb in zip(a.replies, b.replies) if ra.get("reply") == rb.get("reply"))
+        print(f"{fp.name[:-5]:<24} identical replies: {same}/{len(a.replies)}")
 
 
 if __name__ == "__main__":

@@ -156,3 +156,18 @@ def test_close_summary_counts_batches_without_text(base, adapters):
         line = _summary(pool.engine_for("plain"))
     assert replies and "decode steps" in line and "rows per step" in line and "% padding" in line
     assert PROMPTS[1] not in line and "boss" not in line
+
+
+def test_the_transformers_path_can_be_forced_for_comparisons(base, adapters):
+    """`engine="transformers"` (app.py --engine transformers, bench/load.py --baseline) runs the reference
+    path even where the fast engine could; unknown kinds are refused before anything loads."""
+    from extes.models.engine import LocalEngine
+    from extes.models.fast_engine import FastEngine
+
+    arms = tiny_arms(base, adapters)
+    with ArmPool(arms, engine="transformers") as ref, ArmPool(arms) as fast:
+        assert type(ref.engine_for("lora")) is LocalEngine and isinstance(fast.engine_for("lora"), FastEngine)
+        a, b = ref.generate("lora", user(PROMPTS[0])), fast.generate("lora", user(PROMPTS[0]))
+        assert a.token_ids == b.token_ids and a.engine_version != b.engine_version
+    with pytest.raises(ValueError, match="engine 'vllm' must be one of"):
+        ArmPool(arms, engine="vllm")

@@ -284,3 +284,12 @@ def test_pages_open_with_or_without_the_trailing_slash(served):
     for path in ("/annotate", "/research"):
         with urllib.request.urlopen(base + path, timeout=30) as r:  # follows the redirect
             assert r.status == 200 and r.url.rstrip("/").endswith(path)
+
+
+def test_app_refuses_engine_threads_for_in_process_engines(capsys):
+    from extes.study.app_cli import main
+
+    assert main(["--engine-in-process", "--engine-threads", "2", "--db", ":memory:"]) == 2
+    assert "--engine-threads applies to engines in their own process" in capsys.readouterr().err
+    assert main(["--engine-threads", "0", "--db", ":memory:"]) == 2
+    assert "--engine-threads must be at least 1" in capsys.readouterr().err

@@ -45,18 +45,25 @@ def fast_path_reason(base_config, adapters: list[str]) -> str | None:
     return None
 
 
-def create_engine(base: str, adapters=(), dtype: str | None = "auto", **kwargs) -> LocalEngine:
+ENGINE_KINDS = ("auto", "transformers")
+
+
+def create_engine(base: str, adapters=(), dtype: str | None = "auto", engine: str = "auto", **kwargs) -> LocalEngine:
     """A FastEngine when the base is LLaMA-family and every adapter is plain LoRA, else a LocalEngine.
 
     dtype: the arm's `auto | float32 | bfloat16` (None = auto). The transformers path runs fp32 unless
-    bfloat16 is asked for explicitly."""
+    bfloat16 is asked for explicitly.
+    engine: "auto" (the above), or "transformers" to force the transformers path: the reference the fast
+    engine is tested against, and the first round's engine that `bench/load.py --baseline` measures."""
+    if engine not in ENGINE_KINDS:
+        raise ValueError(f"engine {engine!r} must be one of {list(ENGINE_KINDS)}")
     from transformers import AutoConfig
 
     from extes.base.loading import checkpoint_source
 
     adapters = [str(Path(a)) for a in dict.fromkeys(adapters)]
     cfg = AutoConfig.from_pretrained(checkpoint_source(base))
-    why = fast_path_reason(cfg, adapters)
+    why = fast_path_reason(cfg, adapters) if engine == "auto" else "asked for (engine='transformers')"
     if why is None:
         return FastEngine(base, adapters=adapters, dtype=dtype or "auto", **kwargs)
     log.info("base %s uses the transformers path: %s", Path(str(base)).name, why)
@@ -265,4 +272,4 @@ class FastEngine(LocalEngine):
         self.kv_cache.store(row.req.adapter, ids, kept)
 
 
-__all__ = ["FastEngine", "create_engine", "fast_path_reason", "GenRequest", "ENGINE_VERSION"]
+__all__ = ["ENGINE_KINDS", "FastEngine", "create_engine", "fast_path_reason", "GenRequest", "ENGINE_VERSION"]

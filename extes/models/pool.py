@@ -22,7 +22,7 @@ from typing import Any
 from extes.models.arms import Arm, GenerationSettings, load_arms, read_adapter_info
 from extes.models.engine import Event, GenRequest, LocalEngine, Reply
 from extes.models.engine_process import EngineProcess
-from extes.models.fast_engine import DEFAULT_KV_CACHE_BYTES, create_engine
+from extes.models.fast_engine import DEFAULT_KV_CACHE_BYTES, ENGINE_KINDS, create_engine
 from extes.models.openai_backend import OpenAIBackend
 from extes.taxonomy import STRATEGY_TAG_RE, format_strategy_tag
 
@@ -81,14 +81,18 @@ def prepare_messages(arm: Arm, messages: Any) -> list[dict[str, str]]:
 class ArmPool:
     def __init__(self, arms: Sequence[Arm] | str | Path, *, max_batch: int = 32, max_context: int | None = None,
                  dtype: str | None = None, gather_s: float = 0.01, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-                 device: str = "cpu", isolate: bool = False, engine_threads: int | None = None):
+                 device: str = "cpu", isolate: bool = False, engine_threads: int | None = None,
+                 engine: str = "auto"):
         """dtype: overrides every local arm's `dtype` (auto | float32 | bfloat16) when given.
         kv_cache_bytes: per base engine, the budget of the KV cache kept across turns.
         device: where the fast engine runs ("cpu" or "cuda"; the transformers path stays on the CPU).
         isolate: run each base model's engine in its own process (extes.models.engine_process), as the study
         app and `extes serve` do, so a web server's Python threads never slow its decode steps.
         engine_threads: with isolate, torch threads per engine process (None: every usable CPU but one, see
-        extes.models.engine_process.default_engine_threads). In-process engines use torch's global setting."""
+        extes.models.engine_process.default_engine_threads). In-process engines use torch's global setting.
+        engine: "auto" (the fast engine where it can run) or "transformers" (force the transformers path)."""
+        if engine not in ENGINE_KINDS:
+            raise ValueError(f"engine {engine!r} must be one of {list(ENGINE_KINDS)}")
         if engine_threads is not None and not isolate:
             raise ValueError("engine_threads applies to isolated engines (isolate=True) only")
         if isinstance(arms, (str, Path)):
@@ -120,7 +124,7 @@ class ArmPool:
             for (base, _, arm_dtype), group in groups.items():
                 options = dict(adapters=[a.adapter for a in group if a.adapter], dtype=arm_dtype,
                                max_batch=max_batch, max_context=max_context, gather_s=gather_s,
-                               kv_cache_bytes=kv_cache_bytes, device=device)
+                               kv_cache_bytes=kv_cache_bytes, device=device, engine=engine)
                 if isolate:
                     engine = EngineProcess(base, threads=engine_threads, **options)
                 else:

@@ -46,6 +46,12 @@ def configure_app(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-threads", type=int, default=None, metavar="N",
                         help="torch threads of each model process (default: every CPU but one, which is left to "
                              "the web server)")
+    parser.add_argument("--engine", choices=("auto", "transformers"), default="auto",
+                        help="auto: the fast engine where the model allows it; transformers: force the transformers "
+                             "path (the first round's engine, for comparisons such as bench/load.py --baseline)")
+    parser.add_argument("--engine-in-process", action="store_true",
+                        help="run the models inside the web server's process, as the first round did (slower: "
+                             "for comparisons only)")
     parser.add_argument("--invite-judges", type=int, default=None, metavar="N",
                         help="print N new judge codes (single-use invitations for /annotate) and exit")
     parser.add_argument("--revoke-judge", default=None, metavar="CODE",
@@ -66,9 +72,11 @@ def resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
     return host, port
 
 
-def create(protocol_path: str, db: str, concurrency: int = 16, engine_threads: int | None = None):
+def create(protocol_path: str, db: str, concurrency: int = 16, engine_threads: int | None = None,
+           engine: str = "auto", in_process: bool = False):
     """(app, pool, store) for a protocol file and database; the pool loads the arms' models, each base in
-    its own process with `engine_threads` torch threads (None: every CPU but one)."""
+    its own process with `engine_threads` torch threads (None: every CPU but one), or in this process
+    with `in_process` (comparisons only)."""
     from extes.models import ArmPool
     from extes.study.app import build_app
     from extes.study.protocol import load_protocol
@@ -79,7 +87,7 @@ def create(protocol_path: str, db: str, concurrency: int = 16, engine_threads: i
         store = Store(db)
     except StoreError as exc:
         raise ValueError(str(exc)) from None
-    pool = ArmPool(list(protocol.arms), isolate=True, engine_threads=engine_threads)
+    pool = ArmPool(list(protocol.arms), isolate=not in_process, engine_threads=engine_threads, engine=engine)
     return build_app(protocol, store, pool, concurrency=concurrency), pool, store
 
 
@@ -120,7 +128,10 @@ def run_app(args: argparse.Namespace) -> int:
     if args.engine_threads is not None and args.engine_threads < 1:
         raise ValueError(f"--engine-threads must be at least 1, got {args.engine_threads}")
     print(f"Loading the study from {protocol_path} (database {args.db}) ...", flush=True)
-    app, pool, store = create(protocol_path, args.db, args.concurrency, args.engine_threads)
+    if args.engine_in_process and args.engine_threads is not None:
+        raise ValueError("--engine-threads applies to engines in their own process, not with --engine-in-process")
+    app, pool, store = create(protocol_path, args.db, args.concurrency, args.engine_threads, args.engine,
+                              args.engine_in_process)
     print(f"Study app running on http://{host}:{port}  (Ctrl+C to stop)", flush=True)
     try:
         # No access log: URLs hold no participant text, but there is no reason to keep them either.
