@@ -63,7 +63,8 @@ def default_engine_threads() -> int:
     when the web server takes a core one of the engine's threads is descheduled and every operation waits
     for it. Measured on the 2-core development machine (60 requests on three arms, `bench/load.py`'s
     request mix, beside a process that keeps one core 60% busy): 92 tokens/s with two threads, 127 with
-    one; alone, one thread decoded as fast as two (121 vs 121-149 tokens/s)."""
+    one; alone, one thread decoded as fast as two (121 vs 121-149 tokens/s); under bench/load.py's 20
+    participants, 97.0 (one thread) vs 95.9 (two)."""
     return max(1, usable_cpus() - 1)
 
 
