@@ -118,3 +118,15 @@ def test_gpu_check_without_a_gpu_exits_with_a_message(tmp_path):
     out = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), sys.executable], capture_output=True,
                          text=True, timeout=60, cwd=REPO, env={**os.environ, "PATH": "/usr/bin:/bin"})
     assert out.returncode == 2 and "no NVIDIA GPU" in out.stdout
+
+
+def test_training_on_the_hub_id_reads_the_local_embedded_copy_offline(base, monkeypatch):
+    """A training config may name the base as adapters record it (the hub id); with the hub offline its
+    checks read the local embedded checkpoint instead of failing on a download."""
+    import extes.base.loading as loading
+    from extes.train.config import base_model_config, check_adapter_base
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(loading, "embedded_checkpoint", lambda: Path(base))
+    assert base_model_config(EMBEDDED_HUB_ID).model_type == "llama"
+    check_adapter_base(EMBEDDED_HUB_ID, "train.yaml", None)  # LLaMA-Adapter's check reads the same config

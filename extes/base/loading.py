@@ -24,7 +24,7 @@ def is_embedded(base: str) -> bool:
 
 def hub_id(base: str) -> str:
     """What an adapter records as `base_model_name_or_path`: the hub id for the embedded model (PEFT and
-    vLLM can resolve it; `resolve_base` maps it back to the local checkpoint), else the spec as given."""
+    vLLM can resolve it; `checkpoint_source` maps it back to the local checkpoint), else the spec as given."""
     return EMBEDDED_HUB_ID if is_embedded(base) else str(base)
 
 

@@ -253,9 +253,9 @@ def base_model_config(base: str):
     """The base model's transformers config (reads config.json only, no weights)."""
     from transformers import AutoConfig
 
-    from extes.base.loading import resolve_base
+    from extes.base.loading import checkpoint_source
 
-    return AutoConfig.from_pretrained(resolve_base(base))
+    return AutoConfig.from_pretrained(checkpoint_source(base))
 
 
 def check_adapter_base(base: str, where: str, adapter_layers: int | None = None) -> None:

@@ -27,7 +27,7 @@ def build_model(cfg: TrainConfig, device: torch.device):
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from extes.base.loading import resolve_base
+    from extes.base.loading import checkpoint_source
 
     dtype = compute_dtype(device, cfg.precision)
     quant = BitsAndBytesConfig(
@@ -37,7 +37,7 @@ def build_model(cfg: TrainConfig, device: torch.device):
         bnb_4bit_compute_dtype=dtype,
     )
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_base(cfg.base), quantization_config=quant, dtype=dtype,
+        checkpoint_source(cfg.base), quantization_config=quant, dtype=dtype,
         device_map={"": str(device) if device.type != "cuda" else device.index or 0},
     )
     if device.type == "cpu":
