@@ -127,9 +127,9 @@ def run_app(args: argparse.Namespace) -> int:
         raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.engine_threads is not None and args.engine_threads < 1:
         raise ValueError(f"--engine-threads must be at least 1, got {args.engine_threads}")
-    print(f"Loading the study from {protocol_path} (database {args.db}) ...", flush=True)
     if args.engine_in_process and args.engine_threads is not None:
         raise ValueError("--engine-threads applies to engines in their own process, not with --engine-in-process")
+    print(f"Loading the study from {protocol_path} (database {args.db}) ...", flush=True)
     app, pool, store = create(protocol_path, args.db, args.concurrency, args.engine_threads, args.engine,
                               args.engine_in_process)
     print(f"Study app running on http://{host}:{port}  (Ctrl+C to stop)", flush=True)
