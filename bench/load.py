@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL, help="study protocol to copy")
     parser.add_argument("--concurrency", type=int, default=None, help="the app's --concurrency (default: its own)")
     parser.add_argument("--engine-threads", type=int, default=None, help="the app's --engine-threads (default: its own)")
+    parser.add_argument("--max-batch", type=int, default=None, help="the app's --max-batch (default: its own)")
     parser.add_argument("--baseline", action="store_true",
                         help="first run the same load on the first round's engine (transformers path, in the web "
                              "server's process) and print the ratio")
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     print(f"participants {args.participants}, {args.turns} turns per pane, replies <= {args.max_new_tokens} tokens")
-    extra = [f"--{name}={value}" for name, value in (("concurrency", args.concurrency),
+    extra = [f"--{name}={value}" for name, value in (("concurrency", args.concurrency), ("max-batch", args.max_batch),
                                                      ("engine-threads", args.engine_threads)) if value is not None]
     baseline = None
     if args.baseline:

@@ -286,10 +286,12 @@ def test_pages_open_with_or_without_the_trailing_slash(served):
             assert r.status == 200 and r.url.rstrip("/").endswith(path)
 
 
-def test_app_refuses_engine_threads_for_in_process_engines(capsys):
+def test_app_refuses_bad_engine_options_before_loading(capsys):
     from extes.study.app_cli import main
 
     assert main(["--engine-in-process", "--engine-threads", "2", "--db", ":memory:"]) == 2
     assert "--engine-threads applies to engines in their own process" in capsys.readouterr().err
     assert main(["--engine-threads", "0", "--db", ":memory:"]) == 2
     assert "--engine-threads must be at least 1" in capsys.readouterr().err
+    assert main(["--max-batch", "0", "--db", ":memory:"]) == 2
+    assert "--max-batch must be at least 1" in capsys.readouterr().err

@@ -43,6 +43,8 @@ def configure_app(parser: argparse.ArgumentParser) -> None:
                         help=f"SQLite file or SQLAlchemy URL (default: {DEFAULT_DB})")
     parser.add_argument("--concurrency", type=int, default=16,
                         help="chat requests generating at once (the model pool batches them; default 16)")
+    parser.add_argument("--max-batch", type=int, default=32, metavar="N",
+                        help="most replies decoded together per base model (default 32); more wait their turn")
     parser.add_argument("--engine-threads", type=int, default=None, metavar="N",
                         help="torch threads of each model process (default: every CPU but one, which is left to "
                              "the web server)")
@@ -73,7 +75,7 @@ def resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
 
 
 def create(protocol_path: str, db: str, concurrency: int = 16, engine_threads: int | None = None,
-           engine: str = "auto", in_process: bool = False):
+           engine: str = "auto", in_process: bool = False, max_batch: int = 32):
     """(app, pool, store) for a protocol file and database; the pool loads the arms' models, each base in
     its own process with `engine_threads` torch threads (None: every CPU but one), or in this process
     with `in_process` (comparisons only)."""
@@ -87,7 +89,8 @@ def create(protocol_path: str, db: str, concurrency: int = 16, engine_threads: i
         store = Store(db)
     except StoreError as exc:
         raise ValueError(str(exc)) from None
-    pool = ArmPool(list(protocol.arms), isolate=not in_process, engine_threads=engine_threads, engine=engine)
+    pool = ArmPool(list(protocol.arms), isolate=not in_process, engine_threads=engine_threads, engine=engine,
+                   max_batch=max_batch)
     return build_app(protocol, store, pool, concurrency=concurrency), pool, store
 
 
@@ -125,13 +128,15 @@ def run_app(args: argparse.Namespace) -> int:
     protocol_path = args.protocol or _default_protocol()
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
     if args.engine_threads is not None and args.engine_threads < 1:
         raise ValueError(f"--engine-threads must be at least 1, got {args.engine_threads}")
     if args.engine_in_process and args.engine_threads is not None:
         raise ValueError("--engine-threads applies to engines in their own process, not with --engine-in-process")
     print(f"Loading the study from {protocol_path} (database {args.db}) ...", flush=True)
     app, pool, store = create(protocol_path, args.db, args.concurrency, args.engine_threads, args.engine,
-                              args.engine_in_process)
+                              args.engine_in_process, args.max_batch)
     print(f"Study app running on http://{host}:{port}  (Ctrl+C to stop)", flush=True)
     try:
         # No access log: URLs hold no participant text, but there is no reason to keep them either.
