@@ -126,12 +126,12 @@ class ArmPool:
                                max_batch=max_batch, max_context=max_context, gather_s=gather_s,
                                kv_cache_bytes=kv_cache_bytes, device=device, engine=engine)
                 if isolate:
-                    engine = EngineProcess(base, threads=engine_threads, **options)
+                    made = EngineProcess(base, threads=engine_threads, **options)
                 else:
-                    engine = create_engine(base, **options)
-                self._engines.append(engine)
+                    made = create_engine(base, **options)
+                self._engines.append(made)
                 for arm in group:
-                    self._backends[arm.name] = engine
+                    self._backends[arm.name] = made
         except BaseException:
             self.close()
             raise
