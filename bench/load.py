@@ -323,13 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     print(f"participants {args.participants}, {args.turns} turns per pane, replies <= {args.max_new_tokens} tokens")
-    extra = [f"--{name}={value}" for name, value in (("concurrency", args.concurrency), ("max-batch", args.max_batch),
-                                                     ("engine-threads", args.engine_threads)) if value is not None]
+    # the app's options for both runs; --engine-threads only for this app (the baseline's engine is in process)
+    extra = [f"--{name}={value}" for name, value in (("concurrency", args.concurrency), ("max-batch", args.max_batch))
+             if value is not None]
+    threads = [f"--engine-threads={args.engine_threads}"] if args.engine_threads is not None else []
     baseline = None
     if args.baseline:
         baseline = run_once(args, work / "baseline", protocol, "baseline (first round's engine)",
-                            [*extra_without_threads(extra), "--engine=transformers", "--engine-in-process"])
-    result = run_once(args, work / "app", protocol, "this app", extra)
+                            [*extra, "--engine=transformers", "--engine-in-process"])
+    result = run_once(args, work / "app", protocol, "this app", [*extra, *threads])
     status = 1 if result.problems or (baseline and baseline.problems) else 0
     if not result.problems:
         met = "met" if result.rate >= 150 else "NOT met"
@@ -345,10 +347,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shutil.rmtree(work, ignore_errors=True)
     return status
-
-
-def extra_without_threads(extra: list[str]) -> list[str]:
-    return [e for e in extra if not e.startswith("--engine-threads")]
 
 
 if __name__ == "__main__":

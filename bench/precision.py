@@ -115,9 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-METRICS = ("METEOR", "B-2", "B-4", "R-L", "Extrema", "D-1", "D-2", "D-3")
-
-
 def table6(arms, heldout: Path, limit: int | None, reply_tokens: int) -> None:
     """Every local arm in fp32 and in bf16 on the held-out dialogues: the metrics side by side."""
     import dataclasses
@@ -125,22 +122,22 @@ def table6(arms, heldout: Path, limit: int | None, reply_tokens: int) -> None:
     import time
 
     from extes.dialogue import load_dialogues
-    from extes.metrics.evaluate import EvalOptions, ModelCache, evaluate_many
+    from extes.metrics.evaluate import COLUMNS, EvalOptions, ModelCache, evaluate_many
     from extes.models import ArmPool
 
     if not heldout.is_file():
         print(f"Table 6 comparison skipped: {heldout} does not exist (make demo-adapters writes the split)")
         return
     dialogues = load_dialogues(heldout)
-    pairs = [(dataclasses.replace(a, name=f"{a.name}.fp32", dtype="float32"),
+    pairs = [(a.name, dataclasses.replace(a, name=f"{a.name}.fp32", dtype="float32"),
               dataclasses.replace(a, name=f"{a.name}.bf16", dtype="bfloat16")) for a in arms]
-    both = [a for pair in pairs for a in pair]
+    both = [a for _, fp, bf in pairs for a in (fp, bf)]
     with tempfile.TemporaryDirectory(prefix="extes-precision-") as cache:
         options = EvalOptions(limit=limit, greedy=True, settings={"max_new_tokens": reply_tokens}, ppl=False,
                               cache_dir=cache, progress=False)
         t0 = time.perf_counter()
         with ArmPool(both) as pool:
-            if any(pool.engine_for(b.name).dtype_name != "bfloat16" for _, b in pairs):
+            if any(pool.engine_for(bf.name).dtype_name != "bfloat16" for _, _, bf in pairs):
                 print("Table 6 comparison skipped: bf16 weights are not available on this machine")
                 return
             results = {r.arm: r for r in evaluate_many(pool, both, {heldout.stem: (heldout, dialogues)}, options,
@@ -151,15 +148,15 @@ def table6(arms, heldout: Path, limit: int | None, reply_tokens: int) -> None:
     print(f"\nTable 6 metrics, fp32 vs bf16 weights: {n_dialogues} held-out dialogues ({heldout}), {n_turns} "
           f"supporter turns, greedy, replies <= {reply_tokens} tokens ({took:.0f} s)")
     print(f"{'arm':<24} {'metric':<8} {'fp32':>7} {'bf16':>7} {'diff':>7}")
-    for fp, bf in pairs:
+    for name, fp, bf in pairs:
         a, b = results[fp.name], results[bf.name]
-        for m in METRICS:
+        for m in (c for c in COLUMNS if c != "PPL"):  # PPL: see the module docstring
             x, y = a.metrics.get(m), b.metrics.get(m)
             if x is None or y is None:
                 continue
-            print(f"{fp.name[:-5]:<24} {m:<8} {x:7.2f} {y:7.2f} {y - x:+7.2f}")
+            print(f"{name:<24} {m:<8} {x:7.2f} {y:7.2f} {y - x:+7.2f}")
         same = sum(1 for ra, rb in zip(a.replies, b.replies) if ra.get("reply") == rb.get("reply"))
-        print(f"{fp.name[:-5]:<24} identical replies: {same}/{len(a.replies)}")
+        print(f"{name:<24} identical replies: {same}/{len(a.replies)}")
 
 
 if __name__ == "__main__":
