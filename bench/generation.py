@@ -12,6 +12,7 @@ reply has exactly that many tokens. Everything goes through ArmPool, as the stud
       read), measured in this run; the one-arm step over that floor;
   (3) a whole reply with a cached history: each arm's previous turn is in the kept KV cache and the new
       user message is about 40 tokens; one arm vs three arms, first request to last token.
+  (4) sampling 24 rows from the model's real logits: batched vs row by row with a full sort.
 Then the peak RSS of a process with one arm loaded versus three (fresh subprocesses).
 
 Prints medians of --rounds and whether each target of issue 12 is met:
@@ -164,6 +165,47 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+def sampling(engine, msgs, rounds: int, rows: int = 24) -> None:
+    """(4) Sampling one token for each of `rows` rows from the model's real next-token logits (positions of
+    the conversation), with the default settings: the engine's batched sample_rows against drawing row by
+    row from a full sort of the vocabulary (what top-p costs without the top-k levels)."""
+    import torch
+
+    from extes.models.engine import _draw, render_prompt, sample_rows
+
+    fast = getattr(engine, "fast", None)
+    if fast is None or fast.device.type != "cpu":
+        return
+    ids = render_prompt(engine.tokenizer, msgs)
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        logits = fast.forward(x, torch.tensor([0]), fast.new_kv(1, len(ids)), None, all_logits=True)[0]
+    logits = logits[torch.linspace(len(ids) // 2, len(ids) - 1, rows).long()]
+    st = GenerationSettings()
+    seen = [torch.tensor(ids).unique()] * rows
+
+    def one_by_one():
+        for r in range(rows):
+            s = logits[r].clone()
+            picked = s[seen[r]]
+            s[seen[r]] = torch.where(picked < 0, picked * st.repetition_penalty, picked / st.repetition_penalty)
+            p, order = torch.softmax(s / st.temperature, -1).sort(descending=True)
+            _draw(p.masked_fill((p.cumsum(0) - p) > st.top_p, 0.0), order, gens[r])
+
+    gens = [torch.Generator().manual_seed(r) for r in range(rows)]
+    times = {"batched": [], "row by row": []}
+    for _ in range(rounds):
+        for name, fn in (("batched", lambda: sample_rows(logits, [st] * rows, seen, gens)), ("row by row", one_by_one)):
+            t = time.perf_counter()
+            for _ in range(10):
+                fn()
+            times[name].append((time.perf_counter() - t) / 10)
+    a, b = statistics.median(times["batched"]), statistics.median(times["row by row"])
+    print(f"(4) sampling {rows} rows (temperature {st.temperature}, top-p {st.top_p}, penalty "
+          f"{st.repetition_penalty}) from real logits: batched {a * 1e3:.1f} ms, row by row with a full sort "
+          f"{b * 1e3:.1f} ms ({b / a:.1f}x)")
+
+
 def measure(args: argparse.Namespace, tmp: Path) -> None:
     import torch
 
@@ -236,6 +278,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
               f"{statistics.median(r['ttft'] for r in three_c):.2f} s; prompt tokens reused from the cache: "
               f"{min(cached) if cached else 0}-{max(cached) if cached else 0}); ratio {t3 / t1:.2f} "
               f"(target <= 1.35: {verdict(t3 / t1 <= 1.35)})")
+        sampling(engine, msgs, args.rounds)
     if args.no_rss or args.device != "cpu":
         return
     rss = {}

@@ -53,3 +53,43 @@ def test_rows_keep_their_own_settings_and_generators_in_one_batch():
     # one row alone gives the same token as in the batch (same generator state)
     alone = sample_rows(logits[1:2], [hot], [None], [torch.Generator().manual_seed(7)])[0]
     assert alone == a[0][1]
+
+
+def _reference(logits, st, seen, generator) -> int:
+    """The textbook way, one row: penalty, temperature, softmax, full sort, nucleus, inverse-CDF draw."""
+    x = logits.clone()
+    if seen is not None and st.repetition_penalty != 1.0:
+        picked = x[seen]
+        x[seen] = torch.where(picked < 0, picked * st.repetition_penalty, picked / st.repetition_penalty)
+    p, order = torch.softmax(x / st.temperature, -1).sort(descending=True)
+    kept = p.masked_fill((p.cumsum(0) - p) > st.top_p, 0.0)
+    cum = kept.cumsum(0)
+    u = torch.rand(1, generator=generator) * cum[-1]
+    return int(order[int(torch.searchsorted(cum, u).clamp(max=cum.numel() - 1))])
+
+
+def test_batched_levels_draw_what_a_full_sort_draws_row_by_row():
+    """Rows whose nucleus ends within the top 64, within the top 1024 and beyond it, with and without a
+    repetition penalty, in one batch: each row's token is the one the one-row full-sort reference draws from
+    the same generator state, and `logits` is left unchanged."""
+    vocab, rows = 5000, 12
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(rows, vocab, generator=g)
+    for r in range(rows):  # peaked (small nucleus), middling and flat rows
+        logits[r, : 5 + 40 * r] += [8.0, 3.0, 0.3][r % 3]
+    before = logits.clone()
+    settings = [GenerationSettings(temperature=[0.7, 1.0, 1.3][r % 3], top_p=[0.9, 0.5, 0.95][r % 4 % 3],
+                                   repetition_penalty=[1.0, 1.1][r % 2]) for r in range(rows)]
+    seen = [torch.randint(0, vocab, (50,), generator=g).unique() for _ in range(rows)]
+    for trial in range(30):
+        gens = [torch.Generator().manual_seed(100 * trial + r) for r in range(rows)]
+        refs = [torch.Generator().manual_seed(100 * trial + r) for r in range(rows)]
+        got = sample_rows(logits, settings, seen, gens)
+        want = [_reference(logits[r], settings[r], seen[r], refs[r]) for r in range(rows)]
+        assert got == want
+    assert torch.equal(logits, before)
+    sizes = []
+    for r in range(rows):
+        p = torch.softmax(logits[r] / settings[r].temperature, -1).sort(descending=True)[0]
+        sizes.append(int(((p.cumsum(0) - p) <= settings[r].top_p).sum()))
+    assert min(sizes) <= 64 and any(64 < s <= 1024 for s in sizes) and max(sizes) > 1024
