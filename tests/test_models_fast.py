@@ -308,3 +308,31 @@ def test_decode_steps_go_on_while_a_long_prompt_is_prefilled_in_chunks(base, ada
         # the short reply kept streaming while the long prompt was part-way through its prefill
         assert any(0 < n < long_reply.prompt_tokens for n in seen_during)
         assert long_reply.n_tokens > 0
+
+
+def _eos_favoured(engine, monkeypatch):
+    """Make end-of-turn the model's favourite token at every step of `engine`."""
+    eos = sorted(engine.eos_ids)
+    real = engine._forward
+
+    def forward(*args, **kwargs):
+        out = real(*args, **kwargs)
+        (out[0] if isinstance(out, tuple) else out)[..., eos] += 1e4
+        return out
+
+    monkeypatch.setattr(engine, "_forward", forward)
+
+
+def test_a_reply_never_ends_before_it_shows_something(base, adapters, monkeypatch):
+    """Both engine paths: with end-of-turn the favourite token at every step, a reply still shows one
+    token, then ends; with the hold switched off the same reply is empty (so this test can fail)."""
+    for kind in ("auto", "transformers"):
+        with ArmPool(tiny_arms(base, adapters), engine=kind) as p:
+            engine = p.engine_for("plain")
+            assert isinstance(engine, FastEngine) == (kind == "auto")
+            _eos_favoured(engine, monkeypatch)
+            reply = p.generate("plain", user("hi"))
+            assert reply.n_tokens == 1 and reply.text.strip() and reply.finish_reason == "stop"
+            monkeypatch.setattr(engine, "_hold_eos", lambda logits, rows: None)
+            empty = p.generate("plain", user("hi again"))
+            assert empty.n_tokens == 0 and empty.text == ""

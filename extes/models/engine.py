@@ -517,6 +517,7 @@ class LocalEngine:
         else:
             state.cache, state.mask, state.positions = cache, mask, mask.sum(-1)
         now = time.perf_counter()
+        self._hold_eos(logits, new)
         for i, r in enumerate(new):
             rows.append(r)
             r.ttft = now - r.req.submitted_at
@@ -559,6 +560,7 @@ class LocalEngine:
         self.steps += 1
         state.cache, state.mask = cache, mask
         state.positions = state.positions + 1
+        self._hold_eos(logits, rows)
         tokens = sample_rows(logits, [r.req.settings for r in rows], [r.seen for r in rows],
                              [r.generator for r in rows])
         for r, token in zip(rows, tokens):
@@ -567,6 +569,18 @@ class LocalEngine:
                 continue
             self._accept(r, token)
         self._retire(rows, state)
+
+    def _hold_eos(self, logits, rows: list[_Row]) -> None:
+        """A reply must show the participant something: while a row has no visible text yet (nothing
+        generated, or only a strategy tag, which is never shown), its end-of-turn tokens cannot be drawn.
+        This is `min_new_tokens` counted in visible text. Without it the embedded model sometimes ended a
+        reply at once, and the study showed an empty reply ("…") and kept an empty turn in the history.
+        `logits` (one row per entry of `rows`) is changed in place."""
+        torch = self._torch
+        held = [i for i, r in enumerate(rows) if not r.emitted.strip()]
+        if held and self.eos_ids:
+            eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=logits.device)
+            logits[torch.tensor(held, device=logits.device)[:, None], eos[None, :]] = float("-inf")
 
     def _accept(self, row: _Row, token: int) -> None:
         torch = self._torch

@@ -195,6 +195,7 @@ class FastEngine(LocalEngine):
                 continue
             prefilling.popleft()
             row.ttft = time.perf_counter() - row.req.submitted_at
+            self._hold_eos(logits, [row])
             self._accept(row, _sample(logits[0], row.req.settings, row.seen, row.generator))
             if row.finish is not None:
                 self._finish_row(row, row.kv, 0)
@@ -235,6 +236,7 @@ class FastEngine(LocalEngine):
         ra = torch.tensor(idx, dtype=torch.long) if any(i >= 0 for i in idx) else None
         logits = self._forward(ids, starts, [buf[:, :b] for buf in self._kv], ra)
         self.steps += 1
+        self._hold_eos(logits, rows)
         tokens = sample_rows(logits, [r.req.settings for r in rows], [r.seen for r in rows],
                              [r.generator for r in rows])
         for r, token in zip(rows, tokens):
