@@ -63,7 +63,7 @@ bench: setup
 	$(PY) bench/training.py
 	$(PY) bench/analysis.py
 	$(PY) bench/build.py
-	$(PY) bench/load.py --baseline
+	$(PY) bench/load.py --baseline --rounds 3
 
 clean-venv:
 	rm -rf $(VENV)
