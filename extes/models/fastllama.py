@@ -354,21 +354,21 @@ class FastLlama:
         masks: dict = {}
         x = self.embed[ids]  # (B, T, H) fp32
         half = d // 2
+        rows = torch.arange(b_sz, device=dev)
         for li, (ln1, qkv_l, o_l, ln2, gu_l, down_l) in enumerate(self.layers):
             h = _rms(x, ln1, self.eps).reshape(b_sz * t, -1)
             qkv = qkv_l(h, ra, masks).reshape(b_sz, t, -1)
-            q = qkv[..., : h_q * d].reshape(b_sz, t, h_q, d).transpose(1, 2)
-            k = qkv[..., h_q * d:(h_q + h_kv) * d].reshape(b_sz, t, h_kv, d).transpose(1, 2)
+            # rotary embedding on the query and key heads together (one set of ops for both)
+            qk = qkv[..., :(h_q + h_kv) * d].reshape(b_sz, t, h_q + h_kv, d).transpose(1, 2)
+            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin
+            q, k = qk[:, :h_q], qk[:, h_q:]
             v = qkv[..., (h_q + h_kv) * d:].reshape(b_sz, t, h_kv, d).transpose(1, 2)
-            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), -1) * sin
-            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), -1) * sin
             buf = kv[li]
             if b_sz == 1:
                 s0 = starts_l[0]
                 buf[0, 0, :, s0:s0 + t] = k[0]
                 buf[1, 0, :, s0:s0 + t] = v[0]
             elif t == 1:
-                rows = torch.arange(b_sz, device=dev)
                 buf[0][rows, :, starts] = k[:, :, 0]
                 buf[1][rows, :, starts] = v[:, :, 0]
             else:
@@ -414,4 +414,6 @@ def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+    """RMSNorm as transformers' LlamaRMSNorm computes it in fp32 (`w * (x * rsqrt(mean(x^2) + eps))`), as
+    one call to torch (F.rms_norm) instead of six ops."""
+    return F.rms_norm(x, (x.shape[-1],), w, eps)
