@@ -212,6 +212,25 @@ def shown_as(text: str) -> str:
     return str(getattr(content, "text", content))
 
 
+def cpu_seconds(app_pid: int) -> dict[str, float] | None:
+    """CPU seconds used so far by the app's process ("server"), its child processes ("engines") and this
+    process ("client"), from /proc; None where /proc is not there."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def of(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    try:
+        children = [int(c) for task in Path(f"/proc/{app_pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+        mine = os.times()
+        return {"server": of(app_pid), "engines": sum(of(c) for c in children),
+                "client": mine.user + mine.system}
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @dataclass
 class RunResult:
     label: str
@@ -234,12 +253,14 @@ def run_once(args, work: Path, protocol: Path, label: str, extra: list[str]) -> 
         print(f"app ready after {time.perf_counter() - t0:.1f} s (model load and conversion included)", flush=True)
         gate = threading.Barrier(args.participants)
         people = [Participant(i, url, args.turns, gate) for i in range(args.participants)]
+        cpu0 = cpu_seconds(proc.pid)
         start = time.perf_counter()
         for p in people:
             p.start()
         for p in people:
             p.join()
         wall = time.perf_counter() - start
+        cpu1 = cpu_seconds(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -284,6 +305,11 @@ def run_once(args, work: Path, protocol: Path, label: str, extra: list[str]) -> 
           f"time to first token p50 {percentile(ttft, 0.5):.2f} s, p95 {percentile(ttft, 0.95):.2f} s")
     print(f"request latency (client, send until all targeted panes replied): "
           f"p50 {percentile(request, 0.5):.2f} s, p95 {percentile(request, 0.95):.2f} s over {len(request)} sends")
+    if cpu0 and cpu1:
+        used = {k: cpu1.get(k, 0.0) - cpu0.get(k, 0.0) for k in cpu1}
+        print(f"CPU during the run (cores busy on average, {os.cpu_count()} CPUs): web server "
+              f"{used['server'] / wall:.2f}, engine processes {used['engines'] / wall:.2f}, "
+              f"this load generator ({args.participants} simulated browsers) {used['client'] / wall:.2f}")
     for line in (work / "app.log").read_text(errors="replace").splitlines():
         if " closing: " in line and "engine for" in line:  # the engine process's counters (no text)
             print(line.split(" INFO ", 1)[-1])
