@@ -336,3 +336,21 @@ def test_a_reply_never_ends_before_it_shows_something(base, adapters, monkeypatc
             monkeypatch.setattr(engine, "_hold_eos", lambda logits, rows: None)
             empty = p.generate("plain", user("hi again"))
             assert empty.n_tokens == 0 and empty.text == ""
+
+
+def test_a_prefill_buffer_never_reads_what_it_has_not_written(base):
+    """The engine's per-row prefill buffers are not zeroed: a buffer full of NaN, filled in chunks from
+    position 0, gives the same logits as a zeroed one (so no unwritten position is ever read)."""
+    from transformers import AutoModelForCausalLM
+
+    fast = FastLlama(AutoModelForCausalLM.from_pretrained(base).eval(), [], dtype=torch.float32)
+    ids = torch.arange(3, 40)[None]
+    clean = fast.new_kv(1, ids.shape[1])
+    dirty = fast.new_kv(1, ids.shape[1], zeroed=False)
+    for buf in dirty:
+        buf.fill_(float("nan"))
+    with torch.inference_mode():
+        for lo, hi in ((0, 16), (16, 30), (30, ids.shape[1])):
+            want = fast.forward(ids[:, lo:hi], torch.tensor([lo]), clean, None)
+            got = fast.forward(ids[:, lo:hi], torch.tensor([lo]), dirty, None)
+            assert torch.equal(got, want) and not got.isnan().any()

@@ -168,7 +168,7 @@ class FastEngine(LocalEngine):
     def _start_prefill(self, row: _Row) -> None:
         """Give the row its own KV buffer, filled from the kept cache as far as its prompt matches."""
         n, entry = self.kv_cache.lookup(row.req.adapter, row.prompt_ids)
-        row.kv = self.fast.new_kv(1, row.prompt_len)
+        row.kv = self.fast.new_kv(1, row.prompt_len, zeroed=False)  # filled in order from position 0
         if entry is not None:
             for buf, part in zip(row.kv, entry.kv):
                 buf[:, 0, :, :n] = part[:, :, :n]

@@ -320,11 +320,16 @@ class FastLlama:
         self.cos = cos[0].float().to(self.device).contiguous()
         self.sin = sin[0].float().to(self.device).contiguous()
 
-    def new_kv(self, rows: int, capacity: int) -> list[torch.Tensor]:
-        """A KV buffer per layer: (2, rows, n_kv, capacity, head_dim), fp32, zeros: [0] keys, [1] values.
-        Keys first, rows next, so that the keys of rows 0..B-1 form one strided batch of (S, D) matrices."""
-        return [torch.zeros(2, rows, self.n_kv, capacity, self.head_dim, device=self.device)
-                for _ in range(self.n_layers)]
+    def new_kv(self, rows: int, capacity: int, zeroed: bool = True) -> list[torch.Tensor]:
+        """A KV buffer per layer: (2, rows, n_kv, capacity, head_dim), fp32: [0] keys, [1] values.
+        Keys first, rows next, so that the keys of rows 0..B-1 form one strided batch of (S, D) matrices.
+
+        zeroed=False leaves the memory as it was (about 6 ms less for a 900-token row on the 2-core
+        machine). Only for a buffer one row fills in order from position 0 (a prefill): `forward` reads
+        positions 0 .. start+T-1, all written before. A batch buffer must be zeros: a decode step reads
+        every row up to the longest, and masked garbage (NaN, inf) would still poison the sums."""
+        make = torch.zeros if zeroed else torch.empty
+        return [make(2, rows, self.n_kv, capacity, self.head_dim, device=self.device) for _ in range(self.n_layers)]
 
     def forward(self, ids: torch.Tensor, starts: torch.Tensor, kv: list[torch.Tensor],
                 row_adapter: torch.Tensor | None, all_logits: bool = False) -> torch.Tensor:
