@@ -34,6 +34,8 @@ def _port(value: str) -> int:
 
 
 def configure_app(parser: argparse.ArgumentParser) -> None:
+    from extes.models.fast_engine import ENGINE_KINDS
+
     parser.add_argument("--host", default=None,
                         help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=None,
@@ -48,7 +50,7 @@ def configure_app(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-threads", type=int, default=None, metavar="N",
                         help="torch threads of each model process (default: every CPU but one, which is left to "
                              "the web server)")
-    parser.add_argument("--engine", choices=("auto", "transformers"), default="auto",
+    parser.add_argument("--engine", choices=ENGINE_KINDS, default="auto",
                         help="auto: the fast engine where the model allows it; transformers: force the transformers "
                              "path (the first round's engine, for comparisons such as bench/load.py --baseline)")
     parser.add_argument("--engine-in-process", action="store_true",
