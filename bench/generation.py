@@ -13,6 +13,9 @@ reply has exactly that many tokens. Everything goes through ArmPool, as the stud
   (3) a whole reply with a cached history: each arm's previous turn is in the kept KV cache and the new
       user message is about 40 tokens; one arm vs three arms, first request to last token.
   (4) sampling 24 rows from the model's real logits: batched vs row by row with a full sort.
+  (5) a 20-row decode step (one forward, cached lengths spread over 150-450 positions as under the load
+      benchmark): decode attention by the compiled kernel (extes/models/cpu_kernels.py) vs torch's
+      batched matmul, in the same run.
 Then the peak RSS of a process with one arm loaded versus three (fresh subprocesses).
 
 Prints medians of --rounds and whether each target of issue 12 is met:
@@ -206,6 +209,42 @@ def sampling(engine, msgs, rounds: int, rows: int = 24) -> None:
           f"{b * 1e3:.1f} ms ({b / a:.1f}x)")
 
 
+def attention(engine, rounds: int, rows: int = 20) -> None:
+    """(5) One decode forward of `rows` rows whose cached lengths are spread over 150-450 positions, with
+    decode attention by the compiled kernel and by torch's batched matmul (the same model, switched)."""
+    import torch
+
+    fast = getattr(engine, "fast", None)
+    if fast is None or fast.device.type != "cpu":
+        return
+    kernel = fast.attention_kernel
+    if kernel is None:
+        print("(5) compiled decode attention unavailable (see the log); torch's batched matmul runs")
+        return
+    g = torch.Generator().manual_seed(0)
+    starts = torch.randint(150, 450, (rows,), generator=g)
+    ids = torch.randint(0, fast.vocab, (rows, 1), generator=g)
+    kv = fast.new_kv(rows, 512)
+    for buf in kv:
+        buf.normal_(generator=g)
+    times = {"compiled": [], "torch": []}
+    try:
+        with torch.inference_mode():
+            for _ in range(rounds):
+                for name, k in (("compiled", kernel), ("torch", None)):
+                    fast.attention_kernel = k
+                    fast.forward(ids, starts, kv, None)
+                    t = time.perf_counter()
+                    for _ in range(5):
+                        fast.forward(ids, starts, kv, None)
+                    times[name].append((time.perf_counter() - t) / 5)
+    finally:
+        fast.attention_kernel = kernel
+    a, b = statistics.median(times["compiled"]), statistics.median(times["torch"])
+    print(f"(5) {rows}-row decode step, cached lengths 150-450: compiled attention {a * 1e3:.1f} ms, torch's "
+          f"batched matmul {b * 1e3:.1f} ms ({b / a:.2f}x)")
+
+
 def measure(args: argparse.Namespace, tmp: Path) -> None:
     import torch
 
@@ -279,6 +318,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
               f"{min(cached) if cached else 0}-{max(cached) if cached else 0}); ratio {t3 / t1:.2f} "
               f"(target <= 1.35: {verdict(t3 / t1 <= 1.35)})")
         sampling(engine, msgs, args.rounds)
+        attention(engine, args.rounds)
     if args.no_rss or args.device != "cpu":
         return
     rss = {}

@@ -200,7 +200,7 @@ def test_cached_turn_prefills_only_the_new_tokens(base, adapters):
         assert new < second.prompt_tokens // 2
         # another adapter never reuses this adapter's keys/values
         assert p.generate("strat", msgs).cached_prompt_tokens == 0
-        assert second.engine_version == "extes-fast-1" and second.dtype in ("float32", "bfloat16")
+        assert second.engine_version == "extes-fast-2" and second.dtype in ("float32", "bfloat16")
 
 
 def test_prefix_cache_budget_evicts_least_recently_used():

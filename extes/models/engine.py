@@ -66,7 +66,7 @@ class Reply:
     dropped_messages: int = 0
     token_ids: list[int] = field(default_factory=list)
     dtype: str = ""  # weight dtype of the engine that wrote it ("float32", "bfloat16")
-    engine_version: str = ""  # which engine path and version ("transformers-1", "extes-fast-1")
+    engine_version: str = ""  # which engine path and version ("transformers-1", "extes-fast-2")
     cached_prompt_tokens: int = 0  # prompt tokens whose keys/values came from the kept KV cache
 
 

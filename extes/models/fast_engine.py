@@ -27,7 +27,7 @@ from extes.models.engine import GenRequest, LocalEngine, _Row, _sample, sample_r
 
 log = logging.getLogger(__name__)
 
-ENGINE_VERSION = "extes-fast-1"
+ENGINE_VERSION = "extes-fast-2"  # 2: decode attention by the compiled kernel (cpu_kernels)
 DEFAULT_KV_CACHE_BYTES = 1 << 30
 
 
@@ -108,10 +108,13 @@ class FastEngine(LocalEngine):
         self._adapter_index = {None: -1, **{p: i for i, p in enumerate(adapters)}}
         self.fast = FastLlama(model, loras, dtype=self.precision.torch_dtype, prepack=self._prepack,
                               device=self._device)
+        if self.fast.attention_kernel is None:  # recorded with every reply: which attention computed it
+            self.ENGINE_VERSION = f"{ENGINE_VERSION}/torch-attention"
         self.kv_cache = PrefixCache(self._kv_cache_bytes)
         self._kv = None  # batch KV buffers: per layer (2, slots, n_kv, capacity, head_dim)
-        log.info("fast engine on %s: %s weights (%s), %d adapter(s), matmuls via %s", Path(str(base)).name,
-                 self.dtype_name, self.precision.reason, len(loras), self.fast.packed_with)
+        log.info("fast engine on %s: %s weights (%s), %d adapter(s), matmuls via %s, decode attention via %s",
+                 Path(str(base)).name, self.dtype_name, self.precision.reason, len(loras), self.fast.packed_with,
+                 self.fast.attention_with)
         return model, tokenizer
 
     def _after_load(self, model) -> None:
@@ -249,8 +252,10 @@ class FastEngine(LocalEngine):
         self.step_times.append((b, took))
         self.decode_rows += b
         self.decode_seconds += took
-        self.kv_positions_read += b * (max(lengths) + 1)
-        self.kv_positions_used += sum(lengths) + b
+        used = sum(lengths) + b
+        # torch's batched matmul reads every row up to the longest; the compiled kernel reads each row's own
+        self.kv_positions_read += used if self.fast.attention_kernel is not None else b * (max(lengths) + 1)
+        self.kv_positions_used += used
         done = [i for i, r in enumerate(rows) if r.finish is not None]
         for i in reversed(done):  # from the end, so moving the last row into slot i is always valid
             row = rows[i]

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from extes.models.cpu_kernels import decode_attention
+
 log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -260,7 +262,7 @@ class FastLlama:
     """Weights of one LLaMA-family model (+ LoRA adapters) laid out for `forward`."""
 
     def __init__(self, hf_model, adapters: list[LoraWeights] = (), dtype: torch.dtype = torch.float32,
-                 prepack: bool = True, device: str = "cpu"):
+                 prepack: bool = True, device: str = "cpu", compiled: bool = True):
         cfg = hf_model.config
         why = unsupported_reason(cfg)
         if why:
@@ -301,6 +303,17 @@ class FastLlama:
             self.cos = self.sin = torch.empty(0, self.head_dim, device=device)
             self._ensure_rope(min(self.window, 4096))
         self.vocab = self.head.out_features
+        # decode attention: the compiled kernel (extes.models.cpu_kernels) on the CPU where numba is there,
+        # else torch's batched matmul (`_decode_attention`); compiled=False forces the latter
+        self.attention_kernel = None
+        if compiled and self.device.type == "cpu":
+            from extes.models.cpu_kernels import decode_attention_kernel
+
+            self.attention_kernel = decode_attention_kernel()
+
+    @property
+    def attention_with(self) -> str:
+        return "numba" if self.attention_kernel is not None else "torch"
 
     @property
     def packed_with(self) -> str:
@@ -353,7 +366,9 @@ class FastLlama:
         full = bool(mask.all())
         attn_mask = None if full else mask[:, None]
         # decode (one new token per row): an additive mask (B, 1, 1, S), 0 on the row's own columns
-        neg_mask = None if full or t != 1 else torch.zeros(mask.shape, device=dev).masked_fill_(
+        kernel = self.attention_kernel if t == 1 and kv[0][0].is_contiguous() else None
+        lengths = starts + 1 if kernel is not None else None
+        neg_mask = None if full or t != 1 or kernel is not None else torch.zeros(mask.shape, device=dev).masked_fill_(
             ~mask, float("-inf"))[:, None, :, :]
         ra = None if row_adapter is None else (row_adapter if t == 1 else row_adapter.repeat_interleave(t))
         masks: dict = {}
@@ -381,7 +396,9 @@ class FastLlama:
                     buf[0, b, :, s0:s0 + t] = k[b]
                     buf[1, b, :, s0:s0 + t] = v[b]
             keys, values = buf[0, :b_sz, :, :s_len], buf[1, :b_sz, :, :s_len]
-            if t == 1:
+            if kernel is not None:  # each row read up to its own length, from the whole buffer
+                o = decode_attention(kernel, q, buf[0, :b_sz], buf[1, :b_sz], lengths, d ** -0.5)
+            elif t == 1:
                 o = _decode_attention(q, keys, values, neg_mask, d ** -0.5)
             else:
                 o = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask,
