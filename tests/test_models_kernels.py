@@ -1,4 +1,5 @@
-"""The compiled decode-attention kernel (extes.models.cpu_kernels) against torch's path, and its fallback."""
+"""The compiled CPU kernels (extes.models.cpu_kernels: decode attention, gathered LoRA) against torch's
+paths, and their fallback."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from models_helpers import SYSTEM
 
 from extes.models import cpu_kernels
 from extes.models.engine import render_prompt
-from extes.models.fastllama import FastLlama, _decode_attention, load_lora
+from extes.models.fastllama import FastLlama, GroupLora, LoraWeights, _decode_attention, load_lora
+
+def _attention_kernel():
+    kernels = cpu_kernels.compiled_kernels()
+    return None if kernels is None else kernels.attention
+
 
 SHAPES = [(9, 3, 64), (4, 4, 16), (8, 2, 32)]  # query heads, kv heads, head dim (SmolLM2, MHA, GQA 4:1)
 
@@ -30,7 +36,7 @@ def test_compiled_attention_equals_torch_and_reads_only_each_rows_own_positions(
     """Each row attends to its own positions only (garbage after them changes nothing), equal to torch's
     masked batched matmul; also with the rows split over threads."""
     monkeypatch.setattr(cpu_kernels, "_SPLIT_MIN_POSITIONS", 0)
-    kernel = cpu_kernels.decode_attention_kernel()
+    kernel = _attention_kernel()
     assert kernel is not None, "numba is a run-time dependency; the kernel must compile here"
     g = torch.Generator().manual_seed(h_q + d)
     cap = 40
@@ -57,6 +63,30 @@ def test_rows_are_split_into_chunks_of_about_equal_work():
     assert cpu_kernels._split([1000, 10, 10, 10], 2) == [0, 1, 4]
     assert cpu_kernels._split([10, 20], 4) == [0, 1, 2]
     assert cpu_kernels._split([7], 3) == [0, 1]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_compiled_lora_equals_the_masked_matmuls(threads, monkeypatch):
+    """Each row gets its own adapter's delta (none for -1), also where an adapter lacks one projection of
+    the fused group, and with the rows split over threads."""
+    monkeypatch.setattr(cpu_kernels, "_SPLIT_MIN_LORA_ROWS", 0)
+    g = torch.Generator().manual_seed(threads)
+    names, outs, d_in = ("q_proj", "k_proj", "v_proj"), [12, 4, 4], 10
+
+    def adapter(r, skip=()):
+        return LoraWeights("x", r, {(0, n): (torch.randn(r, d_in, generator=g), torch.randn(o, r, generator=g))
+                                    for n, o in zip(names, outs) if n not in skip})
+
+    group = GroupLora(names, outs, d_in, 0, [adapter(2), adapter(3, skip=("k_proj",)), adapter(1)])
+    x = torch.randn(7, d_in, generator=g)
+    y0 = torch.randn(7, sum(outs), generator=g)
+    row_adapter = torch.tensor([0, -1, 1, 2, 1, -1, 0])
+    want = group.delta_into(y0.clone(), x, row_adapter, {})  # masked matmuls (no kernel set)
+    group.kernel = cpu_kernels.compiled_kernels().lora_delta
+    got = group.delta_into(y0.clone(), x, row_adapter, {})
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[1], y0[1]) and torch.equal(got[5], y0[5])  # rows without an adapter: untouched
+    assert not torch.allclose(got[2], y0[2])
 
 
 def test_batched_decode_with_the_kernel_gives_the_torch_paths_tokens(base, adapters):
@@ -105,7 +135,7 @@ def test_without_numba_torch_attention_runs_and_the_reason_is_logged(monkeypatch
     monkeypatch.setattr(cpu_kernels, "_state", {})
     monkeypatch.setattr(cpu_kernels, "_compile", missing)
     with caplog.at_level(logging.INFO, logger="extes.models.cpu_kernels"):
-        assert cpu_kernels.decode_attention_kernel() is None
+        assert _attention_kernel() is None
     assert "No module named 'numba'" in caplog.text and "torch" in caplog.text
     fast = FastLlama(AutoModelForCausalLM.from_pretrained(base).eval(), [])
     assert fast.attention_with == "torch"
@@ -116,7 +146,7 @@ def test_without_numba_torch_attention_runs_and_the_reason_is_logged(monkeypatch
 
     monkeypatch.setattr(cpu_kernels, "_state", {})
     monkeypatch.setenv("EXTES_NO_NUMBA", "1")
-    assert cpu_kernels.decode_attention_kernel() is None
+    assert _attention_kernel() is None
 
 
 def test_the_engine_records_which_attention_computed_a_reply(monkeypatch, base):
@@ -124,7 +154,7 @@ def test_the_engine_records_which_attention_computed_a_reply(monkeypatch, base):
 
     for kernel_there, version in ((True, ENGINE_VERSION), (False, f"{ENGINE_VERSION}/torch-attention")):
         if not kernel_there:
-            monkeypatch.setattr(cpu_kernels, "_state", {"kernel": None})
+            monkeypatch.setattr(cpu_kernels, "_state", {"kernels": None})
         engine = FastEngine(str(base))
         try:
             assert engine.ENGINE_VERSION == version

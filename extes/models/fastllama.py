@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from extes.models.cpu_kernels import decode_attention
+from extes.models.cpu_kernels import decode_attention, lora_delta
 
 log = logging.getLogger(__name__)
 
@@ -227,15 +227,34 @@ class GroupLora:
                 blocks_b.append(block)
                 owner += [ai] * a.shape[0]
         self.empty = not cols_a
+        self.kernel = None  # the compiled per-row kernel (extes.models.cpu_kernels), set by FastLlama
         if not self.empty:
-            self.a_t = torch.cat(cols_a, 0).t().contiguous().to(device)  # (in, R)
+            a = torch.cat(cols_a, 0).contiguous()  # (R, in)
+            self.a_t = a.t().contiguous().to(device)  # (in, R)
             self.b = torch.cat(blocks_b, 0).contiguous().to(device)  # (R, out)
             self.owner = torch.tensor(owner, dtype=torch.long, device=device)  # (R,) adapter index per column
             self.owner_key = tuple(owner)
+            if self.a_t.device.type == "cpu":  # the kernel's layout: rows of A, each column's output slice
+                cols = [0]
+                for ai in range(len(adapters)):
+                    cols.append(cols[-1] + owner.count(ai))
+                out_lo, out_hi = [], []
+                for ai, ad in enumerate(adapters):
+                    for j, name in enumerate(names):
+                        ab = ad.modules.get((layer, name))
+                        if ab is not None:
+                            out_lo += [offs[j]] * ab[0].shape[0]
+                            out_hi += [offs[j + 1]] * ab[0].shape[0]
+                as_np = [torch.tensor(v, dtype=torch.long).numpy() for v in (cols, out_lo, out_hi)]
+                self._a_rows = a
+                self.layout = (a.numpy(), self.b.numpy(), *as_np)
 
     def delta_into(self, y: torch.Tensor, x: torch.Tensor, row_adapter: torch.Tensor, masks: dict) -> torch.Tensor:
         """y + each row's own adapter delta. row_adapter: (N,) adapter index per row, -1 for none. `masks`
         caches the (N, R) row masks for one forward pass (layers share their column layout)."""
+        if self.kernel is not None:
+            lora_delta(self.kernel, y, x, row_adapter, self.layout)
+            return y
         key = self.owner_key
         mask = masks.get(key)
         if mask is None:
@@ -303,13 +322,20 @@ class FastLlama:
             self.cos = self.sin = torch.empty(0, self.head_dim, device=device)
             self._ensure_rope(min(self.window, 4096))
         self.vocab = self.head.out_features
-        # decode attention: the compiled kernel (extes.models.cpu_kernels) on the CPU where numba is there,
-        # else torch's batched matmul (`_decode_attention`); compiled=False forces the latter
+        # decode attention and gathered LoRA: the compiled kernels (extes.models.cpu_kernels) on the CPU where
+        # numba is there, else torch's batched matmuls (`_decode_attention`, masked LoRA); compiled=False
+        # forces the latter
         self.attention_kernel = None
         if compiled and self.device.type == "cpu":
-            from extes.models.cpu_kernels import decode_attention_kernel
+            from extes.models.cpu_kernels import compiled_kernels
 
-            self.attention_kernel = decode_attention_kernel()
+            kernels = compiled_kernels()
+            if kernels is not None:
+                self.attention_kernel = kernels.attention
+                for layer in self.layers:
+                    for lin in (layer[1], layer[2], layer[4], layer[5]):
+                        if lin.lora is not None:
+                            lin.lora.kernel = kernels.lora_delta
 
     @property
     def attention_with(self) -> str:
