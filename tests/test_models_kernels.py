@@ -13,6 +13,7 @@ from extes.models import cpu_kernels
 from extes.models.engine import render_prompt
 from extes.models.fastllama import FastLlama, GroupLora, LoraWeights, _decode_attention, load_lora
 
+
 def _attention_kernel():
     kernels = cpu_kernels.compiled_kernels()
     return None if kernels is None else kernels.attention

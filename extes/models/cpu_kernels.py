@@ -27,78 +27,82 @@ import os
 import threading
 from dataclasses import dataclass
 
+import numpy as np
+import torch
+
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _state: dict = {}
 
 
+def _decode_attention_py(q, keys, values, lengths, scale, out):  # noqa: C901 - one loop nest, compiled
+    """q, out: (B, Hkv, G, D); keys, values: (>=B, Hkv, capacity, D), C-contiguous fp32; lengths: (B,)
+    int64, row b attends to positions 0 .. lengths[b]-1. Query head h*G+g uses kv head h."""
+    n_rows, n_kv, group, dim = q.shape
+    longest = 1
+    for b in range(n_rows):
+        longest = max(longest, lengths[b])
+    s = np.empty((group, longest), np.float32)
+    acc = np.empty((group, dim), np.float32)
+    for b in range(n_rows):
+        n = lengths[b]
+        for h in range(n_kv):
+            k = keys[b, h]
+            v = values[b, h]
+            qh = q[b, h]
+            for p in range(n):
+                for g in range(group):
+                    a = np.float32(0.0)
+                    for d in range(dim):
+                        a += qh[g, d] * k[p, d]
+                    s[g, p] = a * scale
+            for g in range(group):
+                m = s[g, 0]
+                for p in range(1, n):
+                    m = max(m, s[g, p])
+                total = np.float32(0.0)
+                for p in range(n):
+                    e = np.exp(s[g, p] - m)
+                    s[g, p] = e
+                    total += e
+                inv = np.float32(1.0) / total
+                for p in range(n):
+                    s[g, p] *= inv
+            acc[:, :] = 0.0
+            for p in range(n):
+                for g in range(group):
+                    w = s[g, p]
+                    for d in range(dim):
+                        acc[g, d] += w * v[p, d]
+            for g in range(group):
+                for d in range(dim):
+                    out[b, h, g, d] = acc[g, d]
+
+
+def _lora_delta_py(x, y, row_adapter, a, b, cols, out_lo, out_hi):
+    """y[r] += (a[j] . x[r]) * b[j, out_lo[j]:out_hi[j]] for the columns j of row r's adapter.
+    x: (N, in); y: (N, out), in place; row_adapter: (N,) int64, -1 = none; a: (R, in); b: (R, out);
+    cols: (adapters + 1,) int64, adapter i owns columns cols[i] .. cols[i+1]-1; out_lo/out_hi: (R,)
+    int64, the slice of the fused output a column writes (its projection's part)."""
+    n_rows, k = x.shape
+    for r in range(n_rows):
+        ad = row_adapter[r]
+        if ad < 0:
+            continue
+        for j in range(cols[ad], cols[ad + 1]):
+            h = np.float32(0.0)
+            for i in range(k):
+                h += x[r, i] * a[j, i]
+            for o in range(out_lo[j], out_hi[j]):
+                y[r, o] += h * b[j, o]
+
+
 def _compile():
     import numba
-    import numpy as np
 
-    @numba.njit(fastmath=True, nogil=True, cache=True, boundscheck=False, error_model="numpy")
-    def decode_attention(q, keys, values, lengths, scale, out):  # pragma: no cover - compiled
-        """q, out: (B, Hkv, G, D); keys, values: (>=B, Hkv, capacity, D), C-contiguous fp32; lengths: (B,)
-        int64, row b attends to positions 0 .. lengths[b]-1. Query head h*G+g uses kv head h."""
-        n_rows, n_kv, group, dim = q.shape
-        longest = 1
-        for b in range(n_rows):
-            longest = max(longest, lengths[b])
-        s = np.empty((group, longest), np.float32)
-        acc = np.empty((group, dim), np.float32)
-        for b in range(n_rows):
-            n = lengths[b]
-            for h in range(n_kv):
-                k = keys[b, h]
-                v = values[b, h]
-                qh = q[b, h]
-                for p in range(n):
-                    for g in range(group):
-                        a = np.float32(0.0)
-                        for d in range(dim):
-                            a += qh[g, d] * k[p, d]
-                        s[g, p] = a * scale
-                for g in range(group):
-                    m = s[g, 0]
-                    for p in range(1, n):
-                        m = max(m, s[g, p])
-                    total = np.float32(0.0)
-                    for p in range(n):
-                        e = np.exp(s[g, p] - m)
-                        s[g, p] = e
-                        total += e
-                    inv = np.float32(1.0) / total
-                    for p in range(n):
-                        s[g, p] *= inv
-                acc[:, :] = 0.0
-                for p in range(n):
-                    for g in range(group):
-                        w = s[g, p]
-                        for d in range(dim):
-                            acc[g, d] += w * v[p, d]
-                for g in range(group):
-                    for d in range(dim):
-                        out[b, h, g, d] = acc[g, d]
-
-    @numba.njit(fastmath=True, nogil=True, cache=True, boundscheck=False, error_model="numpy")
-    def lora_delta(x, y, row_adapter, a, b, cols, out_lo, out_hi):  # pragma: no cover - compiled
-        """y[r] += (a[j] . x[r]) * b[j, out_lo[j]:out_hi[j]] for the columns j of row r's adapter.
-        x: (N, in); y: (N, out), in place; row_adapter: (N,) int64, -1 = none; a: (R, in); b: (R, out);
-        cols: (adapters + 1,) int64, adapter i owns columns cols[i] .. cols[i+1]-1; out_lo/out_hi: (R,)
-        int64, the slice of the fused output a column writes (its projection's part)."""
-        n_rows, k = x.shape
-        for r in range(n_rows):
-            ad = row_adapter[r]
-            if ad < 0:
-                continue
-            for j in range(cols[ad], cols[ad + 1]):
-                h = np.float32(0.0)
-                for i in range(k):
-                    h += x[r, i] * a[j, i]
-                for o in range(out_lo[j], out_hi[j]):
-                    y[r, o] += h * b[j, o]
-
+    jit = numba.njit(fastmath=True, nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    decode_attention, lora_delta = jit(_decode_attention_py), jit(_lora_delta_py)
     # compile now for the signatures the engine uses (a first request should not wait for it)
     f4, i8 = np.zeros((1, 1, 1, 4), np.float32), np.ones(1, np.int64)
     decode_attention(f4, f4, f4, i8, np.float32(1.0), np.empty_like(f4))
@@ -164,8 +168,6 @@ def _run_split(kernel, args: tuple, row_args: tuple[int, ...], work: list[int], 
                min_work: int) -> None:
     """kernel(*args), with the arguments at `row_args` split by rows into chunks of about equal `work`
     (per row), run at once on `threads` threads (default: torch's intra-op count) when there is enough."""
-    import torch
-
     threads = torch.get_num_threads() if threads is None else threads
     if threads > 1 and len(work) > 1 and sum(work) >= min_work:
         bounds = _split(work, min(threads, len(work)))
@@ -183,9 +185,6 @@ def decode_attention(kernel, q, keys, values, lengths, scale: float, threads: in
     """Run the attention kernel on torch tensors. q: (B, Hq, 1, D); keys/values: the layer's buffers (>=B,
     Hkv, capacity, D), C-contiguous fp32 on the CPU; lengths: (B,) int64 positions per row. Returns
     (B, Hq, 1, D). The rows are split over `threads` (default: torch's count) in chunks of equal work."""
-    import numpy as np
-    import torch
-
     b, h_q, _, d = q.shape
     h_kv = keys.shape[1]
     qg = q.reshape(b, h_kv, h_q // h_kv, d).contiguous()

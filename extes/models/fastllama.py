@@ -239,7 +239,7 @@ class GroupLora:
                 for ai in range(len(adapters)):
                     cols.append(cols[-1] + owner.count(ai))
                 out_lo, out_hi = [], []
-                for ai, ad in enumerate(adapters):
+                for ad in adapters:
                     for j, name in enumerate(names):
                         ab = ad.modules.get((layer, name))
                         if ab is not None:
@@ -410,17 +410,7 @@ class FastLlama:
             q, k = qk[:, :h_q], qk[:, h_q:]
             v = qkv[..., (h_q + h_kv) * d:].reshape(b_sz, t, h_kv, d).transpose(1, 2)
             buf = kv[li]
-            if b_sz == 1:
-                s0 = starts_l[0]
-                buf[0, 0, :, s0:s0 + t] = k[0]
-                buf[1, 0, :, s0:s0 + t] = v[0]
-            elif t == 1:
-                buf[0][rows, :, starts] = k[:, :, 0]
-                buf[1][rows, :, starts] = v[:, :, 0]
-            else:
-                for b, s0 in enumerate(starts_l):
-                    buf[0, b, :, s0:s0 + t] = k[b]
-                    buf[1, b, :, s0:s0 + t] = v[b]
+            _write_kv(buf, k, v, starts, starts_l, rows)
             keys, values = buf[0, :b_sz, :, :s_len], buf[1, :b_sz, :, :s_len]
             if kernel is not None:  # each row read up to its own length, from the whole buffer
                 o = decode_attention(kernel, q, buf[0, :b_sz], buf[1, :b_sz], lengths, d ** -0.5)
@@ -439,6 +429,23 @@ class FastLlama:
         if all_logits:
             return self.head(_rms(x, self.norm, self.eps).reshape(b_sz * t, -1)).reshape(b_sz, t, -1)
         return self.head(_rms(x[:, -1], self.norm, self.eps))
+
+
+def _write_kv(buf: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor, starts_l: list[int],
+              rows: torch.Tensor) -> None:
+    """Write the new keys/values k, v (B, Hkv, T, D) of row b at positions starts[b] .. starts[b]+T-1."""
+    b_sz, t = k.shape[0], k.shape[2]
+    if b_sz == 1:
+        s0 = starts_l[0]
+        buf[0, 0, :, s0:s0 + t] = k[0]
+        buf[1, 0, :, s0:s0 + t] = v[0]
+    elif t == 1:
+        buf[0][rows, :, starts] = k[:, :, 0]
+        buf[1][rows, :, starts] = v[:, :, 0]
+    else:
+        for b, s0 in enumerate(starts_l):
+            buf[0, b, :, s0:s0 + t] = k[b]
+            buf[1, b, :, s0:s0 + t] = v[b]
 
 
 def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, neg_mask: torch.Tensor | None,
