@@ -338,6 +338,59 @@ def test_a_reply_never_ends_before_it_shows_something(base, adapters, monkeypatc
             assert empty.n_tokens == 0 and empty.text == ""
 
 
+def _tags_then_end(engine, monkeypatch) -> tuple[str, list[int]]:
+    """Script `engine`'s model: it first writes "[Affirmation] [Reassurance]", then prefers end-of-turn
+    over a word. Returns (the word's text, the end-of-turn ids)."""
+    tok = engine.tokenizer
+    script = tok("[Affirmation] [Reassurance]", add_special_tokens=False)["input_ids"]
+    assert len(script) < 60
+    word = tok(" fine", add_special_tokens=False)["input_ids"][0]
+    eos = sorted(engine.eos_ids)
+    real = engine._forward
+    calls = []
+
+    def forward(*args, **kwargs):
+        out = real(*args, **kwargs)
+        logits = out[0] if isinstance(out, tuple) else out
+        step = len(calls)  # 0: the prompt's prefill, then one decode step per token
+        calls.append(step)
+        if step < len(script):
+            logits[..., script[step]] += 1e4
+        else:
+            logits[..., eos] += 1e4
+            logits[..., word] += 5e3
+        return out
+
+    monkeypatch.setattr(engine, "_forward", forward)
+    monkeypatch.setattr(engine, "_scripted_calls", calls, raising=False)
+    return tok.decode([word]).strip(), eos
+
+
+def test_a_reply_made_only_of_tags_is_not_ended(base, adapters, monkeypatch):
+    """Both engine paths, an arm without strategies (its tags are not stripped by the engine, but the study
+    strips them from every arm): end-of-turn stays held until a word shows after the tags, so the
+    participant sees text; the control (the hold counting any text as visible, as before) shows nothing."""
+    from extes.study.blinding import strip_tags
+
+    room = GenerationSettings(max_new_tokens=64, temperature=0.0, repetition_penalty=1.0)
+    for kind in ("auto", "transformers"):
+        with ArmPool(tiny_arms(base, adapters, settings=room), engine=kind) as p:
+            engine = p.engine_for("plain")
+            word, eos = _tags_then_end(engine, monkeypatch)
+            reply = p.generate("plain", user("hi"))
+            assert strip_tags(reply.text)[0] == word != "", (kind, reply.text)
+
+            def hold_until_any_text(logits, rows, eos=eos):  # the hold as it was: any text counted as visible
+                for i, r in enumerate(rows):
+                    if not r.emitted.strip():
+                        logits[i, eos] = float("-inf")
+
+            engine._scripted_calls.clear()
+            monkeypatch.setattr(engine, "_hold_eos", hold_until_any_text)
+            before = p.generate("plain", user("hi again"))
+            assert strip_tags(before.text)[0] == "", (kind, before.text)
+
+
 def test_a_prefill_buffer_never_reads_what_it_has_not_written(base):
     """The engine's per-row prefill buffers are not zeroed: a buffer full of NaN, filled in chunks from
     position 0, gives the same logits as a zeroed one (so no unwritten position is ever read)."""

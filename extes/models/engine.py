@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -38,6 +39,10 @@ from typing import Any
 from extes.models.arms import GenerationSettings
 from extes.models.detok import IncrementalDecoder
 from extes.taxonomy import STRATEGY_TAG_RE, split_strategy_tag
+
+# what the study strips from any reply before showing it (extes.study.blinding.TAG_RE, at most 60 characters
+# between the brackets): text made only of these shows nothing
+_BRACKETED = re.compile(r"\[[^\[\]\n]{1,60}\]")
 
 log = logging.getLogger(__name__)
 
@@ -572,12 +577,14 @@ class LocalEngine:
 
     def _hold_eos(self, logits, rows: list[_Row]) -> None:
         """A reply must show the participant something: while a row has no visible text yet (nothing
-        generated, or only a strategy tag, which is never shown), its end-of-turn tokens cannot be drawn.
+        generated, or only strategy tags, which the study never shows: any bracketed tag-like text counts,
+        on every arm, as the study strips tags from every arm's replies), its end-of-turn tokens cannot be
+        drawn.
         This is `min_new_tokens` counted in visible text. Without it the embedded model sometimes ended a
         reply at once, and the study showed an empty reply ("…") and kept an empty turn in the history.
         `logits` (one row per entry of `rows`) is changed in place."""
         torch = self._torch
-        held = [i for i, r in enumerate(rows) if not r.emitted.strip()]
+        held = [i for i, r in enumerate(rows) if not _BRACKETED.sub("", r.emitted).strip()]
         if held and self.eos_ids:
             eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=logits.device)
             logits[torch.tensor(held, device=logits.device)[:, None], eos[None, :]] = float("-inf")

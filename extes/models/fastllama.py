@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from extes.models.cpu_kernels import decode_attention, lora_delta
+from extes.models.cpu_kernels import compiled_kernels, decode_attention, lora_delta
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,6 @@ class GroupLora:
                             out_lo += [offs[j]] * ab[0].shape[0]
                             out_hi += [offs[j + 1]] * ab[0].shape[0]
                 as_np = [torch.tensor(v, dtype=torch.long).numpy() for v in (cols, out_lo, out_hi)]
-                self._a_rows = a
                 self.layout = (a.numpy(), self.b.numpy(), *as_np)
 
     def delta_into(self, y: torch.Tensor, x: torch.Tensor, row_adapter: torch.Tensor, masks: dict) -> torch.Tensor:
@@ -327,8 +326,6 @@ class FastLlama:
         # forces the latter
         self.attention_kernel = None
         if compiled and self.device.type == "cpu":
-            from extes.models.cpu_kernels import compiled_kernels
-
             kernels = compiled_kernels()
             if kernels is not None:
                 self.attention_kernel = kernels.attention
