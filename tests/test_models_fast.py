@@ -246,6 +246,42 @@ def test_fast_engine_takes_rows_mid_flight_and_cancels(base, adapters):
         assert p.engine_for("plain").max_rows_seen >= 2
 
 
+def test_batch_buffer_grows_only_what_is_too_small_and_is_never_read_past_a_row(base, adapters, monkeypatch):
+    """The batch KV buffer is not zeroed where the compiled attention runs: filled with NaN, three rows
+    decoded together still give each row's tokens alone. Growing it for a longer row keeps the slots."""
+    long = GenerationSettings(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0)
+    with ArmPool(tiny_arms(base, adapters, settings=long), kv_cache_bytes=0) as p:
+        engine = p.engine_for("plain")
+        assert engine.fast.attention_kernel is not None
+        jobs = {a: (a, user(t)) for a, t in zip(("plain", "lora", "strat"), PROMPTS)}
+        alone = {a: p.generate(*job).token_ids for a, job in jobs.items()}
+        real = engine.fast.new_kv
+
+        def dirty(rows, capacity, zeroed=True):
+            bufs = real(rows, capacity, zeroed)
+            if not zeroed:
+                for b in bufs:
+                    b.fill_(float("nan"))
+            return bufs
+
+        monkeypatch.setattr(engine.fast, "new_kv", dirty)
+        engine._kv = None  # the next batch gets a fresh, garbage-filled buffer
+        together = {k: ev.reply.token_ids for k, ev in p.stream_many(jobs) if ev.done}
+        assert together == alone
+        assert engine.max_rows_seen >= 2
+
+        engine._kv = None
+        engine._ensure_kv(1, 100)
+        assert (engine._kv[0].shape[1], engine._kv[0].shape[3]) == (4, 100)
+        engine._kv[0][0, 0, 0, 99, 0] = 7.0
+        engine._ensure_kv(2, 300)  # a longer row: positions double, slots stay
+        assert (engine._kv[0].shape[1], engine._kv[0].shape[3]) == (4, 300)
+        assert engine._kv[0][0, 0, 0, 99, 0] == 7.0
+        engine._ensure_kv(5, 120)  # more rows: slots double, positions stay
+        assert (engine._kv[0].shape[1], engine._kv[0].shape[3]) == (8, 300)
+        assert engine._kv[0][0, 0, 0, 99, 0] == 7.0
+
+
 def test_chunked_prefill_gives_the_same_tokens(base, adapters):
     arms = tiny_arms(base, adapters)
     with ArmPool(arms, kv_cache_bytes=0) as p:

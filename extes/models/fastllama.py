@@ -362,8 +362,9 @@ class FastLlama:
 
         zeroed=False leaves the memory as it was (about 6 ms less for a 900-token row on the 2-core
         machine). Only for a buffer one row fills in order from position 0 (a prefill): `forward` reads
-        positions 0 .. start+T-1, all written before. A batch buffer must be zeros: a decode step reads
-        every row up to the longest, and masked garbage (NaN, inf) would still poison the sums."""
+        positions 0 .. start+T-1, all written before. A batch buffer must be zeros where decode attention
+        is torch's batched matmul: it reads every row up to the longest, and masked garbage (NaN, inf) would
+        still poison the sums; the compiled kernel reads each row only up to its own length."""
         make = torch.zeros if zeroed else torch.empty
         return [make(2, rows, self.n_kv, capacity, self.head_dim, device=self.device) for _ in range(self.n_layers)]
 
