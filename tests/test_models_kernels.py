@@ -66,12 +66,10 @@ def test_rows_are_split_into_chunks_of_about_equal_work():
     assert cpu_kernels._split([7], 3) == [0, 1]
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_compiled_lora_equals_the_masked_matmuls(threads, monkeypatch):
+def test_compiled_lora_equals_the_masked_matmuls_and_larger_batches_keep_the_matmuls():
     """Each row gets its own adapter's delta (none for -1), also where an adapter lacks one projection of
-    the fused group, and with the rows split over threads."""
-    monkeypatch.setattr(cpu_kernels, "_SPLIT_MIN_LORA_ROWS", 0)
-    g = torch.Generator().manual_seed(threads)
+    the fused group; beyond LORA_KERNEL_MAX_ROWS rows the masked matmuls run."""
+    g = torch.Generator().manual_seed(0)
     names, outs, d_in = ("q_proj", "k_proj", "v_proj"), [12, 4, 4], 10
 
     def adapter(r, skip=()):
@@ -83,11 +81,18 @@ def test_compiled_lora_equals_the_masked_matmuls(threads, monkeypatch):
     y0 = torch.randn(7, sum(outs), generator=g)
     row_adapter = torch.tensor([0, -1, 1, 2, 1, -1, 0])
     want = group.delta_into(y0.clone(), x, row_adapter, {})  # masked matmuls (no kernel set)
-    group.kernel = cpu_kernels.compiled_kernels().lora_delta
+    calls = []
+    kernel = cpu_kernels.compiled_kernels().lora_delta
+    group.kernel = lambda *a: calls.append(len(a[0])) or kernel(*a)
     got = group.delta_into(y0.clone(), x, row_adapter, {})
+    assert calls == [7]
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
     assert torch.equal(got[1], y0[1]) and torch.equal(got[5], y0[5])  # rows without an adapter: untouched
     assert not torch.allclose(got[2], y0[2])
+    many = cpu_kernels.LORA_KERNEL_MAX_ROWS + 1
+    x, y0, row_adapter = x.repeat(2, 1)[:many], y0.repeat(2, 1)[:many], row_adapter.repeat(2)[:many]
+    group.delta_into(y0.clone(), x, row_adapter, {})
+    assert calls == [7]
 
 
 def test_batched_decode_with_the_kernel_gives_the_torch_paths_tokens(base, adapters):

@@ -3,8 +3,8 @@
 Decode attention (one new query per row) is the one op of a batched CPU decode step that torch does badly:
 its batched matmul packs every row's keys and values before multiplying them by three query vectors, and
 it reads every row up to the longest row of the batch. Measured on the 2-core development machine, one
-thread, 20 rows of 150-450 cached positions, 30 layers of SmolLM2-135M (`bench/generation.py` (5)):
-the torch path 48 ms per step, this kernel 22 ms. The kernel reads each row's keys and values once, only up
+thread, 20 rows of 150-450 cached positions, 30 layers of SmolLM2-135M (attention alone): the torch
+path 48 ms per step, this kernel 22-23 ms (`bench/generation.py` (5) times a whole decode step both ways). The kernel reads each row's keys and values once, only up
 to the row's own length, and keeps the scores of one head in a small scratch buffer.
 
 Everything is fp32, as the torch path: scores, softmax (max-subtracted), the weighted sum of the values.
@@ -14,7 +14,7 @@ Gathered LoRA (each row adds its own adapter's low-rank delta) is the other: as 
 adapters' columns its ops are so small that torch's threading costs more than the arithmetic. With two
 threads, three rows (one base, two LoRA arms) of a 30-layer decode step spent about 17 ms in them against
 4 ms for one row. The kernel computes each row's delta from its own adapter's columns only, on one
-thread per chunk of rows.
+thread; it is used up to LORA_KERNEL_MAX_ROWS rows, beyond which the matmuls are quicker.
 
 `compiled_kernels()` returns both, or None with the reason logged once (numba not installed, compilation
 failed, or EXTES_NO_NUMBA=1); the caller then keeps the torch paths.
@@ -137,16 +137,17 @@ def compiled_kernels() -> CompiledKernels | None:
 
 
 _pool = None
+_pool_size = 0
 _SPLIT_MIN_POSITIONS = 2048  # below this many positions in a call, one thread is quicker than handing out work
 
 
 def _workers(n: int):
-    global _pool
+    global _pool, _pool_size
     from concurrent.futures import ThreadPoolExecutor
 
     with _lock:
-        if _pool is None or _pool._max_workers < n:
-            old, _pool = _pool, ThreadPoolExecutor(n, thread_name_prefix="extes-attention")
+        if _pool is None or _pool_size < n:
+            old, _pool, _pool_size = _pool, ThreadPoolExecutor(n, thread_name_prefix="extes-attention"), n
             if old is not None:
                 old.shutdown(wait=False)
         return _pool
@@ -194,13 +195,13 @@ def decode_attention(kernel, q, keys, values, lengths, scale: float, threads: in
     return out.reshape(b, h_q, 1, d)
 
 
-_SPLIT_MIN_LORA_ROWS = 16  # a LoRA delta is a few microseconds per row: split only larger batches
+# Up to this many rows the compiled LoRA kernel is quicker than the masked matmuls (one thread, 576-wide
+# projections: 3 rows 19 vs 29 us for q/k/v, 28 vs 42 us for gate/up); from about 20 rows on the matmuls
+# are (20 rows: 62 vs 58 us, 165 vs 89 us), so larger batches and prefill chunks keep them.
+LORA_KERNEL_MAX_ROWS = 8
 
 
-def lora_delta(kernel, y, x, row_adapter, layout, threads: int | None = None) -> None:
-    """Add each row's own adapter delta to y (N, out) in place. x: (N, in) fp32 CPU; row_adapter: (N,)
-    int64 (-1 = none); layout: (a (R, in), b (R, out), cols, out_lo, out_hi) as numpy arrays."""
-    x = x.contiguous()
-    ra = row_adapter.numpy()
-    args = (x.numpy(), y.numpy(), ra, *layout)
-    _run_split(kernel, args, (0, 1, 2), [1] * len(ra), threads, _SPLIT_MIN_LORA_ROWS)
+def lora_delta(kernel, y, x, row_adapter, layout) -> None:
+    """Add each row's own adapter delta to y (N, out) in place, on this thread. x: (N, in) fp32 CPU;
+    row_adapter: (N,) int64 (-1 = none); layout: (a (R, in), b (R, out), cols, out_lo, out_hi), numpy."""
+    kernel(x.contiguous().numpy(), y.numpy(), row_adapter.numpy(), *layout)

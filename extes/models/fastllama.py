@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from extes.models.cpu_kernels import compiled_kernels, decode_attention, lora_delta
+from extes.models.cpu_kernels import LORA_KERNEL_MAX_ROWS, compiled_kernels, decode_attention, lora_delta
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class GroupLora:
     def delta_into(self, y: torch.Tensor, x: torch.Tensor, row_adapter: torch.Tensor, masks: dict) -> torch.Tensor:
         """y + each row's own adapter delta. row_adapter: (N,) adapter index per row, -1 for none. `masks`
         caches the (N, R) row masks for one forward pass (layers share their column layout)."""
-        if self.kernel is not None:
+        if self.kernel is not None and x.shape[0] <= LORA_KERNEL_MAX_ROWS:  # few rows: per row, no threading
             lora_delta(self.kernel, y, x, row_adapter, self.layout)
             return y
         key = self.owner_key
