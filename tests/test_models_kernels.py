@@ -155,6 +155,24 @@ def test_without_numba_torch_attention_runs_and_the_reason_is_logged(monkeypatch
     assert _attention_kernel() is None
 
 
+def test_kernels_compile_uncached_where_numba_cannot_cache(monkeypatch, caplog):
+    real = cpu_kernels._build
+    asked = []
+
+    def build(numba, cache):
+        asked.append(cache)
+        if cache:
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(numba, cache)
+
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.setattr(cpu_kernels, "_build", build)
+    with caplog.at_level(logging.INFO, logger="extes.models.cpu_kernels"):
+        kernels = cpu_kernels.compiled_kernels()
+    assert kernels is not None and asked == [True, False]
+    assert "uncached" in caplog.text
+
+
 def test_the_engine_records_which_attention_computed_a_reply(monkeypatch, base):
     from extes.models.fast_engine import ENGINE_VERSION, FastEngine
 

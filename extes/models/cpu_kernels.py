@@ -99,9 +99,19 @@ def _lora_delta_py(x, y, row_adapter, a, b, cols, out_lo, out_hi):
 
 
 def _compile():
+    """Compile both kernels. numba keeps the machine code in __pycache__ (or a per-user directory) so an
+    engine starts without recompiling; where it can write neither, they are compiled without the cache."""
     import numba
 
-    jit = numba.njit(fastmath=True, nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    try:
+        return _build(numba, cache=True)
+    except Exception as exc:  # e.g. no writable cache directory: compile again, uncached
+        log.info("numba cannot cache the CPU kernels (%s: %s); compiling them uncached", type(exc).__name__, exc)
+    return _build(numba, cache=False)
+
+
+def _build(numba, cache: bool):
+    jit = numba.njit(fastmath=True, nogil=True, cache=cache, boundscheck=False, error_model="numpy")
     decode_attention, lora_delta = jit(_decode_attention_py), jit(_lora_delta_py)
     # compile now for the signatures the engine uses (a first request should not wait for it)
     f4, i8 = np.zeros((1, 1, 1, 4), np.float32), np.ones(1, np.int64)
