@@ -249,6 +249,9 @@ def scenario_proportions() -> dict[str, float]:
 # The tag a strategy-trained model writes before its reply, e.g. "[Emotional Validation] That sounds hard."
 # Training (extes.train) writes it, the engine (extes.models) strips it and keeps the strategy as metadata.
 STRATEGY_TAG_RE = re.compile(r"^\s*\[([^\[\]\n]{1,60})\]\s*")
+# A tag-like bracket anywhere in a reply (with the spaces around it). The study strips every one that names
+# a strategy (extes.study.blinding); the engine will not end a reply made only of such brackets.
+TAG_ANYWHERE_RE = re.compile(r"[ \t]*\[([^\[\]\n]{1,60})\][ \t]*")
 
 
 def format_strategy_tag(strategy: str) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import re
 import threading
 import time
 from collections import deque
@@ -38,11 +37,7 @@ from typing import Any
 
 from extes.models.arms import GenerationSettings
 from extes.models.detok import IncrementalDecoder
-from extes.taxonomy import STRATEGY_TAG_RE, split_strategy_tag
-
-# what the study strips from any reply before showing it (extes.study.blinding.TAG_RE, at most 60 characters
-# between the brackets): text made only of these shows nothing
-_BRACKETED = re.compile(r"\[[^\[\]\n]{1,60}\]")
+from extes.taxonomy import STRATEGY_TAG_RE, TAG_ANYWHERE_RE, split_strategy_tag
 
 log = logging.getLogger(__name__)
 
@@ -584,7 +579,7 @@ class LocalEngine:
         reply at once, and the study showed an empty reply ("…") and kept an empty turn in the history.
         `logits` (one row per entry of `rows`) is changed in place."""
         torch = self._torch
-        held = [i for i, r in enumerate(rows) if not _BRACKETED.sub("", r.emitted).strip()]
+        held = [i for i, r in enumerate(rows) if not TAG_ANYWHERE_RE.sub("", r.emitted).strip()]
         if held and self.eos_ids:
             eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=logits.device)
             logits[torch.tensor(held, device=logits.device)[:, None], eos[None, :]] = float("-inf")

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 
+from extes.taxonomy import TAG_ANYWHERE_RE as TAG_RE
 from extes.taxonomy import is_strategy, normalize_strategy
 
-TAG_RE = re.compile(r"[ \t]*\[([^\[\]\n]{1,60})\][ \t]*")
 MAX_TAG_CHARS = 62  # "[" + 60 + "]" + slack: a longer bracket cannot be a tag
 
 
