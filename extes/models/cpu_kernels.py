@@ -4,8 +4,9 @@ Decode attention (one new query per row) is the one op of a batched CPU decode s
 its batched matmul packs every row's keys and values before multiplying them by three query vectors, and
 it reads every row up to the longest row of the batch. Measured on the 2-core development machine, one
 thread, 20 rows of 150-450 cached positions, 30 layers of SmolLM2-135M (attention alone): the torch
-path 48 ms per step, this kernel 22-23 ms (`bench/generation.py` (5) times a whole decode step both ways). The kernel reads each row's keys and values once, only up
-to the row's own length, and keeps the scores of one head in a small scratch buffer.
+path 48 ms per step, this kernel 22-23 ms (`bench/generation.py` (5) times a whole decode step both
+ways). The kernel reads each row's keys and values once, only up to the row's own length, and keeps the
+scores of one head in a small scratch buffer.
 
 Everything is fp32, as the torch path: scores, softmax (max-subtracted), the weighted sum of the values.
 Results agree with torch's to rounding (fastmath lets the compiler reorder the sums; about 1e-7 here).
@@ -175,14 +176,21 @@ def _split(lengths: list[int], parts: int) -> list[int]:
     return bounds
 
 
-def _run_split(kernel, args: tuple, row_args: tuple[int, ...], work: list[int], threads: int | None,
-               min_work: int) -> None:
-    """kernel(*args), with the arguments at `row_args` split by rows into chunks of about equal `work`
-    (per row), run at once on `threads` threads (default: torch's intra-op count) when there is enough."""
+def decode_attention(kernel, q, keys, values, lengths, scale: float, threads: int | None = None):
+    """Run the attention kernel on torch tensors. q: (B, Hq, 1, D); keys/values: the layer's buffers (>=B,
+    Hkv, capacity, D), C-contiguous fp32 on the CPU; lengths: (B,) int64 positions per row. Returns
+    (B, Hq, 1, D). With enough work the rows are split over `threads` (default: torch's intra-op count)
+    in chunks of about equal numbers of positions, run at once (the kernel releases the GIL)."""
+    b, h_q, _, d = q.shape
+    h_kv = keys.shape[1]
+    qg = q.reshape(b, h_kv, h_q // h_kv, d).contiguous()
+    out = torch.empty_like(qg)
+    args = (qg.numpy(), keys.numpy(), values.numpy(), lengths.numpy(), np.float32(scale), out.numpy())
     threads = torch.get_num_threads() if threads is None else threads
-    if threads > 1 and len(work) > 1 and sum(work) >= min_work:
-        bounds = _split(work, min(threads, len(work)))
-        chunks = [tuple(a[lo:hi] if i in row_args else a for i, a in enumerate(args))
+    n = lengths.tolist()
+    if threads > 1 and b > 1 and sum(n) >= _SPLIT_MIN_POSITIONS:
+        bounds = _split(n, min(threads, b))
+        chunks = [tuple(x if i == 4 else x[lo:hi] for i, x in enumerate(args))  # all but the scale are per row
                   for lo, hi in zip(bounds, bounds[1:])]
         pending = [_workers(len(chunks) - 1).submit(kernel, *c) for c in chunks[1:]]
         kernel(*chunks[0])
@@ -190,18 +198,6 @@ def _run_split(kernel, args: tuple, row_args: tuple[int, ...], work: list[int], 
             f.result()
     else:
         kernel(*args)
-
-
-def decode_attention(kernel, q, keys, values, lengths, scale: float, threads: int | None = None):
-    """Run the attention kernel on torch tensors. q: (B, Hq, 1, D); keys/values: the layer's buffers (>=B,
-    Hkv, capacity, D), C-contiguous fp32 on the CPU; lengths: (B,) int64 positions per row. Returns
-    (B, Hq, 1, D). The rows are split over `threads` (default: torch's count) in chunks of equal work."""
-    b, h_q, _, d = q.shape
-    h_kv = keys.shape[1]
-    qg = q.reshape(b, h_kv, h_q // h_kv, d).contiguous()
-    out = torch.empty_like(qg)
-    args = (qg.numpy(), keys.numpy(), values.numpy(), lengths.numpy(), np.float32(scale), out.numpy())
-    _run_split(kernel, args, (0, 1, 2, 3, 5), lengths.tolist(), threads, _SPLIT_MIN_POSITIONS)
     return out.reshape(b, h_q, 1, d)
 
 

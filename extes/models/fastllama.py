@@ -209,6 +209,8 @@ class GroupLora:
         cols_a: list[torch.Tensor] = []
         blocks_b: list[torch.Tensor] = []
         owner: list[int] = []
+        out_lo: list[int] = []  # per column: the slice of the fused output it writes (its projection's part)
+        out_hi: list[int] = []
         offs = [0]
         for o in outs:
             offs.append(offs[-1] + o)
@@ -226,6 +228,8 @@ class GroupLora:
                 block[:, offs[j]:offs[j + 1]] = b.t()
                 blocks_b.append(block)
                 owner += [ai] * a.shape[0]
+                out_lo += [offs[j]] * a.shape[0]
+                out_hi += [offs[j + 1]] * a.shape[0]
         self.empty = not cols_a
         self.kernel = None  # the compiled per-row kernel (extes.models.cpu_kernels), set by FastLlama
         if not self.empty:
@@ -234,17 +238,10 @@ class GroupLora:
             self.b = torch.cat(blocks_b, 0).contiguous().to(device)  # (R, out)
             self.owner = torch.tensor(owner, dtype=torch.long, device=device)  # (R,) adapter index per column
             self.owner_key = tuple(owner)
-            if self.a_t.device.type == "cpu":  # the kernel's layout: rows of A, each column's output slice
+            if self.a_t.device.type == "cpu":  # the kernel's layout: rows of A, adapter column ranges, slices
                 cols = [0]
                 for ai in range(len(adapters)):
                     cols.append(cols[-1] + owner.count(ai))
-                out_lo, out_hi = [], []
-                for ad in adapters:
-                    for j, name in enumerate(names):
-                        ab = ad.modules.get((layer, name))
-                        if ab is not None:
-                            out_lo += [offs[j]] * ab[0].shape[0]
-                            out_hi += [offs[j + 1]] * ab[0].shape[0]
                 as_np = [torch.tensor(v, dtype=torch.long).numpy() for v in (cols, out_lo, out_hi)]
                 self.layout = (a.numpy(), self.b.numpy(), *as_np)
 
