@@ -203,6 +203,35 @@ def test_cached_turn_prefills_only_the_new_tokens(base, adapters):
         assert second.engine_version == "extes-fast-2" and second.dtype in ("float32", "bfloat16")
 
 
+def test_requests_that_arrive_together_share_their_common_beginning(base, adapters):
+    """Every first turn starts with its arm's system prompt. Requests admitted in the same round ask the
+    kept cache when their own prefill starts, after the earlier ones stored their prompts, so only the first
+    prefills the shared beginning; the output is the same as with no cache at all."""
+    import os
+
+    msgs = {f"m{i}": ("lora", user(text)) for i, text in enumerate(PROMPTS + ["I cannot sleep at night"])}
+
+    def run(pool):
+        got = {}
+        for key, ev in pool.stream_many(msgs):
+            if ev.done:
+                got[key] = ev.reply
+        return got
+
+    with ArmPool(tiny_arms(base, adapters), kv_cache_bytes=0) as p:
+        ref = run(p)
+    with ArmPool(tiny_arms(base, adapters)) as p:
+        eng = p.engine_for("lora")
+        got = run(p)
+        prompts = [_prompt_ids(eng.tokenizer, m[1][0]["content"]) for m in msgs.values()]
+        common = len(os.path.commonprefix(prompts))
+        assert common > 5
+        cached = sorted(r.cached_prompt_tokens for r in got.values())
+        assert cached[0] == 0 and all(c >= common for c in cached[1:]), cached
+        assert eng.prefill_tokens == sum(r.prompt_tokens - r.cached_prompt_tokens for r in got.values())
+    assert {k: r.token_ids for k, r in got.items()} == {k: r.token_ids for k, r in ref.items()}
+
+
 def test_prefix_cache_budget_evicts_least_recently_used():
     from extes.models.kvcache import PrefixCache
 
@@ -223,6 +252,22 @@ def test_prefix_cache_budget_evicts_least_recently_used():
     c.store(None, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], kv(12))
     assert sum(1 for e in c._entries.values() if e.ids[0] == 1) == 1
     assert PrefixCache(0).lookup(None, [1, 2]) == (0, None)
+
+
+def test_kept_cache_budget_defaults_to_a_quarter_of_available_memory(tmp_path):
+    from extes.models.kvcache import GIB, default_budget_bytes
+
+    def meminfo(kb):
+        p = tmp_path / f"meminfo{kb}"
+        p.write_text(f"MemTotal:       24000000 kB\nMemAvailable:   {kb} kB\n")
+        return str(p)
+
+    assert default_budget_bytes(meminfo(16 * 1024 * 1024)) == 4 * GIB
+    assert default_budget_bytes(meminfo(1024 * 1024)) == GIB  # at least 1 GiB
+    assert default_budget_bytes(meminfo(256 * 1024 * 1024)) == 8 * GIB  # at most 8 GiB
+    assert default_budget_bytes(str(tmp_path / "missing")) == GIB
+    (tmp_path / "odd").write_text("MemAvailable: lots\n")
+    assert default_budget_bytes(str(tmp_path / "odd")) == GIB
 
 
 def test_fast_engine_takes_rows_mid_flight_and_cancels(base, adapters):

@@ -217,10 +217,12 @@ def _summary(engine) -> str:
     if getattr(engine, "kv_positions_read", 0):
         line += f", attention read {100 * (1 - engine.kv_positions_used / engine.kv_positions_read):.0f}% padding"
     if hasattr(engine, "prefill_tokens"):
-        line += f", {engine.prefill_tokens} prompt tokens prefilled"
+        line += f", {engine.prefill_tokens} prompt tokens prefilled in {getattr(engine, 'prefill_seconds', 0.0):.1f} s"
     kv = getattr(engine, "kv_cache", None)
     if kv is not None:
-        line += f", kept KV cache {kv.stats.hits} hits / {kv.stats.misses} misses"
+        st = kv.stats
+        line += (f", kept KV cache {st.hits} hits / {st.misses} misses, {st.reused_tokens} prompt tokens reused, "
+                 f"{st.evictions} evictions")
     return line
 
 

@@ -2,13 +2,16 @@
 kept across turns. `create_engine` picks it, or the transformers path (`LocalEngine`) where it cannot run.
 
 How a request goes through it (one worker thread owns the model, as in `LocalEngine`):
-1. Admission (between decode steps): the prompt is fitted to the window (`fit_messages`), and the kept
-   KV cache (`PrefixCache`) is asked for the longest stored prefix of its token ids under the arm's
-   adapter. Those keys/values are copied into the row's own buffer; only the rest is prefilled.
+1. Admission (between decode steps): the prompt is fitted to the window (`fit_messages`).
 2. Chunked prefill: each loop iteration prefills at most `prefill_chunk` prompt tokens (of one or more
    waiting rows) before the next decode step, so a long prompt cannot stall everyone else's stream.
-3. When its prompt is done the row samples its first token and moves into the running batch: slot i of
-   the preallocated batch KV buffers (grown by doubling, never concatenated per step).
+   When a row's prefill starts, the kept KV cache (`PrefixCache`) is asked for the longest stored prefix
+   of its token ids under the arm's adapter. Those keys/values are copied into the row's own buffer;
+   only the rest is prefilled.
+3. When its prompt is done, its keys/values are kept (so requests that came with it and share its
+   beginning, such as the system prompt, reuse them), the row samples its first token and moves into the
+   running batch: slot i of the preallocated batch KV buffers (grown by doubling, never concatenated per
+   step).
 4. Every decode step is one forward pass over all running rows of every session and arm on this base:
    base matmuls once for the batch, each row's own LoRA delta (extes.models.fastllama).
 5. A finished (or cancelled) row hands its keys/values to the kept cache under its token ids and leaves
@@ -28,7 +31,6 @@ from extes.models.engine import GenRequest, LocalEngine, _Row, _sample, sample_r
 log = logging.getLogger(__name__)
 
 ENGINE_VERSION = "extes-fast-2"  # 2: decode attention by the compiled kernel (cpu_kernels)
-DEFAULT_KV_CACHE_BYTES = 1 << 30
 
 
 def fast_path_reason(base_config, adapters: list[str]) -> str | None:
@@ -82,13 +84,13 @@ class FastEngine(LocalEngine):
 
     def __init__(self, base: str, adapters=(), dtype: str = "auto", max_batch: int = 32,
                  max_context: int | None = None, gather_s: float = 0.01, model=None, tokenizer=None,
-                 kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES, prefill_chunk: int = 256, prepack: bool = True,
+                 kv_cache_bytes: int | None = None, prefill_chunk: int = 256, prepack: bool = True,
                  device: str = "cpu"):
         self._dtype_request = dtype
         self._prepack = prepack
         self._device = device
         self.prefill_chunk = max(1, int(prefill_chunk))
-        self._kv_cache_bytes = int(kv_cache_bytes)
+        self._kv_cache_bytes = kv_cache_bytes
         super().__init__(base, adapters=adapters, dtype=None, max_batch=max_batch, max_context=max_context,
                          gather_s=gather_s, model=model, tokenizer=tokenizer)
 
@@ -110,17 +112,21 @@ class FastEngine(LocalEngine):
                               device=self._device)
         if self.fast.attention_kernel is None:  # recorded with every reply: which attention computed it
             self.ENGINE_VERSION = f"{ENGINE_VERSION}/torch-attention"
-        self.kv_cache = PrefixCache(self._kv_cache_bytes)
+        from extes.models.kvcache import default_budget_bytes
+
+        budget = default_budget_bytes() if self._kv_cache_bytes is None else int(self._kv_cache_bytes)
+        self.kv_cache = PrefixCache(budget)
         self._kv = None  # batch KV buffers: per layer (2, slots, n_kv, capacity, head_dim)
-        log.info("fast engine on %s: %s weights (%s), %d adapter(s), matmuls via %s, decode attention via %s",
-                 Path(str(base)).name, self.dtype_name, self.precision.reason, len(loras), self.fast.packed_with,
-                 self.fast.attention_with)
+        log.info("fast engine on %s: %s weights (%s), %d adapter(s), matmuls via %s, decode attention via %s, "
+                 "kept KV cache up to %.1f GB", Path(str(base)).name, self.dtype_name, self.precision.reason,
+                 len(loras), self.fast.packed_with, self.fast.attention_with, budget / 1e9)
         return model, tokenizer
 
     def _after_load(self, model) -> None:
         self.window = min(self.window, self.fast.window)
         self.model = None  # the fast forward holds its own copy of the weights
         self.prefill_tokens = 0  # prompt tokens run through the model (tests, benchmarks)
+        self.prefill_seconds = 0.0  # time spent in prefill chunks (the summary at close)
         self.step_times: deque[tuple[int, float]] = deque(maxlen=4096)  # (rows, seconds) per decode step
         self.decode_rows = 0  # rows summed over all decode steps, and their seconds (the summary at close)
         self.decode_seconds = 0.0
@@ -148,9 +154,9 @@ class FastEngine(LocalEngine):
                 try:
                     if not self._collect(block=not rows and not prefilling and not self._pending):
                         break
-                    for row in self._take_pending(self.max_batch - len(rows) - len(prefilling)):
-                        self._start_prefill(row)
-                        prefilling.append(row)
+                    # a row asks the kept cache when its prefill starts, not now: a row admitted with it
+                    # may by then have stored a prompt with the same beginning (see _prefill_rows)
+                    prefilling.extend(self._take_pending(self.max_batch - len(rows) - len(prefilling)))
                     if prefilling:
                         self._prefill_chunk(prefilling, rows)
                     if rows:
@@ -169,7 +175,8 @@ class FastEngine(LocalEngine):
                 self._finish_unstarted(req, "cancelled")
 
     def _start_prefill(self, row: _Row) -> None:
-        """Give the row its own KV buffer, filled from the kept cache as far as its prompt matches."""
+        """Give the row its own KV buffer (exactly its prompt's length), filled from the kept cache as far
+        as its prompt matches."""
         n, entry = self.kv_cache.lookup(row.req.adapter, row.prompt_ids)
         row.kv = self.fast.new_kv(1, row.prompt_len, zeroed=False)  # filled in order from position 0
         if entry is not None:
@@ -178,6 +185,13 @@ class FastEngine(LocalEngine):
         row.length = row.cached = n
 
     def _prefill_chunk(self, prefilling: deque[_Row], rows: list[_Row]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._prefill_rows(prefilling, rows)
+        finally:
+            self.prefill_seconds += time.perf_counter() - t0
+
+    def _prefill_rows(self, prefilling: deque[_Row], rows: list[_Row]) -> None:
         torch = self._torch
         budget = self.prefill_chunk
         while prefilling and budget > 0:
@@ -187,6 +201,8 @@ class FastEngine(LocalEngine):
                 row.finish = "cancelled"
                 self._finish_row(row, row.kv, 0)
                 continue
+            if row.kv is None:
+                self._start_prefill(row)
             take = min(budget, row.prompt_len - row.length)
             ids = torch.tensor([row.prompt_ids[row.length:row.length + take]], dtype=torch.long)
             ra = None if row.req.adapter is None else torch.tensor([self._adapter_index[row.req.adapter]])
@@ -197,6 +213,11 @@ class FastEngine(LocalEngine):
             if row.length < row.prompt_len:
                 continue
             prefilling.popleft()
+            # keep the prompt's keys/values now, not only when the reply ends: requests that arrived with
+            # this one and start the same way (every first turn starts with its arm's system prompt) then
+            # prefill only what differs. The row's own buffer is handed over (it is dropped once the row
+            # joins the batch); the reply's entry replaces it later, as it extends these ids.
+            self.kv_cache.store(row.req.adapter, row.prompt_ids, [buf[:, 0] for buf in row.kv])
             row.ttft = time.perf_counter() - row.req.submitted_at
             self._hold_eos(logits, [row])
             self._accept(row, _sample(logits[0], row.req.settings, row.seen, row.generator))

@@ -21,6 +21,22 @@ from dataclasses import dataclass, field
 
 import torch
 
+GIB = 1 << 30
+
+
+def default_budget_bytes(meminfo: str = "/proc/meminfo") -> int:
+    """The kept cache's default budget: a quarter of the memory available now, between 1 and 8 GiB (1 GiB
+    where that cannot be read). A study's conversations outgrow a fixed 1 GiB quickly: at about 46 KB per
+    token (SmolLM2-135M, fp32), 20 participants x 3 panes x 3 turns already need about 1.4 GB, and 10 turns
+    several GB; an eviction costs a re-prefill of that pane's whole history at its next turn."""
+    try:
+        with open(meminfo) as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return GIB
+    return int(min(8 * GIB, max(GIB, available // 4)))
+
 
 @dataclass
 class CachedPrefix:

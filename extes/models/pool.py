@@ -22,7 +22,7 @@ from typing import Any
 from extes.models.arms import Arm, GenerationSettings, load_arms, read_adapter_info
 from extes.models.engine import Event, GenRequest, LocalEngine, Reply
 from extes.models.engine_process import EngineProcess
-from extes.models.fast_engine import DEFAULT_KV_CACHE_BYTES, ENGINE_KINDS, create_engine
+from extes.models.fast_engine import ENGINE_KINDS, create_engine
 from extes.models.openai_backend import OpenAIBackend
 from extes.taxonomy import STRATEGY_TAG_RE, format_strategy_tag
 
@@ -80,11 +80,12 @@ def prepare_messages(arm: Arm, messages: Any) -> list[dict[str, str]]:
 
 class ArmPool:
     def __init__(self, arms: Sequence[Arm] | str | Path, *, max_batch: int = 32, max_context: int | None = None,
-                 dtype: str | None = None, gather_s: float = 0.01, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+                 dtype: str | None = None, gather_s: float = 0.01, kv_cache_bytes: int | None = None,
                  device: str = "cpu", isolate: bool = False, engine_threads: int | None = None,
                  engine: str = "auto"):
         """dtype: overrides every local arm's `dtype` (auto | float32 | bfloat16) when given.
-        kv_cache_bytes: per base engine, the budget of the KV cache kept across turns.
+        kv_cache_bytes: per base engine, the budget of the KV cache kept across turns (None: a quarter of the
+        memory available when the engine starts, 1 to 8 GiB; see extes.models.kvcache.default_budget_bytes).
         device: where the fast engine runs ("cpu" or "cuda"; the transformers path stays on the CPU).
         isolate: run each base model's engine in its own process (extes.models.engine_process), as the study
         app and `extes serve` do, so a web server's Python threads never slow its decode steps.
