@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import extes.models.engine as engine  # noqa: E402
 from extes.models.arms import GenerationSettings  # noqa: E402
+from extes.models.detok import IncrementalDecoder  # noqa: E402
 
 
 def first_round_sample(logits, settings: GenerationSettings, seen, generator) -> int:
@@ -52,18 +53,12 @@ def first_round_sample_rows(logits, settings: list[GenerationSettings], seen: li
     return [first_round_sample(logits[i], settings[i], seen[i], generators[i]) for i in range(len(settings))]
 
 
-class FullDecoder:
+class FullDecoder(IncrementalDecoder):
     """The first round's detokenisation: the whole reply decoded again after each token."""
-
-    def __init__(self, tokenizer, skip_special_tokens: bool = True):
-        self.tok = tokenizer
-        self.skip = skip_special_tokens
-        self.ids: list[int] = []
-        self.text = ""
 
     def add(self, token: int) -> str:
         self.ids.append(token)
-        full = self.tok.decode(self.ids, skip_special_tokens=self.skip, clean_up_tokenization_spaces=False)
+        full = self._decode(self.ids)
         new = full[len(self.text):] if full.startswith(self.text) else ""
         self.text = full
         return new
