@@ -362,13 +362,11 @@ def report(results: list[RunResult], baselines: list[RunResult], baseline_name: 
         ratio = statistics.median(ratios)
         base = statistics.median(b.rate for b in baselines)
         each = f" (each round: {', '.join(f'{x:.2f}x' for x in ratios)})" if len(ratios) > 1 else ""
-        what = BASELINES[baseline_name][0]
-        if baseline_name == "first-round":
-            print(f"same run: {rate:.1f} vs {base:.1f} tokens/s on {what}; ratio {ratio:.2f}x{each} "
-                  f"(>= 5x: {'met' if ratio >= 5 else 'NOT met'})")
-        else:  # not the baseline: a comparison, not a target
-            print(f"same run: {rate:.1f} vs {base:.1f} tokens/s on {what}; ratio {ratio:.2f}x{each} "
-                  f"(for information: the target is against the first round's engine)")
+        # only the first round's engine is the baseline; against another the ratio is no target
+        judged = (f">= 5x: {'met' if ratio >= 5 else 'NOT met'}" if baseline_name == "first-round"
+                  else "for information: the target is against the first round's engine")
+        print(f"same run: {rate:.1f} vs {base:.1f} tokens/s on {BASELINES[baseline_name][0]}; ratio {ratio:.2f}x"
+              f"{each} ({judged})")
     return 0
 
 
