@@ -87,7 +87,7 @@ def test_error_paths(setup, client):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="nope", messages=user("hi"))
     assert e.value.body["code"] == "model_not_found"
-    with pytest.raises(openai.BadRequestError, match="non-empty"):
+    with pytest.raises(openai.BadRequestError, match="`messages`: must not be empty"):
         client.chat.completions.create(model="plain", messages=[])
     with pytest.raises(openai.BadRequestError, match=r"messages\[0\].role"):
         client.chat.completions.create(model="plain", messages=[{"role": "wizard", "content": "x"}])
@@ -223,3 +223,139 @@ def test_chat_cli_loop(setup):
     expected = pool.generate("strat", user("I feel so alone since the breakup"))
     assert f"strat> {expected.text}  [Emotional Validation]\n" in text
     assert "(new conversation)" in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OpenAI conformance through the official SDK: stop, /v1/models/{id}, developer, ranges, refusals
+
+
+def _stream_pieces(client, **kw) -> tuple[list[str], str | None, object]:
+    pieces, finish, usage = [], None, None
+    for chunk in client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                pieces.append(choice.delta.content)
+            finish = choice.finish_reason or finish
+    return pieces, finish, usage
+
+
+def _stop_across_pieces(pieces: list[str]) -> tuple[str, int]:
+    """A stop string that spans two streamed pieces and first occurs there; and where it starts."""
+    text = "".join(pieces)
+    boundary = 0
+    for piece in pieces[:-1]:
+        boundary += len(piece)
+        for left, right in ((2, 2), (1, 1), (1, 2), (2, 1)):
+            stop = text[max(0, boundary - left):boundary + right]
+            if len(stop) == left + right and text.find(stop) == boundary - left and stop.strip():
+                return stop, boundary - left
+    raise AssertionError("no stop string spans two pieces")
+
+
+MSG = user("I feel so alone since the breakup")
+
+
+def test_stop_string_spanning_deltas_streamed_and_not(client):
+    full_pieces, full_finish, full_usage = _stream_pieces(client, model="plain", messages=MSG, max_tokens=40)
+    assert len(full_pieces) > 3
+    stop, at = _stop_across_pieces(full_pieces[:len(full_pieces) // 2 + 1])
+    text = "".join(full_pieces)
+    for stops in (stop, [stop], ["\x00never\x00", stop]):
+        pieces, finish, usage = _stream_pieces(client, model="plain", messages=MSG, max_tokens=40, stop=stops)
+        assert "".join(pieces) == text[:at] and finish == "stop"
+        assert usage.completion_tokens < full_usage.completion_tokens  # the request was cancelled
+        r = client.chat.completions.create(model="plain", messages=MSG, max_tokens=40, stop=stops)
+        assert r.choices[0].message.content == text[:at] and r.choices[0].finish_reason == "stop"
+    # a stop string that never appears changes nothing
+    pieces, finish, _ = _stream_pieces(client, model="plain", messages=MSG, max_tokens=40, stop="\x00none\x00")
+    assert "".join(pieces) == text and finish == full_finish
+
+
+def test_stop_filter_never_sends_part_of_a_stop_string():
+    import random
+
+    from extes.models.server import StopFilter
+
+    rng = random.Random(0)
+    for _ in range(500):
+        text = "".join(rng.choice("ab.c") for _ in range(rng.randint(0, 30)))
+        stops = ["".join(rng.choice("ab.c") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))]
+        cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 8))))
+        pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
+        f = StopFilter(stops)
+        sent = "".join(f.feed(p) for p in pieces) + f.flush()
+        hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+        assert sent == text[:min(hits)] if hits else sent == text
+        assert f.stopped == bool(hits)
+
+
+def test_retrieve_one_model(client):
+    card = client.models.retrieve("strat")
+    assert card.id == "strat" and card.object == "model" and card.strategies is True
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("nope")
+    assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
+
+
+def test_developer_role_is_a_system_message(client):
+    def reply(role):
+        return client.chat.completions.create(model="plain", messages=[
+            {"role": role, "content": "You are brief and kind."}, *MSG]).choices[0].message.content
+
+    assert reply("developer") == reply("system")
+    default = client.chat.completions.create(model="plain", messages=MSG).choices[0].message.content
+    assert reply("developer") != default  # the developer message reached the model
+
+
+@pytest.mark.parametrize(("kwargs", "param", "code"), [
+    ({"temperature": 5}, "temperature", "decimal_above_max_value"),
+    ({"temperature": -0.5}, "temperature", "decimal_below_min_value"),
+    ({"top_p": 1.5}, "top_p", "decimal_above_max_value"),
+    ({"top_p": 0}, "top_p", "invalid_value"),  # OpenAI's range allows 0; the engine needs > 0
+    ({"max_tokens": 0}, "max_tokens", "decimal_below_min_value"),
+    ({"max_completion_tokens": 0}, "max_completion_tokens", "decimal_below_min_value"),
+    ({"presence_penalty": 3}, "presence_penalty", "decimal_above_max_value"),
+    ({"frequency_penalty": -3}, "frequency_penalty", "decimal_below_min_value"),
+    ({"top_logprobs": 30}, "top_logprobs", "decimal_above_max_value"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
+    ({"stop": ""}, "stop", "invalid_value"),
+    ({"n": 2}, "n", "unsupported_parameter"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
+     "tools", "unsupported_parameter"),
+    ({"tool_choice": "required"}, "tool_choice", "unsupported_parameter"),
+    ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+     "response_format", "unsupported_parameter"),
+    ({"logprobs": True}, "logprobs", "unsupported_parameter"),
+    ({"logprobs": True, "top_logprobs": 2}, "logprobs", "unsupported_parameter"),
+    ({"top_logprobs": 2}, "top_logprobs", "unsupported_parameter"),
+    ({"logit_bias": {"50": 10}}, "logit_bias", "unsupported_parameter"),
+    ({"presence_penalty": 0.5}, "presence_penalty", "unsupported_parameter"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty", "unsupported_parameter"),
+    ({"modalities": ["text", "audio"]}, "modalities", "unsupported_parameter"),
+    ({"reasoning_effort": "low"}, "reasoning_effort", "unsupported_parameter"),
+    ({"extra_body": {"top_k": 5}}, "top_k", "unknown_parameter"),
+    ({"extra_body": {"guided_json": {}}}, "guided_json", "unknown_parameter"),
+    ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages[0].role", "invalid_value"),
+    ({"messages": [{"role": "user", "content": "hi", "name": "ann"}]}, "messages[0].name", "unknown_parameter"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages[0].content[0].type", "invalid_value"),
+])
+def test_out_of_range_and_unsupported_options_are_400_with_param_and_code(client, kwargs, param, code):
+    kwargs = {"model": "plain", "messages": MSG, **kwargs}
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(stream=stream, **kwargs)
+        assert (e.value.body["param"], e.value.body["code"]) == (param, code), e.value.body
+        assert e.value.body["type"] == "invalid_request_error" and param.split("[")[0] in e.value.body["message"]
+
+
+def test_supported_no_op_values_are_accepted(client):
+    r = client.chat.completions.create(model="plain", messages=MSG, response_format={"type": "text"},
+                                       logprobs=False, presence_penalty=0, frequency_penalty=0, n=1,
+                                       tool_choice="none", user="participant-7", temperature=2, top_p=1,
+                                       max_completion_tokens=4, seed=3)
+    assert r.choices[0].message.content is not None and r.usage.completion_tokens <= 4
+    assert r.choices[0].logprobs is None
