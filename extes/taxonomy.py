@@ -10,6 +10,7 @@ Descriptions and definitions are written by us.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -275,3 +276,257 @@ def split_strategy_tag(text: str, taxonomy: str | None = None) -> tuple[str | No
         except UnknownLabelError:
             return tag, rest
     return tag, rest
+
+
+# ---------------------------------------------------------------------------------------------- tag formats
+# A strategy label can reach a reply in many wrappings besides "[Name]": other brackets ("(EV)", "{Offer
+# Hope}", "<Affirmation>", "【Question】"), XML-like tags ("<strategy>EV</strategy>"), "Strategy: X", "X:" or
+# "**X:**" at the start of a line, hashtags ("#EmotionalValidation"), quoted labels, several labels at once
+# ("[EV & OH]", "(Affirmation, Offer Hope)"), a line break inside the brackets, a bracket left open at the
+# end. The grammar below is built from the taxonomy (every name, abbreviation and known variant of both
+# taxonomies, in any case; abbreviations outside brackets only as written or in capitals, so a line starting
+# "So:" stays) and from a handful of wrappings, so a new strategy or variant is covered in every wrapping.
+# Each piece is written once and yields two regular expressions: the one that matches it, and one that
+# matches every prefix of it, which says while a reply streams whether its end may still become a tag.
+
+
+@dataclass(frozen=True)
+class _G:
+    full: str  # the regular expression
+    part: str  # matches every prefix of what `full` matches (zero-width assertions are left out: a superset)
+
+
+def _lit(s: str, ci: bool = True) -> _G:
+    chars = [re.escape(c) for c in s]
+    part = ""
+    for c in reversed(chars):
+        part = f"(?:{c}{part})?"
+    full = "".join(chars)
+    return _G(f"(?i:{full})", f"(?i:{part})") if ci else _G(f"(?:{full})", part)
+
+
+def _cls(c: str) -> _G:
+    return _G(c, c + "?")
+
+
+def _raw(assertion: str) -> _G:
+    return _G(assertion, "")
+
+
+def _seq(*gs: _G) -> _G:
+    parts = ["".join(x.full for x in gs[:i]) + g.part for i, g in enumerate(gs)]
+    return _G("(?:" + "".join(g.full for g in gs) + ")", "(?:" + "|".join(parts) + ")")
+
+
+def _alt(*gs: _G) -> _G:
+    return _G("(?:" + "|".join(g.full for g in gs) + ")", "(?:" + "|".join(g.part for g in gs) + ")")
+
+
+def _star(g: _G) -> _G:
+    return _G(f"(?:{g.full})*", f"(?:{g.full})*{g.part}")
+
+
+def _opt(g: _G) -> _G:
+    return _G(f"(?:{g.full})?", g.part)
+
+
+def _plus(g: _G) -> _G:
+    return _seq(g, _star(g))
+
+
+def _group(name: str, g: _G) -> _G:
+    return _G(f"(?P<{name}>{g.full})", g.part)
+
+
+_WS = _cls(r"\s")
+_QUOTES_OPEN, _QUOTES_CLOSE = "\"'“‘„`", "\"'”’`"
+OPEN_BRACKETS = "[({<［（｛＜【〔〖「『〈《⟨⟪«‹"
+CLOSE_BRACKETS = "])}>］）｝＞】〕〗」』〉》⟩⟫»›"
+_OPEN = _cls("[" + re.escape(OPEN_BRACKETS) + "]")
+_CLOSE = _cls("[" + re.escape(CLOSE_BRACKETS) + "]")
+_NO_ALNUM_BEFORE = r"(?<![A-Za-z0-9])"
+_LINE_START = r"(?:(?<=\n)|(?<![\s\S])|(?<=\x00))"  # \x00: where an earlier pass removed a tag
+
+
+def _label_grammar(key: str, strict_abbr: str | None) -> _G:
+    """One label: a name's words with any separators or none ("Self-Care", "EmotionalValidation"), '&' for
+    'and', an optional plural 's'; or an abbreviation (any case, or as written/in capitals when strict)."""
+    if strict_abbr is not None:
+        return _alt(*(_lit(a, ci=False) for a in dict.fromkeys((strict_abbr, strict_abbr.upper()))))
+    words = [_alt(_lit("and"), _lit("&"), _lit("+")) if w == "and" else _lit(w) for w in key.split()]
+    pieces: list[_G] = []
+    for i, w in enumerate(words):
+        if i:
+            pieces.append(_star(_cls(r"[\s\-_./]")))
+        pieces.append(w)
+    pieces.append(_opt(_lit("s")))
+    return _seq(*pieces)
+
+
+def _labels() -> tuple[_G, _G]:
+    """(any label, any case), (any label, abbreviations strict), longest first."""
+    abbrs = {_key(s.abbr): s.abbr for strategies in TAXONOMIES.values() for s in strategies}
+    keys = sorted({k for table in _LOOKUP.values() for k in table}, key=lambda k: (-len(k), k))
+    loose = [_label_grammar(k, None) if k not in abbrs else _lit(abbrs[k]) for k in keys]
+    strict = [_label_grammar(k, abbrs.get(k)) for k in keys]
+    return _alt(*loose), _alt(*strict)
+
+
+def _several(label: _G) -> _G:
+    """Labels joined: "X and Y", "X & Y", "X / Y", "X, Y", "X | Y", "X Y"."""
+    joiner = _alt(_seq(_star(_WS), _alt(_cls(r"[,/&+|;]"), _lit("and"), _lit("or")), _star(_WS)), _plus(_WS))
+    return _seq(label, _star(_seq(joiner, label)))
+
+
+_LABEL, _LABEL_STRICT = _labels()
+_LABELS, _LABELS_STRICT = _several(_LABEL), _several(_LABEL_STRICT)
+_STRATEGY_WORD = _seq(_opt(_seq(_lit("support"), _plus(_WS))), _lit("strateg"), _alt(_lit("y"), _lit("ies")),
+                      _opt(_seq(_plus(_WS), _lit("used"))))
+_STRATEGY_PREFIX = _seq(_STRATEGY_WORD, _star(_WS), _cls(r"[:=\-–—]"))
+_DECOR = r"[\s" + re.escape(_QUOTES_OPEN + _QUOTES_CLOSE) + r"*_#~/]"
+_DECOR_IN = _seq(_star(_cls(_DECOR)), _opt(_seq(_STRATEGY_PREFIX, _star(_cls(_DECOR)))))
+_DECOR_OUT = _star(_cls(r"[\s" + re.escape(_QUOTES_CLOSE) + r"*_~/.!:;,]"))
+
+_FORMS = {
+    # "Strategy: X", "**Strategy:** [X]", "support strategy used = X."
+    "strategy": _seq(_raw(_NO_ALNUM_BEFORE), _star(_cls(r"[*_]")), _STRATEGY_PREFIX,
+                     _star(_cls(r"[\s" + re.escape(_QUOTES_OPEN + OPEN_BRACKETS) + r"*_#~]")),
+                     _group("L0", _LABELS), _raw(r"(?![A-Za-z0-9])"),
+                     _star(_cls("[" + re.escape(_QUOTES_CLOSE + CLOSE_BRACKETS) + r"*_~]")),
+                     _opt(_seq(_star(_cls(r"[ \t]")), _cls(r"[.|:;\-–—]")))),
+    # "<strategy>X</strategy>", "<b>X</b>", "<label>X" left open at the end
+    "xml": _seq(_lit("<"), _star(_WS), _cls("[A-Za-z]"), _star(_cls(r"[\w\-]")), _star(_WS), _lit(">"),
+                _DECOR_IN, _group("L1", _LABELS), _DECOR_OUT,
+                _alt(_seq(_lit("<"), _star(_WS), _lit("/"), _star(_cls(r"[\w\-\s]")), _lit(">")), _raw(r"\Z"))),
+    # any bracket, with a line break, decorations or "Strategy:" inside, or left open at the end
+    "bracket": _seq(_raw(r"(?:(?=\[)|" + _NO_ALNUM_BEFORE + ")"), _OPEN, _DECOR_IN, _group("L2", _LABELS),
+                    _DECOR_OUT, _alt(_CLOSE, _raw(r"\Z"))),
+    # "X:", "**X:**", "**X** -", "> X |", or X alone on its line, at the start of a line
+    "line": _seq(_raw(_LINE_START), _star(_cls(r"[ \t>\x00]")), _star(_cls("[" + re.escape(_QUOTES_OPEN) + "*_#~]")),
+                 _group("L3", _LABELS_STRICT), _raw(r"(?![A-Za-z0-9])"),
+                 _star(_cls("[" + re.escape(_QUOTES_CLOSE) + "*_~]")), _star(_cls(r"[ \t]")),
+                 _alt(_seq(_cls(r"[:|–—]"), _star(_cls(r"[*_]"))), _seq(_lit("-"), _raw(r"(?=\s)")),
+                      _raw(r"(?=[ \t]*(?:\n|\Z))"))),
+    "hashtag": _seq(_raw(r"(?<![\w#&])"), _lit("#"), _group("L4", _LABEL), _raw(r"(?![A-Za-z0-9])")),
+    # a quoted label standing on its own after a sentence or at a line start: '"Affirmation" You did well.'
+    "quoted": _seq(_raw(r"(?:(?<=[.!?:]\s)|" + _LINE_START + ")"), _cls("[" + re.escape(_QUOTES_OPEN) + "]"),
+                   _group("L5", _LABELS), _DECOR_OUT, _cls("[" + re.escape(_QUOTES_CLOSE) + "]"),
+                   _raw(r"(?![ \t]*[a-z])")),
+}
+# What only a stripped reply leaves behind: "[ ]", "()", "(#)", "<strategy>", an empty "****", a bare
+# "Strategy:" at the end of a line.
+_LEFTOVERS = {
+    "empty": _seq(_raw(r"(?:(?=\[)|" + _NO_ALNUM_BEFORE + ")"), _OPEN,
+                  _star(_cls(r"[\s\x00#*:\-_.,;|/=~" + re.escape(_QUOTES_OPEN + _QUOTES_CLOSE) + "]")), _CLOSE),
+    "bare_xml": _seq(_lit("<"), _star(_WS), _opt(_lit("/")), _star(_WS),
+                     _alt(_STRATEGY_WORD, _lit("label"), _lit("tag")), _star(_WS), _opt(_lit("/")), _star(_WS),
+                     _lit(">")),
+    "empty_bold": _raw(r"(?<!\S)(?P<b>\*{2,3}|_{2,3})[ \t\x00]*(?P=b)(?!\S)"),
+    "strategy_alone": _seq(_raw(_NO_ALNUM_BEFORE), _star(_cls(r"[*_]")), _STRATEGY_PREFIX,
+                           _star(_cls(r"[ \t*_\x00]")), _raw(r"(?=\n|\Z)")),
+}
+
+
+@dataclass(frozen=True)
+class _TagGrammar:
+    tags: re.Pattern  # every wrapped label; the first group that is set holds the label(s)
+    leftovers: re.Pattern
+    label: re.Pattern
+    hold_anywhere: re.Pattern  # prefixes of every form but "line", and of the leftovers
+    hold_line: re.Pattern  # prefixes of the "line" form (tried at line starts only)
+
+
+def _ungrouped(pattern: str) -> str:
+    return re.sub(r"\(\?P<\w+>", "(?:", pattern)
+
+
+@functools.cache
+def _tag_grammar() -> _TagGrammar:
+    """Compiled on first use (about a second), so importing the taxonomy stays cheap."""
+    forms = {**_FORMS, **_LEFTOVERS}
+    return _TagGrammar(
+        tags=re.compile("|".join(g.full for g in _FORMS.values())),
+        leftovers=re.compile("|".join(g.full for g in _LEFTOVERS.values())),
+        label=re.compile(_LABEL.full),
+        hold_anywhere=re.compile(_ungrouped("|".join(g.part for name, g in forms.items() if name != "line"))),
+        hold_line=re.compile(_ungrouped(_FORMS["line"].part)))
+
+
+TAG_HOLD_CHARS = 160  # the longest wrapped combination of labels we hold back while it streams
+_MARK = "\x00"
+
+
+def _squash(label: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", label.lower().replace("&", "and").replace("+", "and"))
+
+
+_SQUASHED = {tax: {_squash(k): canon for k, canon in table.items()} for tax, table in _LOOKUP.items()}
+
+
+def _canonical_label(label: str) -> str:
+    s = _squash(label)
+    for candidate in (s, s[:-1] if s.endswith("s") else s):
+        for tax in ("extes", "esconv"):
+            if candidate in _SQUASHED[tax]:
+                return _SQUASHED[tax][candidate]
+    raise UnknownLabelError(f"tag grammar matched {label!r}, which no taxonomy knows")  # pragma: no cover
+
+
+def _tidy(text: str) -> str:
+    """Remove the marks where tags were: a line left with only marks goes with its line break; a mark
+    between words becomes one space; none is left before punctuation or at a line's ends."""
+    lines = [ln for ln in text.split("\n") if not (_MARK in ln and not ln.replace(_MARK, "").strip())]
+    text = "\n".join(lines)
+
+    def space(m: re.Match) -> str:
+        before = text[m.start() - 1] if m.start() else "\n"
+        after = text[m.end()] if m.end() < len(text) else "\n"
+        return "" if before == "\n" or after in "\n.,!?;:)]}" else " "
+
+    return re.sub(r"[ \t]*\x00[\x00 \t]*", space, text)
+
+
+def strip_strategy_tags(text: str) -> tuple[str, list[str]]:
+    """(text without any strategy label in any wrapping, canonical strategies found in order).
+
+    ExTES names come first: "Affirmation" is ExTES' Affirmation, "Question" ESConv's Question."""
+    text = text or ""
+    found: list[str] = []
+    grammar = _tag_grammar()
+
+    def remove(m: re.Match) -> str:
+        span = next(s for s in m.groups() if s is not None)  # the one group set holds the form's labels
+        found.extend(_canonical_label(x.group(0)) for x in grammar.label.finditer(span))
+        return _MARK
+
+    out = text
+    for _ in range(4):  # a tag can uncover another ("[EV] Affirmation:"), or leave "**[EV]**" -> "****"
+        new = grammar.leftovers.sub(_MARK, grammar.tags.sub(remove, out))
+        if new == out:
+            break
+        out = new
+    return (_tidy(out) if _MARK in out else out).strip(), found
+
+
+def visible_text_after_tags(text: str) -> str:
+    """What a participant may see of `text`: every strategy tag, in any wrapping, removed."""
+    return strip_strategy_tags(text)[0]
+
+
+def tag_hold_start(text: str) -> int:
+    """While a reply streams: the index from which its end may still become a tag (hold it back), or
+    len(text) when nothing needs holding. Only a tail of at most TAG_HOLD_CHARS characters is held; a
+    point inside a tag that is already complete is not a start (the whole tag goes, or none of it)."""
+    text = text or ""
+    g = _tag_grammar()
+    start = max(0, len(text) - TAG_HOLD_CHARS)
+    inside = {i for m in g.tags.finditer(text, max(0, start - TAG_HOLD_CHARS)) for i in range(m.start() + 1, m.end())}
+    for p in range(start, len(text)):
+        if p in inside or (p and text[p - 1].isalnum() and text[p].isalnum()):
+            continue  # inside a complete tag, or inside a word: no wrapping starts there
+        at_line_start = p == 0 or text[p - 1] == "\n"
+        if g.hold_anywhere.fullmatch(text, p) or (at_line_start and g.hold_line.fullmatch(text, p)):
+            while p and text[p - 1] in "*_~" + _QUOTES_OPEN:  # "**[": the bold marks go with the tag
+                p -= 1
+            return p
+    return len(text)
