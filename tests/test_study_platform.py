@@ -141,15 +141,16 @@ def test_platform_flow_consent_resume_done_and_second_start_refused(tmp_path, en
         s.platform_consent(PARAMS)
     assert s.store.counts()["participants"] == 1
     v = s.start_conversation(v.code, "Academic Stress")
-    # the participant drops out mid-chat and comes back with the same link: resumed where they were
-    back = s.platform_arrival(PARAMS)
+    # the participant drops out mid-chat and comes back with the same link: resumed where they were, with
+    # the code their browser kept (the link alone asks for the code: see the tests below)
+    back = s.platform_arrival(PARAMS, held_code=v.code)
     assert back.stage == "chat" and back.conversation_id == v.conversation_id and back.code == v.code
     v = chat_and_rate(s, back, instructed=None)
     v = s.start_conversation(v.code, "Work-related Stress and Burnout")
     v = chat_and_rate(s, v, instructed=None)
     assert v.stage == "done"
     assert v.completion_url == "https://app.prolific.com/submissions/complete?cc=C1A2B3" and v.completion_code == "C1A2B3"
-    again = s.platform_arrival(PARAMS)
+    again = s.platform_arrival(PARAMS, held_code=v.code)
     assert again.stage == "done" and again.completion_code == "C1A2B3"
     (row,) = s.store.platform_sessions()
     assert row["completed_at"] and row["last_stage"] == "done" and row["raw_id"] is None
@@ -164,11 +165,14 @@ def test_declining_gives_the_screened_out_link_and_keeps_the_raw_id_only_when_as
     v = s.platform_decline(PARAMS)
     assert v.stage == "screened_out" and v.completion_url.endswith("cc=NOCONSENT")
     assert s.platform_arrival(PARAMS).stage == "screened_out"
-    with pytest.raises(StudyRefusal):
-        s.platform_consent(PARAMS)
     (row,) = s.store.platform_sessions()
     assert row["raw_id"] == PID and row["participant_id"] is None and row["screened_out_at"]
     assert s.store.counts()["participants"] == 0
+    # a decline does not lock the id out: its owner (or the same person, who changed their mind) may agree
+    v = s.platform_consent(PARAMS)
+    assert v.stage == "setup" and s.store.counts()["participants"] == 1
+    (row,) = s.store.platform_sessions()
+    assert row["participant_id"] == v.participant_id and row["screened_out_at"] is None
     s.store.close()
 
 
@@ -359,3 +363,97 @@ def test_page_platform_parameters_are_checked():
     for bad in ("not json", "[1]", '{"PROLIFIC_PID": 5}'):
         with pytest.raises(StudyRefusal, match="recruitment platform"):
             _params(bad)
+
+
+# ---------------------------------------------------------------------------------------- a platform id is not a password
+
+
+def _shows_nothing(view):
+    """A view that reveals nothing of a participant: no code, conversation, panes or completion code."""
+    return (view.code == "" and view.participant_id == "" and view.conversation_id == "" and view.panes == []
+            and view.completion_code == "" and view.completion_url == "")
+
+
+def test_platform_id_alone_opens_nothing_mid_chat_or_after_the_end(tmp_path, env_salt):
+    s = platform_study(tmp_path)
+    v = s.platform_consent(PARAMS)
+    v = s.start_conversation(v.code, "Academic Stress")
+    list(s.send(v.code, v.conversation_id, "ABC", "my private words"))
+    # another address, no browser state, wrong STUDY_ID / SESSION_ID: the id alone asks for the code
+    forged = {"PROLIFIC_PID": PID, "STUDY_ID": "other", "SESSION_ID": "other"}
+    for params in (PARAMS, forged):
+        view = s.platform_arrival(params)
+        assert view.stage == "return" and _shows_nothing(view)
+    other = s.consent()  # a code this browser kept, of somebody else: not theirs either
+    assert s.platform_arrival(PARAMS, held_code=other.code).stage == "return"
+    assert s.platform_arrival(PARAMS, held_code="ZZZZ-ZZZZ-ZZZZ").stage == "return"
+    # the code they hold resumes (typed in, or kept by their browser)
+    assert s.platform_arrival(PARAMS, held_code=v.code).conversation_id == v.conversation_id
+    assert s.resume(v.code).conversation_id == v.conversation_id
+    v = chat_and_rate(s, v, instructed=None)
+    v = s.start_conversation(v.code, "Academic Stress")
+    v = chat_and_rate(s, v, instructed=None)
+    assert v.stage == "done" and v.completion_code == "C1A2B3"
+    view = s.platform_arrival(PARAMS)  # after the end: no completion code for the id alone
+    assert view.stage == "return" and _shows_nothing(view)
+    assert s.platform_arrival(PARAMS, held_code=v.code).completion_code == "C1A2B3"
+    s.store.close()
+
+
+def test_a_case_variant_of_a_finished_id_cannot_start_again(tmp_path, env_salt):
+    s = platform_study(tmp_path)
+    s.platform_consent(PARAMS)
+    for variant in (PID.upper(), PID.capitalize(), f" {PID} ".strip()):
+        params = {**PARAMS, "PROLIFIC_PID": variant}
+        assert s.platform_arrival(params).stage == "return"
+        with pytest.raises(StudyRefusal, match="cannot be started twice"):
+            s.platform_consent(params)
+    assert s.store.counts()["participants"] == 1
+    s.store.close()
+
+
+def test_ids_stored_before_normalisation_are_still_recognised(tmp_path, env_salt):
+    """A database written before ids were case-folded holds the hash of the id as it arrived."""
+    import hashlib
+    import hmac
+
+    mturk = {"workerId": "A1B2C3D4E5F6G7", "assignmentId": "x", "hitId": "y"}
+    s = platform_study(tmp_path, recruitment={"platform": "mturk", "completion_code": "C1",
+                                              "completion_url": "https://example.org/done?c={code}"})
+    legacy = hmac.new(SALT.encode(), b"mturk:A1B2C3D4E5F6G7", hashlib.sha256).hexdigest()
+    s.store.create_platform_participant("x", "mturk", legacy, None, "y", "x")
+    for worker in ("A1B2C3D4E5F6G7", "a1b2c3d4e5f6g7"):
+        params = {**mturk, "workerId": worker}
+        assert s.platform_arrival(params).stage == "return"
+        with pytest.raises(StudyRefusal, match="cannot be started twice"):
+            s.platform_consent(params)
+        assert not s.store.record_screened_out("mturk", "z" * 64, None, None, None, also_known_as=[legacy])
+    s.store.close()
+
+
+def test_a_decline_cannot_screen_out_an_id_that_agreed(tmp_path, env_salt):
+    s = platform_study(tmp_path)
+    v = s.platform_consent(PARAMS)
+    with pytest.raises(StudyRefusal, match="close this page"):
+        s.platform_decline(PARAMS)
+    with pytest.raises(StudyRefusal, match="close this page"):
+        s.platform_decline({**PARAMS, "PROLIFIC_PID": PID.upper()})
+    (row,) = s.store.platform_sessions()
+    assert row["participant_id"] == v.participant_id and row["screened_out_at"] is None
+    assert s.platform_arrival(PARAMS, held_code=v.code).stage == "setup"
+    s.store.close()
+
+
+def test_a_restart_with_another_salt_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXTES_PLATFORM_SALT", SALT)
+    s = platform_study(tmp_path)
+    s.platform_consent(PARAMS)
+    s.store.close()
+    monkeypatch.setenv("EXTES_PLATFORM_SALT", "another-salt-0123456789")
+    with pytest.raises(ValueError, match="EXTES_PLATFORM_SALT differs") as exc:
+        platform_study(tmp_path)
+    assert "another-salt" not in str(exc.value) and SALT not in str(exc.value)
+    monkeypatch.setenv("EXTES_PLATFORM_SALT", SALT)  # the original salt: starts, and the id is known
+    s = platform_study(tmp_path)
+    assert s.platform_arrival(PARAMS).stage == "return"
+    s.store.close()

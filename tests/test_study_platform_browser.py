@@ -1,7 +1,8 @@
 """A Prolific-style participant in a real browser (Playwright driving Debian's Chromium, headless) against the
 real app with instant FakePool arms: the platform link (PROLIFIC_PID, STUDY_ID, SESSION_ID) skips the code
 screen; a second tab with the same id is refused; consent, two conversations with ratings (with the
-attention row), a dropout mid-study and a return with the same link that resumes; the end shows the
+attention row), a dropout mid-study and a return with the same link that asks for the participant code (the
+platform id alone opens nothing) and then resumes; the end shows the
 completion code and link and redirects to the completion URL (intercepted with page.route).
 
 Screenshots go to the test's tmp_path and results/test-output/e2e/ (gitignored) for a person to look at.
@@ -77,10 +78,23 @@ def rate(page, n_questions: int) -> None:
     form.get_by_role("button", name="Submit ratings").click()
 
 
-def return_and_finish(back, link: str, complete, redirected: list[str], tmp_path: Path, n_questions: int) -> None:
-    """The participant comes back with the platform link in a fresh browser, finishes, and is redirected."""
+def enter_code(page, code: str) -> None:
+    """A known platform id asks for the participant code (the id alone opens nothing)."""
+    page.get_by_text("Welcome back").wait_for()
+    assert "Message to Model A" not in page.content() or not page.get_by_placeholder("Message to Model A").is_visible()
+    page.get_by_label("Participant code").fill(code)
+    page.get_by_role("button", name="Continue with this code").click()
+
+
+def return_and_finish(back, link: str, code: str, complete, redirected: list[str], tmp_path: Path,
+                      n_questions: int) -> None:
+    """The participant comes back with the platform link in a fresh browser, enters their code, finishes,
+    and is redirected."""
     back.route(f"{COMPLETE}*", complete)
-    back.goto(link)  # the same link from the platform, in a fresh browser: resumed
+    back.goto(link)  # the same link from the platform, in a fresh browser: asks for the code
+    back.get_by_text("Welcome back").wait_for()
+    shot(back, tmp_path, "p3-welcome-back")
+    enter_code(back, code)
     back.get_by_placeholder("Message to Model A").wait_for()
     back.get_by_text("Conversation 2 of 2").wait_for()
     back.get_by_text("We broke up last month and I still think about it.").first.wait_for()  # the chat so far
@@ -95,6 +109,16 @@ def return_and_finish(back, link: str, complete, redirected: list[str], tmp_path
     back.wait_for_url(f"{COMPLETE}*", timeout=TIMEOUT_MS)  # the redirect
     assert redirected and redirected[-1] == f"{COMPLETE}?cc=C1A2B3"
 
+
+
+def after_the_end(again, link: str, code: str):
+    """After the end, in a fresh browser: the id alone shows no completion code; the participant code does."""
+    again.goto(link)
+    again.get_by_text("Welcome back").wait_for()
+    assert "C1A2B3" not in again.inner_text("body")
+    enter_code(again, code)
+    again.get_by_text("Your completion code:").wait_for()
+    return again
 
 
 def dashboard(page, url: str, tmp_path: Path) -> None:
@@ -120,7 +144,7 @@ def check_store(store, n_questions: int) -> None:
 
 
 def check_shots(tmp_path: Path) -> None:
-    for name in ("p1-platform-consent", "p2-second-start-refused", "p3-resumed", "p4-completion", "p5-dashboard"):
+    for name in ("p1-platform-consent", "p2-second-start-refused", "p3-welcome-back", "p3-resumed", "p4-completion", "p5-dashboard"):
         assert (tmp_path / f"{name}.png").stat().st_size > 5_000
 
 
@@ -157,6 +181,7 @@ def test_prolific_participant_in_a_real_browser(browser, tmp_path, monkeypatch):
 
             page.get_by_role("button", name="I agree", exact=True).click()
             page.get_by_text("Your participant code:").wait_for()
+            code = page.locator(".extes-code strong").inner_text().strip()
             # the same platform id, started in a second tab: refused, nothing stored
             other.get_by_role("button", name="I agree", exact=True).click()
             other.get_by_text("cannot be started twice").first.wait_for()
@@ -169,12 +194,13 @@ def test_prolific_participant_in_a_real_browser(browser, tmp_path, monkeypatch):
             page.get_by_role("button", name="Start the next conversation").click()
             start(page, "Breakups or Divorce")
             send_all(page, "We broke up last month and I still think about it.")
+            page.reload()  # the same browser kept the code: the link resumes without asking
+            page.get_by_text("We broke up last month and I still think about it.").first.wait_for()
+            assert not page.get_by_text("Welcome back").is_visible()
             page.close()  # dropout in the middle of the second conversation, before rating it
 
-            return_and_finish(new_page(browser), link, complete, redirected, tmp_path, n_questions)
-            again = new_page(browser)
-            again.goto(link)  # after the end: the completion code again, no new start
-            again.get_by_text("Your completion code:").wait_for()
+            return_and_finish(new_page(browser), link, code, complete, redirected, tmp_path, n_questions)
+            again = after_the_end(new_page(browser), link, code)
             assert store.counts()["participants"] == 1
             dashboard(again, srv.url, tmp_path)
     finally:

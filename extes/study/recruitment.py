@@ -103,8 +103,35 @@ def platform_salt(env: Mapping[str, str] | None = None) -> bytes:
     return salt.encode("utf-8")
 
 
+def normalize_platform_id(participant: str) -> str:
+    """The form of a platform id that is hashed: trimmed and case-folded. Prolific ids are lower-case hex and
+    MTurk worker ids upper-case, but a link can be typed or rewritten in another case; without this, a
+    case variant of a finished id would hash to a new participant and could start again."""
+    return participant.strip().casefold()
+
+
 def hash_platform_id(platform: str, participant: str, salt: bytes) -> str:
-    return hmac.new(salt, f"{platform}:{participant}".encode(), hashlib.sha256).hexdigest()
+    """The keyed hash under which a platform id is stored (of its normalised form)."""
+    return hmac.new(salt, f"{platform}:{normalize_platform_id(participant)}".encode(), hashlib.sha256).hexdigest()
+
+
+def platform_id_hashes(platform: str, participant: str, salt: bytes) -> tuple[str, ...]:
+    """Every hash an arrival may have been stored under: the normalised one first, then the hashes of the id
+    as given, upper- and lower-cased, which databases written before ids were normalised hold (those hashed
+    the id as it arrived). Looking all up keeps such a database's finished ids finished."""
+    legacy = (participant, participant.upper(), participant.lower())
+    hashes = [hash_platform_id(platform, participant, salt)]
+    hashes += [hmac.new(salt, f"{platform}:{v}".encode(), hashlib.sha256).hexdigest() for v in legacy]
+    return tuple(dict.fromkeys(hashes))
+
+
+SALT_FINGERPRINT_META = "platform_salt_fingerprint"
+
+
+def salt_fingerprint(salt: bytes) -> str:
+    """A short keyed digest that tells two salts apart without revealing either (stored in the database, so
+    a restart with another salt is refused instead of letting every finished platform id start again)."""
+    return hmac.new(salt, b"extes: platform salt fingerprint v1", hashlib.sha256).hexdigest()[:24]
 
 
 def completion_link(settings: RecruitmentSettings, screened_out: bool = False) -> str:

@@ -26,12 +26,14 @@ from extes.study.assignment import balanced_chooser
 from extes.study.blinding import strip_tags, visible_so_far
 from extes.study.protocol import INSTRUCTED_ANSWER, PANES, Protocol
 from extes.study.recruitment import (
+    SALT_FINGERPRINT_META,
     PlatformArrival,
     RecruitmentError,
     arrival_from_params,
     completion_link,
-    hash_platform_id,
+    platform_id_hashes,
     platform_salt,
+    salt_fingerprint,
 )
 from extes.study.safety import RiskChecker, record_risks
 from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, RatingChecks, Store
@@ -642,10 +644,24 @@ class Study:
         rec = self.protocol.recruitment
         self._salt = platform_salt() if rec is not None else b""
         if rec is not None:  # for the payments export (`extes export --payments`) from the database alone
+            self._check_salt()
             self.store.set_meta("completion_codes", json.dumps({"completion": rec.completion_code,
                                                                 "screened_out": rec.screened_out_code}))
 
-    def _arrival(self, params: dict[str, str] | None) -> tuple[PlatformArrival, str] | None:
+    def _check_salt(self) -> None:
+        """The salt keys every stored platform id: with another one, no finished id would be recognised and
+        each could start again. The first start records the salt's fingerprint; a later start with another
+        salt is refused before anyone arrives."""
+        mine = salt_fingerprint(self._salt)
+        stored = self.store.meta_value(SALT_FINGERPRINT_META, lambda: mine)
+        if stored != mine:
+            raise RecruitmentError(
+                f"{self.store.where()}: EXTES_PLATFORM_SALT differs from the one this study database was "
+                "started with; with another salt every platform id that already took part could start again. "
+                "Start the app with the original salt (or use a new database for a new study).")
+
+    def _arrival(self, params: dict[str, str] | None) -> tuple[PlatformArrival, tuple[str, ...]] | None:
+        """The arrival's platform ids and the hashes its id may be stored under (the current one first)."""
         rec = self.protocol.recruitment
         if rec is None or not params:
             return None
@@ -655,7 +671,7 @@ class Study:
             raise StudyRefusal(f"{exc}. Please open the study from the link on the recruitment platform.") from None
         if arrival is None:
             return None
-        return arrival, hash_platform_id(rec.platform, arrival.participant, self._salt)
+        return arrival, platform_id_hashes(rec.platform, arrival.participant, self._salt)
 
     def _seen(self, view: SessionView) -> SessionView:
         """For a participant from a platform: record the stage reached, and at the end add the completion
@@ -677,22 +693,38 @@ class Study:
         return SessionView(stage="screened_out", code="", participant_id="", completion_url=link,
                            completion_code=rec.screened_out_code or "")
 
-    def platform_arrival(self, params: dict[str, str] | None) -> SessionView | None:
+    def platform_arrival(self, params: dict[str, str] | None, held_code: str | None = None) -> SessionView | None:
         """A page opened with URL parameters. None: no platform arrival (the ordinary consent and code
-        screens). Otherwise: a known platform id resumes where it was (or sees the screened-out link
-        again); a new one gets stage "consent" (no code screen; nothing is stored before consent)."""
+        screens). A new platform id gets stage "consent" (no code screen; nothing is stored before consent);
+        a screened-out one sees the screened-out link again.
+
+        A platform id only identifies: it is seen by every researcher the participant ever worked for, so
+        it is never a credential. A known id resumes only with `held_code`, the participant code this
+        browser kept, when that code is this id's participant; otherwise the view is stage "return", which
+        asks for the participant code (and shows nothing of the conversation or the completion code)."""
         found = self._arrival(params)
         if found is None:
             return None
-        _arrival, digest = found
-        session = self.store.platform_session(digest)
+        _arrival, hashes = found
+        session = self.store.platform_session(*hashes)
         if session is None:
             return SessionView(stage="consent", code="", participant_id="")
         if session["participant_id"] is None:
             return self._screened_out_view()
-        p = self.store.participant(session["participant_id"])
+        held = self._held(held_code)
+        if held is None or held["id"] != session["participant_id"]:
+            return SessionView(stage="return", code="", participant_id="")
         log.info("platform participant %s returned", session["participant_id"])
-        return self.resume(p["code"])
+        return self.resume(held["code"])
+
+    def _held(self, code: str | None) -> dict[str, Any] | None:
+        """The participant of a code this browser kept, or None (no code, or one that names nobody)."""
+        if not code:
+            return None
+        try:
+            return self._participant(code)
+        except StudyRefusal:
+            return None
 
     def platform_consent(self, params: dict[str, str] | None) -> SessionView:
         """The participant from a platform agreed: a participant linked to the platform id's hash. The same
@@ -700,29 +732,31 @@ class Study:
         found = self._arrival(params)
         if found is None:
             return self.consent()
-        arrival, digest = found
+        arrival, hashes = found
         rec = self.protocol.recruitment
         try:
             p = self.store.create_platform_participant(
-                self.protocol.source, rec.platform, digest, arrival.participant if rec.keep_raw_id else None,
-                arrival.study, arrival.session)
+                self.protocol.source, rec.platform, hashes[0], arrival.participant if rec.keep_raw_id else None,
+                arrival.study, arrival.session, also_known_as=hashes[1:])
         except DuplicateError:
             raise StudyRefusal("This study was already started with your platform id; it cannot be started "
-                               "twice. Open the study link from the platform again to continue.", hint=True) from None
+                               "twice. To continue, enter the participant code you were given.", hint=True) from None
         log.info("participant %s consented (from %s)", p["id"], rec.platform)
         return self._seen(self.view(p["code"]))
 
     def platform_decline(self, params: dict[str, str] | None) -> SessionView:
         """The participant from a platform did not consent: recorded as screened out (no participant, no
-        text); the view carries the screened-out link when the protocol has a screened-out code."""
+        text); the view carries the screened-out link when the protocol has a screened-out code. A decline
+        with an id that already agreed changes nothing (it cannot screen out someone who took part), and
+        one recorded for an id does not stop that id from agreeing later."""
         found = self._arrival(params)
         if found is None:
             raise StudyRefusal("Thank you. You can close this page.")
-        arrival, digest = found
+        arrival, hashes = found
         rec = self.protocol.recruitment
-        session = self.store.platform_session(digest)
+        session = self.store.platform_session(*hashes)
         if session is not None and session["participant_id"] is not None:
-            raise StudyRefusal("You have already agreed to take part; open the study link again to continue.")
-        self.store.record_screened_out(rec.platform, digest, arrival.participant if rec.keep_raw_id else None,
-                                       arrival.study, arrival.session)
+            raise StudyRefusal("Thank you. You can close this page.")
+        self.store.record_screened_out(rec.platform, hashes[0], arrival.participant if rec.keep_raw_id else None,
+                                       arrival.study, arrival.session, also_known_as=hashes[1:])
         return self._screened_out_view()

@@ -43,9 +43,21 @@ GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment.
 BROWSER_NOTE = ("This browser keeps your participant code (and nothing else) so that reloading the page brings "
                 "you back. Anyone using this browser could continue as you: on a shared computer, press "
                 "the button.")
+RETURN_NOTE = ("### Welcome back\nTo continue where you left off, enter the participant code you were given "
+               "when you started (it was shown at the top of the page). Your platform id alone does not open "
+               "your conversations: others can see it.")
 # Gradio's BrowserState encrypts with a key sent to every page: a fixed, public key says so honestly (and
 # works the same on every app process and after restarts).
 BROWSER_KEY = "not-a-secret:extes-study"
+CODE_STORAGE_KEY = "extes-study-code"  # the BrowserState's localStorage key
+# "Forget my code on this browser": Gradio's BrowserState never writes an empty value, so setting it to ""
+# leaves the code in localStorage and a reload resumes. The key is removed in the browser instead, and the
+# choice holds for this tab (sessionStorage): every later update that would store a code again (a rating,
+# the next conversation, a resume) is followed by the same removal.
+FORGET_JS = ("() => { sessionStorage.setItem('extes-forget', '1'); "
+             f"localStorage.removeItem('{CODE_STORAGE_KEY}'); }}")
+KEEP_FORGOTTEN_JS = ("() => { const drop = () => { if (sessionStorage.getItem('extes-forget') === '1') "
+                     f"{{ localStorage.removeItem('{CODE_STORAGE_KEY}'); }} }}; drop(); setTimeout(drop, 250); }}")
 STREAM_INTERVAL_S = 0.1  # at most ~10 page updates a second while replies stream
 REDIRECT_DELAY_MS = 2500  # the completion code stays readable this long before the platform's page opens
 # Runs in the browser after an event that may end the study: open the completion URL (set only when the
@@ -144,6 +156,7 @@ class ParticipantUI:
         else:
             stage, code = view.stage, view.code
         chat = stage == "chat"
+        consent = stage == "consent" or view is None
         code_md = (f"Your participant code: **{code}** (write it down: with it you can come back later "
                    "and continue where you left off)") if code else ""
         progress = ""
@@ -166,7 +179,7 @@ class ParticipantUI:
             code,  # code_box
             view.conversation_id if (view is not None and chat) else "",  # conv_box
             code,  # saved code (browser)
-            gr.update(visible=stage == "consent"),  # consent_col
+            gr.update(visible=consent),  # consent_col
             gr.update(value=code_md, visible=bool(code)),  # code_md
             gr.update(visible=stage == "setup"),  # setup_col
             gr.update(value=progress, visible=bool(progress)),  # progress_md
@@ -205,10 +218,15 @@ class ParticipantUI:
     def _platform_updates(self, view: SessionView | None) -> list[Any]:
         """Updates for self.platform_outputs: redirect URL, decline button, code screen, attention row."""
         platform_consent = view is not None and view.stage == "consent"
+        returning = view is not None and view.stage == "return"
         return [
             view.completion_url if self._redirects(view) else "",  # redirect_box
             gr.update(visible=platform_consent),  # decline_btn
-            gr.update(visible=view is None),  # resume_acc: the code screen, not for platform arrivals
+            # the code screen: for a new visitor, and for a platform arrival whose id is known (the id only
+            # identifies; the participant code they hold resumes)
+            gr.update(visible=view is None or returning),  # resume_col
+            gr.update(open=returning),  # resume_acc
+            gr.update(visible=returning),  # return_md
             gr.update(value=None),  # attention row
         ]
 
@@ -301,7 +319,8 @@ class ParticipantUI:
 
     def on_load(self, saved_code: str | None, request: gr.Request = None):
         params = dict(request.query_params) if request is not None and getattr(request, "query_params", None) else {}
-        arrival = self.study.platform_arrival(params) if self.protocol.recruitment is not None else None
+        arrival = (self.study.platform_arrival(params, held_code=saved_code)
+                   if self.protocol.recruitment is not None else None)
         if arrival is not None:  # from a recruitment platform: no code screen (the platform id resumes)
             return [*self._full(arrival), json.dumps(params)]
         return [*self._on_load(saved_code), ""]
@@ -400,7 +419,7 @@ class ParticipantUI:
             # What this browser keeps (localStorage): the participant code, nothing else, so that a reload
             # resumes. Gradio "encrypts" it with a key every visitor's page receives: that is no protection,
             # so the page says plainly what is kept and offers to forget it (BROWSER_NOTE).
-            saved_code = gr.BrowserState("", storage_key="extes-study-code", secret=BROWSER_KEY)
+            saved_code = gr.BrowserState("", storage_key=CODE_STORAGE_KEY, secret=BROWSER_KEY)
             gr.Markdown(f"# {safe_text(p.title)}")
             code_md = gr.Markdown(visible=False, elem_classes=["extes-code"])
             with gr.Row():
@@ -412,6 +431,8 @@ class ParticipantUI:
                     gr.Markdown("**How it works.** " + p.instructions)
                 agree_btn = gr.Button("I agree", variant="primary")
                 decline_btn = gr.Button("I do not agree", visible=False, elem_id="decline")
+            with gr.Column(visible=True) as resume_col:
+                return_md = gr.Markdown(RETURN_NOTE, visible=False, elem_id="return-note")
                 with gr.Accordion("Coming back? Enter your participant code", open=False) as resume_acc:
                     resume_code = StrictTextbox(label="Participant code", max_lines=1, placeholder="XXXX-XXXX-XXXX")
                     resume_btn = gr.Button("Continue with this code")
@@ -476,7 +497,7 @@ class ParticipantUI:
             self.full_outputs = [code_box, conv_box, saved_code, consent_col, code_md, setup_col, progress_md,
                                  scenario, description, chat_col, thanks_col, thanks_md, next_btn,
                                  *self.chat_outputs, *self.radios, comment]
-            self.platform_outputs = [redirect_box, decline_btn, resume_acc, attention]
+            self.platform_outputs = [redirect_box, decline_btn, resume_col, resume_acc, return_md, attention]
             self.full_outputs += self.platform_outputs
             # the platform's URL parameters as read on load (JSON). A hidden field rather than a gr.State: a
             # State input kept the app from shutting down on SIGTERM after API calls; the page's own URL is
@@ -488,21 +509,26 @@ class ParticipantUI:
             forget_btn.click(lambda: ("", gr.update(value="Your code is no longer kept in this browser. "
                                                      "Write it down if you want to come back.")),
                              inputs=None, outputs=[saved_code, code_md], api_visibility="private",
-                             concurrency_limit=None)
+                             concurrency_limit=None).then(fn=None, js=FORGET_JS)
             redirect = dict(fn=None, inputs=[redirect_box], outputs=None, js=REDIRECT_JS)
+            forgotten = dict(fn=None, inputs=None, outputs=None, js=KEEP_FORGOTTEN_JS)
             demo.load(self._guard(n_full + 1, self.on_load), inputs=[saved_code], api_visibility="private",
-                      outputs=[*self.full_outputs, platform_params], concurrency_limit=None).then(**redirect)
-            agree_btn.click(self._guard(n_full, self.on_consent), inputs=[platform_params], api_name="consent", **full)
+                      outputs=[*self.full_outputs, platform_params], concurrency_limit=None
+                      ).then(**redirect).then(**forgotten)
+            agree_btn.click(self._guard(n_full, self.on_consent), inputs=[platform_params], api_name="consent",
+                            **full).then(**forgotten)
             decline_btn.click(self._guard(n_full, self.on_decline), inputs=[platform_params],
                               api_visibility="private", **full).then(**redirect)
-            resume_btn.click(self._guard(n_full, self.on_resume), inputs=[resume_code], api_name="resume", **full)
+            resume_btn.click(self._guard(n_full, self.on_resume), inputs=[resume_code], api_name="resume",
+                             **full).then(**forgotten)
             start_btn.click(self._guard(n_full, self.on_start), inputs=[code_box, scenario, description],
-                            api_name="start", **full)
-            next_btn.click(self._guard(n_full, self.on_next), inputs=[code_box], api_name="next", **full)
+                            api_name="start", **full).then(**forgotten)
+            next_btn.click(self._guard(n_full, self.on_next), inputs=[code_box], api_name="next",
+                           **full).then(**forgotten)
             submit_btn.click(self._guard(n_full, self.make_rate()),
                              inputs=[code_box, conv_box, *self.radios, comment,
                                      *([attention] if p.attention.instructed_response else [])],
-                             api_name="rate", **full).then(**redirect)
+                             api_name="rate", **full).then(**redirect).then(**forgotten)
             for pane, box, btn, chat in zip(PANES, boxes, buttons, chats):
                 outs = [*self.chat_outputs, box]
                 fn = self._stream_guard(len(outs), self.make_send(pane))
