@@ -52,12 +52,19 @@ def test_analyze_json_shape(capsys, votes_csv):
     assert code == 0
     payload = json.loads(out)
     assert payload["reference"] == "lora"
-    rows = {(r["opponent"], r["aspect"]): r for r in payload["rows"]}
+    rows = {(r["opponent"], r["aspect"]): r for r in payload["rows"] if r["n"]}
     assert set(rows) == {("base", "fluency"), ("base", "overall"), ("gpt", "overall")}
     assert (rows[("base", "overall")]["win"], rows[("base", "overall")]["loss"]) == (0.5, 0.5)
     assert rows[("base", "fluency")]["tie"] == 0.5 and rows[("gpt", "overall")]["n"] == 1
-    assert set(payload["bradley_terry"]) == {"fluency", "overall"}
+    status = {(r["opponent"], r["aspect"]): r["status"] for r in payload["rows"]}
+    assert len(status) == 10 and status[("gpt", "fluency")] == "never compared"
+    assert status[("base", "suggestion")] == "no votes"
+    assert payload["omissions"] == ["no votes at all on identification, comforting, suggestion",
+                                    "lora never compared with gpt on fluency"]
+    assert list(payload["bradley_terry"]) == ["fluency", "identification", "comforting", "suggestion", "overall"]
     assert payload["bradley_terry"]["overall"][0]["rank"] == 1
+    assert payload["bradley_terry"]["fluency"][-1] == {"rank": None, "arm": "gpt", "rating": None, "ci_low": None,
+                                                       "ci_high": None, "n": 0}
 
 
 def test_analyze_text_and_report_directory(capsys, votes_csv, tmp_path):
@@ -99,7 +106,7 @@ def test_analyze_states_prior_correction_and_one_vote_count(capsys, votes_csv, t
     payload = json.loads(out)
     assert payload["bradley_terry_fit"]["prior"] == 4.0 and payload["correction"] == "bh"
     assert payload["votes"] == 6 and payload["votes_with_reference"] == 5
-    assert payload["rows"][0]["ci_low"] is None and payload["notes"]
+    assert all(r["ci_low"] is None for r in payload["rows"]) and payload["notes"]
 
 
 @pytest.mark.parametrize(

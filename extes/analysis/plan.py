@@ -243,7 +243,8 @@ def cells_from_votes(votes, reference: str) -> list[Cell]:
     from extes.analysis.pairwise import win_tie_loss
 
     rows = win_tie_loss(votes, reference, n_boot=0).rows
-    return [Cell(f"vs {r.opponent} / {r.aspect}", r.win, r.tie, r.loss) for r in rows.itertuples(index=False)]
+    return [Cell(f"vs {r.opponent} / {r.aspect}", r.win, r.tie, r.loss) for r in rows.itertuples(index=False)
+            if r.n > 0]  # a pair never compared has no shares to plan from
 
 
 def plot_power(result: PlanResult):

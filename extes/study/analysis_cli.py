@@ -47,13 +47,14 @@ def _close(store: Any) -> None:
         close()
 
 
-def _votes_from_db(db: str, allow_empty: bool = False, who: str = "participant") -> pd.DataFrame:
+def _votes_from_db(db: str, allow_empty: bool = False, who: str = "participant",
+                   duplicates: str = "refuse") -> pd.DataFrame:
     store = _open_store(db)
     try:
         frame = store.votes_frame(who)
     finally:
         _close(store)
-    return load_votes(frame, where=f"{db} (votes)", allow_empty=allow_empty)
+    return load_votes(frame, where=f"{db} (votes)", allow_empty=allow_empty, duplicates=duplicates)
 
 
 def _ratings_from_db(db: str, for_agreement: bool) -> pd.DataFrame:
@@ -223,13 +224,30 @@ def add_stat_options(parser: argparse.ArgumentParser) -> None:
                              f"{DEFAULT_PRIOR:g}; > 0; 1e-6 is maximum likelihood where it exists)")
     parser.add_argument("--min-sessions", type=int, default=MIN_SESSIONS,
                         help=f"leave bootstrap CIs out below this many sessions (default {MIN_SESSIONS})")
+    add_duplicates_option(parser)
+
+
+def add_duplicates_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duplicates", choices=("refuse", "first", "last"), default="refuse",
+                        help="a comparison voted more than once in a session (same rater, aspect and pair of "
+                             "arms): refuse the input, naming the rows (default), or keep the first or the last "
+                             "vote; the output says how many were dropped")
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from extes.analysis.pairwise import bradley_terry, win_rate_matrix, win_tie_loss
-    from extes.analysis.report import bt_caption, votes_sentence, wtl_caption
+    from extes.analysis.pairwise import bradley_terry, win_tie_loss
+    from extes.analysis.report import (
+        bt_caption,
+        bt_display,
+        matrix_display,
+        matrix_sections,
+        omissions_sentence,
+        votes_sentence,
+        wtl_caption,
+    )
 
-    votes = load_votes(args.votes) if args.votes else _votes_from_db(args.db, who=args.voters)
+    votes = (load_votes(args.votes, duplicates=args.duplicates) if args.votes
+             else _votes_from_db(args.db, who=args.voters, duplicates=args.duplicates))
     if args.flags is not None and not args.votes:
         raise ValueError("--flags goes with --votes (with --db the flags are read from the database)")
     votes, excluded = _exclusions(votes, args.exclusions, db=args.db, flags_file=args.flags)
@@ -239,10 +257,11 @@ def run_analyze(args: argparse.Namespace) -> int:
                        correction=args.correction, min_sessions=args.min_sessions)
     bt = bradley_terry(votes, n_boot=args.n_boot, seed=args.seed, prior=args.bt_prior,
                        min_sessions=args.min_sessions)
-    matrices = [win_rate_matrix(votes, aspect) for aspect in dict.fromkeys(bt.ratings["aspect"])]
+    matrices = _matrices(votes)
     written = write_analysis_report(args.out, wtl, bt, matrices) if args.out else []
     if args.json:
         payload = wtl.to_dict()
+        payload["omissions"] = wtl.omissions()
         payload["bradley_terry"] = bt.to_dict()
         payload["bradley_terry_fit"] = bt.fit_info()
         payload["win_rate"] = {m.aspect: m.to_dict() for m in matrices}
@@ -254,23 +273,33 @@ def run_analyze(args: argparse.Namespace) -> int:
     print(excluded.describe())
     print(wtl_caption(wtl))
     print(wtl.table().to_string(index=False))
+    if gaps := omissions_sentence(wtl):
+        print(gaps)
     print(f"\nDetails: {votes_sentence(wtl)}")
     details = wtl.rows[
-        ["opponent", "aspect", "n", "n_win", "n_tie", "n_loss", "p_value", "p_adjusted", "ci_low", "ci_high"]
+        ["opponent", "aspect", "n", "n_win", "n_tie", "n_loss", "p_value", "p_adjusted", "ci_low", "ci_high", "status"]
     ]
     print(details.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
     for note in wtl.notes:
         print(f"warning: {note}", file=sys.stderr)
     print(f"\nBradley-Terry ratings (Elo scale; ties = half a win each way). {bt_caption(bt)}")
-    print(bt.ratings.to_string(index=False, float_format=lambda v: f"{v:.1f}", na_rep="n/a"))
+    print(bt_display(bt).to_string(index=False))
     for note in bt.notes:
         print(f"warning: {note}", file=sys.stderr)
-    for matrix in matrices:
-        print(f"\nWin rate, row arm vs column arm ({matrix.aspect}; ties = half)")
-        print(matrix.rates.to_string(float_format=lambda v: f"{v:.2f}", na_rep="-"))
+    for aspect, matrix in matrix_sections(wtl, matrices):
+        print(f"\nWin rate, row arm vs column arm ({aspect}; ties = half)")
+        print("no votes" if matrix is None else matrix_display(matrix).to_string())
     if written:
         print(f"\nwrote {len(written)} files to {args.out}")
     return 0
+
+
+def _matrices(votes: pd.DataFrame) -> list:
+    """A win-rate matrix for every aspect that has votes."""
+    from extes.analysis.io import aspect_order
+    from extes.analysis.pairwise import win_rate_matrix
+
+    return [win_rate_matrix(votes, aspect) for aspect in aspect_order(votes["aspect"])]
 
 
 # --------------------------------------------------------------------------------------- agreement
