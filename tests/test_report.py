@@ -353,3 +353,32 @@ def test_report_from_csvs_and_a_build_run(tmp_path, capsys):
     rows4 = {r["Metric"]: r for r in tables["Table 4: dataset quality (Likert), Fleiss' kappa per metric"]}
     for q in quality:
         assert rows4[q["aspect"]][f"{q['source']} mean"] == f"{q['mean']:.2f}"
+
+
+def test_merged_turns_are_named_in_the_notes(tmp_path, capsys):
+    notes = {}
+    for merged in (False, True):
+        out = tmp_path / f"m{merged}"
+        argv = ["report", "--data", f"seeds={ROOT / 'seeds'}", "--out", str(out)] + (["--merge-consecutive"] * merged)
+        assert main(argv) == 0
+        md = (out / "report.md").read_text()
+        notes[merged] = md.split("### Table 3: dataset overview")[1].split("### ")[0]
+    capsys.readouterr()
+    assert notes[True] != notes[False]  # were word for word the same although the counts differ
+    assert "consecutive utterances of one speaker merged into one (--merge-consecutive)" in notes[True]
+    assert "consecutive ones of one speaker not merged" in notes[False]
+
+
+def test_report_ratings_without_source_or_numbers_names_the_problem(tmp_path, capsys):
+    no_source = tmp_path / "a.csv"
+    no_source.write_text("item_id,rater_id,label\nd1,r1,3\nd1,r2,4\n")
+    assert main(["report", "--ratings", str(no_source), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to report" not in err  # the old message, although --ratings was given
+    assert f"--ratings {no_source}: Table 4 needs a 'source' column" in err
+    words = tmp_path / "b.csv"
+    words.write_text("item_id,rater_id,label,source\nd1,r1,good,extes\nd1,r2,bad,extes\n")
+    assert main(["report", "--ratings", str(words), "--out", str(tmp_path / "y")]) == 2
+    assert "Table 4 needs numeric labels (Likert scores); no source has only numbers: extes ('good')" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
