@@ -215,12 +215,32 @@ def write_analysis_report(out_dir: str | os.PathLike, wtl, bt, matrices: list) -
     return write_outputs(out_dir, writers)
 
 
+def agreement_headline(result) -> str:
+    """The counts and statistics of an `AgreementResult` in one line; the counts are what each statistic
+    uses: with items rated once, Fleiss' kappa uses every item (single ratings in its category shares),
+    alpha and percent agreement only the items rated twice or more."""
+    def fmt(value) -> str:
+        return "n/a" if value is None or value != value else f"{value:.3f}"
+
+    alpha = result.krippendorff_alpha
+    stats = (f"Fleiss' kappa {fmt(result.fleiss_kappa)}, Krippendorff's alpha nominal {fmt(alpha['nominal'])}"
+             + (f", ordinal {fmt(alpha['ordinal'])}" if alpha["ordinal"] is not None else "")
+             + f", percent agreement {fmt(result.percent_agreement)}")
+    if not result.dropped_items:
+        return f"{result.items} items, {result.raters} raters, {result.ratings} ratings; {stats}"
+    return (f"{result.items_all} items, {result.raters_all} raters, {result.ratings_all} ratings (Fleiss' kappa "
+            f"uses all; {result.dropped_items} item(s) rated once only in its category shares); alpha and percent "
+            f"agreement use the {result.items} items rated twice or more ({result.raters} raters, {result.ratings} "
+            f"ratings); {stats}")
+
+
 def write_agreement_report(out_dir: str | os.PathLike, result, quality: pd.DataFrame | None) -> list[Path]:
     """Write the `extes agreement` report: report.md and agreement.csv (+ dataset_quality.csv)."""
     table = agreement_table(result)
     writers: dict[str, Callable[[Path], None]] = {"agreement.csv": _csv(table)}
     md = [
         "# Inter-rater agreement\n",
+        f"{agreement_headline(result)}.\n",
         f"Fleiss' kappa variant: {result.fleiss_variant}.\n",
         markdown_table(table),
     ]

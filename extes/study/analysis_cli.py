@@ -23,6 +23,7 @@ from extes.analysis.io import (
     load_votes,
 )
 from extes.analysis.report import (
+    agreement_headline,
     agreement_notes,
     agreement_table,
     quality_table,
@@ -327,13 +328,17 @@ def _run_llm_agreement(args: argparse.Namespace) -> int:
     participant = _votes_from_db(args.db, allow_empty=True, who="participant")
     judges = _votes_from_db(args.db, allow_empty=True, who="judge")
     lines, tables = people_agreement_sections(participant, llm, judges)
+    matched = sum(r["n"] for r in tables.get("llm_vs_participant", []) if r["aspect"] == "all")
+    if not matched:
+        raise ValueError(
+            f"--llm {args.llm}: no comparison is in both the LLM's votes ({len(llm)}) and the participants' "
+            f"votes in {args.db} ({len(participant)}), matched on conversation, pair of arms and aspect: "
+            "nothing to compute agreement on (was the judge run on this study's conversations?)")
     summary_file = args.llm.parent / "summary.json"
     inconsistency = json.loads(summary_file.read_text()).get("position_inconsistency") if summary_file.is_file() else None
     if args.json:
         _dump({"agreement": tables, "position_inconsistency": inconsistency})
         return 0
-    if not lines:
-        print("no conversation was rated by both the participant and the LLM")
     print("\n".join(lines))
     if inconsistency:
         print("LLM position inconsistency (share of pairs whose answer changed with the order): "
@@ -368,17 +373,7 @@ def run_agreement(args: argparse.Namespace) -> int:
             ]
         _dump(payload)
         return 0
-    print(
-        f"{result.items} items, {result.raters} raters, {result.ratings} ratings; "
-        f"Fleiss' kappa {_fmt(result.fleiss_kappa)}, Krippendorff's alpha nominal "
-        f"{_fmt(result.krippendorff_alpha['nominal'])}"
-        + (
-            f", ordinal {_fmt(result.krippendorff_alpha['ordinal'])}"
-            if result.krippendorff_alpha["ordinal"] is not None
-            else ""
-        )
-        + f", percent agreement {_fmt(result.percent_agreement)}"
-    )
+    print(agreement_headline(result))
     print(f"Fleiss' kappa variant: {result.fleiss_variant}")
     print()
     print(agreement_table(result).to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
