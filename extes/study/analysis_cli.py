@@ -408,6 +408,9 @@ def configure_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--correction", choices=("holm", "bh", "bonferroni", "none"), default="holm",
                         help="multiple-comparison correction (default holm, as extes analyze)")
     parser.add_argument("--n-sim", type=int, default=2000, help="simulated studies per point (default 2000)")
+    parser.add_argument("--n-refine", type=int, default=10_000,
+                        help="simulated studies per n on the window around the crossing, where the required n "
+                             "is fitted (default 10000; 0: the first n whose --n-sim estimate crosses)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-n", type=int, default=3000, help="largest number of conversations considered")
     parser.add_argument("--png", type=Path, help="write the power curve as a PNG here")
@@ -426,19 +429,62 @@ def _plan_cells(args: argparse.Namespace) -> list:
             raise ValueError("--votes needs --reference ARM")
         return cells_from_votes(load_votes(args.votes), args.reference)
     if args.cells is not None:
-        if not args.cells.is_file():
-            raise FileNotFoundError(f"--cells {args.cells}: no such file")
-        frame = pd.read_csv(args.cells)
-        missing = [c for c in ("name", "win", "tie", "loss") if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{args.cells}: missing column(s) {', '.join(missing)} (need name, win, tie, loss)")
-        try:
-            return [Cell(str(r.name), float(r.win), float(r.tie), float(r.loss)) for r in frame.itertuples()]
-        except ValueError as exc:
-            raise ValueError(f"{args.cells}: {exc}") from None
+        return _cells_file(args.cells)
     if None in (args.win, args.tie, args.loss):
         raise ValueError("give all three of --win, --tie and --loss")
+    if why := _shares_problem(args.win, args.tie, args.loss):
+        raise ValueError(f"--win {args.win:g} --tie {args.tie:g} --loss {args.loss:g}: {why}")
     return [Cell(f"win {args.win:g} / tie {args.tie:g} / loss {args.loss:g}", args.win, args.tie, args.loss)]
+
+
+def _shares_problem(win: float, tie: float, loss: float) -> str | None:
+    """Why three shares are not a win/tie/loss split (in %, adding up to 100, or fractions adding up to 1;
+    0.5 points of rounding allowed), or None."""
+    shares = (win, tie, loss)
+    if any(not x == x or x < 0 for x in shares):
+        return "shares must be numbers >= 0"
+    total = sum(shares)
+    if abs(total - 100.0) <= 0.5 or abs(total - 1.0) <= 0.005:
+        return None
+    return (f"they add up to {total:g}, not 100 (percent) or 1 (fractions); they would be rescaled to "
+            f"{100 * win / total:.1f} / {100 * tie / total:.1f} / {100 * loss / total:.1f} without a word, so give "
+            "shares that add up" if total > 0 else "they add up to 0")
+
+
+def _cells_file(path: Path) -> list:
+    """Cells from a CSV (name, win, tie, loss); every error names the file (and the line)."""
+    from extes.analysis.plan import Cell
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--cells {path}: no such file")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--cells {path}: not a readable CSV file ({str(exc).strip() or type(exc).__name__})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in ("name", "win", "tie", "loss") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"--cells {path}: missing column(s) {', '.join(missing)} (need name, win, tie, loss)")
+    if frame.empty:
+        raise ValueError(f"--cells {path}: no cells (a header but no rows)")
+    cells, problems = [], []
+    for i, r in enumerate(frame.itertuples(index=False), start=2):
+        try:
+            shares = [float(getattr(r, k)) for k in ("win", "tie", "loss")]
+        except ValueError:
+            problems.append(f"line {i} ({r.name!r}): win, tie and loss must be numbers, got "
+                            f"{r.win!r}, {r.tie!r}, {r.loss!r}")
+            continue
+        if why := _shares_problem(*shares):
+            problems.append(f"line {i} ({r.name!r}): {why}")
+            continue
+        try:
+            cells.append(Cell(str(r.name), *shares))
+        except ValueError as exc:
+            problems.append(f"line {i}: {exc}")
+    if problems:
+        raise ValueError(f"--cells {path}: invalid cells:\n  - " + "\n  - ".join(problems[:5]))
+    return cells
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -447,7 +493,7 @@ def run_plan(args: argparse.Namespace) -> int:
     cells = _plan_cells(args)
     tests = args.tests if len(cells) == 1 else None
     result = plan(cells, tests=tests, alpha=args.alpha, correction=args.correction, target=args.power,
-                  n_sim=args.n_sim, seed=args.seed, max_n=args.max_n)
+                  n_sim=args.n_sim, seed=args.seed, max_n=args.max_n, n_refine=args.n_refine)
     if args.png:
         args.png.parent.mkdir(parents=True, exist_ok=True)
         plot_power(result).savefig(args.png, dpi=120)
@@ -457,11 +503,19 @@ def run_plan(args: argparse.Namespace) -> int:
     level = per_test_alpha(result.alpha, result.correction, result.tests)
     print(f"Two-sided sign test (ties dropped), alpha {result.alpha:g}, {result.correction} over "
           f"{result.tests} test(s), target power {result.target:.0%}; n = conversations = votes per cell")
-    print(f"needed: simulated with {result.correction} ({result.n_sim} studies per n; smallest n reaching the target, "
-          f"by grid and bisection); exact: binomial power at the fixed level {level:.4g} (alpha/K, Bonferroni)")
+    how = (f"{result.n_sim} studies per n on a grid and by bisection, then {result.n_refine} per n on a window "
+           "around the crossing, where a straight line of power against n gives the smallest n reaching the "
+           "target" if result.n_refine else
+           f"{result.n_sim} studies per n; the first n whose estimate reaches the target, by grid and bisection")
+    print(f"needed: simulated with {result.correction} ({how}); Monte-Carlo SE: of the fitted power at that n, and "
+          f"in conversations; exact: binomial power at the fixed level {level:.4g} (alpha/K, Bonferroni)")
     rows = [{"cell": c.name, "win/tie/loss": f"{c.p_win:.2f}/{c.p_tie:.2f}/{c.p_loss:.2f}",
-             "n needed (sim)": "-" if r is None else str(r), "n needed (exact)": "-" if e is None else str(e)}
-            for c, r, e in zip(result.cells, result.required, result.required_exact)]
+             "n needed (sim)": "-" if r is None else str(r),
+             "power there (MC SE)": f"{x.power:.3f} ({x.se:.3f})" if x else "-",
+             "n MC SE": ("< 0.1" if x.n_se < 0.05 else f"{x.n_se:.1f}") if x else "-",
+             "n needed (exact)": "-" if e is None else str(e)}
+            for c, r, e, x in zip(result.cells, result.required, result.required_exact,
+                                  result.crossings or [None] * len(result.cells))]
     print(pd.DataFrame(rows).to_string(index=False))
     print("\nPower curve (simulated; exact at the fixed level in brackets)")
     curve = pd.DataFrame({"n": result.grid, **{
