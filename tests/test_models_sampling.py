@@ -8,7 +8,7 @@ from collections import Counter
 import torch
 
 from extes.models.arms import GenerationSettings
-from extes.models.engine import sample_rows
+from extes.models.sampling import sample_rows
 
 
 def _logits(probs):
