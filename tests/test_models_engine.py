@@ -243,8 +243,8 @@ def test_stream_many_reports_a_failed_request_and_finishes_the_others(pool):
     for key, ev in pool.stream_many({"ok": ("plain", user("hi")), "bad": ("lora", user("word " * 2000))}):
         if ev.done:
             got[key] = ev
-    assert got["ok"].reply is not None and got["ok"].error is None
-    assert got["bad"].reply is None and "ContextTooLong" in got["bad"].error
+    assert got["ok"].reply is not None and got["ok"].error is None and not got["ok"].failed
+    assert got["bad"].reply is None and "ContextTooLong" in got["bad"].error and got["bad"].failed
 
 
 def test_arm_without_system_prompt_and_gpt2(tiny_gpt2):
@@ -315,3 +315,58 @@ def test_llama_adapter_arm_gets_its_own_engine_and_matches_peft(base, tmp_path):
                 if ev.done}
         assert both == {"a": p.generate("ad", msgs).token_ids, "p": p.generate("plain", msgs).token_ids}
         assert both["a"] != both["p"]
+
+
+def _imported_modules(path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_the_scheduler_knows_runners_only_by_their_protocol(repo_root):
+    """Composition, not inheritance: the scheduler imports neither runner (nor the libraries behind them),
+    and nothing in the engine's modules probes an engine or backend with getattr/hasattr."""
+    models = repo_root / "extes" / "models"
+    imported = _imported_modules(models / "scheduler.py")
+    assert "extes.models.runner" in imported
+    forbidden = {"extes.models.fast_engine", "extes.models.transformers_runner", "extes.models.fastllama",
+                 "transformers", "peft"}
+    assert not {m for m in imported if m.split(".")[0] in forbidden or m in forbidden or
+                any(m.startswith(f + ".") for f in forbidden)}
+    for name in ("scheduler.py", "pool.py", "engine.py", "engine_process.py", "fast_engine.py", "types.py"):
+        text = (models / name).read_text()
+        assert "getattr(" not in text and "hasattr(" not in text, name
+
+
+def test_no_private_names_cross_modules_in_the_models_layer(repo_root):
+    for path in sorted((repo_root / "extes" / "models").glob("*.py")):
+        own = f"extes.models.{path.stem}."  # engine_process's child imports its own class by module name
+        private = {m for m in _imported_modules(path) if m.rsplit(".", 1)[-1].startswith("_")
+                   and m.startswith("extes.") and not m.startswith(own)}
+        assert not private, (path.name, private)
+
+
+def test_one_max_batch_default_for_every_engine_entry_point():
+    import inspect
+
+    from extes.models import MAX_BATCH
+    from extes.models.engine import create_engine
+    from extes.models.scheduler import Engine
+
+    for fn in (ArmPool.__init__, create_engine, Engine.__init__):
+        assert inspect.signature(fn).parameters["max_batch"].default == MAX_BATCH, fn
+
+
+def test_create_engine_refuses_an_option_it_does_not_know(base):
+    from extes.models.engine import create_engine
+
+    with pytest.raises(TypeError, match="kv_cache_byte"):
+        create_engine(str(base), kv_cache_byte=10)

@@ -10,6 +10,7 @@ from extes.models import ArmPool, GenerationSettings
 from extes.models.engine import create_engine
 from extes.models.fast_engine import FastRunner
 from extes.models.fastllama import (
+    Block,
     FastLlama,
     Kernel,
     adapter_unsupported_reason,
@@ -55,6 +56,7 @@ def test_fast_forward_equals_transformers_fp32(base):
     tok = AutoTokenizer.from_pretrained(base)
     hf = AutoModelForCausalLM.from_pretrained(base).eval()
     fast = FastLlama(hf, [], dtype=torch.float32)
+    assert isinstance(fast.layers[0], Block) and fast.layers[0].qkv.kernel.out_features > 0  # named, not a tuple
     for text in PROMPTS:
         ids = _prompt_ids(tok, text)
         ref = _hf_greedy(hf, ids, 24)
