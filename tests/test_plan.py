@@ -72,7 +72,7 @@ def test_required_n_agrees_with_a_high_precision_simulation():
     """The README's example: 2,000 studies per n picked 444, where the power is 0.790 (about 452 are needed).
     Checked with 200,000 simulated studies per n (standard error 0.0009)."""
     result = plan([CELL], tests=10)
-    req, crossing = result.required[0], result.crossings[0]
+    req = result.required[0]
     members = family(CELL, 10)
 
     def precise(n):
@@ -81,6 +81,7 @@ def test_required_n_agrees_with_a_high_precision_simulation():
     se = np.sqrt(0.8 * 0.2 / 200_000)
     assert precise(req) >= 0.8 - 3 * se  # 444: 0.790
     assert precise(req - 6) < 0.8  # and not far above the crossing
+    crossing = result.crossings[0]
     assert crossing.power == pytest.approx(0.8, abs=0.006) and 0 < crossing.se < 0.003 and crossing.n_se < 3
     payload = result.to_dict()["cells"][0]
     assert payload["required_n"] == req and payload["power_mc_se"] == pytest.approx(crossing.se)
