@@ -129,9 +129,9 @@ def _columns(frame: pd.DataFrame, required: tuple[str, ...], optional: tuple[str
 
 def _vote_key(frame: pd.DataFrame) -> pd.DataFrame:
     """The comparison each vote answers: session, rater, aspect and the pair of arms in either order."""
-    return frame[["session_id", "rater_id", "aspect"]].assign(
-        arm_x=frame[["arm_a", "arm_b"]].min(axis=1), arm_y=frame[["arm_a", "arm_b"]].max(axis=1)
-    )
+    a, b = frame["arm_a"].to_numpy(dtype=object), frame["arm_b"].to_numpy(dtype=object)
+    first = a <= b  # element-wise (a row-wise DataFrame.min on strings took 2.9 s for 20,000 votes)
+    return frame[["session_id", "rater_id", "aspect"]].assign(arm_x=np.where(first, a, b), arm_y=np.where(first, b, a))
 
 
 def _duplicate_votes(frame: pd.DataFrame, keep: str) -> pd.Series:
