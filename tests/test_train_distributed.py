@@ -45,7 +45,8 @@ def _config(tmp_path: Path, name: str, base: Path, data: Path, **kw) -> Path:
     values = dict(method="lora", base=str(base), data=[str(data / "train.jsonl")], valid=[str(data / "valid.jsonl")],
                   out=str(tmp_path / name), epochs=2, batch_size=2, lr=1e-2, lora_dropout=0.0, lora_r=4,
                   eval_every=2, save_every=2, system_prompt="Be kind.", progress=False, threads=1, device="cpu",
-                  target_modules="all-linear", **kw)
+                  target_modules="all-linear")
+    values.update(kw)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
@@ -97,7 +98,7 @@ def test_two_processes_learn_what_one_learns_with_the_doubled_batch(tiny_llama, 
     one_cfg = config_from_dict({**load_config_file(_config(tmp_path, "one", tiny_llama, data)), "batch_size": 4})
     one = train_run(one_cfg)
     m2, m1 = _metrics(tmp_path / "two"), _metrics(one)
-    assert m2["processes"] == 2 and m1["processes"] == 1 and m2["global_batch_size"] == m1["global_batch_size"] == 4
+    assert m2["processes"] == 2 and m2["parallelism"] == "ddp" and m1["processes"] == 1 and m2["global_batch_size"] == m1["global_batch_size"] == 4
     assert m2["steps"] == 6 and len(m2["evals"]) >= 4  # 3 steps an epoch, validations mid-epoch and at each end
     _same_curve(m2, m1, rel=1e-4)
     assert m2["epochs"][-1]["train_loss"] < m2["epochs"][0]["train_loss"]  # it learnt something
@@ -129,3 +130,34 @@ def test_a_resumed_two_process_run_equals_an_unbroken_one(tiny_llama, data, tmp_
     _same_curve(a, b, rel=1e-6)
     wa, wb = _adapter(tmp_path / "broken"), _adapter(tmp_path / "unbroken")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_fsdp_full_fine_tune_crashed_and_resumed_learns_what_one_process_learns(tiny_llama, data, tmp_path):
+    """A full fine-tune sharded over two processes (FSDP), killed after a checkpoint and resumed, ends
+    where one process with the doubled batch ends: the checkpoint held the gathered weights and AdamW
+    state, and the resume sharded them again."""
+    from safetensors.torch import load_file
+
+    from extes.train.config import config_from_dict, load_config_file
+    from extes.train.runner import train_run
+
+    cfg = _config(tmp_path, "fsdp", tiny_llama, data, method="clm", fsdp=True, lr=1e-3)
+    crashed = _launch("torchrun", cfg, crash_at=5)
+    assert crashed.returncode != 0 and "simulated crash" in crashed.stderr
+    assert sorted(p.name for p in (tmp_path / "fsdp" / "checkpoints").iterdir())[-1] == "step-0000004"
+    resumed = _launch("torchrun", cfg, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    one = train_run(config_from_dict({**load_config_file(cfg), "fsdp": False, "batch_size": 4,
+                                      "out": str(tmp_path / "one")}))
+    m2, m1 = _metrics(tmp_path / "fsdp"), _metrics(one)
+    assert m2["processes"] == 2 and m2["parallelism"] == "fsdp" and m2["trainable_params"] == m1["trainable_params"] == m1["total_params"]
+    _same_curve(m2, m1, rel=1e-4)
+    wa, wb = load_file(tmp_path / "fsdp" / "model.safetensors"), load_file(one / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+def test_fsdp_is_for_full_fine_tunes(tiny_llama, data, tmp_path):
+    from extes.train.config import config_from_dict, load_config_file
+
+    with pytest.raises(ValueError, match="fsdp is for full fine-tunes"):
+        config_from_dict(load_config_file(_config(tmp_path, "x", tiny_llama, data, fsdp=True)))

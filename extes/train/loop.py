@@ -184,6 +184,7 @@ class LoopResult:
     metrics: dict
     best_state: dict | None = None
     history: list = field(default_factory=list)
+    full_state: dict | None = None  # under FSDP: the final weights gathered (rank 0; {} elsewhere)
 
 
 @dataclass
@@ -342,7 +343,6 @@ class _Run:
             [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=opts.lr, betas=(0.9, 0.999), eps=1e-8,
         )
-        self.optimizer = dist.prepare_optimizer(self.optimizer)
         n_batches = math.ceil(len(train_set) / (opts.batch_size * dist.processes))
         self.steps_per_epoch = max(1, math.ceil(n_batches / opts.grad_accum))
         self.total_steps = opts.max_steps or max(1, math.ceil(self.steps_per_epoch * opts.epochs))
@@ -371,11 +371,17 @@ class _Run:
         return [batch[r * per:(r + 1) * per] for r in range(n)]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        full = self.dist.full_state(self.loss_module)  # FSDP: gathered from every process
-        if full is None:
+        """The trainable weights by the bare model's names; under FSDP (a full fine-tune: everything
+        trains) the whole state gathered, tied weights under each name, on rank 0 only."""
+        if not self.dist.fsdp:
             return trainable_state(self.model)
-        names = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        return {n.removeprefix("model."): t.detach().to("cpu") for n, t in full.items() if n in names}
+        return {n.removeprefix("model."): t for n, t in self.dist.full_state(self.loss_module).items()}
+
+    def load_weights(self, state: dict[str, torch.Tensor], from_rank0: bool = False) -> None:
+        if self.dist.fsdp:
+            self.dist.load_full_state(self.loss_module, {f"model.{n}": t for n, t in state.items()}, from_rank0)
+        else:
+            load_trainable_state(self.model, state)
 
     def resume(self) -> bool:
         """Continue from the latest checkpoint, when asked and there is one."""
@@ -386,10 +392,11 @@ class _Run:
         if ckpt.state.processes != self.dist.processes:
             raise ValueError(f"{folder}: written by a run of {ckpt.state.processes} process(es); resume it with "
                              f"as many (this run has {self.dist.processes}), or the batches would differ")
+        self.load_weights(ckpt.weights)
         if self.dist.fsdp:
-            raise ValueError(f"{folder}: resuming under FSDP is not supported; resume with DDP or one process")
-        load_trainable_state(self.model, ckpt.weights)
-        self.optimizer.load_state_dict(ckpt.optimizer)
+            self.dist.load_full_optimizer_state(self.loss_module, self.optimizer, ckpt.optimizer)
+        else:
+            self.optimizer.load_state_dict(ckpt.optimizer)
         self.scheduler.load_state_dict(ckpt.scheduler)
         self.state, self.best_state = ckpt.state, ckpt.best_state
         torch.set_rng_state(ckpt.rank_rngs[self.dist.rank] if ckpt.rank_rngs else ckpt.torch_rng)
@@ -404,8 +411,8 @@ class _Run:
             return
         rngs = self.dist.gather(torch.get_rng_state())
         weights = self.trainable_state()
-        if self.dist.fsdp:  # sharded optimizer state: FSDP runs checkpoint their weights, resume is refused
-            optimizer: dict = {}
+        if self.dist.fsdp:  # gathered onto rank 0, by parameter name
+            optimizer = self.dist.full_optimizer_state(self.loss_module, self.optimizer)
         else:
             optimizer = self.optimizer.state_dict()
         if self.dist.is_main:
@@ -476,7 +483,7 @@ class _Run:
             step_loss += float(loss_sum.detach())
         step_loss = dist.sum(step_loss)[0]
         if opts.max_grad_norm:
-            dist.clip_grad_norm(self.loss_module, self.params, opts.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.params, opts.max_grad_norm)  # DTensors under FSDP: global norm
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -559,6 +566,7 @@ class _Run:
             "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
             "device": str(self.device),
             "processes": self.dist.processes,
+            "parallelism": "fsdp" if self.dist.fsdp else "ddp" if self.dist.active else "none",
             "global_batch_size": opts.batch_size * self.dist.processes * opts.grad_accum,
         }
 
@@ -585,5 +593,6 @@ def train(model, train_set: Sequence[Encoded], valid_set: Sequence[Encoded], pad
         bar.close()
     metrics = run.metrics()
     if opts.keep_best and run.best_state is not None:
-        load_trainable_state(model, run.best_state)
-    return LoopResult(metrics=metrics, best_state=run.best_state, history=run.state.history)
+        run.load_weights(run.best_state, from_rank0=True)
+    full = run.trainable_state() if dist.fsdp else None
+    return LoopResult(metrics=metrics, best_state=run.best_state, history=run.state.history, full_state=full)

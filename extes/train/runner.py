@@ -70,7 +70,6 @@ def train_run(cfg: TrainConfig) -> Path:
     """Run one training as configured; returns the output folder."""
     import torch
 
-    from extes.train.card import model_card
     from extes.train.distributed import init
     from extes.train.loop import LoopOptions, train
 
@@ -88,7 +87,7 @@ def train_run(cfg: TrainConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    dist, device = init(cfg.device)
+    dist, device = init(cfg.device, fsdp=cfg.fsdp)
     module = method_module(cfg.method)
     model = module.build_model(cfg, device)
     ckpt_dir = out / "checkpoints"
@@ -118,13 +117,26 @@ def train_run(cfg: TrainConfig) -> Path:
     if metrics["best"]:
         metrics["valid_ppl"] = metrics["best"]["valid_ppl"]
         metrics["valid_loss"] = metrics["best"]["valid_loss"]
+    _save_run(cfg, module, model, tok, metrics, result.full_state)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    dist.barrier()
+    return out
 
+
+def _save_run(cfg: TrainConfig, module, model, tok, metrics: dict, full_state: dict | None) -> None:
+    """The final files, written to a temporary folder and moved into `cfg.out_dir`."""
+    from extes.train.card import model_card
+
+    out = cfg.out_dir
     tmp = out / f".saving-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        module.save_model(model, tmp, cfg)
+        if full_state is not None:  # FSDP: the model holds shards; save the gathered weights
+            module.save_model(model, tmp, cfg, state_dict=full_state)
+        else:
+            module.save_model(model, tmp, cfg)
         tok.save_pretrained(str(tmp))
         cfg.save(tmp / "training_config.json")
         _write_json(tmp / "metrics.json", metrics)
@@ -133,9 +145,6 @@ def train_run(cfg: TrainConfig) -> Path:
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    dist.barrier()
-    return out
 
 
 def load_trained(run_dir: str | Path, device: str | None = None):
