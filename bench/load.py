@@ -286,24 +286,24 @@ def run_once(args, work: Path, protocol: Path, label: str, extra: list[str],
         conv = store.conversation(p.conversation)
         msgs = store.messages(p.conversation)
         for pane in "ABC":
-            stored = [(m["role"], shown_as(m["text"])) for m in msgs if m["pane"] == pane]
+            stored = [(m.role, shown_as(m.text)) for m in msgs if m.pane == pane]
             if [r for r, _ in stored] != ["user", "assistant"] * args.turns:
                 problems.append(f"participant {p.index} pane {pane}: stored roles {[r for r, _ in stored]}")
             if p.shown.get(pane) != stored:
                 problems.append(f"participant {p.index} pane {pane}: what was shown differs from what was stored")
-        user_msgs += sum(1 for m in msgs if m["role"] == "user")
-        replies += [m for m in msgs if m["role"] == "assistant"]
+        user_msgs += sum(1 for m in msgs if m.role == "user")
+        replies += [m for m in msgs if m.role == "assistant"]
         n_votes = len(store.votes(p.conversation))
         if conv.status != "rated" or n_votes != 15:
             problems.append(f"participant {p.index}: conversation {conv.status}, {n_votes} votes stored")
         else:
             votes_ok += 1
-    interrupted = sum(1 for m in replies if m["finish_reason"] == "interrupted")
+    interrupted = sum(1 for m in replies if m.finish_reason == "interrupted")
     if interrupted:
         problems.append(f"{interrupted} replies stored as interrupted")
-    latency = [m["latency_s"] for m in replies if m["latency_s"] is not None]
-    ttft = [m["ttft_s"] for m in replies if m["ttft_s"] is not None]
-    tokens = sum(m["n_tokens"] or 0 for m in replies)
+    latency = [m.latency_s for m in replies if m.latency_s is not None]
+    ttft = [m.ttft_s for m in replies if m.ttft_s is not None]
+    tokens = sum(m.n_tokens or 0 for m in replies)
     request = [x for p in people for x in p.request_latency]
     ok = args.participants - sum(1 for p in people if p.error)
     print(f"wall time {wall:.1f} s for {ok}/{args.participants} participants; "

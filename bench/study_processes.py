@@ -186,7 +186,7 @@ def check(db: str, protocol_path: Path, log: dict, quota: int) -> dict:
     problems: Counter = Counter()
     for code in log["codes"]:
         p = store.participant_by_code(code)
-        convs = store.conversations_of(p["id"])
+        convs = store.conversations_of(p.id)
         if len(convs) > protocol.conversations_per_participant:
             problems["limit: too many conversations"] += 1
         if sum(c.status == "chatting" for c in convs) > 1:
@@ -195,24 +195,24 @@ def check(db: str, protocol_path: Path, log: dict, quota: int) -> dict:
     for conv, n_sends in acked.items():
         msgs = store.messages(conv)
         for pane in "ABC":
-            users = [m for m in msgs if m["pane"] == pane and m["role"] == "user"]
-            replies = [m for m in msgs if m["pane"] == pane and m["role"] == "assistant"]
+            users = [m for m in msgs if m.pane == pane and m.role == "user"]
+            replies = [m for m in msgs if m.pane == pane and m.role == "assistant"]
             if len(users) < n_sends or len(replies) < n_sends:
                 problems["lost: message or reply"] += 1
             if len(users) > n_sends:
                 problems["duplicated: message"] += 1
-            if any(m["partial"] or m["finish_reason"] != "stop" for m in replies):
+            if any(m.partial or m.finish_reason != "stop" for m in replies):
                 problems["lost: incomplete reply"] += 1
-    votes = Counter(v["conversation_id"] for v in store.votes())
+    votes = Counter(v.conversation_id for v in store.votes())
     for conv in log["rated"]:
         if votes.get(conv, 0) < n_votes:
             problems["lost: rating"] += 1
         if votes.get(conv, 0) > n_votes:
             problems["duplicated: votes"] += 1
-    per_item: Counter = Counter(a["item_id"] for a in store.assignments() if a["status"] in ("open", "done"))
+    per_item: Counter = Counter(a.item_id for a in store.assignments() if a.status in ("open", "done"))
     over = [item for item, n in per_item.items() if n > quota]
     problems["over-assigned items"] += len(over)
-    done_items = Counter(a["item_id"] for a in store.assignments() if a["status"] == "done")
+    done_items = Counter(a.item_id for a in store.assignments() if a.status == "done")
     counts = store.counts()
     store.close()
     return {"participants": len(log["codes"]), "conversations": counts["conversations"],

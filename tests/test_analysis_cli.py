@@ -284,7 +284,7 @@ def test_against_a_real_study_store(capsys, tmp_path):
     arms = ["lora", "base", "gpt"]
     for i in range(4):
         participant = store.create_participant()
-        conv = store.create_conversation(participant["id"], "job", "lost my job", lambda counts: (0, arms))
+        conv = store.create_conversation(participant.id, "job", "lost my job", lambda counts: (0, arms))
         outcome = ["a", "b", "tie", "a"][i]
         rows = [
             {
@@ -307,8 +307,8 @@ def test_against_a_real_study_store(capsys, tmp_path):
                 "outcome": "b",
             }
         )
-        store.submit_votes(conv.id, participant["id"], rows)
-    judges = [store.create_participant(role="judge")["id"] for _ in range(3)]
+        store.submit_votes(conv.id, participant.id, rows)
+    judges = [store.create_participant(role="judge").id for _ in range(3)]
     for item in ("d1", "d2"):
         store.add_annotation_item(item, "dialogue", source="extes")
         for judge, score in zip(judges, (4, 4, 5) if item == "d1" else (2, 3, 2)):

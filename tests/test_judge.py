@@ -199,7 +199,7 @@ def study_db(tmp_path):
 
     db = tmp_path / "study.sqlite"
     store = Store(str(db))
-    pid = store.create_participant()["id"]
+    pid = store.create_participant().id
     convs = []
     for i, order in enumerate((["base", "lora", "strat"], ["strat", "base", "lora"])):
         conv = store.create_conversation(pid, "Job loss", "", lambda counts, o=order, i=i: (i, o))

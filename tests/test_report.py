@@ -49,15 +49,15 @@ def build_study_db(path: Path) -> None:
     pattern = ["a", "a", "b", "tie", "a", "a", "b", "a", "tie", "a", "a", "b"]
     for i in range(12):
         participant = store.create_participant()
-        conv = store.create_conversation(participant["id"], "job", "lost my job", lambda counts: (0, arms))
+        conv = store.create_conversation(participant.id, "job", "lost my job", lambda counts: (0, arms))
         rows = []
         for j, aspect in enumerate(ASPECTS):
             rows.append({"aspect": aspect, "pane_a": "A", "pane_b": "B", "arm_a": "lora", "arm_b": "base",
                          "outcome": pattern[(i + j) % 12]})
             rows.append({"aspect": aspect, "pane_a": "C", "pane_b": "A", "arm_a": "gpt", "arm_b": "lora",
                          "outcome": pattern[(i + 2 * j + 5) % 12]})
-        store.submit_votes(conv.id, participant["id"], rows)
-    judges = [store.create_participant(role="judge")["id"] for _ in range(3)]
+        store.submit_votes(conv.id, participant.id, rows)
+    judges = [store.create_participant(role="judge").id for _ in range(3)]
     scores = {"extes": [(3, 3, 2), (2, 3, 3), (3, 2, 3), (1, 2, 2)], "esconv": [(2, 1, 2), (1, 1, 2), (2, 2, 3)]}
     for source, items in scores.items():
         for k, triple in enumerate(items):

@@ -35,7 +35,7 @@ def make_protocol(tmp_path: Path, judges: int = 3, dataset: str | None = None, p
 
 
 def rated_conversation(store: Store, participant_id: str | None = None) -> dict:
-    pid = participant_id or store.create_participant()["id"]
+    pid = participant_id or store.create_participant().id
     conv = store.create_conversation(pid, "Academic Stress", "", balanced_chooser(ARMS, random.Random(1)))
     for pane, arm in zip("ABC", conv.arm_order):
         store.add_message(conv.id, pane, arm, "user", f"hello {pane}")
@@ -70,19 +70,19 @@ def store(tmp_path):
 def test_only_rated_conversations_become_items_and_sync_is_idempotent(store, tmp_path):
     protocol = make_protocol(tmp_path)
     rated = rated_conversation(store)
-    pid = store.create_participant()["id"]
+    pid = store.create_participant().id
     store.create_conversation(pid, "Academic Stress", "", balanced_chooser(ARMS))  # still chatting
     assert ann.sync_items(store, protocol) == {"conversation": 1, "dialogue": 0}
     assert ann.sync_items(store, protocol) == {"conversation": 0, "dialogue": 0}
-    assert [i["id"] for i in store.annotation_items()] == [rated.id]
+    assert [i.id for i in store.annotation_items()] == [rated.id]
 
 
 def test_each_item_reaches_quota_no_repeats(store, tmp_path):
     protocol = make_protocol(tmp_path, judges=3)
     owner = store.create_participant()
-    convs = [rated_conversation(store, owner["id"])] + [rated_conversation(store) for _ in range(3)]
+    convs = [rated_conversation(store, owner.id)] + [rated_conversation(store) for _ in range(3)]
     ann.sync_items(store, protocol)
-    judges = [ann.new_judge(store, protocol)["id"] for _ in range(5)]
+    judges = [ann.new_judge(store, protocol).id for _ in range(5)]
     rng = random.Random(0)
     # Judges take turns until nobody gets anything more.
     progress = True
@@ -93,11 +93,11 @@ def test_each_item_reaches_quota_no_repeats(store, tmp_path):
             if a is None:
                 continue
             progress = True
-            assert ann.submit_pairwise(store, protocol, j, a["id"], full_form(protocol)) == 15
+            assert ann.submit_pairwise(store, protocol, j, a.id, full_form(protocol)) == 15
     per_item: dict[str, list[str]] = {}
     for a in store.assignments():
-        assert a["status"] == "done"
-        per_item.setdefault(a["item_id"], []).append(a["judge_id"])
+        assert a.status == "done"
+        per_item.setdefault(a.item_id, []).append(a.judge_id)
     assert sorted(per_item) == sorted(c.id for c in convs)
     for item, js in per_item.items():
         assert len(js) == 3, item  # exactly the quota
@@ -108,9 +108,9 @@ def test_open_assignment_is_resumed_and_abandoned_ones_stop_counting(store, tmp_
     protocol = make_protocol(tmp_path, judges=1)
     rated_conversation(store)
     ann.sync_items(store, protocol)
-    j1, j2 = (ann.new_judge(store, protocol)["id"] for _ in range(2))
+    j1, j2 = (ann.new_judge(store, protocol).id for _ in range(2))
     first = ann.next_assignment(store, protocol, j1)
-    assert ann.next_assignment(store, protocol, j1)["id"] == first["id"]  # refresh: same item
+    assert ann.next_assignment(store, protocol, j1).id == first.id  # refresh: same item
     assert ann.next_assignment(store, protocol, j2) is None  # quota taken by j1's open assignment
     assert ann.next_assignment(store, protocol, j2, stale_after_s=0) is not None  # j1 walked away
 
@@ -119,16 +119,16 @@ def test_pairwise_judgments_map_shown_panes_to_arms_and_export(store, tmp_path):
     protocol = make_protocol(tmp_path)
     conv = rated_conversation(store)
     ann.sync_items(store, protocol)
-    judge = ann.new_judge(store, protocol)["id"]
+    judge = ann.new_judge(store, protocol).id
     a = ann.next_assignment(store, protocol, judge, rng=random.Random(3))
-    view = ann.item_view(store, judge, a["id"])
+    view = ann.item_view(store, judge, a.id)
     arm_of = dict(zip("ABC", conv.arm_order))
-    shown_arms = [arm_of[p] for p in a["pane_order"]]
+    shown_arms = [arm_of[p] for p in a.pane_order]
     # The blind view shows each pane's transcript in the judge's order, without arm names.
     assert [turns[-1][1] for turns in view.panes] == [f"reply from {arm}" for arm in shown_arms]
     form = full_form(protocol, "tie")
     form[("overall", 1)] = "right"  # shown A vs shown C: C better
-    ann.submit_pairwise(store, protocol, judge, a["id"], form)
+    ann.submit_pairwise(store, protocol, judge, a.id, form)
     frame = store.votes_frame("judge")
     assert len(frame) == 15 and set(frame["rater_id"]) == {judge}
     row = frame[(frame["aspect"] == "overall") & (frame["outcome"] != "tie")].iloc[0]
@@ -141,21 +141,21 @@ def test_incomplete_foreign_or_repeated_submissions_change_nothing(store, tmp_pa
     protocol = make_protocol(tmp_path)
     rated_conversation(store)
     ann.sync_items(store, protocol)
-    judge, other = (ann.new_judge(store, protocol)["id"] for _ in range(2))
+    judge, other = (ann.new_judge(store, protocol).id for _ in range(2))
     a = ann.next_assignment(store, protocol, judge)
     form = full_form(protocol)
     del form[("comforting", 2)]
     with pytest.raises(ann.AnnotationError, match="Comforting: B vs C"):
-        ann.submit_pairwise(store, protocol, judge, a["id"], form)
+        ann.submit_pairwise(store, protocol, judge, a.id, form)
     with pytest.raises(ann.AnnotationError, match="not one of yours"):
-        ann.submit_pairwise(store, protocol, other, a["id"], full_form(protocol))
+        ann.submit_pairwise(store, protocol, other, a.id, full_form(protocol))
     with pytest.raises(ann.AnnotationError, match="not one of yours"):
-        ann.item_view(store, other, a["id"])
+        ann.item_view(store, other, a.id)
     assert len(store.votes_frame("judge")) == 0
-    ann.submit_pairwise(store, protocol, judge, a["id"], full_form(protocol))
+    ann.submit_pairwise(store, protocol, judge, a.id, full_form(protocol))
     with pytest.raises(ann.AnnotationError, match="already submitted"):
-        ann.submit_pairwise(store, protocol, judge, a["id"], full_form(protocol, "right"))
-    assert set(store.votes_frame("judge")["outcome"]) == {"a"}
+        ann.submit_pairwise(store, protocol, judge, a.id, full_form(protocol, "right"))
+    assert set(store.votes_frame("judge").outcome) == {"a"}
 
 
 def test_dataset_dialogues_are_rated_on_the_likert_scale(store, tmp_path):
@@ -164,22 +164,22 @@ def test_dataset_dialogues_are_rated_on_the_likert_scale(store, tmp_path):
     rated_conversation(store)
     assert ann.sync_items(store, protocol) == {"conversation": 0, "dialogue": 2}  # found from the repo root
     assert path.exists()
-    judge = ann.new_judge(store, protocol)["id"]
+    judge = ann.new_judge(store, protocol).id
     a = ann.next_assignment(store, protocol, judge)
-    view = ann.item_view(store, judge, a["id"])
+    view = ann.item_view(store, judge, a.id)
     assert view.kind == "dialogue" and view.turns[0][0] == "user" and view.scene == "Academic Stress"
     aspects = protocol.annotation.likert_aspects
     with pytest.raises(ann.AnnotationError, match="Coherence"):
-        ann.submit_likert(store, protocol, judge, a["id"], {**{k: 2 for k in aspects}, "Coherence": 4})
+        ann.submit_likert(store, protocol, judge, a.id, {**{k: 2 for k in aspects}, "Coherence": 4})
     with pytest.raises(ann.AnnotationError, match="Helpfulness"):
-        ann.submit_likert(store, protocol, judge, a["id"], {k: 1 for k in aspects if k != "Helpfulness"})
+        ann.submit_likert(store, protocol, judge, a.id, {k: 1 for k in aspects if k != "Helpfulness"})
     with pytest.raises(ann.AnnotationError, match="Likert scores"):
-        ann.submit_pairwise(store, protocol, judge, a["id"], full_form(protocol))
+        ann.submit_pairwise(store, protocol, judge, a.id, full_form(protocol))
     assert len(store.ratings_frame()) == 1  # only the participant's own vote
-    ann.submit_likert(store, protocol, judge, a["id"], {k: "3" for k in aspects})
+    ann.submit_likert(store, protocol, judge, a.id, {k: "3" for k in aspects})
     frame = store.ratings_frame()
     likert = frame[frame["source"] != "pairwise"]
-    assert len(likert) == 5 and set(likert["label"]) == {"3"} and set(likert["item_id"]) == {a["item_id"]}
+    assert len(likert) == 5 and set(likert["label"]) == {"3"} and set(likert["item_id"]) == {a.item_id}
     assert set(likert["aspect"]) == {k.lower() for k in aspects}
     assert ann.coverage(store, protocol) == {"items": 2, "complete_items": 0, "judgments": 1}
 

@@ -214,7 +214,7 @@ def test_kill_9_during_a_conversation_then_restart_loses_nothing(study_files, tm
     del job
     store = Store(db)
     for pane, chat in zip("ABC", shown):
-        stored = [(m["role"], m["text"]) for m in store.messages(conv, pane)]
+        stored = [(m.role, m.text) for m in store.messages(conv, pane)]
         assert stored[: len(chat)] == [(role, text) for role, text in chat]  # (no HTML in these messages)
     store.close()
 
@@ -273,7 +273,7 @@ def test_concurrent_participants_through_the_api_never_mix(served):
         for chat in chats:
             users = [text for role, text in chat if role == "user"]
             assert users == [f"participant {i} says 0", f"participant {i} says 1"]
-        stored = [m["text"] for m in store.messages(conv) if m["role"] == "user"]
+        stored = [m.text for m in store.messages(conv) if m.role == "user"]
         assert all(s.startswith(f"participant {i} ") for s in stored) and len(stored) == 6
 
 

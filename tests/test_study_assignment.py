@@ -31,7 +31,7 @@ def test_orders_balanced_random_and_persisted(tmp_path):
     choose = balanced_chooser(ARM_NAMES, random.Random(1))
     seen = []
     for _ in range(60):  # one conversation each: a participant has one in progress at a time
-        conv = store.create_conversation(store.create_participant()["id"], "Academic Stress", "", choose)
+        conv = store.create_conversation(store.create_participant().id, "Academic Stress", "", choose)
         seen.append(conv.order_index)
         counts = store.order_counts()
         assert max(counts) - min(counts) <= 1  # balanced at every moment

@@ -51,15 +51,15 @@ def test_no_tag_is_shown_stored_as_text_or_shown_to_judges(tmp_path):
         shown = " ".join(m["content"] for p in v.panes for m in p.messages)
         assert "[" not in shown and "Validation" not in shown, shown
     pane = "ABC"[store.conversation(view.conversation_id).arm_order.index(ARM_NAMES[2])]
-    [reply] = [m for m in store.messages(view.conversation_id, pane) if m["role"] == "assistant"]
-    assert "[" not in reply["text"] and "[ev]" in reply["raw_text"]  # raw text kept for analysis
-    assert reply["strategies"] == ["Emotional Validation", "Emotional Validation", "Offer Hope"]
-    assert (reply["dtype"], reply["engine_version"]) == ("bfloat16", "e-2")  # the engine's, when it has them
+    [reply] = [m for m in store.messages(view.conversation_id, pane) if m.role == "assistant"]
+    assert "[" not in reply.text and "[ev]" in reply.raw_text  # raw text kept for analysis
+    assert reply.strategies == ("Emotional Validation", "Emotional Validation", "Offer Hope")
+    assert (reply.dtype, reply.engine_version) == ("bfloat16", "e-2")  # the engine's, when it has them
     study.submit_rating(view.code, view.conversation_id, full_answers(study))
     ann.sync_items(store, protocol)
-    judge = ann.new_judge(store, protocol)["id"]
+    judge = ann.new_judge(store, protocol).id
     a = ann.next_assignment(store, protocol, judge)
-    assert "[" not in " ".join(text for turns in ann.item_view(store, judge, a["id"]).panes for _r, text in turns)
+    assert "[" not in " ".join(text for turns in ann.item_view(store, judge, a.id).panes for _r, text in turns)
 
 
 def test_over_20_sends_no_pane_is_first_or_last_by_timing(tmp_path):
@@ -102,6 +102,6 @@ def test_tags_in_other_wrappings_never_show_while_streaming_or_after(tmp_path):
         for piece in ("Affirmation", "EV", "Offer", "Hope", "strategy", "#", "<", "(EV", "【", "Question", "**"):
             assert piece not in shown, (piece, shown)
     pane = "ABC"[store.conversation(view.conversation_id).arm_order.index(ARM_NAMES[2])]
-    [reply] = [m for m in store.messages(view.conversation_id, pane) if m["role"] == "assistant"]
-    assert reply["strategies"] == ["Affirmation", "Emotional Validation", "Offer Hope", "Emotional Validation",
-                                   "Question"]
+    [reply] = [m for m in store.messages(view.conversation_id, pane) if m.role == "assistant"]
+    assert reply.strategies == ("Affirmation", "Emotional Validation", "Offer Hope", "Emotional Validation",
+                                "Question")

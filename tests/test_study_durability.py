@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from study_helpers import ARM_NAMES, FakePool, full_answers, make_protocol
 
+from extes.study.records import MessageStatus
 from extes.study.session import Study, StudyRefusal
 from extes.study.store import Store
 from extes.study.store import base as store_base
@@ -76,11 +77,11 @@ def test_kill_9_mid_stream_keeps_what_was_shown_marked_interrupted(tmp_path, db_
     study = Study(protocol, store, FakePool())
     rows = store.messages(conv)
     for i, pane in enumerate("ABC"):
-        replies = [m for m in rows if m["pane"] == pane and m["role"] == "assistant"]
+        replies = [m for m in rows if m.pane == pane and m.role == "assistant"]
         assert len(replies) == 1
         r = replies[0]
-        assert r["partial"] and r["finish_reason"] == "interrupted"
-        assert r["text"].startswith(before[-1][i]) and len(r["text"]) >= len(before[-1][i]) > 0
+        assert r.partial and r.finish_reason == "interrupted" and r.status is MessageStatus.INTERRUPTED
+        assert r.text.startswith(before[-1][i]) and len(r.text) >= len(before[-1][i]) > 0
     view = study.resume(code)
     assert all(ps.messages[-1]["interrupted"] and ps.messages[-1]["content"] for ps in view.panes)
     from extes.study.ui_participant import INTERRUPTED_NOTE, _chat_value
@@ -89,7 +90,7 @@ def test_kill_9_mid_stream_keeps_what_was_shown_marked_interrupted(tmp_path, db_
     assert [ps.remaining for ps in view.panes] == [1, 1, 1] and not view.can_rate  # not a complete reply
     # The conversation goes on; nothing is merged into the earlier message.
     list(study.send(code, conv, "A", "second message"))
-    a = [(m["role"], m["text"]) for m in store.messages(conv, "A")]
+    a = [(m.role, m.text) for m in store.messages(conv, "A")]
     assert [role for role, _ in a] == ["user", "assistant", "user", "assistant"]
     assert a[0][1] == "first message" and a[2][1] == "second message"
     store.close()
@@ -104,9 +105,9 @@ def test_replies_are_written_while_they_stream(tmp_path, db_url):
     seen = []
     for v in stream:
         shown = v.panes[0].messages[-1]["content"]
-        stored = [m for m in store.messages(view.conversation_id, "A") if m["role"] == "assistant"]
+        stored = [m for m in store.messages(view.conversation_id, "A") if m.role == "assistant"]
         if stored and v.streaming:
-            seen.append((len(shown), len(stored[0]["text"]), stored[0]["finish_reason"]))
+            seen.append((len(shown), len(stored[0].text), stored[0].finish_reason))
     assert any(n_stored > 0 and reason == "streaming" for _n, n_stored, reason in seen)  # written mid-stream
     assert all(n_stored <= n_shown for n_shown, n_stored, _ in seen)  # never ahead of what was shown
     store.close()
@@ -147,8 +148,8 @@ def test_no_rating_while_a_pane_streams_in_this_or_another_process(tmp_path, db_
     list(stream)
     study.submit_rating(view.code, view.conversation_id, full_answers(study))
     rated_at = store.conversation(view.conversation_id).rated_at
-    assert all(m["created_at"] <= rated_at and m["finish_reason"] == "stop"
-               for m in store.messages(view.conversation_id) if m["role"] == "assistant")
+    assert all(m.created_at <= rated_at and m.finish_reason == "stop"
+               for m in store.messages(view.conversation_id) if m.role == "assistant")
     assert len(store.votes()) == 15
     assert ARM_NAMES  # (imported for symmetry with the other study tests)
     store.close()

@@ -73,7 +73,7 @@ def send(page, turns: dict[str, int], panes: str, text: str) -> None:
 
 
 def conv_id_of(store, code: str) -> str:
-    return store.conversations_of(store.participant_by_code(code)["id"])[0].id
+    return store.conversations_of(store.participant_by_code(code).id)[0].id
 
 
 def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llama, monkeypatch):
@@ -161,16 +161,16 @@ def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llam
 
         # Everything is in the store.
         (participant,) = [p for p in [store.participant_by_code(code)] if p]
-        (conv,) = store.conversations_of(participant["id"])
+        (conv,) = store.conversations_of(participant.id)
         assert conv.status == "rated" and conv.scenario == "Academic Stress"
         assert conv.comment == "Model A was kind."
         msgs = store.messages(conv.id)
         for pane in "ABC":
-            roles = [m["role"] for m in msgs if m["pane"] == pane]
+            roles = [m.role for m in msgs if m.pane == pane]
             assert roles == ["user", "assistant"] * MIN_TURNS, pane
-        assert any("<script>" in m["text"] for m in msgs if m["role"] == "user" and m["pane"] == "B")
-        assert all(m["latency_s"] is not None for m in msgs if m["role"] == "assistant")
-        assert [f["category"] for f in store.flags(conv.id)] == ["suicide"]
+        assert any("<script>" in m.text for m in msgs if m.role == "user" and m.pane == "B")
+        assert all(m.latency_s is not None for m in msgs if m.role == "assistant")
+        assert [f.category for f in store.flags(conv.id)] == ["suicide"]
         votes = store.votes_frame()
         import pandas as pd
 

@@ -28,9 +28,9 @@ def test_one_turn_with_the_embedded_model(tmp_path):
         view = study.start_conversation(study.consent().code, "Breakups or Divorce")
         views = list(study.send(view.code, view.conversation_id, "ABC", "I just broke up and I feel awful."))
         assert [p.turns for p in views[-1].panes] == [1, 1, 1]
-        replies = [m for m in store.messages(view.conversation_id) if m["role"] == "assistant"]
-        assert len(replies) == 3 and all(r["text"].strip() for r in replies)
-        assert all(r["latency_s"] > 0 and r["n_tokens"] <= 12 and r["settings"] for r in replies)
+        replies = [m for m in store.messages(view.conversation_id) if m.role == "assistant"]
+        assert len(replies) == 3 and all(r.text.strip() for r in replies)
+        assert all(r.latency_s > 0 and r.n_tokens <= 12 and r.settings for r in replies)
     finally:
         pool.close()
         store.close()

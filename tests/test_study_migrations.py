@@ -60,12 +60,12 @@ def test_every_earlier_version_with_data_upgrades(tmp_path):
         engine.dispose()
         store = Store(path)
         assert store.schema_version() == SCHEMA_VERSION
-        assert store.participant_by_code("AAAA-BBBB-CCCC")["id"] == "p-1"
+        assert store.participant_by_code("AAAA-BBBB-CCCC").id == "p-1"
         convs = {c.id: c.status for c in store.conversations_of("p-1")}
         assert convs == {"c-1": "abandoned", "c-2": "chatting"}  # only the newest stays open
         msgs = store.messages("c-2")
-        assert [m["text"] for m in msgs] == ["old message", "old reply"]
-        assert msgs[1]["raw_text"] == "[EV] old reply" and msgs[1]["partial"] is False
+        assert [m.text for m in msgs] == ["old message", "old reply"]
+        assert msgs[1].raw_text == "[EV] old reply" and msgs[1].partial is False
         # the new constraint holds on the upgraded database
         import pytest
 

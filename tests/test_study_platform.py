@@ -73,11 +73,11 @@ def test_upgrade_from_v2_with_data_keeps_rows_and_adds_the_v3_tables(tmp_path):
     engine.dispose()
     store = Store(path)
     assert store.schema_version() == SCHEMA_VERSION  # v2 -> v3 (and every later migration)
-    assert store.participant_by_code("AAAA-BBBB-CCCC")["id"] == "p-1"
+    assert store.participant_by_code("AAAA-BBBB-CCCC").id == "p-1"
     store.submit_votes("c-1", "p-1", [{"aspect": "fluency", "pane_a": "A", "pane_b": "B", "arm_a": "a", "arm_b": "b",
                                        "outcome": "a"}],
                        checks=RatingChecks("b", 3.5, (("failed_attention", "answered 'b'"),)))
-    assert store.rating_checks("c-1")["instructed_answer"] == "b"
+    assert store.rating_checks("c-1").instructed_answer == "b"
     assert store.flags_frame().to_dict("records") == [
         {"conversation_id": "c-1", "flag": "failed_attention", "detail": "answered 'b'"}]
     store.set_meta("exclusion_rule", '["failed_attention"]')
@@ -92,7 +92,7 @@ def test_platform_id_can_never_start_twice_and_raw_id_only_when_kept(tmp_path):
         store.create_platform_participant("x", "prolific", "h" * 64, PID, "st", "se2")
     assert not store.record_screened_out("prolific", "h" * 64, None, None, None)
     rows = store.platform_sessions()
-    assert len(rows) == 1 and rows[0]["participant_id"] == p["id"] and rows[0]["raw_id"] is None
+    assert len(rows) == 1 and rows[0].participant_id == p.id and rows[0].raw_id is None
     assert store.counts()["participants"] == 1
     store.close()
 
@@ -153,8 +153,8 @@ def test_platform_flow_consent_resume_done_and_second_start_refused(tmp_path, en
     again = s.platform_arrival(PARAMS, held_code=v.code)
     assert again.stage == "done" and again.completion_code == "C1A2B3"
     (row,) = s.store.platform_sessions()
-    assert row["completed_at"] and row["last_stage"] == "done" and row["raw_id"] is None
-    assert row["study_id"] == "study-1" and row["session_id"] == "session-1" and PID not in json.dumps(row)
+    assert row.completed_at and row.last_stage == "done" and row.raw_id is None
+    assert row.study_id == "study-1" and row.session_id == "session-1" and PID not in repr(row)
     assert PID not in caplog.text and "feeling low" not in caplog.text
     s.store.close()
 
@@ -166,13 +166,13 @@ def test_declining_gives_the_screened_out_link_and_keeps_the_raw_id_only_when_as
     assert v.stage == "screened_out" and v.completion_url.endswith("cc=NOCONSENT")
     assert s.platform_arrival(PARAMS).stage == "screened_out"
     (row,) = s.store.platform_sessions()
-    assert row["raw_id"] == PID and row["participant_id"] is None and row["screened_out_at"]
+    assert row.raw_id == PID and row.participant_id is None and row.screened_out_at
     assert s.store.counts()["participants"] == 0
     # a decline does not lock the id out: its owner (or the same person, who changed their mind) may agree
     v = s.platform_consent(PARAMS)
     assert v.stage == "setup" and s.store.counts()["participants"] == 1
     (row,) = s.store.platform_sessions()
-    assert row["participant_id"] == v.participant_id and row["screened_out_at"] is None
+    assert row.participant_id == v.participant_id and row.screened_out_at is None
     s.store.close()
 
 
@@ -199,11 +199,11 @@ def test_attention_flags_are_computed_and_stored_at_rating_time(tmp_path):
         s.submit_rating(v.code, v.conversation_id, full_answers(s, "tie"))
     v = chat_and_rate(s, v, text="ok", choice="tie", instructed="left")
     conv1 = s.store.all_conversations()[0].id
-    flags = {r["flag"]: r["detail"] for r in s.store.conversation_flags(conv1)}
+    flags = {r.flag: r.detail for r in s.store.conversation_flags(conv1)}
     assert set(flags) == {"failed_attention", "short_messages", "repeated_message", "fast_rating", "straight_lined"}
     assert "ok" not in " ".join(flags.values()).replace("took", "")  # details never hold the text
     checks = s.store.rating_checks(conv1)
-    assert checks["instructed_answer"] == "a" and checks["rating_seconds"] < 30
+    assert checks.instructed_answer == "a" and checks.rating_seconds < 30
     assert len(s.store.votes(conv1)) == 3 * len(protocol.aspects)  # the attention row is not a vote
     # a careful participant raises nothing (except the time, which a test cannot wait for)
     v = s.start_conversation(v.code, "Work-related Stress and Burnout")
@@ -213,7 +213,7 @@ def test_attention_flags_are_computed_and_stored_at_rating_time(tmp_path):
     answers[next(iter(answers))] = "tie"
     answers[INSTRUCTED_KEY] = "tie"
     s.submit_rating(v.code, v.conversation_id, answers)
-    assert {r["flag"] for r in s.store.conversation_flags(v.conversation_id)} == {"fast_rating"}
+    assert {r.flag for r in s.store.conversation_flags(v.conversation_id)} == {"fast_rating"}
     s.store.close()
 
 
@@ -284,10 +284,10 @@ def test_export_applies_the_rule_and_analyze_votes_accepts_flags(tmp_path, capsy
     assert code == 0 and "1 of 4 conversation(s) excluded" in out
     import pandas as pd
 
-    assert bad not in set(pd.read_csv(votes)["conversation_id"])
+    assert bad not in set(pd.read_csv(votes).conversation_id)
     assert pd.read_csv(flags)[["conversation_id", "flag"]].values.tolist() == [[bad, "failed_attention"]]
     code, out, _ = run_cli(capsys, "export", "--db", db, "--votes", votes, "--exclusions", "none")
-    assert bad in set(pd.read_csv(votes)["conversation_id"]) and "Exclusions: none applied." in out
+    assert bad in set(pd.read_csv(votes).conversation_id) and "Exclusions: none applied." in out
     code, out, _ = run_cli(capsys, "analyze", "--votes", votes, "--flags", flags, "--exclusions", "failed_attention",
                            "--reference", ARM_NAMES[0], "--json", "--n-boot", 10)
     assert json.loads(out)["exclusions"]["excluded"] == [bad]
@@ -439,7 +439,7 @@ def test_a_decline_cannot_screen_out_an_id_that_agreed(tmp_path, env_salt):
     with pytest.raises(StudyRefusal, match="close this page"):
         s.platform_decline({**PARAMS, "PROLIFIC_PID": PID.upper()})
     (row,) = s.store.platform_sessions()
-    assert row["participant_id"] == v.participant_id and row["screened_out_at"] is None
+    assert row.participant_id == v.participant_id and row.screened_out_at is None
     assert s.platform_arrival(PARAMS, held_code=v.code).stage == "setup"
     s.store.close()
 

@@ -134,11 +134,11 @@ def dashboard(page, url: str, tmp_path: Path) -> None:
 def check_store(store, n_questions: int) -> None:
     """What the browser session left in the store."""
     (session,) = store.platform_sessions()
-    assert session["completed_at"] and session["last_stage"] == "done" and session["raw_id"] is None
-    assert session["study_id"] == "study-e2e" and session["session_id"] == "session-e2e"
+    assert session.completed_at and session.last_stage == "done" and session.raw_id is None
+    assert session.study_id == "study-e2e" and session.session_id == "session-e2e"
     convs = store.all_conversations()
     assert [c.status for c in convs] == ["rated", "rated"]
-    assert all(store.rating_checks(c.id)["instructed_answer"] == "tie" for c in convs)
+    assert all(store.rating_checks(c.id).instructed_answer == "tie" for c in convs)
     assert store.conversation_flags() == []
     assert len(store.votes()) == 2 * n_questions  # the attention row is never a vote
 

@@ -13,6 +13,7 @@ import threading
 from study_helpers import FakePool, full_answers, make_protocol
 
 from extes.study import annotation as ann
+from extes.study.records import Assignment
 from extes.study.session import Study, StudyRefusal
 from extes.study.store import Store
 
@@ -46,7 +47,7 @@ def test_simultaneous_starts_for_one_code_make_one_conversation(tmp_path, db_url
     ok = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, StudyRefusal)]
     assert len(ok) == 1 and len(refused) == 9, results
-    pid = studies[0].store.participant_by_code(code)["id"]
+    pid = studies[0].store.participant_by_code(code).id
     assert [c.status for c in studies[0].store.conversations_of(pid)] == ["chatting"]
     # After rating it, again ten at once: exactly one more, then the limit of 2 holds.
     view = ok[0]
@@ -93,13 +94,13 @@ def test_item_quotas_hold_for_simultaneous_judges(tmp_path, db_url):
     for _ in range(3):
         rated_conversation(stores[0])
     ann.sync_items(stores[0], protocol)
-    judges = [ann.new_judge(stores[0], protocol)["id"] for _ in range(10)]
+    judges = [ann.new_judge(stores[0], protocol).id for _ in range(10)]
     results = _together(10, lambda i: ann.next_assignment(stores[i % 2], protocol, judges[i]))
-    got = [r for r in results if isinstance(r, dict)]
-    assert len(got) == 6 and all(r is None for r in results if not isinstance(r, dict))  # 3 items x 2 judges
+    got = [r for r in results if isinstance(r, Assignment)]
+    assert len(got) == 6 and all(r is None for r in results if not isinstance(r, Assignment))  # 3 items x 2 judges
     per_item: dict[str, int] = {}
     for a in stores[0].assignments():
-        per_item[a["item_id"]] = per_item.get(a["item_id"], 0) + 1
+        per_item[a.item_id] = per_item.get(a.item_id, 0) + 1
     assert sorted(per_item.values()) == [2, 2, 2]
     for s in stores:
         s.close()

@@ -95,15 +95,15 @@ def test_refresh_renders_counts_win_tie_loss_agreement_and_flags(setup, monkeypa
     conv_ids = run_participants(study, 6, risky=True)
     # Two judges rate every conversation and both dataset dialogues.
     for _ in range(2):
-        judge = ann.new_judge(store, protocol)["id"]
+        judge = ann.new_judge(store, protocol).id
         ann.sync_items(store, protocol)
         while (a := ann.next_assignment(store, protocol, judge)) is not None:
-            if store.annotation_items() and a["item_id"].startswith("c-"):
+            if store.annotation_items() and a.item_id.startswith("c-"):
                 form = {(x.key, k): "tie" for x in protocol.aspects for k in range(3)}
-                ann.submit_pairwise(store, protocol, judge, a["id"], form)
+                ann.submit_pairwise(store, protocol, judge, a.id, form)
             else:
                 scores = {x: 2 for x in protocol.annotation.likert_aspects}
-                ann.submit_likert(store, protocol, judge, a["id"], scores)
+                ann.submit_likert(store, protocol, judge, a.id, scores)
     board = ui.Dashboard(store, protocol)
     d = board.refresh(True, ARM_NAMES[0], "participant")
 
@@ -155,21 +155,21 @@ def test_transcript_and_empty_states(setup, monkeypatch):
 def test_csv_exports_load_in_the_analysis_layer(setup, tmp_path):
     protocol, store, study = setup
     run_participants(study, 2)
-    judge = ann.new_judge(store, protocol)["id"]
+    judge = ann.new_judge(store, protocol).id
     ann.sync_items(store, protocol)
     n_items = 0
     while (a := ann.next_assignment(store, protocol, judge)) is not None and n_items < 3:
         n_items += 1
-        if a["pane_order"] is None:
-            ann.submit_likert(store, protocol, judge, a["id"], {x: 1 for x in protocol.annotation.likert_aspects})
+        if a.pane_order is None:
+            ann.submit_likert(store, protocol, judge, a.id, {x: 1 for x in protocol.annotation.likert_aspects})
         else:
             form = {(x.key, k): "right" for x in protocol.aspects for k in range(3)}
-            ann.submit_pairwise(store, protocol, judge, a["id"], form)
+            ann.submit_pairwise(store, protocol, judge, a.id, form)
     paths = ui.export_csvs(store, tmp_path / "export")
     assert [p.name for p in paths] == list(ui.EXPORTS)
     votes = load_votes(str(paths[0]))
     assert len(votes) == 2 * 15 and set(votes["rater_id"]) == set(store.votes_frame()["rater_id"])
-    judged = sum(1 for a in store.assignments() if a["status"] == "done" and a["pane_order"])
+    judged = sum(1 for a in store.assignments() if a.status == "done" and a.pane_order)
     assert len(load_votes(str(paths[1]), allow_empty=True)) == 15 * judged
     ratings = pd.read_csv(paths[2], dtype=str)
     assert len(ratings[ratings["source"] != "pairwise"]) == 5 * (n_items - judged)

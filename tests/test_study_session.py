@@ -27,7 +27,7 @@ def chat(study, view, text="I have been feeling low", panes="ABC"):
 def snapshot(store: Store):
     """Everything stored, to prove refusals change nothing."""
     return (store.counts(), [c.status for c in store.all_conversations()],
-            [(m["id"], m["text"]) for c in store.all_conversations() for m in store.messages(c.id)])
+            [(m.id, m.text) for c in store.all_conversations() for m in store.messages(c.id)])
 
 
 def test_consent_issues_a_code_and_nothing_is_stored_before(study):
@@ -141,7 +141,7 @@ def test_bad_inputs_are_refused_and_change_nothing(study, tmp_path):
     with pytest.raises(StudyRefusal):  # no more messages to a rated conversation
         list(study.send(me.code, me.conversation_id, "A", "hi"))
     assert snapshot(study.store) == before
-    assert set(study.store.votes_frame()["outcome"]) == {"a"}
+    assert set(study.store.votes_frame().outcome) == {"a"}
 
 
 def test_html_is_stored_verbatim(study):
@@ -149,7 +149,7 @@ def test_html_is_stored_verbatim(study):
     payload = "<script>alert('x')</script><b>bold</b>"
     view = chat(study, view, payload, panes="A")
     assert view.panes[0].messages[0]["content"] == payload
-    assert study.store.messages(view.conversation_id, "A")[0]["text"] == payload
+    assert study.store.messages(view.conversation_id, "A")[0].text == payload
 
 
 def test_risk_pattern_flags_and_banner(study):
@@ -159,7 +159,7 @@ def test_risk_pattern_flags_and_banner(study):
     view = chat(study, view, "Sometimes I think about ending my life", panes="B")
     assert view.crisis
     flags = study.store.flags(view.conversation_id)
-    assert [f["category"] for f in flags] == ["suicide"]
+    assert [f.category for f in flags] == ["suicide"]
     assert "ending my life" not in repr(flags)  # the flag records the pattern, not the text
     assert study.resume(view.code).crisis  # the banner stays after a refresh
 
@@ -169,7 +169,7 @@ def test_report_a_reply(study):
     view = chat(study, view, "hi", panes="C")
     study.report(view.code, view.conversation_id, "C", 1)
     reports = study.store.reports(view.conversation_id)
-    assert len(reports) == 1 and study.store.message(reports[0]["message_id"])["role"] == "assistant"
+    assert len(reports) == 1 and study.store.message(reports[0].message_id).role == "assistant"
     with pytest.raises(StudyRefusal):  # a user message is not a model reply
         study.report(view.code, view.conversation_id, "C", 0)
     with pytest.raises(StudyRefusal):  # twice
@@ -217,7 +217,7 @@ def test_model_failure_is_generic_and_keeps_the_user_message(tmp_path):
     with pytest.raises(StudyRefusal) as err:
         chat(s, view, "hello")
     assert "could not reply" in str(err.value) and not any(n in str(err.value) for n in ARM_NAMES)
-    assert [m["role"] for m in s.store.messages(view.conversation_id)] == ["user"] * 3
+    assert [m.role for m in s.store.messages(view.conversation_id)] == ["user"] * 3
 
 
 def test_one_failing_pane_keeps_what_was_shown_and_the_other_panes(tmp_path):
@@ -228,10 +228,10 @@ def test_one_failing_pane_keeps_what_was_shown_and_the_other_panes(tmp_path):
     with pytest.raises(StudyRefusal, match="send your message again"):
         chat(s, view, "hello")
     rows = s.store.messages(view.conversation_id)
-    by_pane = {p: [r["role"] for r in rows if r["pane"] == p] for p in "ABC"}
+    by_pane = {p: [r.role for r in rows if r.pane == p] for p in "ABC"}
     assert by_pane[failing] == ["user", "assistant"]  # the partial text, kept
-    assert [r["finish_reason"] for r in rows if r["pane"] == failing and r["role"] == "assistant"] == ["error"]
-    others = [r["finish_reason"] for r in rows if r["pane"] != failing and r["role"] == "assistant"]
+    assert [r.finish_reason for r in rows if r.pane == failing and r.role == "assistant"] == ["error"]
+    others = [r.finish_reason for r in rows if r.pane != failing and r.role == "assistant"]
     assert others == ["stop", "stop"]  # the other panes finished normally
 
 
@@ -246,8 +246,8 @@ def test_a_reply_cut_by_the_length_cap_is_shown_up_to_its_last_sentence(tmp_path
     s = Study(protocol, Store(tmp_path / "s.sqlite"), pool)
     view = s.start_conversation(s.consent().code, "Academic Stress")
     last = chat(s, view, "hello", panes="A")
-    [reply] = [r for r in s.store.messages(view.conversation_id, "A") if r["role"] == "assistant"]
-    assert reply["text"] == "That sounds hard." and reply["raw_text"] == "That sounds hard. Maybe you"
+    [reply] = [r for r in s.store.messages(view.conversation_id, "A") if r.role == "assistant"]
+    assert reply.text == "That sounds hard." and reply.raw_text == "That sounds hard. Maybe you"
     assert last.panes[0].messages[-1]["content"] == "That sounds hard."  # what the participant is shown
     assert s.resume(view.code).panes[0].messages[-1]["content"] == "That sounds hard."  # and after a reload
 
@@ -259,8 +259,8 @@ def test_abandoned_stream_keeps_the_partial_reply(study):
         next(stream)
     stream.close()  # the page was closed mid-reply
     rows = study.store.messages(view.conversation_id, "A")
-    assert [r["role"] for r in rows] == ["user", "assistant"]
-    assert rows[1]["finish_reason"] == "interrupted" and rows[1]["text"]
+    assert [r.role for r in rows] == ["user", "assistant"]
+    assert rows[1].finish_reason == "interrupted" and rows[1].text
     # The conversation is free again, and the next context merges nothing wrongly.
     chat(study, view, "next", panes="A")
     assert len(study.store.messages(view.conversation_id, "A")) == 4
@@ -307,7 +307,7 @@ def test_concurrent_participants_never_see_each_other(tmp_path):
 def test_judge_codes_and_foreign_protocol_conversations_are_refused(study, tmp_path):
     judge = study.store.create_participant(role="judge")
     with pytest.raises(StudyRefusal, match="not a participant code"):
-        study.resume(judge["code"])
+        study.resume(judge.code)
     view = study.start_conversation(study.consent().code, "Academic Stress")
     (tmp_path / "other").mkdir()
     other = make_protocol(tmp_path / "other", arms=[{"name": n} for n in ("p", "q", "r")])

@@ -21,10 +21,10 @@ ARMS = {"A": "x", "B": "y", "C": "z"}
 
 def rated_conversation(store: Store, outcome: str = "a"):
     p = store.create_participant()
-    conv = store.create_conversation(p["id"], "Academic Stress", "", lambda counts: (0, ["x", "y", "z"]))
+    conv = store.create_conversation(p.id, "Academic Stress", "", lambda counts: (0, ["x", "y", "z"]))
     rows = [{"aspect": asp, "pane_a": a, "pane_b": b, "arm_a": ARMS[a], "arm_b": ARMS[b], "outcome": outcome}
             for asp in ("fluency", "overall") for a, b in PAIRS]
-    store.submit_votes(conv.id, p["id"], rows, comment="ok")
+    store.submit_votes(conv.id, p.id, rows, comment="ok")
     return p, conv
 
 
@@ -53,7 +53,7 @@ def test_newer_schema_is_refused(db_url):
 
 def test_any_sqlalchemy_url(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'u.sqlite'}")
-    assert store.create_participant()["code"]
+    assert store.create_participant().code
     mem = Store("sqlite://")
     assert mem.schema_version() == SCHEMA_VERSION
 
@@ -66,12 +66,12 @@ def test_votes_are_atomic_and_unique(db_url):
     store = Store(db_url)
     p, conv = rated_conversation(store)
     with pytest.raises(DuplicateError):
-        store.submit_votes(conv.id, p["id"], [{"aspect": "overall", "pane_a": "A", "pane_b": "B",
+        store.submit_votes(conv.id, p.id, [{"aspect": "overall", "pane_a": "A", "pane_b": "B",
                                                   "arm_a": "x", "arm_b": "y", "outcome": "b"}])
     assert len(store.votes(conv.id)) == 6
-    conv2 = store.create_conversation(p["id"], "Academic Stress", "", lambda c: (1, ["x", "z", "y"]))
+    conv2 = store.create_conversation(p.id, "Academic Stress", "", lambda c: (1, ["x", "z", "y"]))
     with pytest.raises(ValueError):
-        store.submit_votes(conv2.id, p["id"], [{"aspect": "overall", "pane_a": "A", "pane_b": "B",
+        store.submit_votes(conv2.id, p.id, [{"aspect": "overall", "pane_a": "A", "pane_b": "B",
                                                    "arm_a": "x", "arm_b": "z", "outcome": "left"}])
     assert store.conversation(conv2.id).status == "chatting"
 
@@ -91,13 +91,13 @@ def test_exports_match_the_analysis_formats(db_url):
     store.add_annotation_item("extes:d1", "dialogue", source="extes", payload={"turns": []})
     for j in range(2):
         judge = store.create_participant(role="judge")
-        a = store.create_assignment(conv.id, judge["id"], pane_order=["B", "A", "C"])
+        a = store.create_assignment(conv.id, judge.id, pane_order=["B", "A", "C"])
         store.submit_judgments(a, [{"aspect": "overall", "arm_a": "y", "arm_b": "x", "outcome": "b"}])
         with pytest.raises(DuplicateError):
             store.submit_judgments(a, [{"aspect": "overall", "arm_a": "y", "arm_b": "x", "outcome": "b"}])
         with pytest.raises(DuplicateError):
-            store.create_assignment(conv.id, judge["id"])
-        b = store.create_assignment("extes:d1", judge["id"])
+            store.create_assignment(conv.id, judge.id)
+        b = store.create_assignment("extes:d1", judge.id)
         store.submit_likert(b, {"Informativeness": 2 + j, "Coherence": 3})
     assert store.assignment_counts() == {conv.id: 2, "extes:d1": 2}
     assert len(store.votes_frame("judge")) == 2 and len(store.votes_frame("all")) == 14
@@ -114,13 +114,13 @@ def test_exports_match_the_analysis_formats(db_url):
 def test_reports_flags_and_counts(db_url):
     store = Store(db_url)
     p = store.create_participant()
-    conv = store.create_conversation(p["id"], "Academic Stress", "", lambda c: (0, ["x", "y", "z"]))
+    conv = store.create_conversation(p.id, "Academic Stress", "", lambda c: (0, ["x", "y", "z"]))
     mid = store.add_message(conv.id, "A", "x", "assistant", "hello", settings={"temperature": 0.7})
-    assert store.messages(conv.id)[0]["settings"] == {"temperature": 0.7}
-    store.add_report(conv.id, mid, p["id"])
+    assert store.messages(conv.id)[0].settings == {"temperature": 0.7}
+    store.add_report(conv.id, mid, p.id)
     with pytest.raises(DuplicateError):
-        store.add_report(conv.id, mid, p["id"])
-    fid = store.add_flag(conv.id, p["id"], "suicide", r"\bsuicid\w*", message_id=mid)
+        store.add_report(conv.id, mid, p.id)
+    fid = store.add_flag(conv.id, p.id, "suicide", r"\bsuicid\w*", message_id=mid)
     store.resolve_flag(fid, "contacted")
     counts = store.counts()
     assert counts["reports"] == 1 and counts["flags"] == 1 and counts["open_flags"] == 0
@@ -131,7 +131,7 @@ WRITER = textwrap.dedent("""
     from extes.study.store import Store
     store = Store(sys.argv[1])
     p = store.create_participant()
-    conv = store.create_conversation(p["id"], "Academic Stress", "", lambda c: (0, ["x", "y", "z"]))
+    conv = store.create_conversation(p.id, "Academic Stress", "", lambda c: (0, ["x", "y", "z"]))
     print(conv.id, flush=True)
     i = 0
     while True:
@@ -157,7 +157,7 @@ def test_kill_9_loses_no_committed_write(db_url):
     proc.wait()
     assert len(shown) >= 50
     store = Store(db)
-    stored = {(str(m["id"]), m["text"]) for m in store.messages(conv_id)}
+    stored = {(str(m.id), m.text) for m in store.messages(conv_id)}
     assert {(mid, f"message {i}") for mid, i in shown} <= stored
 
 

@@ -56,7 +56,7 @@ def test_report_handler_and_resume_from_browser_state(study):
     view = study.start_conversation(study.consent().code, "Academic Stress")
     list(study.send(view.code, view.conversation_id, "B", "hi"))
     ui.make_report("B")(view.code, view.conversation_id, types.SimpleNamespace(index=1, liked="This response is harmful"))
-    assert [r["reason"] for r in study.store.reports()] == ["This response is harmful"]
+    assert [r.reason for r in study.store.reports()] == ["This response is harmful"]
 
     outputs = ui.on_load(view.code)  # a refresh: the code comes back from the browser's storage
     by_component = dict(zip(ui.full_outputs, outputs))

@@ -37,9 +37,9 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from extes.study.protocol import PANES, Protocol
+from extes.study.records import AnnotationItem, Assignment, Participant, Role
 from extes.study.store import DuplicateError, LimitError, Store
 
 PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))  # shown positions: A vs B, A vs C, B vs C
@@ -94,7 +94,7 @@ def sync_items(store: Store, protocol: Protocol) -> dict[str, int]:
     new = {"conversation": 0, "dialogue": 0}
     settings = protocol.annotation
     if settings.pairwise and settings.judges_see_conversations:
-        known = {r["id"] for r in store.annotation_items("conversation")}
+        known = {r.id for r in store.annotation_items("conversation")}
         for conv in store.all_conversations():
             if conv.status == "rated" and conv.id not in known:
                 new["conversation"] += store.add_annotation_item(conv.id, "conversation", source="study")
@@ -105,7 +105,7 @@ def sync_items(store: Store, protocol: Protocol) -> dict[str, int]:
         stamp = (store.url, str(path.resolve()), path.stat().st_mtime_ns)
         if stamp in _synced_datasets:  # the page calls this on every "next item": read the file once
             return new
-        known = {r["id"] for r in store.annotation_items("dialogue")}
+        known = {r.id for r in store.annotation_items("dialogue")}
         for d in load_dialogues(path):
             item_id = dataset_item_id(settings.dataset, d.id)
             if item_id in known:
@@ -127,19 +127,19 @@ def invite_judges(store: Store, protocol: Protocol, n: int) -> list[str]:
     return store.invite_judges(n, protocol=protocol.source)
 
 
-def new_judge(store: Store, protocol: Protocol) -> dict[str, Any]:
+def new_judge(store: Store, protocol: Protocol) -> Participant:
     """One invited judge's row (for tests and scripts; the pages only accept codes made this way)."""
     [code] = invite_judges(store, protocol, 1)
     return store.participant_by_code(code)  # type: ignore[return-value]
 
 
-def judge_by_code(store: Store, code: str) -> dict[str, Any]:
+def judge_by_code(store: Store, code: str) -> Participant:
     """The invited judge behind a code; AnnotationError for anything else (unknown, revoked, or a
     participant's code), with one message so codes cannot be probed."""
     if not isinstance(code, str):
         raise AnnotationError("unknown code: check it, or ask the researchers for a judge code")
     person = store.participant_by_code(code)
-    if person is None or person["role"] != "judge" or person.get("revoked_at"):
+    if person is None or person.role is not Role.JUDGE or person.revoked_at:
         raise AnnotationError("unknown code: check it, or ask the researchers for a judge code")
     return person
 
@@ -152,13 +152,13 @@ def _parse_time(stamp: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def _counting(assignments: list[dict[str, Any]], stale_after_s: float) -> dict[str, int]:
+def _counting(assignments: list[Assignment], stale_after_s: float) -> dict[str, int]:
     """Assignments that count towards each item's quota: done ones, and open ones not yet stale."""
     cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_s)
     counts: dict[str, int] = {}
     for a in assignments:
-        if a["status"] == "done" or (a["status"] == "open" and _parse_time(a["created_at"]) > cutoff):
-            counts[a["item_id"]] = counts.get(a["item_id"], 0) + 1
+        if a.status == "done" or (a.status == "open" and _parse_time(a.created_at) > cutoff):
+            counts[a.item_id] = counts.get(a.item_id, 0) + 1
     return counts
 
 
@@ -168,47 +168,47 @@ def _kinds(protocol: Protocol) -> tuple[str, ...]:
 
 
 def eligible_items(store: Store, protocol: Protocol, judge_id: str,
-                   stale_after_s: float = DEFAULT_STALE_S) -> list[tuple[dict[str, Any], int]]:
+                   stale_after_s: float = DEFAULT_STALE_S) -> list[tuple[AnnotationItem, int]]:
     """Items this judge may get next, with how many judges count towards each so far."""
     quota = protocol.annotation.judges_per_item
     all_assignments = store.assignments()
     counts = _counting(all_assignments, stale_after_s)
-    seen = {a["item_id"] for a in all_assignments if a["judge_id"] == judge_id}
+    seen = {a.item_id for a in all_assignments if a.judge_id == judge_id}
     own = {c.id for c in store.conversations_of(judge_id)}
     kinds = _kinds(protocol)
     out = []
     for item in store.annotation_items():
-        if item["id"] in seen or item["id"] in own or item["kind"] not in kinds:
+        if item.id in seen or item.id in own or item.kind not in kinds:
             continue
-        n = counts.get(item["id"], 0)
+        n = counts.get(item.id, 0)
         if n < quota:
             out.append((item, n))
     return out
 
 
-def open_assignment(store: Store, judge_id: str) -> dict[str, Any] | None:
+def open_assignment(store: Store, judge_id: str) -> Assignment | None:
     for a in store.assignments(judge_id=judge_id):
-        if a["status"] == "open":
+        if a.status == "open":
             return a
     return None
 
 
 def next_assignment(store: Store, protocol: Protocol, judge_id: str, rng: random.Random | None = None,
-                    stale_after_s: float = DEFAULT_STALE_S) -> dict[str, Any] | None:
+                    stale_after_s: float = DEFAULT_STALE_S) -> Assignment | None:
     """The judge's open assignment, or a new one (None when nothing is left for this judge). The choice
     is made inside the store's write transaction (`Store.assign_next`)."""
     rng = rng or random.SystemRandom()
     settings = protocol.annotation
     own = [c.id for c in store.conversations_of(judge_id)]
 
-    def pick(candidates: list[tuple[dict[str, Any], int]]) -> tuple[str, list[str] | None]:
+    def pick(candidates: list[tuple[AnnotationItem, int]]) -> tuple[str, list[str] | None]:
         top = max(n for _, n in candidates)
         item = rng.choice([it for it, n in candidates if n == top])
         pane_order = None
-        if item["kind"] == "conversation":
+        if item.kind == "conversation":
             pane_order = list(PANES)
             rng.shuffle(pane_order)
-        return item["id"], pane_order
+        return item.id, pane_order
 
     try:
         return store.assign_next(judge_id, pick, quota=settings.judges_per_item, stale_after_s=stale_after_s,
@@ -220,18 +220,18 @@ def next_assignment(store: Store, protocol: Protocol, judge_id: str, rng: random
         raise AnnotationError("unknown code: check it, or ask the researchers for a judge code") from None
 
 
-def _assignment(store: Store, judge_id: str, assignment_id: int) -> dict[str, Any]:
+def _assignment(store: Store, judge_id: str, assignment_id: int) -> Assignment:
     """The assignment, if it belongs to this judge; AnnotationError otherwise (same message for
     "not yours" and "does not exist", so ids cannot be probed)."""
     for a in store.assignments(judge_id=judge_id):
-        if a["id"] == int(assignment_id):
+        if a.id == int(assignment_id):
             return a
     raise AnnotationError(f"assignment {assignment_id} is not one of yours")
 
 
-def _item(store: Store, item_id: str) -> dict[str, Any]:
+def _item(store: Store, item_id: str) -> AnnotationItem:
     for it in store.annotation_items():
-        if it["id"] == item_id:
+        if it.id == item_id:
             return it
     raise AnnotationError(f"annotation item {item_id} no longer exists")
 
@@ -239,19 +239,19 @@ def _item(store: Store, item_id: str) -> dict[str, Any]:
 def item_view(store: Store, judge_id: str, assignment_id: int) -> ItemView:
     """The blind transcript for one of the judge's assignments."""
     a = _assignment(store, judge_id, assignment_id)
-    item = _item(store, a["item_id"])
-    if item["kind"] == "conversation":
-        msgs = store.messages(item["id"])
-        panes = [[(m["role"], m["text"]) for m in msgs if m["pane"] == pane] for pane in a["pane_order"]]
-        return ItemView(a["id"], "conversation", panes=panes)
-    payload = item["payload"] or {}
+    item = _item(store, a.item_id)
+    if item.kind == "conversation":
+        msgs = store.messages(item.id)
+        panes = [[(m.role, m.text) for m in msgs if m.pane == pane] for pane in a.pane_order or PANES]
+        return ItemView(a.id, "conversation", panes=panes)
+    payload = item.payload or {}
     turns = [(str(r), str(t)) for r, t in payload.get("turns", [])]
-    return ItemView(a["id"], "dialogue", turns=turns, scene=str(payload.get("scene") or ""))
+    return ItemView(a.id, "dialogue", turns=turns, scene=str(payload.get("scene") or ""))
 
 
 def progress(store: Store, protocol: Protocol, judge_id: str) -> dict[str, int]:
     """For the judge's page: items done by this judge, and items still available to them."""
-    done = sum(1 for a in store.assignments(judge_id=judge_id) if a["status"] == "done")
+    done = sum(1 for a in store.assignments(judge_id=judge_id) if a.status == "done")
     return {"done": done, "available": len(eligible_items(store, protocol, judge_id))}
 
 
@@ -260,10 +260,10 @@ def coverage(store: Store, protocol: Protocol) -> dict[str, int]:
     quota = protocol.annotation.judges_per_item
     done: dict[str, int] = {}
     for a in store.assignments():
-        if a["status"] == "done":
-            done[a["item_id"]] = done.get(a["item_id"], 0) + 1
+        if a.status == "done":
+            done[a.item_id] = done.get(a.item_id, 0) + 1
     items = store.annotation_items()
-    return {"items": len(items), "complete_items": sum(1 for it in items if done.get(it["id"], 0) >= quota),
+    return {"items": len(items), "complete_items": sum(1 for it in items if done.get(it.id, 0) >= quota),
             "judgments": sum(done.values())}
 
 
@@ -281,16 +281,16 @@ def submit_pairwise(store: Store, protocol: Protocol, judge_id: str, assignment_
     for pair index 0 (A vs B), 1 (A vs C), 2 (B vs C) of the panes as shown. Every cell is required;
     nothing is written unless the whole form is valid. Returns the number of judgments."""
     a = _assignment(store, judge_id, assignment_id)
-    item = _item(store, a["item_id"])
-    if item["kind"] != "conversation":
+    item = _item(store, a.item_id)
+    if item.kind != "conversation":
         raise AnnotationError(f"assignment {assignment_id} is a dataset dialogue: it takes Likert scores")
-    if a["status"] != "open":
+    if a.status != "open":
         raise AnnotationError("this item was already submitted")
-    conv = store.conversation(item["id"])
+    conv = store.conversation(item.id)
     if conv is None:
-        raise AnnotationError(f"conversation {item['id']} no longer exists")
+        raise AnnotationError(f"conversation {item.id} no longer exists")
     arm_of = dict(zip(PANES, conv.arm_order))
-    shown = a["pane_order"]
+    shown = a.pane_order or PANES
     missing = []
     rows = []
     for aspect in protocol.aspects:
@@ -303,7 +303,7 @@ def submit_pairwise(store: Store, protocol: Protocol, judge_id: str, assignment_
                          "outcome": CHOICES[choice]})
     if missing:
         raise AnnotationError(f"please answer every question; missing: {', '.join(missing)}")
-    return _submit(lambda: store.submit_judgments(a["id"], rows, quota=protocol.annotation.judges_per_item))
+    return _submit(lambda: store.submit_judgments(a.id, rows, quota=protocol.annotation.judges_per_item))
 
 
 def _submit(write) -> int:
@@ -323,10 +323,10 @@ def submit_likert(store: Store, protocol: Protocol, judge_id: str, assignment_id
     """Store a judge's Likert scores for a dataset dialogue: one score per protocol Likert aspect, each a
     whole number within the protocol's scale. Nothing is written unless all are valid."""
     a = _assignment(store, judge_id, assignment_id)
-    item = _item(store, a["item_id"])
-    if item["kind"] != "dialogue":
+    item = _item(store, a.item_id)
+    if item.kind != "dialogue":
         raise AnnotationError(f"assignment {assignment_id} is a study conversation: it takes pairwise votes")
-    if a["status"] != "open":
+    if a.status != "open":
         raise AnnotationError("this item was already submitted")
     extra = set(scores) - set(protocol.annotation.likert_aspects)
     if extra:
@@ -345,4 +345,4 @@ def submit_likert(store: Store, protocol: Protocol, judge_id: str, assignment_id
     if problems:
         raise AnnotationError(f"please give every score as a whole number from {lo} to {hi}; missing or "
                               f"invalid: {', '.join(problems)}")
-    return _submit(lambda: store.submit_likert(a["id"], clean, quota=protocol.annotation.judges_per_item))
+    return _submit(lambda: store.submit_likert(a.id, clean, quota=protocol.annotation.judges_per_item))

@@ -70,7 +70,7 @@ def pair_items(store: Any, limit: int | None = None) -> list[Any]:
         transcripts = {}
         for pane, arm in zip(PANES_OF_STUDY, order):
             rows = store.messages(conv_id, pane)
-            transcripts[arm] = tuple((r["role"], r["text"]) for r in rows if r["role"] in ("user", "assistant"))
+            transcripts[arm] = tuple((r.role, r.text) for r in rows if r.role in ("user", "assistant"))
         for x, y in combinations(sorted(transcripts), 2):
             items.append(PairItem(f"{conv_id}/{x}~{y}", x, y, transcripts[x], transcripts[y],
                                   conversation_id=conv_id))

@@ -20,6 +20,7 @@ from urllib.parse import quote
 from pydantic import model_validator
 
 from extes.config import ConfigModel
+from extes.study.records import PlatformSession
 
 SALT_ENV = "EXTES_PLATFORM_SALT"
 _ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
@@ -143,27 +144,27 @@ PAYMENT_COLUMNS = ("platform", "platform_id", "id_kind", "study_id", "session_id
                    "started_at", "completed_at", "screened_out_at", "last_stage", "minutes")
 
 
-def payment_status(session: Mapping[str, object]) -> str:
-    if session.get("completed_at"):
+def payment_status(session: PlatformSession) -> str:
+    if session.completed_at:
         return "completed"
-    if session.get("screened_out_at"):
+    if session.screened_out_at:
         return "screened_out"
     return "incomplete"  # started and not finished (yet): dropped out at last_stage
 
 
-def session_minutes(session: Mapping[str, object]) -> float | None:
+def session_minutes(session: PlatformSession) -> float | None:
     """Minutes from the start to completion (or to the last page seen)."""
     from datetime import datetime
 
-    end = session.get("completed_at") or session.get("screened_out_at") or session.get("last_seen_at")
+    end = session.completed_at or session.screened_out_at or session.last_seen_at
     try:
-        delta = datetime.fromisoformat(str(end)) - datetime.fromisoformat(str(session.get("started_at")))
+        delta = datetime.fromisoformat(str(end)) - datetime.fromisoformat(str(session.started_at))
     except (TypeError, ValueError):
         return None
     return round(delta.total_seconds() / 60, 2)
 
 
-def payments_frame(sessions: list[Mapping[str, object]], codes: Mapping[str, str | None]):
+def payments_frame(sessions: list[PlatformSession], codes: Mapping[str, str | None]):
     """What a platform needs to approve payments, one row per platform session, and nothing of the chat:
     the platform id (raw only where the protocol kept it, else its keyed hash: `id_kind` says which), the
     platform's study and session ids, the status, the completion code that status was given, the times."""
@@ -174,11 +175,11 @@ def payments_frame(sessions: list[Mapping[str, object]], codes: Mapping[str, str
         status = payment_status(s)
         code = {"completed": codes.get("completion"), "screened_out": codes.get("screened_out")}.get(status)
         rows.append({
-            "platform": s["platform"], "platform_id": s.get("raw_id") or s["platform_hash"],
-            "id_kind": "raw" if s.get("raw_id") else "hash", "study_id": s.get("study_id") or "",
-            "session_id": s.get("session_id") or "", "status": status, "completion_code": code or "",
-            "started_at": s["started_at"], "completed_at": s.get("completed_at") or "",
-            "screened_out_at": s.get("screened_out_at") or "", "last_stage": s.get("last_stage") or "",
+            "platform": s.platform, "platform_id": s.raw_id or s.platform_hash,
+            "id_kind": "raw" if s.raw_id else "hash", "study_id": s.study_id or "",
+            "session_id": s.session_id or "", "status": status, "completion_code": code or "",
+            "started_at": s.started_at, "completed_at": s.completed_at or "",
+            "screened_out_at": s.screened_out_at or "", "last_stage": s.last_stage or "",
             "minutes": session_minutes(s),
         })
     return pd.DataFrame(rows, columns=list(PAYMENT_COLUMNS))

@@ -25,6 +25,7 @@ from extes.analysis import exclusions as ex
 from extes.study.assignment import balanced_chooser
 from extes.study.blinding import strip_tags
 from extes.study.protocol import INSTRUCTED_ANSWER, PANES, Protocol
+from extes.study.records import Message, Participant, Role
 from extes.study.recruitment import (
     SALT_FINGERPRINT_META,
     PlatformArrival,
@@ -46,7 +47,6 @@ SCENARIO_CHOICES: tuple[str, ...] = (*SCENARIO_NAMES, OTHER_SCENARIO)
 PAIRS: tuple[tuple[str, str], ...] = (("A", "B"), ("A", "C"), ("B", "C"))
 ANSWERS = {"left": "a", "right": "b", "tie": "tie", "a": "a", "b": "b"}
 MAX_DESCRIPTION_CHARS = 500
-INCOMPLETE = ("streaming", "interrupted", "error")  # finish reasons of replies that do not count
 INSTRUCTED_KEY = "attention:instructed"  # the attention row of the rating form (never a vote)
 EXCLUSION_RULE_META = "exclusion_rule"  # the running protocol's `attention.exclude`, JSON, in the store's meta
 
@@ -183,20 +183,20 @@ class Study:
 
     # ---------------------------------------------------------------------------------- lookups
 
-    def _participant(self, code: str) -> dict[str, Any]:
+    def _participant(self, code: str) -> Participant:
         code = clean_input(code, "participant code", multiline=False)
         p = self.store.participant_by_code(code)
         if p is None:
             raise UnknownCode("No participant with this code. Please check the code and try again.")
-        if p["role"] != "participant":
+        if p.role is not Role.PARTICIPANT:
             raise UnknownCode("This code is not a participant code.")
         return p
 
-    def _owned(self, code: str, conversation_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _owned(self, code: str, conversation_id: str) -> tuple[Participant, Conversation]:
         p = self._participant(code)
         conversation_id = clean_input(conversation_id, "conversation id", multiline=False)
         conv = self.store.conversation(conversation_id or "") if conversation_id else None
-        if conv is None or conv.participant_id != p["id"]:
+        if conv is None or conv.participant_id != p.id:
             # Same answer whether it does not exist or belongs to someone else.
             raise UnknownCode("This conversation does not belong to this participant code.")
         return p, conv
@@ -206,20 +206,16 @@ class Study:
 
     # ---------------------------------------------------------------------------------- views
 
-    def _pane_states(self, conv: Conversation, rows: list[dict[str, Any]] | None = None) -> list[PaneState]:
+    def _pane_states(self, conv: Conversation, rows: list[Message] | None = None) -> list[PaneState]:
         rows = self.store.messages(conv.id) if rows is None else rows
         out = []
         for pane in PANES:
             # a reply row with no text that is not streaming any more (its process died before the first
             # word) showed nothing: not drawn
-            mine = [r for r in rows if r["pane"] == pane and not (
-                r["role"] == "assistant" and not r["text"] and r["finish_reason"] in ("interrupted", "error"))]
-            msgs = [{"role": r["role"], "content": r["text"], "id": r["id"],
-                     "interrupted": r["role"] == "assistant" and r["finish_reason"] in ("interrupted", "error")}
-                    for r in mine]
+            mine = [r for r in rows if r.pane == pane and not (r.cut_off and not r.text)]
+            msgs = [{"role": r.role, "content": r.text, "id": r.id, "interrupted": r.cut_off} for r in mine]
             # only complete replies count towards the minimum (not ones cut off by a crash or a closed page)
-            turns = sum(1 for r in mine if r["role"] == "assistant" and not r.get("partial")
-                        and r["finish_reason"] not in INCOMPLETE)
+            turns = sum(1 for r in mine if r.counts)
             out.append(PaneState(pane, pane_label(pane), msgs, turns, max(0, self.protocol.min_user_turns - turns)))
         return out
 
@@ -230,8 +226,8 @@ class Study:
         """Where the participant with `code` is now (the resume logic)."""
         p = self._participant(code)
         total = self.protocol.conversations_per_participant
-        convs = self.store.conversations_of(p["id"])
-        base = dict(code=p["code"], participant_id=p["id"], total=total, min_turns=self.protocol.min_user_turns)
+        convs = self.store.conversations_of(p.id)
+        base = dict(code=p.code, participant_id=p.id, total=total, min_turns=self.protocol.min_user_turns)
         convs = [c for c in convs if c.status in ("chatting", "rated")]
         if not convs:
             return SessionView(stage="setup", number=1, **base)
@@ -253,7 +249,7 @@ class Study:
         return SessionView(stage=stage, code=v.code, participant_id=v.participant_id, conversation_id=conv.id,
                            number=v.number, total=v.total, min_turns=v.min_turns, revealed=revealed)
 
-    def _chat_view(self, p: dict[str, Any], conv: Conversation, base: dict[str, Any],
+    def _chat_view(self, p: Participant, conv: Conversation, base: dict[str, Any],
                    panes: list[PaneState] | None = None, streaming: bool = False,
                    crisis: bool | None = None) -> SessionView:
         if panes is None:
@@ -274,8 +270,8 @@ class Study:
     def consent(self) -> SessionView:
         """The participant agreed: issue a code. Nothing is stored before this call."""
         p = self.store.create_participant(role="participant", protocol=self.protocol.source)
-        log.info("participant %s consented", p["id"])
-        return self.view(p["code"])
+        log.info("participant %s consented", p.id)
+        return self.view(p.code)
 
     def resume(self, code: str) -> SessionView:
         return self._seen(self.view(code))
@@ -287,7 +283,7 @@ class Study:
         p = self._participant(code)
         in_progress = StudyRefusal("You already have a conversation in progress; it has been reopened.", hint=True)
         complete = StudyRefusal("You have completed all conversations of this study. Thank you!")
-        convs = [c for c in self.store.conversations_of(p["id"]) if c.status in ("chatting", "rated")]
+        convs = [c for c in self.store.conversations_of(p.id) if c.status in ("chatting", "rated")]
         if convs and convs[-1].status == "chatting":
             raise in_progress
         if len(convs) >= self.protocol.conversations_per_participant:
@@ -300,12 +296,12 @@ class Study:
             raise StudyRefusal(f"Please keep the description under {MAX_DESCRIPTION_CHARS} characters "
                                f"(it has {len(description)}).")
         try:
-            conv = self.store.create_conversation(p["id"], scenario, description, self._chooser,
+            conv = self.store.create_conversation(p.id, scenario, description, self._chooser,
                                                   protocol=self.protocol.source,
                                                   max_conversations=self.protocol.conversations_per_participant)
         except LimitError as exc:
             raise (in_progress if exc.reason == "in_progress" else complete) from None
-        log.info("participant %s started conversation %s", p["id"], conv.id)
+        log.info("participant %s started conversation %s", p.id, conv.id)
         return self._seen(self.view(code))
 
     def next_conversation(self, code: str) -> SessionView:
@@ -324,7 +320,7 @@ class Study:
                                "Please shorten it and send it again.")
         return text
 
-    def _context(self, conv: Conversation, pane: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _context(self, conv: Conversation, pane: str, rows: list[Message]) -> list[dict[str, Any]]:
         """The model's view of one pane: its own history (consecutive same-role turns merged, e.g. after an
         interrupted reply), with the scenario in the system prompt only when the protocol says so."""
         arm = self._arm(conv, pane)
@@ -335,14 +331,14 @@ class Study:
                 about += f" In their words: {conv.description}"
             out.append({"role": "system", "content": ((arm.system_prompt or "") + "\n\n" + about).strip()})
         for r in rows:
-            if r["pane"] != pane or (r["role"] == "assistant" and not r["text"]):
+            if r.pane != pane or (r.is_reply and not r.text):
                 continue  # a reply that never got a word out is not part of the model's history
-            if out and out[-1]["role"] == r["role"] and r["role"] != "system":
-                out[-1]["content"] += "\n\n" + r["text"]
+            if out and out[-1]["role"] == r.role and r.role != "system":
+                out[-1]["content"] += "\n\n" + r.text
                 continue
-            m: dict[str, Any] = {"role": r["role"], "content": r["text"]}
-            if r["role"] == "assistant" and getattr(arm, "strategies", False) and r.get("strategy"):
-                m["strategy"] = r["strategy"]
+            m: dict[str, Any] = {"role": r.role, "content": r.text}
+            if r.is_reply and getattr(arm, "strategies", False) and r.strategy:
+                m["strategy"] = r.strategy
             out.append(m)
         return out
 
@@ -401,11 +397,11 @@ class Study:
     def _stream(self, p, conv, targets, text, cancel, ids, reply_ids) -> Iterator[SessionView]:
         """Generate the replies of one send and yield views as they stream. The rules of what is shown and
         saved when are `TurnStream`'s; this wires it to the pool, the store and the view."""
-        record_risks(self.store, self.risk, conv.id, p["id"], text, message_id=ids[0][0])
-        base = dict(code=p["code"], participant_id=p["id"], total=self.protocol.conversations_per_participant,
+        record_risks(self.store, self.risk, conv.id, p.id, text, message_id=ids[0][0])
+        base = dict(code=p.code, participant_id=p.id, total=self.protocol.conversations_per_participant,
                     min_turns=self.protocol.min_user_turns)
         rows = self.store.messages(conv.id)
-        history = [r for r in rows if r["id"] not in reply_ids.values()]  # without the empty reply rows
+        history = [r for r in rows if r.id not in reply_ids.values()]  # without the empty reply rows
         panes = self._pane_states(conv, history)
         crisis = self._has_risk(conv.id)
         yield self._chat_view(p, conv, base, panes, streaming=True, crisis=crisis)
@@ -494,13 +490,13 @@ class Study:
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(rows):
             raise StudyRefusal("Please wait until the reply is finished before reporting it.", hint=True)
         row = rows[index]
-        if row["role"] != "assistant":
+        if not row.is_reply:
             raise StudyRefusal("Only model replies can be reported.", hint=True)
         try:
-            rid = self.store.add_report(conv.id, row["id"], p["id"], reason=str(reason)[:200])
+            rid = self.store.add_report(conv.id, row.id, p.id, reason=str(reason)[:200])
         except DuplicateError:
             raise StudyRefusal("You already reported this reply. Thank you.", hint=True) from None
-        log.info("participant %s reported message %s", p["id"], row["id"])
+        log.info("participant %s reported message %s", p.id, row.id)
         return rid
 
     # ---------------------------------------------------------------------------------- rating
@@ -542,13 +538,13 @@ class Study:
         if len(comment) > self.protocol.max_message_chars:
             raise StudyRefusal(f"Please keep the comment under {self.protocol.max_message_chars:,} characters.")
         try:
-            self.store.submit_votes(conv.id, p["id"], rows, comment=comment,
+            self.store.submit_votes(conv.id, p.id, rows, comment=comment,
                                     checks=self._attention_checks(conv, answers, rows))
         except DuplicateError:
             raise StudyRefusal("This conversation has already been rated; your ratings were kept.") from None
         except LimitError:  # a reply started streaming meanwhile (another tab or app process)
             raise streaming from None
-        log.info("participant %s rated conversation %s", p["id"], conv.id)
+        log.info("participant %s rated conversation %s", p.id, conv.id)
         return self._seen(self._after_rating(code, conv))
 
     # ---------------------------------------------------------------------------------- attention checks
@@ -566,12 +562,12 @@ class Study:
             instructed = ANSWERS.get(raw.strip().lower(), "other") if isinstance(raw, str) else None
             if ex.failed_attention(instructed, INSTRUCTED_ANSWER):
                 found.append(("failed_attention", f"answered {instructed!r}, asked for {INSTRUCTED_ANSWER!r}"))
-        user = [r for r in self.store.messages(conv.id) if r["role"] == "user"]
-        texts = [r["text"] for r in user]
+        user = [r for r in self.store.messages(conv.id) if r.role == "user"]
+        texts = [r.text for r in user]
         if att.min_message_chars and ex.short_messages(texts, att.min_message_chars):
             n = sum(len(t.strip()) < att.min_message_chars for t in texts)
             found.append(("short_messages", f"{n} of {len(texts)} message(s) under {att.min_message_chars} characters"))
-        turns = max((sum(r["pane"] == pane for r in user) for pane in PANES), default=0)
+        turns = max((sum(r.pane == pane for r in user) for pane in PANES), default=0)
         if att.flag_repeated_messages and turns >= 2 and ex.repeated_message(texts):
             found.append(("repeated_message", f"the same message in all {len(texts)} sent"))
         seconds = self._rating_seconds(conv.id)
@@ -671,15 +667,15 @@ class Study:
         session = self.store.platform_session(*hashes)
         if session is None:
             return SessionView(stage="consent", code="", participant_id="")
-        if session["participant_id"] is None:
+        if session.participant_id is None:
             return self._screened_out_view()
         held = self._held(held_code)
-        if held is None or held["id"] != session["participant_id"]:
+        if held is None or held.id != session.participant_id:
             return SessionView(stage="return", code="", participant_id="")
-        log.info("platform participant %s returned", session["participant_id"])
-        return self.resume(held["code"])
+        log.info("platform participant %s returned", session.participant_id)
+        return self.resume(held.code)
 
-    def _held(self, code: str | None) -> dict[str, Any] | None:
+    def _held(self, code: str | None) -> Participant | None:
         """The participant of a code this browser kept, or None (no code, or one that names nobody)."""
         if not code:
             return None
@@ -703,8 +699,8 @@ class Study:
         except DuplicateError:
             raise StudyRefusal("This study was already started with your platform id; it cannot be started "
                                "twice. To continue, enter the participant code you were given.", hint=True) from None
-        log.info("participant %s consented (from %s)", p["id"], rec.platform)
-        return self._seen(self.view(p["code"]))
+        log.info("participant %s consented (from %s)", p.id, rec.platform)
+        return self._seen(self.view(p.code))
 
     def platform_decline(self, params: dict[str, str] | None) -> SessionView:
         """The participant from a platform did not consent: recorded as screened out (no participant, no
@@ -717,7 +713,7 @@ class Study:
         arrival, hashes = found
         rec = self.protocol.recruitment
         session = self.store.platform_session(*hashes)
-        if session is not None and session["participant_id"] is not None:
+        if session is not None and session.participant_id is not None:
             raise StudyRefusal("Thank you. You can close this page.")
         self.store.record_screened_out(rec.platform, hashes[0], arrival.participant if rec.keep_raw_id else None,
                                        arrival.study, arrival.session, also_known_as=hashes[1:])

@@ -24,6 +24,7 @@ import gradio as gr
 from extes.study import annotation as ann
 from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import PANES, Protocol
+from extes.study.records import Participant
 from extes.study.store import Store
 from extes.study.ui_participant import StrictTextbox, _request, safe_text, with_request
 
@@ -61,7 +62,7 @@ class AnnotateUI:
 
     # ------------------------------------------------------------------------------ rendering
 
-    def _updates(self, judge: dict[str, Any] | None, message: str = "") -> list[Any]:
+    def _updates(self, judge: Participant | None, message: str = "") -> list[Any]:
         """Updates for self.outputs: the judge's next item (or the login / all-done state)."""
         empty_form = [gr.update(value=None) for _ in self.pair_radios + self.likert_radios]
         if judge is None:
@@ -69,25 +70,25 @@ class AnnotateUI:
                     gr.update(visible=False), [], [], [], gr.update(visible=False), "", [],
                     gr.update(visible=False), *empty_form]
         ann.sync_items(self.store, self.protocol)
-        a = ann.next_assignment(self.store, self.protocol, judge["id"])
-        prog = ann.progress(self.store, self.protocol, judge["id"])
-        code_md = (f"Your judge code: **{judge['code']}** (keep it: it brings you back to your next item). "
+        a = ann.next_assignment(self.store, self.protocol, judge.id)
+        prog = ann.progress(self.store, self.protocol, judge.id)
+        code_md = (f"Your judge code: **{judge.code}** (keep it: it brings you back to your next item). "
                    f"Items done: {prog['done']}.")
         if a is None:
             text = (message + "\n\n" if message else "") + (
                 "### Thank you!\nThere is nothing more for you to judge right now. Please come back later.")
-            return [judge["code"], "", gr.update(visible=False), gr.update(value=code_md, visible=True), text,
+            return [judge.code, "", gr.update(visible=False), gr.update(value=code_md, visible=True), text,
                     gr.update(visible=False), [], [], [], gr.update(visible=False), "", [],
                     gr.update(visible=False), *empty_form]
-        view = ann.item_view(self.store, judge["id"], a["id"])
+        view = ann.item_view(self.store, judge.id, a.id)
         status = message
         if view.kind == "conversation":
             chats = [_chat(turns) for turns in view.panes]
-            return [judge["code"], str(a["id"]), gr.update(visible=False), gr.update(value=code_md, visible=True),
+            return [judge.code, str(a.id), gr.update(visible=False), gr.update(value=code_md, visible=True),
                     status, gr.update(visible=True), *chats, gr.update(visible=False), "", [],
                     gr.update(visible=True), *empty_form]
         scene = f"**Topic:** {safe_text(view.scene)}" if view.scene else ""
-        return [judge["code"], str(a["id"]), gr.update(visible=False), gr.update(value=code_md, visible=True),
+        return [judge.code, str(a.id), gr.update(visible=False), gr.update(value=code_md, visible=True),
                 status, gr.update(visible=False), [], [], [], gr.update(visible=True), scene, _chat(view.turns),
                 gr.update(visible=True), *empty_form]
 
@@ -130,15 +131,15 @@ class AnnotateUI:
         aid = int(assignment_id)
         n_pairs = len(self.pair_radios)
         pair_values, likert_values = values[:n_pairs], values[n_pairs:]
-        view = ann.item_view(self.store, judge["id"], aid)
+        view = ann.item_view(self.store, judge.id, aid)
         if view.kind == "conversation":
             choices = {}
             for (aspect_key, k), value in zip(self.pair_keys, pair_values):
                 choices[(aspect_key, k)] = value
-            ann.submit_pairwise(self.store, self.protocol, judge["id"], aid, choices)
+            ann.submit_pairwise(self.store, self.protocol, judge.id, aid, choices)
         else:
             scores = dict(zip(self.protocol.annotation.likert_aspects, likert_values))
-            ann.submit_likert(self.store, self.protocol, judge["id"], aid, scores)
+            ann.submit_likert(self.store, self.protocol, judge.id, aid, scores)
         return self._updates(judge, "Saved. Here is your next item.")
 
     # ------------------------------------------------------------------------------ layout

@@ -176,11 +176,11 @@ def agreement_view(store: Store) -> AgreementView:
 
 def flagged_conversations(store: Store) -> pd.DataFrame:
     """Risk flags and harmful-reply reports, newest first (texts stay in the transcript browser)."""
-    rows = [{"conversation_id": f["conversation_id"], "kind": "risk", "category": f["category"],
-             "message_id": f["message_id"], "created_at": f["created_at"],
-             "resolved": "yes" if f["resolved_at"] else "no"} for f in store.flags()]
-    rows += [{"conversation_id": r["conversation_id"], "kind": "report", "category": r["reason"],
-              "message_id": r["message_id"], "created_at": r["created_at"], "resolved": ""} for r in store.reports()]
+    rows = [{"conversation_id": f.conversation_id, "kind": "risk", "category": f.category,
+             "message_id": f.message_id, "created_at": f.created_at,
+             "resolved": "yes" if f.resolved_at else "no"} for f in store.flags()]
+    rows += [{"conversation_id": r.conversation_id, "kind": "report", "category": r.reason,
+              "message_id": r.message_id, "created_at": r.created_at, "resolved": ""} for r in store.reports()]
     cols = ["conversation_id", "kind", "category", "message_id", "created_at", "resolved"]
     frame = pd.DataFrame(rows, columns=cols)
     return frame.sort_values("created_at", ascending=False, kind="stable").reset_index(drop=True)
@@ -188,7 +188,7 @@ def flagged_conversations(store: Store) -> pd.DataFrame:
 
 def conversation_list(store: Store) -> pd.DataFrame:
     """Every conversation, newest first, with its arms (researchers are not blind) and a flag marker."""
-    flagged = {f["conversation_id"] for f in store.flags()} | {r["conversation_id"] for r in store.reports()}
+    flagged = {f.conversation_id for f in store.flags()} | {r.conversation_id for r in store.reports()}
     cols = ["conversation_id", "participant_id", "seq", "status", "scenario", "arms (A, B, C)", "flagged",
             "created_at"]
     rows = [{"conversation_id": c.id, "participant_id": c.participant_id, "seq": c.seq,
@@ -213,7 +213,7 @@ def transcript(store: Store, conversation_id: str) -> tuple[str, pd.DataFrame]:
     head = (f"Conversation {conv.id} ({conv.status}): panes {arms}; scenario: {conv.scenario}; "
             f"{n_flags} flag(s)/report(s)")
     msgs = store.messages(conv.id)
-    frame = pd.DataFrame([{c: m.get(c) for c in TRANSCRIPT_COLUMNS} for m in msgs], columns=TRANSCRIPT_COLUMNS)
+    frame = pd.DataFrame([{c: getattr(m, c) for c in TRANSCRIPT_COLUMNS} for m in msgs], columns=TRANSCRIPT_COLUMNS)
     if conv.comment:
         frame = pd.concat([frame, pd.DataFrame([{"pane": "", "role": "comment", "text": conv.comment}])],
                           ignore_index=True)
@@ -284,11 +284,11 @@ def platform_sessions_view(store: Store) -> pd.DataFrame:
     for s in store.platform_sessions():
         status = payment_status(s)
         if status == "incomplete":
-            status = (f"dropped out at {s['last_stage']}" if s["last_seen_at"] < stale
-                      else f"in progress ({s['last_stage']})")
-        rows.append({"platform": s["platform"], "id (hash)": s["platform_hash"][:10], "session_id": s["session_id"] or "",
-                     "status": status, "started_at": s["started_at"], "completed_at": s["completed_at"] or "",
-                     "last_seen_at": s["last_seen_at"], "minutes": session_minutes(s)})
+            status = (f"dropped out at {s.last_stage}" if s.last_seen_at < stale
+                      else f"in progress ({s.last_stage})")
+        rows.append({"platform": s.platform, "id (hash)": s.platform_hash[:10], "session_id": s.session_id or "",
+                     "status": status, "started_at": s.started_at, "completed_at": s.completed_at or "",
+                     "last_seen_at": s.last_seen_at, "minutes": session_minutes(s)})
     cols = ["platform", "id (hash)", "session_id", "status", "started_at", "completed_at", "last_seen_at", "minutes"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -405,8 +405,8 @@ class Dashboard:
     def judges(self, ok: bool) -> pd.DataFrame:
         self._check(ok)
         rows = self.store.judges()
-        return pd.DataFrame([{"judge_id": r["id"], "code": r["code"], "created_at": r["consented_at"],
-                              "revoked": "yes" if r["revoked_at"] else "", "submitted": r["done"]} for r in rows],
+        return pd.DataFrame([{"judge_id": r.id, "code": r.code, "created_at": r.consented_at,
+                              "revoked": "yes" if r.revoked_at else "", "submitted": r.done} for r in rows],
                             columns=["judge_id", "code", "created_at", "revoked", "submitted"])
 
     def export(self, ok: bool) -> str:

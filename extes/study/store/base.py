@@ -73,10 +73,6 @@ def stale_before() -> str:
     return ago(STREAM_STALE_S)
 
 
-def row_dict(r: Any) -> dict[str, Any]:
-    return dict(r._mapping)
-
-
 class StoreBase:
     """One study database. Safe to share between the threads of one app (each call opens its own
     short transaction); several processes may share an SQLite file (WAL) or a server database."""

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from extes.study.records import Conversation
+from extes.study.records import Conversation, Flag, Message, Participant, Report
 from extes.study.store.base import (
     DuplicateError,
     LimitError,
@@ -18,7 +18,6 @@ from extes.study.store.base import (
     StoreError,
     new_code,
     normalize_code,
-    row_dict,
     stale_before,
 )
 from extes.study.store.schema import conversations, flags, messages, participants, reports
@@ -26,31 +25,31 @@ from extes.study.store.times import now
 
 
 class ChatStore(StoreBase):
-    def create_participant(self, role: str = "participant", protocol: str = "") -> dict[str, Any]:
-        """A new participant with a fresh random code; returns its row (id, code, ...)."""
+    def create_participant(self, role: str = "participant", protocol: str = "") -> Participant:
+        """A new participant (or judge) with a fresh random code."""
         for _ in range(20):
             row = {"id": f"p-{uuid.uuid4().hex[:12]}", "code": new_code(), "role": role,
                    "consented_at": now(), "protocol": protocol}
             try:
                 with self.engine.begin() as conn:
                     conn.execute(participants.insert().values(**row))
-                return row
+                return Participant.from_row(row)
             except sa.exc.IntegrityError:  # pragma: no cover - a code collision (about 1 in 10^17)
                 continue
         raise StoreError("could not issue a unique participant code")  # pragma: no cover
 
-    def participant_by_code(self, code: str) -> dict[str, Any] | None:
+    def participant_by_code(self, code: str) -> Participant | None:
         code = normalize_code(code)
         if not code:
             return None
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(participants).where(participants.c.code == code)).first()
-        return row_dict(r) if r else None
+        return Participant.from_row(r._mapping) if r else None
 
-    def participant(self, participant_id: str) -> dict[str, Any] | None:
+    def participant(self, participant_id: str) -> Participant | None:
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(participants).where(participants.c.id == participant_id)).first()
-        return row_dict(r) if r else None
+        return Participant.from_row(r._mapping) if r else None
 
     def order_counts(self, n_orders: int = 6, protocol: str | None = None,
                      conn: Connection | None = None) -> list[int]:
@@ -100,27 +99,23 @@ class ChatStore(StoreBase):
                 conn.execute(conversations.insert().values(**row))
         except sa.exc.IntegrityError:
             raise LimitError("a conversation is already in progress", "in_progress") from None
-        return self._conversation_dict(row)
-
-    @staticmethod
-    def _conversation_dict(row: dict[str, Any]) -> Conversation:
         return Conversation.from_row(row)
 
     def conversation(self, conversation_id: str) -> Conversation | None:
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(conversations).where(conversations.c.id == conversation_id)).first()
-        return self._conversation_dict(row_dict(r)) if r else None
+        return Conversation.from_row(r._mapping) if r else None
 
     def conversations_of(self, participant_id: str) -> list[Conversation]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(conversations).where(conversations.c.participant_id == participant_id)
                                 .order_by(conversations.c.seq)).all()
-        return [self._conversation_dict(row_dict(r)) for r in rows]
+        return [Conversation.from_row(r._mapping) for r in rows]
 
     def all_conversations(self) -> list[Conversation]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(conversations).order_by(conversations.c.created_at)).all()
-        return [self._conversation_dict(row_dict(r)) for r in rows]
+        return [Conversation.from_row(r._mapping) for r in rows]
 
     def add_message(self, conversation_id: str, pane: str, arm: str, role: str, text: str, *,
                     raw_text: str | None = None, strategy: str | None = None, latency_s: float | None = None,
@@ -218,30 +213,21 @@ class ChatStore(StoreBase):
             conn.execute(messages.delete().where(messages.c.id == int(message_id), messages.c.role == "assistant",
                                                  messages.c.text == ""))
 
-    def messages(self, conversation_id: str, pane: str | None = None) -> list[dict[str, Any]]:
+    def messages(self, conversation_id: str, pane: str | None = None) -> list[Message]:
         """Messages in order. A reply still marked streaming whose writer stopped refreshing it
-        (STREAM_STALE_S) is returned with finish_reason "interrupted": the process writing it died."""
+        (STREAM_STALE_S) is read as interrupted (`Message.from_row`): the process writing it died."""
         q = sa.select(messages).where(messages.c.conversation_id == conversation_id)
         if pane is not None:
             q = q.where(messages.c.pane == pane)
         with self.engine.connect() as conn:
             rows = conn.execute(q.order_by(messages.c.id)).all()
         stale = stale_before()
-        out = []
-        for r in rows:
-            d = row_dict(r)
-            d["settings"] = json.loads(d["settings"]) if d["settings"] else None
-            d["strategies"] = json.loads(d["strategies"]) if d.get("strategies") else []
-            d["partial"] = bool(d.get("partial"))
-            if d["finish_reason"] == "streaming" and (d.get("updated_at") or "") <= stale:
-                d["finish_reason"] = "interrupted"
-            out.append(d)
-        return out
+        return [Message.from_row(r._mapping, stale) for r in rows]
 
-    def message(self, message_id: int) -> dict[str, Any] | None:
+    def message(self, message_id: int) -> Message | None:
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(messages).where(messages.c.id == int(message_id))).first()
-        return row_dict(r) if r else None
+        return Message.from_row(r._mapping, stale_before()) if r else None
 
     def last_activity(self, conversation_id: str) -> str | None:
         """When the conversation's last message was written or finished (the rating form opens after it)."""
@@ -256,12 +242,12 @@ class ChatStore(StoreBase):
                 conversation_id=conversation_id, participant_id=participant_id, category=category,
                 pattern=pattern, message_id=message_id, created_at=now())).inserted_primary_key[0])
 
-    def flags(self, conversation_id: str | None = None) -> list[dict[str, Any]]:
+    def flags(self, conversation_id: str | None = None) -> list[Flag]:
         q = sa.select(flags).order_by(flags.c.id)
         if conversation_id is not None:
             q = q.where(flags.c.conversation_id == conversation_id)
         with self.engine.connect() as conn:
-            return [row_dict(r) for r in conn.execute(q)]
+            return [Flag.from_row(r._mapping) for r in conn.execute(q)]
 
     def resolve_flag(self, flag_id: int, note: str = "") -> None:
         with self.engine.begin() as conn:
@@ -277,9 +263,9 @@ class ChatStore(StoreBase):
         except sa.exc.IntegrityError:
             raise DuplicateError("this reply was already reported") from None
 
-    def reports(self, conversation_id: str | None = None) -> list[dict[str, Any]]:
+    def reports(self, conversation_id: str | None = None) -> list[Report]:
         q = sa.select(reports).order_by(reports.c.id)
         if conversation_id is not None:
             q = q.where(reports.c.conversation_id == conversation_id)
         with self.engine.connect() as conn:
-            return [row_dict(r) for r in conn.execute(q)]
+            return [Report.from_row(r._mapping) for r in conn.execute(q)]

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from extes.study.store.base import StoreBase
 from extes.study.store.schema import (
     annotation_items,
+    conversation_flags,
     conversations,
     flags,
     judgments,
@@ -87,8 +88,11 @@ class FramesStore(StoreBase):
         """Attention flags for extes.analysis.exclusions.apply_exclusions: conversation_id, flag, detail."""
         import pandas as pd
 
-        rows = [{k: r[k] for k in ("conversation_id", "flag", "detail")} for r in self.conversation_flags()]
-        return pd.DataFrame(rows, columns=["conversation_id", "flag", "detail"])
+        cols = ["conversation_id", "flag", "detail"]
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(*(conversation_flags.c[c] for c in cols))
+                                .order_by(conversation_flags.c.id)).all()
+        return pd.DataFrame([tuple(r) for r in rows], columns=cols)
 
     def counts(self) -> dict[str, int]:
         """Live counts for the dashboard."""

@@ -9,7 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from extes.study.store.base import DuplicateError, LimitError, StoreBase, new_code, normalize_code, row_dict
+from extes.study.records import AnnotationItem, Assignment, JudgeInvitation, Judgment
+from extes.study.store.base import DuplicateError, LimitError, StoreBase, new_code, normalize_code
 from extes.study.store.schema import annotation_items, assignments, judgments, likert_ratings, participants
 from extes.study.store.times import ago, now
 
@@ -28,15 +29,12 @@ class JudgingStore(StoreBase):
         except sa.exc.IntegrityError:
             return False
 
-    def annotation_items(self, kind: str | None = None) -> list[dict[str, Any]]:
+    def annotation_items(self, kind: str | None = None) -> list[AnnotationItem]:
         q = sa.select(annotation_items).order_by(annotation_items.c.created_at, annotation_items.c.id)
         if kind is not None:
             q = q.where(annotation_items.c.kind == kind)
         with self.engine.connect() as conn:
-            rows = [row_dict(r) for r in conn.execute(q)]
-        for r in rows:
-            r["payload"] = json.loads(r["payload"]) if r["payload"] else None
-        return rows
+            return [AnnotationItem.from_row(r._mapping) for r in conn.execute(q)]
 
     def create_assignment(self, item_id: str, judge_id: str, pane_order: Sequence[str] | None = None) -> int:
         """Assign an item to a judge; DuplicateError if that judge already has it."""
@@ -48,10 +46,11 @@ class JudgingStore(StoreBase):
         except sa.exc.IntegrityError:
             raise DuplicateError(f"item {item_id} is already assigned to this judge") from None
 
-    def assign_next(self, judge_id: str, pick: Callable[[list[tuple[dict[str, Any], int]]], tuple[str, Any]],
+    def assign_next(self, judge_id: str,
+                    pick: Callable[[list[tuple[AnnotationItem, int]]], tuple[str, Sequence[str] | None]],
                     *, quota: int, stale_after_s: float, max_open_per_judge: int = 1, max_open_total: int = 100,
                     kinds: Sequence[str] = ("conversation", "dialogue"),
-                    exclude: Iterable[str] = ()) -> dict[str, Any] | None:
+                    exclude: Iterable[str] = ()) -> Assignment | None:
         """The judge's oldest open assignment, or a new one, decided in one write transaction so quotas and
         limits hold with several app processes on one database.
 
@@ -65,13 +64,11 @@ class JudgingStore(StoreBase):
             judge = conn.execute(sa.select(participants).where(participants.c.id == judge_id)).first()
             if judge is None or judge.revoked_at is not None:
                 raise LimitError("this judge code was revoked", "revoked")
-            mine = [row_dict(r) for r in conn.execute(sa.select(assignments).where(assignments.c.judge_id == judge_id)
-                                                    .order_by(assignments.c.id))]
-            open_mine = [a for a in mine if a["status"] == "open"]
+            mine = [Assignment.from_row(r._mapping) for r in conn.execute(
+                sa.select(assignments).where(assignments.c.judge_id == judge_id).order_by(assignments.c.id))]
+            open_mine = [a for a in mine if a.status == "open"]
             if open_mine:
-                a = open_mine[0]
-                a["pane_order"] = json.loads(a["pane_order"]) if a["pane_order"] else None
-                return a
+                return open_mine[0]
             if max_open_per_judge < 1:
                 return None
             live = (assignments.c.status == "done") | (
@@ -80,16 +77,12 @@ class JudgingStore(StoreBase):
                 assignments.c.status == "open", assignments.c.created_at > cutoff)).scalar() or 0
             counts = {item: n for item, n in conn.execute(
                 sa.select(assignments.c.item_id, sa.func.count()).where(live).group_by(assignments.c.item_id))}
-            seen = {a["item_id"] for a in mine} | set(exclude)
-            items = [row_dict(r) for r in conn.execute(sa.select(annotation_items)
-                                                   .where(annotation_items.c.kind.in_(list(kinds)))
-                                                   .order_by(annotation_items.c.created_at, annotation_items.c.id))]
-            candidates = []
-            for item in items:
-                n = counts.get(item["id"], 0)
-                if item["id"] not in seen and n < quota:
-                    item["payload"] = json.loads(item["payload"]) if item["payload"] else None
-                    candidates.append((item, n))
+            seen = {a.item_id for a in mine} | set(exclude)
+            items = [AnnotationItem.from_row(r._mapping) for r in conn.execute(
+                sa.select(annotation_items).where(annotation_items.c.kind.in_(list(kinds)))
+                .order_by(annotation_items.c.created_at, annotation_items.c.id))]
+            candidates = [(item, counts.get(item.id, 0)) for item in items
+                          if item.id not in seen and counts.get(item.id, 0) < quota]
             if not candidates:
                 return None
             if n_open >= max_open_total:
@@ -98,21 +91,16 @@ class JudgingStore(StoreBase):
             row = {"item_id": item_id, "judge_id": judge_id, "status": "open", "created_at": now(),
                    "pane_order": json.dumps(list(pane_order)) if pane_order else None}
             row["id"] = int(conn.execute(assignments.insert().values(**row)).inserted_primary_key[0])
-        row["pane_order"] = list(pane_order) if pane_order else None
-        row["completed_at"] = None
-        return row
+        return Assignment.from_row(row)
 
-    def assignments(self, judge_id: str | None = None, item_id: str | None = None) -> list[dict[str, Any]]:
+    def assignments(self, judge_id: str | None = None, item_id: str | None = None) -> list[Assignment]:
         q = sa.select(assignments).order_by(assignments.c.id)
         if judge_id is not None:
             q = q.where(assignments.c.judge_id == judge_id)
         if item_id is not None:
             q = q.where(assignments.c.item_id == item_id)
         with self.engine.connect() as conn:
-            rows = [row_dict(r) for r in conn.execute(q)]
-        for r in rows:
-            r["pane_order"] = json.loads(r["pane_order"]) if r["pane_order"] else None
-        return rows
+            return [Assignment.from_row(r._mapping) for r in conn.execute(q)]
 
     def assignment_counts(self) -> dict[str, int]:
         """Number of judges assigned per item id (open or done)."""
@@ -124,16 +112,16 @@ class JudgingStore(StoreBase):
         """Pairwise judgments for an assigned conversation (aspect, arm_a, arm_b, outcome), atomically,
         closing the assignment; DuplicateError when it was already done."""
         return self._submit_assignment(assignment_id, judgments, rows, ("aspect", "arm_a", "arm_b", "outcome"),
-                                       extra=lambda a: {"conversation_id": a["item_id"]}, quota=quota)
+                                       extra=lambda a: {"conversation_id": a.item_id}, quota=quota)
 
     def submit_likert(self, assignment_id: int, scores: dict[str, int], quota: int | None = None) -> int:
         """Likert scores (aspect -> score) for an assigned dataset dialogue, atomically."""
         rows = [{"aspect": k, "score": int(v)} for k, v in scores.items()]
         return self._submit_assignment(assignment_id, likert_ratings, rows, ("aspect", "score"),
-                                       extra=lambda a: {"item_id": a["item_id"]}, quota=quota)
+                                       extra=lambda a: {"item_id": a.item_id}, quota=quota)
 
     def _submit_assignment(self, assignment_id: int, table: sa.Table, rows: Sequence[dict[str, Any]],
-                           keys: tuple[str, ...], extra: Callable[[dict], dict], quota: int | None = None) -> int:
+                           keys: tuple[str, ...], extra: Callable[[Assignment], dict[str, Any]], quota: int | None = None) -> int:
         """LimitError "quota" when the item already has `quota` submitted judgments (a late judge whose
         assignment went stale: the assignment is closed as "expired"), "revoked" for a revoked judge."""
         stamp = now()
@@ -143,14 +131,14 @@ class JudgingStore(StoreBase):
                 a = conn.execute(sa.select(assignments).where(assignments.c.id == assignment_id)).first()
                 if a is None:
                     raise ValueError(f"no assignment {assignment_id}")
-                a = row_dict(a)
+                a = Assignment.from_row(a._mapping)
                 revoked = conn.execute(sa.select(participants.c.revoked_at)
-                                       .where(participants.c.id == a["judge_id"])).scalar()
+                                       .where(participants.c.id == a.judge_id)).scalar()
                 if revoked is not None:
                     raise LimitError("this judge code was revoked", "revoked")
-                if quota is not None and a["status"] == "open":
+                if quota is not None and a.status == "open":
                     done = conn.execute(sa.select(sa.func.count()).select_from(assignments).where(
-                        assignments.c.item_id == a["item_id"], assignments.c.status == "done")).scalar() or 0
+                        assignments.c.item_id == a.item_id, assignments.c.status == "done")).scalar() or 0
                     if done >= quota:
                         conn.execute(assignments.update().where(assignments.c.id == assignment_id)
                                      .values(status="expired", completed_at=stamp))
@@ -162,7 +150,7 @@ class JudgingStore(StoreBase):
                     if updated != 1:
                         raise DuplicateError("this assignment was already submitted")
                     conn.execute(table.insert(), [
-                        {"assignment_id": assignment_id, "judge_id": a["judge_id"], "created_at": stamp,
+                        {"assignment_id": assignment_id, "judge_id": a.judge_id, "created_at": stamp,
                          **extra(a), **{k: r[k] for k in keys}} for r in rows
                     ])
         except sa.exc.IntegrityError:
@@ -206,7 +194,7 @@ class JudgingStore(StoreBase):
                                                             assignments.c.status == "open")).rowcount
         return int(freed)
 
-    def judges(self) -> list[dict[str, Any]]:
+    def judges(self) -> list[JudgeInvitation]:
         """Every judge invitation with its state and submitted items (for the dashboard)."""
         done = sa.select(assignments.c.judge_id, sa.func.count().label("n")).where(
             assignments.c.status == "done").group_by(assignments.c.judge_id).subquery()
@@ -215,4 +203,11 @@ class JudgingStore(StoreBase):
              .outerjoin(done, done.c.judge_id == participants.c.id)
              .where(participants.c.role == "judge").order_by(participants.c.consented_at))
         with self.engine.connect() as conn:
-            return [row_dict(r) for r in conn.execute(q)]
+            return [JudgeInvitation.from_row(r._mapping) for r in conn.execute(q)]
+
+    def judgments(self, judge_id: str | None = None) -> list[Judgment]:
+        q = sa.select(judgments).order_by(judgments.c.id)
+        if judge_id is not None:
+            q = q.where(judgments.c.judge_id == judge_id)
+        with self.engine.connect() as conn:
+            return [Judgment.from_row(r._mapping) for r in conn.execute(q)]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import sqlalchemy as sa
 
-from extes.study.store.base import DuplicateError, StoreBase, StoreError, new_code, row_dict
+from extes.study.records import Participant, PlatformSession
+from extes.study.store.base import DuplicateError, StoreBase, StoreError, new_code
 from extes.study.store.schema import participants, platform_sessions
 from extes.study.store.times import now
 
@@ -16,7 +16,7 @@ from extes.study.store.times import now
 class PlatformStore(StoreBase):
     def create_platform_participant(self, protocol: str, platform: str, platform_hash: str, raw_id: str | None,
                                     study_id: str | None, session_id: str | None,
-                                    also_known_as: Sequence[str] = ()) -> dict[str, Any]:
+                                    also_known_as: Sequence[str] = ()) -> Participant:
         """A participant who consented after arriving from a recruitment platform, and their platform session,
         in one transaction. DuplicateError when this platform id already started (under `platform_hash` or
         any hash in `also_known_as`: the id's hashes in older databases): the unique hash means the same id
@@ -43,7 +43,7 @@ class PlatformStore(StoreBase):
                                      .values(**values))
                     else:
                         conn.execute(platform_sessions.insert().values(**values))
-                return row
+                return Participant.from_row(row)
             except sa.exc.IntegrityError:
                 if self.platform_session(*hashes) is not None:  # a simultaneous start won
                     raise DuplicateError("this platform id already started this study") from None
@@ -69,18 +69,18 @@ class PlatformStore(StoreBase):
         except sa.exc.IntegrityError:
             return False
 
-    def platform_session(self, *platform_hashes: str) -> dict[str, Any] | None:
+    def platform_session(self, *platform_hashes: str) -> PlatformSession | None:
         """The platform session stored under the first of these hashes that has one."""
         with self.engine.connect() as conn:
-            rows = {r.platform_hash: row_dict(r) for r in conn.execute(
+            rows = {r.platform_hash: PlatformSession.from_row(r._mapping) for r in conn.execute(
                 sa.select(platform_sessions).where(platform_sessions.c.platform_hash.in_(list(platform_hashes))))}
         return next((rows[h] for h in platform_hashes if h in rows), None)
 
-    def platform_session_of(self, participant_id: str) -> dict[str, Any] | None:
+    def platform_session_of(self, participant_id: str) -> PlatformSession | None:
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(platform_sessions)
                              .where(platform_sessions.c.participant_id == participant_id)).first()
-        return row_dict(r) if r else None
+        return PlatformSession.from_row(r._mapping) if r else None
 
     def platform_seen(self, participant_id: str, stage: str) -> None:
         """The stage a platform participant was last seen at; the first "done" sets completed_at."""
@@ -94,6 +94,6 @@ class PlatformStore(StoreBase):
                                     platform_sessions.c.completed_at.is_(None))
                              .values(completed_at=stamp))
 
-    def platform_sessions(self) -> list[dict[str, Any]]:
+    def platform_sessions(self) -> list[PlatformSession]:
         with self.engine.connect() as conn:
-            return [row_dict(r) for r in conn.execute(sa.select(platform_sessions).order_by(platform_sessions.c.id))]
+            return [PlatformSession.from_row(r._mapping) for r in conn.execute(sa.select(platform_sessions).order_by(platform_sessions.c.id))]

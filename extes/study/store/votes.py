@@ -8,8 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from extes.study.records import RatingChecks
-from extes.study.store.base import DuplicateError, LimitError, StoreBase, row_dict
+from extes.study.records import ConversationFlag, LlmVote, RatingChecks, RatingRecord, Vote
+from extes.study.store.base import DuplicateError, LimitError, StoreBase
 from extes.study.store.schema import conversation_flags, conversations, llm_votes, rating_checks, votes
 from extes.study.store.times import now
 
@@ -48,12 +48,12 @@ class VotesStore(StoreBase):
             raise DuplicateError("this conversation was already rated") from None
         return len(rows)
 
-    def votes(self, conversation_id: str | None = None) -> list[dict[str, Any]]:
+    def votes(self, conversation_id: str | None = None) -> list[Vote]:
         q = sa.select(votes).order_by(votes.c.id)
         if conversation_id is not None:
             q = q.where(votes.c.conversation_id == conversation_id)
         with self.engine.connect() as conn:
-            return [row_dict(r) for r in conn.execute(q)]
+            return [Vote.from_row(r._mapping) for r in conn.execute(q)]
 
     @staticmethod
     def _write_checks(conn: Connection, conversation_id: str, checks: RatingChecks, stamp: str) -> None:
@@ -65,17 +65,17 @@ class VotesStore(StoreBase):
                 {"conversation_id": conversation_id, "flag": f, "detail": d, "created_at": stamp}
                 for f, d in checks.flags])
 
-    def rating_checks(self, conversation_id: str) -> dict[str, Any] | None:
+    def rating_checks(self, conversation_id: str) -> RatingRecord | None:
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(rating_checks).where(rating_checks.c.conversation_id == conversation_id)).first()
-        return row_dict(r) if r else None
+        return RatingRecord.from_row(r._mapping) if r else None
 
-    def conversation_flags(self, conversation_id: str | None = None) -> list[dict[str, Any]]:
+    def conversation_flags(self, conversation_id: str | None = None) -> list[ConversationFlag]:
         q = sa.select(conversation_flags).order_by(conversation_flags.c.id)
         if conversation_id is not None:
             q = q.where(conversation_flags.c.conversation_id == conversation_id)
         with self.engine.connect() as conn:
-            return [row_dict(r) for r in conn.execute(q)]
+            return [ConversationFlag.from_row(r._mapping) for r in conn.execute(q)]
 
     def replace_llm_votes(self, judge_model: str, prompt_version: str, rows: Sequence[dict[str, Any]]) -> int:
         """Store an LLM judge's votes (Votes CSV rows with conversation_id), replacing that judge's and
@@ -93,3 +93,10 @@ class VotesStore(StoreBase):
                      "prompt_version": prompt_version, "created_at": stamp,
                      **{k: r[k] for k in ("aspect", "arm_a", "arm_b", "outcome")}} for r in rows])
         return len(rows)
+
+    def llm_votes(self, judge_model: str | None = None) -> list[LlmVote]:
+        q = sa.select(llm_votes).order_by(llm_votes.c.id)
+        if judge_model is not None:
+            q = q.where(llm_votes.c.judge_model == judge_model)
+        with self.engine.connect() as conn:
+            return [LlmVote.from_row(r._mapping) for r in conn.execute(q)]
