@@ -195,7 +195,7 @@ def test_missing_dataset_and_unknown_code_are_clear_errors(store, tmp_path):
 def test_annotate_page_through_gradio_client(tmp_path):
     """The /annotate page's endpoints: new judge code, blind item, incomplete form refused, full form stored."""
     from gradio_client import Client
-    from study_helpers import ARM_NAMES, FakePool, ServerThread, full_answers
+    from study_helpers import ARM_NAMES, FakePool, ServerThread, call, full_answers
     from study_helpers import make_protocol as study_protocol
 
     from extes.study.app import build_app
@@ -213,9 +213,9 @@ def test_annotate_page_through_gradio_client(tmp_path):
     [code] = ann.invite_judges(store, protocol, 1)
     with ServerThread(build_app(protocol, store, FakePool(), study=study)) as srv:
         client = Client(srv.url + "annotate/", verbose=False)
-        out = client.predict(code, api_name="/annotate_login")
-        assert out[0] == code and out[1].isdigit()
-        assignment_id = out[1]
+        out = call(client, code, api_name="/annotate_login")
+        assert out["judge code"] == code and out["assignment"].isdigit()
+        assignment_id = out["assignment"]
         shown = json.dumps(out, default=str)
         assert not any(name in shown for name in ARM_NAMES)
         assert "&lt;b&gt;scare&lt;/b&gt;" in shown and "<b>scare" not in shown
@@ -229,8 +229,9 @@ def test_annotate_page_through_gradio_client(tmp_path):
             client.predict(v.code, assignment_id, *(["tie"] * n_pairs + [None] * n_likert), api_name="/annotate_submit")
         with pytest.raises(Exception, match="unknown code"):
             client.predict(v.code, api_name="/annotate_login")
-        out = client.predict(code, assignment_id, *(["tie"] * n_pairs + [None] * n_likert), api_name="/annotate_submit")
-        assert out[1] == ""  # nothing left
+        out = call(client, code, assignment_id, *(["tie"] * n_pairs + [None] * n_likert),
+                   api_name="/annotate_submit")
+        assert out["assignment"] == ""  # nothing left
     frame = store.votes_frame("judge")
     assert len(frame) == 15 and set(frame["outcome"]) == {"tie"}
     store.close()
