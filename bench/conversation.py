@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generation import build_arms, make_adapters  # noqa: E402
 
 from extes.models import ArmPool  # noqa: E402
+from extes.models.scheduler import Engine  # noqa: E402
 
 MESSAGES = [
     "Hi. I have been feeling really low since my partner and I split up last month.",
@@ -56,7 +57,8 @@ def main() -> None:
         names = [a.name for a in arms]
         with ArmPool(arms) as pool:
             engine = pool.engine_for("base")
-            print(f"engine {getattr(engine, 'ENGINE_VERSION', '?')}, weights {engine.dtype_name}, "
+            assert isinstance(engine, Engine)
+            print(f"engine {engine.engine_version}, weights {engine.dtype_name}, "
                   f"{args.turns} turns, replies <= {args.new_tokens} tokens, three arms")
             histories: dict[str, list[dict]] = {n: [] for n in names}
             rows = []

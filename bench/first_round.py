@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import extes.models.engine as engine  # noqa: E402
+import extes.models.scheduler as scheduler  # noqa: E402
 from extes.models.arms import GenerationSettings  # noqa: E402
 from extes.models.detok import IncrementalDecoder  # noqa: E402
 
@@ -49,7 +49,7 @@ def first_round_sample(logits, settings: GenerationSettings, seen, generator) ->
 
 
 def first_round_sample_rows(logits, settings: list[GenerationSettings], seen: list, generators: list) -> list[int]:
-    """The first round's decode step sampled each row on its own: `_sample(logits[i], ...)` in a loop."""
+    """The first round's decode step sampled each row on its own: one call per row in a loop."""
     return [first_round_sample(logits[i], settings[i], seen[i], generators[i]) for i in range(len(settings))]
 
 
@@ -65,9 +65,11 @@ class FullDecoder(IncrementalDecoder):
 
 
 def install() -> None:
-    """Swap the two into the transformers path (extes.models.engine looks both up when it runs)."""
-    engine.sample_rows = first_round_sample_rows
-    engine.IncrementalDecoder = FullDecoder
+    """Swap the three into the scheduler (extes.models.scheduler looks them up when it runs). This process
+    runs only the transformers path (`--engine=transformers`)."""
+    scheduler.sample_rows = first_round_sample_rows
+    scheduler.sample_one = first_round_sample  # a prompt's first token
+    scheduler.IncrementalDecoder = FullDecoder
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ from pathlib import Path
 
 from extes.base.embedded import EMBEDDED_NAME
 from extes.models import Arm, ArmPool, GenerationSettings
+from extes.models.fast_engine import FastRunner
+from extes.models.sampling import draw, sample_rows
+from extes.models.scheduler import Engine
+from extes.models.text import render_prompt
 
 TURNS = [
     ("I have been feeling really low since my partner and I split up last month.",
@@ -62,8 +66,6 @@ NEW_MESSAGES = [
 
 def conversation(tokenizer, system: str, target: int) -> list[dict[str, str]]:
     """A conversation whose chat prompt is just under `target` tokens (turns repeat if needed)."""
-    from extes.models.engine import render_prompt
-
     msgs: list[dict[str, str]] = []
     i = 0
     while True:
@@ -109,17 +111,24 @@ def timed_many(pool: ArmPool, requests: dict) -> dict:
             "replies": replies}
 
 
-def bandwidth_floor(engine, rounds: int = 3) -> tuple[float, int]:
+def local_engine(pool: ArmPool, arm: str) -> Engine:
+    engine = pool.engine_for(arm)
+    if not isinstance(engine, Engine):
+        raise SystemExit(f"arm {arm!r} is not served by an in-process engine")
+    return engine
+
+
+def bandwidth_floor(engine: Engine, rounds: int = 3) -> tuple[float, int]:
     """Seconds to read as many bytes as the base weights hold, once (min of `rounds`), and how many bytes.
     (Prepacked weights are opaque tensors, so the read is of buffers of the same sizes.)"""
     import torch
 
-    fast = getattr(engine, "fast", None)
-    if fast is None:
-        sizes = [p.numel() * p.element_size() for p in engine.model.parameters()]
+    runner = engine.runner
+    if isinstance(runner, FastRunner):
+        sizes = [lin.kernel.nbytes for block in runner.fast.layers for lin in block.linears]
+        sizes.append(runner.fast.head.nbytes)
     else:
-        sizes = [lin.kernel.nbytes for layer in fast.layers for lin in (layer[1], layer[2], layer[4], layer[5])]
-        sizes.append(fast.head.nbytes)
+        sizes = [p.numel() * p.element_size() for p in runner.model.parameters()]
     flat = [torch.ones(n // 4, dtype=torch.float32) for n in sizes]
     nbytes = sum(f.numel() * 4 for f in flat)
     best = float("inf")
@@ -135,7 +144,7 @@ def bandwidth_floor(engine, rounds: int = 3) -> tuple[float, int]:
 def run_rss_probe(n_arms: int, adapters: list[Path], new_tokens: int, context: int, dtype: str) -> None:
     arms = build_arms(adapters, new_tokens, dtype)[:n_arms]
     with ArmPool(arms) as pool:
-        msgs = conversation(pool.engine_for("base").tokenizer, arms[0].system_prompt, context)
+        msgs = conversation(local_engine(pool, "base").tokenizer, arms[0].system_prompt, context)
         list(pool.stream_many({a.name: (a.name, msgs) for a in arms}))
         status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
         now = next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
@@ -168,17 +177,15 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def sampling(engine, msgs, rounds: int, rows: int = 24) -> None:
+def sampling(engine: Engine, msgs, rounds: int, rows: int = 24) -> None:
     """(4) Sampling one token for each of `rows` rows from the model's real next-token logits (positions of
     the conversation), with the default settings: the engine's batched sample_rows against drawing row by
     row from a full sort of the vocabulary (what top-p costs without the top-k levels)."""
     import torch
 
-    from extes.models.engine import _draw, render_prompt, sample_rows
-
-    fast = getattr(engine, "fast", None)
-    if fast is None or fast.device.type != "cpu":
+    if not isinstance(engine.runner, FastRunner) or engine.runner.fast.device.type != "cpu":
         return
+    fast = engine.runner.fast
     ids = render_prompt(engine.tokenizer, msgs)
     x = torch.tensor([ids])
     with torch.inference_mode():
@@ -193,7 +200,7 @@ def sampling(engine, msgs, rounds: int, rows: int = 24) -> None:
             picked = s[seen[r]]
             s[seen[r]] = torch.where(picked < 0, picked * st.repetition_penalty, picked / st.repetition_penalty)
             p, order = torch.softmax(s / st.temperature, -1).sort(descending=True)
-            _draw(p.masked_fill((p.cumsum(0) - p) > st.top_p, 0.0), order, gens[r])
+            draw(p.masked_fill((p.cumsum(0) - p) > st.top_p, 0.0), order, gens[r])
 
     gens = [torch.Generator().manual_seed(r) for r in range(rows)]
     times = {"batched": [], "row by row": []}
@@ -209,14 +216,14 @@ def sampling(engine, msgs, rounds: int, rows: int = 24) -> None:
           f"{b * 1e3:.1f} ms ({b / a:.1f}x)")
 
 
-def attention(engine, rounds: int, rows: int = 20) -> None:
+def attention(engine: Engine, rounds: int, rows: int = 20) -> None:
     """(5) One decode forward of `rows` rows whose cached lengths are spread over 150-450 positions, with
     decode attention by the compiled kernel and by torch's batched matmul (the same model, switched)."""
     import torch
 
-    fast = getattr(engine, "fast", None)
-    if fast is None or fast.device.type != "cpu":
+    if not isinstance(engine.runner, FastRunner) or engine.runner.fast.device.type != "cpu":
         return
+    fast = engine.runner.fast
     kernel = fast.attention_kernel
     if kernel is None:
         print("(5) compiled decode attention unavailable (see the log); torch's batched matmul runs")
@@ -254,20 +261,17 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
     arms = build_arms(adapters, args.new_tokens, args.dtype)
     names = [a.name for a in arms]
     with ArmPool(arms, device=args.device) as pool:
-        engine = pool.engine_for("base")
-        engine.eos_ids = set()  # fixed-length replies, so every run does the same work
+        engine = local_engine(pool, "base")
+        engine.runner.eos_ids = frozenset()  # fixed-length replies, so every run does the same work
         msgs = conversation(engine.tokenizer, arms[0].system_prompt, args.context)
-        from extes.models.engine import render_prompt
-
         n_prompt = len(render_prompt(engine.tokenizer, [{"role": "system", "content": arms[0].system_prompt}] + msgs))
-        print(f"engine {getattr(engine, 'ENGINE_VERSION', '?')}, weights {engine.dtype_name}, context {n_prompt} "
+        print(f"engine {engine.engine_version}, weights {engine.dtype_name}, context {n_prompt} "
               f"tokens, {args.new_tokens} new tokens, greedy, torch threads {torch.get_num_threads()}")
-        cache = getattr(engine, "kv_cache", None)
+        cache = engine.runner.kv_cache
         timed_many(pool, {"w": ("lora", msgs)})  # warm-up
 
         # (1) decode step, fresh prompts (the kept cache is cleared before each measurement)
-        if getattr(engine, "step_times", None) is not None:
-            engine.step_times.clear()
+        engine.clear_step_times()
         one, three = [], []
         for _ in range(args.rounds):
             if cache is not None:
@@ -278,7 +282,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
             three.append(timed_many(pool, {n: (n, msgs) for n in names}))
         step1 = statistics.median(r["step"] for r in one)
         step3 = statistics.median(r["step"] for r in three)
-        timer = getattr(engine, "step_times", None)
+        timer = engine.stats().step_times
         if timer:  # the engine's own timer of decode steps (forward + sampling), by batch size
             s1 = [t for n, t in timer if n == 1]
             s3 = [t for n, t in timer if n == 3]

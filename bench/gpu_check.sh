@@ -1,82 +1,47 @@
 #!/usr/bin/env bash
-# One prepared GPU check (issue 12), <= 8 minutes on one GPU. Run from the repository root:
-#     bash bench/gpu_check.sh [PYTHON]
-# 1. exits with a clear message when there is no CUDA GPU;
-# 2. installs vLLM into its own virtual environment (never into the project's), unless `vllm` is importable;
-# 3. serves the demo arms (embedded base + the two LoRA adapters) with `vllm serve` as
-#    `extes serve --vllm-command` prints it (local weights, so no hub access is needed);
-# 4. runs bench/load.py with 50 participants against it and prints tokens/s and latency percentiles;
-# 5. runs the local engine's bench/generation.py on CUDA in bf16.
+# The GPU check that fits the lent GPU machine (issue 27): <= 8 minutes, no vLLM, no network, no weights
+# carried (random weights of LLaMA-7B's and SmolLM2's shapes are built there). From the repository root:
+#     bash bench/gpu_check.sh [--out FILE] [--device cuda] [more bench/gpu_check.py options]
+#     bash bench/gpu_check.sh --device cpu --dry --out /tmp/check.json     # tiny shapes, any machine
+# Writes one JSON file (default gpu_check.json) with every section's figures or error; see bench/gpu_check.py.
+# Python: .venv/bin/python when there is one, else python3 (the GPU image's torch). Packages the image lacks
+# (pydantic) travel as wheels in .whl/ (carry it; see docs/models.md) and are installed into /tmp/site.
+# For labs with vLLM and network access, bench/gpu_check_vllm.sh serves the arms with vLLM instead.
 set -u
-PY="${1:-.venv/bin/python}"
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
 [ -x "$PY" ] || PY="$(command -v python3)"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-DEADLINE=$((SECONDS + 470))
-left() { echo $((DEADLINE - SECONDS)); }
-
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
-  echo "gpu_check: no NVIDIA GPU here (nvidia-smi missing or finds none); nothing to check. Run this on a GPU machine."
-  exit 2
-fi
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  echo "gpu_check: a GPU is present but this torch ($PY) has no CUDA; the vLLM part still runs, the local-engine part is skipped."
-  LOCAL_CUDA=0
-else
-  LOCAL_CUDA=1
-fi
-nvidia-smi -L
-
-WORK="$(mktemp -d /tmp/extes-gpu-check.XXXXXX)"
-trap 'kill $VLLM_PID 2>/dev/null; wait $VLLM_PID 2>/dev/null' EXIT
-VLLM_PID=""
-
-# --- vLLM in its own venv --------------------------------------------------------------------------------
-VPY="$(command -v python3)"
-if ! "$VPY" -c "import vllm" 2>/dev/null; then
-  echo "== installing vLLM into $WORK/vllm-venv (timeout 240 s)"
-  python3 -m venv "$WORK/vllm-venv" && VPY="$WORK/vllm-venv/bin/python"
-  if ! timeout 240 "$VPY" -m pip install -q vllm; then
-    echo "gpu_check: could not install vLLM (no package index reachable?); skipping the vLLM part."
-    VPY=""
-  fi
-fi
-
-PORT=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
-if [ -n "$VPY" ]; then
-  echo "== vllm serve (the command extes serve --vllm-command prints, with local weights)"
-  CMD=$("$PY" -m extes.cli serve --vllm-command eval_protocol/default.yaml --port "$PORT" --vllm-local-weights \
-        --vllm-arms-out "$WORK/arms.yaml" | grep '^vllm serve')
-  echo "$CMD"
-  # run it with the venv's vllm
-  VLLM_BIN="$(dirname "$VPY")/vllm"; [ -x "$VLLM_BIN" ] || VLLM_BIN=vllm
-  ${CMD/vllm serve/$VLLM_BIN serve} --gpu-memory-utilization 0.5 >"$WORK/vllm.log" 2>&1 &
-  VLLM_PID=$!
-  for _ in $(seq 1 180); do
-    curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null 2>&1 && break
-    kill -0 $VLLM_PID 2>/dev/null || break
-    sleep 1
-  done
-  if curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null 2>&1; then
-    "$PY" - "$WORK" <<'PYEOF'
-import sys, yaml, pathlib
-work = pathlib.Path(sys.argv[1])
-proto = yaml.safe_load(open("eval_protocol/default.yaml"))
-proto["arms"] = yaml.safe_load((work / "arms.yaml").read_text())["arms"]
-(work / "protocol.yaml").write_text(yaml.safe_dump(proto, sort_keys=False))
-PYEOF
-    echo "== bench/load.py: 50 participants against vLLM (time left $(left) s)"
-    timeout $(( $(left) > 300 ? 240 : $(left) / 2 )) "$PY" bench/load.py --participants 50 --turns 3 \
-      --protocol "$WORK/protocol.yaml" || echo "gpu_check: load benchmark failed or timed out (see above)"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PY" -c "import pydantic" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || { echo "gpu_check: could not install the carried wheels in .whl/"; exit 2; }
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
   else
-    echo "gpu_check: vLLM did not come up; last lines of its log:"; tail -20 "$WORK/vllm.log"
+    echo "gpu_check: $PY has no pydantic and no .whl/ was carried (see docs/models.md, 'A GPU check that fits')"
+    exit 2
   fi
-  kill $VLLM_PID 2>/dev/null; wait $VLLM_PID 2>/dev/null; VLLM_PID=""
 fi
-
-# --- the local engine on CUDA in bf16 ---------------------------------------------------------------------
-if [ "$LOCAL_CUDA" = 1 ] && [ "$(left)" -gt 60 ]; then
-  echo "== bench/generation.py on CUDA, bf16 (time left $(left) s)"
-  timeout $(( $(left) - 10 )) "$PY" bench/generation.py --device cuda --dtype bfloat16 --no-rss --rounds 3 \
-    || echo "gpu_check: generation benchmark failed or timed out"
+OUT=gpu_check.json
+DEVICE=cuda
+ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) OUT="$2"; shift 2 ;;
+    --device) DEVICE="$2"; shift 2 ;;
+    *) ARGS+=("$1"); shift ;;
+  esac
+done
+if [ "$DEVICE" != cpu ]; then
+  if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "gpu_check: no NVIDIA GPU here (nvidia-smi missing or finds none). Use --device cpu --dry for the dry run."
+    exit 2
+  fi
+  nvidia-smi -L
 fi
-echo "gpu_check: done in $SECONDS s"
+# 480 s in all: sections stop starting at --budget-s (default 450 s), the rest is the margin to write the file
+timeout 480 "$PY" bench/gpu_check.py --device "$DEVICE" --out "$OUT" ${ARGS[@]+"${ARGS[@]}"}
+rc=$?
+[ $rc = 124 ] && echo "gpu_check: stopped at 480 s; the figures so far are in $OUT"
+exit $rc

@@ -52,12 +52,19 @@ def test_analyze_json_shape(capsys, votes_csv):
     assert code == 0
     payload = json.loads(out)
     assert payload["reference"] == "lora"
-    rows = {(r["opponent"], r["aspect"]): r for r in payload["rows"]}
+    rows = {(r["opponent"], r["aspect"]): r for r in payload["rows"] if r["n"]}
     assert set(rows) == {("base", "fluency"), ("base", "overall"), ("gpt", "overall")}
     assert (rows[("base", "overall")]["win"], rows[("base", "overall")]["loss"]) == (0.5, 0.5)
     assert rows[("base", "fluency")]["tie"] == 0.5 and rows[("gpt", "overall")]["n"] == 1
-    assert set(payload["bradley_terry"]) == {"fluency", "overall"}
+    status = {(r["opponent"], r["aspect"]): r["status"] for r in payload["rows"]}
+    assert len(status) == 10 and status[("gpt", "fluency")] == "never compared"
+    assert status[("base", "suggestion")] == "no votes"
+    assert payload["omissions"] == ["no votes at all on identification, comforting, suggestion",
+                                    "lora never compared with gpt on fluency"]
+    assert list(payload["bradley_terry"]) == ["fluency", "identification", "comforting", "suggestion", "overall"]
     assert payload["bradley_terry"]["overall"][0]["rank"] == 1
+    assert payload["bradley_terry"]["fluency"][-1] == {"rank": None, "arm": "gpt", "rating": None, "ci_low": None,
+                                                       "ci_high": None, "n": 0}
 
 
 def test_analyze_text_and_report_directory(capsys, votes_csv, tmp_path):
@@ -99,7 +106,7 @@ def test_analyze_states_prior_correction_and_one_vote_count(capsys, votes_csv, t
     payload = json.loads(out)
     assert payload["bradley_terry_fit"]["prior"] == 4.0 and payload["correction"] == "bh"
     assert payload["votes"] == 6 and payload["votes_with_reference"] == 5
-    assert payload["rows"][0]["ci_low"] is None and payload["notes"]
+    assert all(r["ci_low"] is None for r in payload["rows"]) and payload["notes"]
 
 
 @pytest.mark.parametrize(
@@ -221,6 +228,40 @@ def test_export_validates_everything_before_writing(capsys, fake_store, tmp_path
     )
     assert code == 2 and "empty field" in err and "row 0" in err
     assert not (tmp_path / "v.csv").exists() and not (tmp_path / "r.csv").exists()
+
+
+def test_agreement_llm_without_overlap_is_an_error(capsys, fake_store, tmp_path):
+    db, _store = fake_store  # participants rated conversations s1-s3
+    llm = tmp_path / "llm_votes.csv"
+    VOTES.assign(session_id=VOTES["session_id"] + "x", conversation_id=VOTES["session_id"] + "x",
+                 rater_id="llm:m").to_csv(llm, index=False)
+    code, out, err = run(capsys, "agreement", "--db", db, "--llm", llm)
+    assert code == 2 and out == ""  # printed n = 0 and exited 0 before
+    assert f"--llm {llm}: no comparison is in both the LLM's votes (6) and the participants' votes" in err
+    code, out, err = run(capsys, "agreement", "--db", db, "--llm", llm, "--json")
+    assert code == 2 and out == ""
+    VOTES.assign(conversation_id=VOTES["session_id"], rater_id="llm:m").to_csv(llm, index=False)
+    code, out, _ = run(capsys, "agreement", "--db", db, "--llm", llm)
+    assert code == 0 and "| all | 6 | 3 | 100.0 |" in out
+
+
+def test_agreement_headline_counts_what_each_statistic_uses(capsys, tmp_path):
+    # 4 items rated by 3 raters, 6 items rated once by a fourth: kappa uses 10 items and 18 ratings
+    rows = [(f"d{i}", r, str((i + k) % 3)) for i in range(4) for k, r in enumerate("abc")]
+    rows += [(f"s{i}", "z", str(i % 3)) for i in range(6)]
+    path = tmp_path / "r.csv"
+    pd.DataFrame(rows, columns=["item_id", "rater_id", "label"]).to_csv(path, index=False)
+    code, out, _ = run(capsys, "agreement", "--ratings", path, "--out", tmp_path / "o")
+    head = out.splitlines()[0]
+    assert code == 0 and not head.startswith("4 items, 3 raters, 12 ratings;")  # what it said before
+    assert head.startswith("10 items, 4 raters, 18 ratings (Fleiss' kappa uses all; 6 item(s) rated once only "
+                           "in its category shares); alpha and percent agreement use the 4 items rated twice or "
+                           "more (3 raters, 12 ratings);")
+    assert head in (tmp_path / "o" / "report.md").read_text()
+    code, out, _ = run(capsys, "agreement", "--ratings", path, "--json")
+    payload = json.loads(out)
+    assert (payload["items_all"], payload["raters_all"], payload["ratings_all"]) == (10, 4, 18)
+    assert (payload["items"], payload["raters"], payload["ratings"]) == (4, 3, 12)
 
 
 def test_missing_database_is_not_created(capsys, tmp_path):

@@ -18,19 +18,26 @@ from extes.analysis import (
 COLUMNS = ["session_id", "aspect", "arm_a", "arm_b", "outcome"]
 
 
-def votes(rows) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=COLUMNS)
+def votes(rows, one_rater_per_vote: bool = True) -> pd.DataFrame:
+    """Votes from (session, aspect, arm_a, arm_b, outcome) rows. The synthetic sessions below hold many votes
+    of one pair on one aspect, which one rater may not give (`load_votes` refuses a repeated comparison), so
+    by default each vote gets its own rater."""
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    if one_rater_per_vote:
+        frame["rater_id"] = [f"r{i}" for i in range(len(frame))]
+    return frame
 
 
 # Hand-counted from lora's side (lora appears as arm_a and as arm_b):
-#   vs base, overall:   s1 win, s1 loss (lora is b, a won), s2 win (lora is b, b won), s3 tie  -> 2/1/1
+#   vs base, overall:   s1 win, s4 loss (lora is b, a won), s2 win (lora is b, b won), s3 tie  -> 2/1/1
 #   vs base, fluency:   s2 tie                                                                  -> 0/1/0
 #   vs gpt, overall:    s1 win (lora b), s3 loss (lora a, b won)                                -> 1/0/1
 #   base vs gpt never involves lora and is ignored.
 HAND = votes(
-    [
+    one_rater_per_vote=False,
+    rows=[
         ("s1", "overall", "lora", "base", "a"),
-        ("s1", "overall", "base", "lora", "a"),
+        ("s4", "overall", "base", "lora", "a"),
         ("s2", "overall", "base", "lora", "b"),
         ("s3", "overall", "lora", "base", "tie"),
         ("s2", "fluency", "base", "lora", "tie"),
@@ -43,7 +50,7 @@ HAND = votes(
 
 def test_win_tie_loss_matches_hand_counts_with_reference_on_either_side():
     result = win_tie_loss(HAND, "lora", n_boot=0)
-    got = {(r.opponent, r.aspect): (r.n_win, r.n_tie, r.n_loss, r.n) for r in result.rows.itertuples()}
+    got = {(r.opponent, r.aspect): (r.n_win, r.n_tie, r.n_loss, r.n) for r in result.rows.itertuples() if r.n}
     assert got == {
         ("base", "fluency"): (0, 1, 0, 1),
         ("base", "overall"): (2, 1, 1, 4),
@@ -51,8 +58,12 @@ def test_win_tie_loss_matches_hand_counts_with_reference_on_either_side():
     }
     row = result.rows.set_index(["opponent", "aspect"]).loc[("base", "overall")]
     assert (row.win, row.tie, row.loss) == (0.5, 0.25, 0.25)
-    # Aspects in the paper's order, opponents sorted.
-    assert list(result.rows["aspect"]) == ["fluency", "overall", "overall"]
+    # Every opponent x the paper's five aspects, in the paper's order, opponents sorted; empty cells say why.
+    assert list(result.rows["aspect"]) == [*analysis.ASPECTS, *analysis.ASPECTS]
+    status = {(r.opponent, r.aspect): r.status for r in result.rows.itertuples()}
+    assert status[("gpt", "fluency")] == "never compared"  # fluency has votes, none of lora vs gpt
+    assert status[("base", "comforting")] == status[("gpt", "suggestion")] == "no votes"
+    assert status[("base", "overall")] == "compared"
 
 
 def test_from_the_other_side_wins_and_losses_swap():
@@ -66,11 +77,11 @@ def test_sign_test_equals_scipy_binomtest_and_ignores_ties():
     rng = np.random.default_rng(3)
     outcome = rng.choice(["a", "b", "tie"], size=200, p=[0.45, 0.3, 0.25])
     frame = votes([(f"s{i // 4}", "overall", "x", "y", o) for i, o in enumerate(outcome)])
-    row = win_tie_loss(frame, "x", n_boot=0).rows.iloc[0]
+    row = win_tie_loss(frame, "x", n_boot=0).rows.query("n > 0").iloc[0]
     wins, losses = int((outcome == "a").sum()), int((outcome == "b").sum())
     assert row.p_value == binomtest(wins, wins + losses, 0.5).pvalue
     only_ties = win_tie_loss(votes([("s1", "overall", "x", "y", "tie")]), "x", n_boot=0)
-    assert np.isnan(only_ties.rows.iloc[0].p_value)
+    assert np.isnan(only_ties.rows.query("n > 0").iloc[0].p_value)
     assert only_ties.to_dict()["rows"][0]["p_value"] is None
 
 
@@ -83,21 +94,21 @@ def test_bootstrap_resamples_whole_sessions():
         np.array([0] * 10 + [1] * 10), np.zeros(20, dtype=int), np.array([1.0] * 10 + [-1.0] * 10), 1, 400, 1
     )
     assert set(np.unique(sums[:, 0])) <= {-20.0, 0.0, 20.0}
-    assert (result.rows.iloc[0].ci_low, result.rows.iloc[0].ci_high) == (-1.0, 1.0)
+    assert (result.rows.query("n > 0").iloc[0].ci_low, result.rows.query("n > 0").iloc[0].ci_high) == (-1.0, 1.0)
 
 
 def test_bootstrap_is_seeded_chunk_independent_and_brackets_the_estimate(monkeypatch):
     rng = np.random.default_rng(5)
     rows = [(f"s{i // 5}", "overall", "x", "y", o) for i, o in enumerate(rng.choice(["a", "b", "tie"], 500))]
     frame = votes(rows)
-    first = win_tie_loss(frame, "x", n_boot=300, seed=9).rows.iloc[0]
-    again = win_tie_loss(frame, "x", n_boot=300, seed=9).rows.iloc[0]
+    first = win_tie_loss(frame, "x", n_boot=300, seed=9).rows.query("n > 0").iloc[0]
+    again = win_tie_loss(frame, "x", n_boot=300, seed=9).rows.query("n > 0").iloc[0]
     assert (first.ci_low, first.ci_high) == (again.ci_low, again.ci_high)
     monkeypatch.setattr(pairwise, "_CHUNK_CELLS", 250)  # 2 replicates per chunk for 100 sessions
-    chunked = win_tie_loss(frame, "x", n_boot=300, seed=9).rows.iloc[0]
+    chunked = win_tie_loss(frame, "x", n_boot=300, seed=9).rows.query("n > 0").iloc[0]
     assert (chunked.ci_low, chunked.ci_high) == pytest.approx((first.ci_low, first.ci_high), abs=1e-12)
     assert first.ci_low < first.win - first.loss < first.ci_high
-    other_seed = win_tie_loss(frame, "x", n_boot=300, seed=10).rows.iloc[0]
+    other_seed = win_tie_loss(frame, "x", n_boot=300, seed=10).rows.query("n > 0").iloc[0]
     assert (other_seed.ci_low, other_seed.ci_high) != (first.ci_low, first.ci_high)
 
 
@@ -109,7 +120,7 @@ def test_bootstrap_ci_covers_truth_about_95_percent_of_the_time():
     for trial in range(60):
         outcome = rng.choice(["a", "b", "tie"], size=300, p=[0.5, 0.3, 0.2])
         frame = votes([(f"s{i // 3}", "overall", "x", "y", o) for i, o in enumerate(outcome)])
-        row = win_tie_loss(frame, "x", n_boot=300, seed=trial).rows.iloc[0]
+        row = win_tie_loss(frame, "x", n_boot=300, seed=trial).rows.query("n > 0").iloc[0]
         misses += not (row.ci_low <= 0.2 <= row.ci_high)
     assert misses <= 9  # expected ~3; P(>9 | 5%) is far below 0.1%
 
@@ -128,15 +139,20 @@ def test_to_dict_has_the_json_shape():
         "p_adjusted",
         "ci_low",
         "ci_high",
+        "status",
     }
     assert payload["correction"] == "holm" and payload["tests"] == 2
 
 
 def test_paper_layout_table():
-    table = win_tie_loss(HAND, "lora", n_boot=0).table()
-    assert list(table.columns) == ["comparison", "fluency", "overall"]
-    assert table.iloc[0].tolist() == ["lora vs base", "0.0 / 100.0 / 0.0", "50.0 / 25.0 / 25.0"]
-    assert table.iloc[1]["fluency"] == "-"
+    result = win_tie_loss(HAND, "lora", n_boot=0)
+    table = result.table()
+    assert list(table.columns) == ["comparison", *analysis.ASPECTS]
+    assert table.iloc[0].tolist() == ["lora vs base", "0.0 / 100.0 / 0.0", "no votes", "no votes", "no votes",
+                                      "50.0 / 25.0 / 25.0"]
+    assert table.iloc[1]["fluency"] == "never compared"  # was "-", and aspects without votes were left out
+    assert result.omissions() == ["no votes at all on identification, comforting, suggestion",
+                                  "lora never compared with gpt on fluency"]
 
 
 def test_unknown_reference_lists_the_arms():
@@ -176,32 +192,35 @@ def test_bradley_terry_matches_logistic_regression_mle():
     fit = sm.Logit(np.array(y), np.array(design)).fit(disp=0, method="newton", tol=1e-12)
     theta = np.concatenate([[0.0], fit.params])
     expected = 1000 + 400 / np.log(10) * (theta - theta.mean())
-    result = bradley_terry(votes(rows), n_boot=0, prior=1e-9).ratings.set_index("arm")
+    result = bradley_terry(votes(rows), n_boot=0, prior=1e-9).ratings.query("aspect == 'overall'").set_index("arm")
     assert result.loc[arms, "rating"].to_numpy() == pytest.approx(expected, abs=1e-4)
     assert result.loc[arms, "rank"].tolist() == [1, 2, 3, 4]
 
 
 def test_bradley_terry_ties_are_half_wins_and_cis_bracket_the_rating():
     even = votes([(f"s{i}", "overall", "x", "y", "tie") for i in range(10)])
-    flat = bradley_terry(even, n_boot=0).ratings
+    flat = bradley_terry(even, n_boot=0).ratings.query("n > 0")
     assert flat["rating"].to_numpy() == pytest.approx([1000.0, 1000.0])
     rng = np.random.default_rng(2)
     outcome = rng.choice(["a", "b", "tie"], size=300, p=[0.55, 0.25, 0.2])
     frame = votes([(f"s{i // 3}", asp, "x", "y", o) for i, o in enumerate(outcome) for asp in ["overall"]])
     frame = pd.concat([frame, votes([("t1", "fluency", "y", "z", "a")])], ignore_index=True)
     result = bradley_terry(frame, n_boot=200, seed=0)
-    overall = result.ratings[result.ratings.aspect == "fluency"]
-    assert set(overall["arm"]) == {"y", "z"}  # x never judged on fluency: no row
+    fluency = result.ratings[result.ratings.aspect == "fluency"]
+    assert fluency["arm"].tolist() == ["y", "z", "x"]  # x never judged on fluency: last, n = 0, no rank
+    assert fluency["n"].tolist()[-1] == 0 and fluency["rank"].isna().tolist() == [False, False, True]
     top = result.ratings[(result.ratings.aspect == "overall") & (result.ratings["rank"] == 1)].iloc[0]
     assert top.arm == "x" and top.ci_low < top.rating < top.ci_high
-    assert set(result.to_dict()) == {"fluency", "overall"}
+    assert set(result.to_dict()) == set(analysis.ASPECTS)
+    assert result.to_dict()["fluency"][-1] == {"rank": None, "arm": "x", "rating": None, "ci_low": None,
+                                               "ci_high": None, "n": 0}
     assert set(result.to_dict()["overall"][0]) == {"rank", "arm", "rating", "ci_low", "ci_high", "n"}
 
 
 def test_bradley_terry_stays_finite_when_an_arm_never_wins():
     frame = votes([(f"s{i}", "overall", "x", "y", "a") for i in range(20)])
     result = bradley_terry(frame, n_boot=50)
-    ratings = result.ratings
+    ratings = result.ratings.query("n > 0")
     assert result.ml_exists == {"overall": False} and result.notes
     assert np.isfinite(ratings[["rating", "ci_low", "ci_high"]].to_numpy()).all()
     assert ratings.iloc[0].arm == "x" and ratings.iloc[0].rating > 1200
@@ -216,9 +235,9 @@ def test_plots_show_the_numbers_they_are_given():
     fig = analysis.plot_win_tie_loss(wtl)
     assert isinstance(fig, Figure)
     axes = fig.axes
-    assert [ax.get_title() for ax in axes] == ["fluency", "overall"]
+    assert [ax.get_title() for ax in axes] == list(analysis.ASPECTS)
     # bars per panel: win, tie, loss for each of the 2 opponents; widths are the percentages
-    overall = axes[1]
+    overall = axes[4]
     assert len(overall.patches) == 6
     assert sorted(round(b.get_width(), 6) for b in overall.patches) == sorted(
         [50.0, 25.0, 25.0, 50.0, 0.0, 50.0])
@@ -237,6 +256,7 @@ def test_plots_show_the_numbers_they_are_given():
     fig = analysis.plot_bradley_terry(bt)
     overall = [a for a in fig.axes if a.get_title() == "overall"][0]
     rows = bt.ratings[bt.ratings.aspect == "overall"]
+    assert rows["n"].gt(0).all()
     assert [t.get_text() for t in overall.get_yticklabels()] == list(rows["arm"])
     points = overall.lines[0].get_xdata()
     assert np.allclose(points, rows["rating"].to_numpy())
@@ -254,7 +274,8 @@ def test_holm_and_bh_match_statsmodels_in_the_table_and_json():
                 rows.append((f"s{i}", aspect, "ref", opp, o))
     frame = votes(rows)
     for correction, method in [("holm", "holm"), ("bh", "fdr_bh")]:
-        result = win_tie_loss(frame, "ref", n_boot=0, correction=correction)
+        result = win_tie_loss(frame, "ref", n_boot=0, correction=correction, aspects=["fluency", "comforting",
+                                                                                           "overall"])
         raw = result.rows["p_value"].to_numpy()
         assert result.rows["p_adjusted"].to_numpy() == pytest.approx(multipletests(raw, method=method)[1])
         payload = result.to_dict()
@@ -264,19 +285,25 @@ def test_holm_and_bh_match_statsmodels_in_the_table_and_json():
         for r in result.rows.itertuples():
             cell = table.set_index("comparison").loc[f"ref vs {r.opponent}", r.aspect]
             assert cell.endswith("*") == (r.p_adjusted < 0.05)
-    none = win_tie_loss(frame, "ref", n_boot=0, correction="none")
-    assert none.rows["p_adjusted"].tolist() == none.rows["p_value"].tolist()
+    none = win_tie_loss(frame, "ref", n_boot=0, correction="none").rows.query("n > 0")
+    assert none["p_adjusted"].tolist() == none["p_value"].tolist()
     holm = win_tie_loss(frame, "ref", n_boot=0).rows
     assert ((holm.p_value < 0.05) & (holm.p_adjusted >= 0.05)).any()  # a mark that correction removes
     with pytest.raises(ValueError, match="correction"):
         win_tie_loss(frame, "ref", correction="bonferroni-ish")
 
 
-def test_table_percentages_sum_to_100():
+def test_table_percentages_sum_to_100_and_equal_counts_print_equal():
+    frame = votes([("s1", "overall", "x", "y", "a"), ("s2", "overall", "x", "y", "a"), ("s3", "overall", "x", "y", "b"),
+                   ("s4", "overall", "x", "y", "tie")])
+    assert win_tie_loss(frame, "x", n_boot=0).table().iloc[0]["overall"] == "50.0 / 25.0 / 25.0"
     frame = votes([("s1", "overall", "x", "y", "a"), ("s2", "overall", "x", "y", "b"),
                    ("s3", "overall", "x", "y", "tie")])
-    cell = win_tie_loss(frame, "x", n_boot=0).table().iloc[0]["overall"]
-    assert cell == "33.4 / 33.3 / 33.3"  # rounding each gave 33.3 / 33.3 / 33.3 = 99.9
+    result = win_tie_loss(frame, "x", n_boot=0)
+    # 1/1/1 printed 33.4 / 33.3 / 33.3 (the first of a tie took the last 0.1): equal counts now print equal
+    assert result.table().iloc[0]["overall"] == "33.3 / 33.3 / 33.3"
+    from extes.analysis.report import wtl_caption
+    assert "equal counts always equal" in wtl_caption(result)
 
 
 def test_one_session_gives_no_interval_but_a_reason():
@@ -287,7 +314,7 @@ def test_one_session_gives_no_interval_but_a_reason():
     assert result.to_dict()["notes"] == result.notes
     nine = [(f"s{i}", "overall", "x", "y", o) for i, o in enumerate(["a", "a", "b", "a", "b", "tie", "a", "b", "b"])]
     assert win_tie_loss(votes(nine), "x", n_boot=100).rows["ci_low"].isna().all()
-    assert win_tie_loss(votes(nine), "x", n_boot=100, min_sessions=9).rows["ci_low"].notna().all()
+    assert win_tie_loss(votes(nine), "x", n_boot=100, min_sessions=9).rows.query("n > 0")["ci_low"].notna().all()
     bt = bradley_terry(votes(rows), n_boot=100)
     assert bt.ratings[["ci_low", "ci_high"]].isna().all().all()
     assert any("fewer than 10" in n for n in bt.notes)

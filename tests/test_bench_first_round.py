@@ -9,7 +9,7 @@ import importlib.util
 import pytest
 from models_helpers import tiny_arms, user
 
-import extes.models.engine as engine
+import extes.models.scheduler as scheduler
 from extes.models import ArmPool
 from extes.models.detok import IncrementalDecoder
 from extes.testing.tiny import make_tokenizer
@@ -22,9 +22,9 @@ def first_round(repo_root, monkeypatch):
     spec = importlib.util.spec_from_file_location("bench_first_round", repo_root / "bench" / "first_round.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    # install() swaps two attributes of extes.models.engine; monkeypatch puts today's back after the test
-    monkeypatch.setattr(engine, "sample_rows", engine.sample_rows)
-    monkeypatch.setattr(engine, "IncrementalDecoder", engine.IncrementalDecoder)
+    # install() swaps attributes of extes.models.scheduler; monkeypatch puts today's back after the test
+    for name in ("sample_rows", "sample_one", "IncrementalDecoder"):
+        monkeypatch.setattr(scheduler, name, getattr(scheduler, name))
     return mod
 
 
@@ -42,8 +42,8 @@ def test_the_baseline_runs_the_first_rounds_sampler_and_gives_the_same_replies(b
     sample = first_round.first_round_sample
     monkeypatch.setattr(first_round, "first_round_sample", lambda *a: calls.append(1) or sample(*a))
     first_round.install()
-    assert engine.sample_rows is first_round.first_round_sample_rows
-    assert engine.IncrementalDecoder is first_round.FullDecoder
+    assert scheduler.sample_rows is first_round.first_round_sample_rows
+    assert scheduler.IncrementalDecoder is first_round.FullDecoder
     with ArmPool(arms, engine="transformers", max_batch=16) as old:
         for a in ("plain", "lora"):
             shown, reply = _stream(old, a)

@@ -501,3 +501,49 @@ def test_readme_metric_list_states_what_the_code_does():
     assert "every metric except PPL is reported x100" in readme
     assert len("Hi, there!".split()) == 2 and len(tokenize("Hi, there!")) == 4
     assert '"Hi, there!" is 2 words there, 4 tokens here' in readme
+
+
+def _scored(hyps, refs):
+    from extes.metrics.evaluate import EvalResult, text_metrics
+    from extes.metrics.wordnet import WordNetInfo
+
+    scored = text_metrics(hyps, refs, None, WordNetInfo(None, "none (test)"))
+    payload = {"details": scored["details"], "metrics": scored["metrics"], "data": {"n_turns": len(hyps)},
+               "generation": {"settings": {}}, "arm": {"predictions": "p.jsonl"}}
+    return scored, EvalResult("arm", "test", scored["metrics"], payload, [])
+
+
+def test_empty_replies_are_warned_about_with_counts(caplog):
+    from extes.metrics.evaluate import markdown_table
+
+    refs = ["That sounds hard.", "I hear you.", "You are not alone."]
+    with caplog.at_level("WARNING", logger="extes.metrics.evaluate"):
+        scored, result = _scored(["", "  ", ""], refs)
+    warnings = scored["details"]["warnings"]
+    assert warnings[0].startswith("all 3 replies are empty (no token)")  # before: 0.00 everywhere, silently
+    assert any("all 3 replies are empty" in r.getMessage() for r in caplog.records)
+    assert "Warning (arm, test): all 3 replies are empty" in markdown_table([result])
+    scored, result = _scored(["", "I hear you.", "Ok"], ["", *refs[1:]])
+    assert scored["details"]["warnings"] == [
+        "1 of 3 replies are empty (no token); they are scored as they are: no overlap with their gold reply, "
+        "nothing for Distinct",
+        "1 of 3 gold replies are empty (no token); METEOR scores their replies 0"]
+    assert scored["details"]["empty"] == {"replies": 1, "gold": 1, "of": 3}
+    assert "warnings" not in _scored(refs, refs)[0]["details"]
+
+
+def test_markdown_says_how_many_replies_dn_avg_left_out():
+    from extes.metrics.evaluate import markdown_table
+
+    _, result = _scored(["Ok", "I hear you, truly.", "Yes"], ["a b", "c d", "e f"])
+    # tokens: [ok], [i, hear, you, ",", truly, .], [yes]: D-2/D-3 avg leave out the two one-token replies
+    assert ("D-n avg of arm (test) leaves out the replies too short for an n-gram: D-1 0, D-2 2, D-3 2 of 3."
+            in markdown_table([result]))
+
+
+def test_bleu_detail_states_the_difference_from_nltk():
+    scored, _ = _scored(["Thanks", "I hear you, that is hard"], ["Thank you", "I hear you, it is hard"])
+    detail = scored["details"]["bleu"]
+    assert "(= NLTK method1)" not in detail  # the old string claimed equality
+    assert "equal to NLTK corpus_bleu with method1 only when every reply has at least n tokens" in detail
+    assert "1 of 2 replies have fewer than 4" in detail and "phantom n-gram" in detail

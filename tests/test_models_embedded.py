@@ -72,8 +72,8 @@ def test_fast_forward_equals_transformers_on_the_embedded_model():
     """The compact LLaMA forward in fp32 gives transformers' greedy tokens on the real model; bf16 weights
     agree on the first tokens of this prompt (top-1 agreement over a prompt set is bench/precision.py)."""
     from extes.base.loading import load_base
-    from extes.models.engine import render_prompt
     from extes.models.fastllama import FastLlama
+    from extes.models.text import render_prompt
 
     model, tok = load_base(EMBEDDED_NAME)
     ids = render_prompt(tok, MESSAGES)

@@ -9,8 +9,9 @@ import torch
 from models_helpers import GREEDY, tiny_arms, user
 
 from extes.models import Arm, ArmPool, GenerationSettings
-from extes.models.engine import ContextTooLongError, fit_messages, render_prompt, visible_text
 from extes.models.pool import MessageError, UnknownArmError, prepare_messages
+from extes.models.text import fit_messages, render_prompt, visible_text
+from extes.models.types import ContextTooLongError
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_arms_share_one_base_model(pool):
     engines = {id(pool.engine_for(name)) for name in pool.names}
     assert len(engines) == 1
     engine = pool.engine_for("plain")
-    assert sorted(engine.fast.adapters[i].path for i in range(2)) == sorted(
+    assert sorted(engine.runner.fast.adapters[i].path for i in range(2)) == sorted(
         str(pool.arms[n].adapter) for n in ("lora", "strat"))
 
 
@@ -58,7 +59,7 @@ def test_batched_equals_unbatched_greedy(pool):
     combos = [(arm, p) for arm in ("plain", "lora", "strat") for p in PROMPTS]
     alone = {i: pool.generate(arm, user(p)).token_ids for i, (arm, p) in enumerate(combos)}
     engine = pool.engine_for("plain")
-    steps0 = engine.steps
+    steps0 = engine.counters.steps
     batched = {}
     for key, ev in pool.stream_many({i: (arm, user(p)) for i, (arm, p) in enumerate(combos)}):
         if ev.done:
@@ -66,8 +67,8 @@ def test_batched_equals_unbatched_greedy(pool):
     assert batched == alone
     assert all(len(t) > 3 for t in alone.values())
     # nine replies of <= 12 tokens were decoded in (about) 12 batched steps, not 9 x 12
-    assert engine.steps - steps0 <= 13
-    assert engine.max_rows_seen >= 9
+    assert engine.counters.steps - steps0 <= 13
+    assert engine.counters.max_rows_seen >= 9
 
 
 def test_adapters_change_output_and_base_is_untouched(pool):
@@ -184,7 +185,7 @@ def test_request_joining_mid_flight_gets_same_tokens(base, adapters):
         assert rest[-1].reply.token_ids == solo_a
         assert late.token_ids == solo_b
         assert first[0].delta or first[1].delta
-        assert p.engine_for("plain").max_rows_seen == 2
+        assert p.engine_for("plain").counters.max_rows_seen == 2
 
 
 def test_cancel_stops_generation(base, adapters):
@@ -242,8 +243,8 @@ def test_stream_many_reports_a_failed_request_and_finishes_the_others(pool):
     for key, ev in pool.stream_many({"ok": ("plain", user("hi")), "bad": ("lora", user("word " * 2000))}):
         if ev.done:
             got[key] = ev
-    assert got["ok"].reply is not None and got["ok"].error is None
-    assert got["bad"].reply is None and "ContextTooLong" in got["bad"].error
+    assert got["ok"].reply is not None and got["ok"].error is None and not got["ok"].failed
+    assert got["bad"].reply is None and "ContextTooLong" in got["bad"].error and got["bad"].failed
 
 
 def test_arm_without_system_prompt_and_gpt2(tiny_gpt2):
@@ -264,13 +265,13 @@ def test_more_requests_than_the_batch_limit_all_complete(base, adapters):
         solo = [p.generate("lora", user(f"message {i}")).token_ids for i in range(5)]
         replies = p.generate_batch("lora", [user(f"message {i}") for i in range(5)])
         assert [r.token_ids for r in replies] == solo
-        assert p.engine_for("lora").max_rows_seen == 2
+        assert p.engine_for("lora").counters.max_rows_seen == 2
 
 
 def test_a_failing_forward_pass_reaches_the_caller_and_the_worker_goes_on(base, adapters, monkeypatch):
     with ArmPool(tiny_arms(base, adapters)) as p:
-        engine = p.engine_for("plain")
-        real = engine._forward
+        runner = p.engine_for("plain").runner
+        real = runner.decode
         calls = {"n": 0}
 
         def flaky(*args, **kwargs):
@@ -279,7 +280,7 @@ def test_a_failing_forward_pass_reaches_the_caller_and_the_worker_goes_on(base, 
                 raise RuntimeError("simulated kernel failure")
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(engine, "_forward", flaky)
+        monkeypatch.setattr(runner, "decode", flaky)
         with pytest.raises(RuntimeError, match="simulated kernel failure"):
             p.generate("plain", user("hi"))
         assert p.generate("plain", user("hi")).n_tokens > 0
@@ -314,3 +315,58 @@ def test_llama_adapter_arm_gets_its_own_engine_and_matches_peft(base, tmp_path):
                 if ev.done}
         assert both == {"a": p.generate("ad", msgs).token_ids, "p": p.generate("plain", msgs).token_ids}
         assert both["a"] != both["p"]
+
+
+def _imported_modules(path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_the_scheduler_knows_runners_only_by_their_protocol(repo_root):
+    """Composition, not inheritance: the scheduler imports neither runner (nor the libraries behind them),
+    and nothing in the engine's modules probes an engine or backend with getattr/hasattr."""
+    models = repo_root / "extes" / "models"
+    imported = _imported_modules(models / "scheduler.py")
+    assert "extes.models.runner" in imported
+    forbidden = {"extes.models.fast_engine", "extes.models.transformers_runner", "extes.models.fastllama",
+                 "transformers", "peft"}
+    assert not {m for m in imported if m.split(".")[0] in forbidden or m in forbidden or
+                any(m.startswith(f + ".") for f in forbidden)}
+    for name in ("scheduler.py", "pool.py", "engine.py", "engine_process.py", "fast_engine.py", "types.py"):
+        text = (models / name).read_text()
+        assert "getattr(" not in text and "hasattr(" not in text, name
+
+
+def test_no_private_names_cross_modules_in_the_models_layer(repo_root):
+    for path in sorted((repo_root / "extes" / "models").glob("*.py")):
+        own = f"extes.models.{path.stem}."  # engine_process's child imports its own class by module name
+        private = {m for m in _imported_modules(path) if m.rsplit(".", 1)[-1].startswith("_")
+                   and m.startswith("extes.") and not m.startswith(own)}
+        assert not private, (path.name, private)
+
+
+def test_one_max_batch_default_for_every_engine_entry_point():
+    import inspect
+
+    from extes.models import MAX_BATCH
+    from extes.models.engine import create_engine
+    from extes.models.scheduler import Engine
+
+    for fn in (ArmPool.__init__, create_engine, Engine.__init__):
+        assert inspect.signature(fn).parameters["max_batch"].default == MAX_BATCH, fn
+
+
+def test_create_engine_refuses_an_option_it_does_not_know(base):
+    from extes.models.engine import create_engine
+
+    with pytest.raises(TypeError, match="kv_cache_byte"):
+        create_engine(str(base), kv_cache_byte=10)

@@ -54,15 +54,15 @@ def test_isolated_pool_gives_the_same_greedy_replies_as_in_process(base, adapter
         many = dict(remote.stream_many({arm: (arm, user(PROMPTS[0])) for arm in ("plain", "lora", "strat")}))
         assert set(many) == {"plain", "lora", "strat"}
         stats = engine.stats()
-        assert stats["max_rows_seen"] >= 2 and stats["steps"] > 0 and stats["prefill_tokens"] > 0
+        assert stats.max_rows_seen >= 2 and stats.steps > 0 and stats.prefill_tokens > 0
         # the default leaves a CPU to the web server
-        assert stats["torch_threads"] == engine.threads == default_engine_threads() == max(1, usable_cpus() - 1)
+        assert stats.torch_threads == engine.threads == default_engine_threads() == max(1, usable_cpus() - 1)
 
 
 def test_engine_threads_reach_the_child_and_bad_values_are_refused(base, adapters):
     arms = tiny_arms(base, adapters)
     with ArmPool(arms, isolate=True, engine_threads=1) as pool:
-        assert pool.engine_for("plain").stats()["torch_threads"] == 1
+        assert pool.engine_for("plain").stats().torch_threads == 1
         assert pool.generate("plain", user(PROMPTS[0])).text
     with pytest.raises(ValueError, match="isolate"):
         ArmPool(arms, engine_threads=1)
@@ -81,7 +81,7 @@ def test_cancellation_reaches_the_child(base, adapters):
     long = GenerationSettings(max_new_tokens=400, temperature=0.0, repetition_penalty=1.0)
     with ArmPool(tiny_arms(base, adapters, settings=long), isolate=True, max_context=1024) as pool:
         engine = pool.engine_for("plain")
-        assert engine.stats()["cancels_received"] == 0
+        assert engine.stats().cancels_received == 0
         cancel = threading.Event()
         events = []
         for ev in pool.stream("plain", user(PROMPTS[0]), cancel=cancel):
@@ -89,14 +89,14 @@ def test_cancellation_reaches_the_child(base, adapters):
             if len(events) == 2:
                 cancel.set()  # the caller's event: only the parent sees it, so it must be forwarded
         assert events[-1].done and events[-1].reply.finish_reason in ("cancelled", "stop")
-        received = engine.stats()["cancels_received"]
+        received = engine.stats().cancels_received
         assert received == 1 or events[-1].reply.finish_reason == "stop"  # (it may have ended first)
         # closing a stream early (the page went away) cancels it too
         stream = pool.stream("plain", user(PROMPTS[1]))
         next(stream)
         stream.close()
         deadline = time.time() + 20
-        while engine.stats()["cancels_received"] < received + 1:
+        while engine.stats().cancels_received < received + 1:
             assert time.time() < deadline, "the cancellations never reached the child"
             time.sleep(0.05)
         assert pool.generate("plain", user("still here?")).n_tokens > 0
@@ -149,11 +149,9 @@ def test_child_exits_when_its_parent_is_killed(base, tmp_path):
 
 def test_close_summary_counts_batches_without_text(base, adapters):
     """The line the engine process logs at close: batch fill, step time, attention padding; never text."""
-    from extes.models.engine_process import _summary
-
     with ArmPool(tiny_arms(base, adapters)) as pool:
         replies = dict(pool.stream_many({arm: (arm, user(PROMPTS[1])) for arm in ("plain", "lora", "strat")}))
-        line = _summary(pool.engine_for("plain"))
+        line = pool.engine_for("plain").stats().summary()
     assert replies and "decode steps" in line and "rows per step" in line and "% padding" in line
     assert PROMPTS[1] not in line and "boss" not in line
 
@@ -161,12 +159,13 @@ def test_close_summary_counts_batches_without_text(base, adapters):
 def test_the_transformers_path_can_be_forced_for_comparisons(base, adapters):
     """`engine="transformers"` (app.py --engine transformers, bench/load.py --baseline) runs the reference
     path even where the fast engine could; unknown kinds are refused before anything loads."""
-    from extes.models.engine import LocalEngine
-    from extes.models.fast_engine import FastEngine
+    from extes.models.fast_engine import FastRunner
+    from extes.models.transformers_runner import TransformersRunner
 
     arms = tiny_arms(base, adapters)
     with ArmPool(arms, engine="transformers") as ref, ArmPool(arms) as fast:
-        assert type(ref.engine_for("lora")) is LocalEngine and isinstance(fast.engine_for("lora"), FastEngine)
+        assert isinstance(ref.engine_for("lora").runner, TransformersRunner)
+        assert isinstance(fast.engine_for("lora").runner, FastRunner)
         a, b = ref.generate("lora", user(PROMPTS[0])), fast.generate("lora", user(PROMPTS[0]))
         assert a.token_ids == b.token_ids and a.engine_version != b.engine_version
     with pytest.raises(ValueError, match="engine 'vllm' must be one of"):

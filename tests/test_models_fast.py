@@ -7,15 +7,18 @@ import torch
 from models_helpers import GREEDY, SYSTEM, tiny_arms, user
 
 from extes.models import ArmPool, GenerationSettings
-from extes.models.engine import render_prompt
-from extes.models.fast_engine import FastEngine, create_engine
+from extes.models.engine import create_engine
+from extes.models.fast_engine import FastRunner
 from extes.models.fastllama import (
+    Block,
     FastLlama,
     Kernel,
     adapter_unsupported_reason,
     load_lora,
     unsupported_reason,
 )
+from extes.models.text import render_prompt
+from extes.models.transformers_runner import TransformersRunner
 
 PROMPTS = ["I feel so alone since the breakup", "hello " * 9, "My boss keeps giving me more work and I am tired"]
 
@@ -53,6 +56,7 @@ def test_fast_forward_equals_transformers_fp32(base):
     tok = AutoTokenizer.from_pretrained(base)
     hf = AutoModelForCausalLM.from_pretrained(base).eval()
     fast = FastLlama(hf, [], dtype=torch.float32)
+    assert isinstance(fast.layers[0], Block) and fast.layers[0].qkv.kernel.out_features > 0  # named, not a tuple
     for text in PROMPTS:
         ids = _prompt_ids(tok, text)
         ref = _hf_greedy(hf, ids, 24)
@@ -146,7 +150,7 @@ def test_which_models_and_adapters_take_the_fast_path(tiny_gpt2, base, adapters,
     assert "DoRA" in adapter_unsupported_reason(tmp_path)
     eng = create_engine(str(tiny_gpt2), dtype="auto")
     try:
-        assert not isinstance(eng, FastEngine) and eng.ENGINE_VERSION == "transformers-1"
+        assert isinstance(eng.runner, TransformersRunner) and eng.engine_version == "transformers-2"
     finally:
         eng.close()
 
@@ -179,8 +183,8 @@ def test_kept_kv_cache_gives_the_same_greedy_output_over_12_turns(base, adapters
                 a = _conversation_turns(cached, arm, 12, trim)
                 b = _conversation_turns(fresh, arm, 12, trim)
                 assert a == b, (arm, trim)
-        assert eng.kv_cache.stats.hits >= 20 and eng.kv_cache.stats.reused_tokens > 500
-        assert fresh.engine_for("lora").kv_cache.stats.hits == 0
+        assert eng.runner.kv_cache.stats.hits >= 20 and eng.runner.kv_cache.stats.reused_tokens > 500
+        assert fresh.engine_for("lora").runner.kv_cache.stats.hits == 0
         # the window (256) forced truncation of the oldest turns on the way (only the system prompt's
         # keys/values could be reused for those turns), and the output still matched
         assert max(DROPPED) >= 2
@@ -192,9 +196,9 @@ def test_cached_turn_prefills_only_the_new_tokens(base, adapters):
         msgs = user(PROMPTS[0])
         first = p.generate("lora", msgs)
         msgs = msgs + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "thanks"}]
-        before = eng.prefill_tokens
+        before = eng.counters.prefill_tokens
         second = p.generate("lora", msgs)
-        new = eng.prefill_tokens - before
+        new = eng.counters.prefill_tokens - before
         assert second.cached_prompt_tokens > first.prompt_tokens // 2
         assert new == second.prompt_tokens - second.cached_prompt_tokens
         assert new < second.prompt_tokens // 2
@@ -228,7 +232,7 @@ def test_requests_that_arrive_together_share_their_common_beginning(base, adapte
         assert common > 5
         cached = sorted(r.cached_prompt_tokens for r in got.values())
         assert cached[0] == 0 and all(c >= common for c in cached[1:]), cached
-        assert eng.prefill_tokens == sum(r.prompt_tokens - r.cached_prompt_tokens for r in got.values())
+        assert eng.counters.prefill_tokens == sum(r.prompt_tokens - r.cached_prompt_tokens for r in got.values())
     assert {k: r.token_ids for k, r in got.items()} == {k: r.token_ids for k, r in ref.items()}
 
 
@@ -287,8 +291,8 @@ def test_fast_engine_takes_rows_mid_flight_and_cancels(base, adapters):
                 cancel.set()
         assert events[-1].reply.finish_reason == "cancelled"
         it.close()
-        assert isinstance(p.engine_for("plain"), FastEngine)
-        assert p.engine_for("plain").max_rows_seen >= 2
+        assert isinstance(p.engine_for("plain").runner, FastRunner)
+        assert p.engine_for("plain").counters.max_rows_seen >= 2
 
 
 def test_batch_buffer_grows_only_what_is_too_small_and_is_never_read_past_a_row(base, adapters, monkeypatch):
@@ -297,10 +301,11 @@ def test_batch_buffer_grows_only_what_is_too_small_and_is_never_read_past_a_row(
     long = GenerationSettings(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0)
     with ArmPool(tiny_arms(base, adapters, settings=long), kv_cache_bytes=0) as p:
         engine = p.engine_for("plain")
-        assert engine.fast.attention_kernel is not None
+        runner = engine.runner
+        assert runner.fast.attention_kernel is not None
         jobs = {a: (a, user(t)) for a, t in zip(("plain", "lora", "strat"), PROMPTS)}
         alone = {a: p.generate(*job).token_ids for a, job in jobs.items()}
-        real = engine.fast.new_kv
+        real = runner.fast.new_kv
 
         def dirty(rows, capacity, zeroed=True):
             bufs = real(rows, capacity, zeroed)
@@ -309,42 +314,69 @@ def test_batch_buffer_grows_only_what_is_too_small_and_is_never_read_past_a_row(
                     b.fill_(float("nan"))
             return bufs
 
-        monkeypatch.setattr(engine.fast, "new_kv", dirty)
-        engine._kv = None  # the next batch gets a fresh, garbage-filled buffer
+        monkeypatch.setattr(runner.fast, "new_kv", dirty)
+        runner._kv = None  # the next batch gets a fresh, garbage-filled buffer
         together = {k: ev.reply.token_ids for k, ev in p.stream_many(jobs) if ev.done}
         assert together == alone
-        assert engine.max_rows_seen >= 2
+        assert engine.counters.max_rows_seen >= 2
 
-        engine._kv = None
-        engine._ensure_kv(1, 100)
-        assert (engine._kv[0].shape[1], engine._kv[0].shape[3]) == (4, 100)
-        engine._kv[0][0, 0, 0, 99, 0] = 7.0
-        engine._ensure_kv(2, 300)  # a longer row: positions double, slots stay
-        assert (engine._kv[0].shape[1], engine._kv[0].shape[3]) == (4, 300)
-        assert engine._kv[0][0, 0, 0, 99, 0] == 7.0
-        engine._ensure_kv(5, 120)  # more rows: slots double, positions stay
-        assert (engine._kv[0].shape[1], engine._kv[0].shape[3]) == (8, 300)
-        assert engine._kv[0][0, 0, 0, 99, 0] == 7.0
+        runner._kv = None
+        runner._ensure_kv(1, 100)
+        assert (runner._kv[0].shape[1], runner._kv[0].shape[3]) == (4, 100)
+        runner._kv[0][0, 0, 0, 99, 0] = 7.0
+        runner._ensure_kv(2, 300)  # a longer row: positions double, slots stay
+        assert (runner._kv[0].shape[1], runner._kv[0].shape[3]) == (4, 300)
+        assert runner._kv[0][0, 0, 0, 99, 0] == 7.0
+        runner._ensure_kv(5, 120)  # more rows: slots double, positions stay
+        assert (runner._kv[0].shape[1], runner._kv[0].shape[3]) == (8, 300)
+        assert runner._kv[0][0, 0, 0, 99, 0] == 7.0
 
 
-def test_chunked_prefill_gives_the_same_tokens(base, adapters):
-    arms = tiny_arms(base, adapters)
-    with ArmPool(arms, kv_cache_bytes=0) as p:
-        ref = p.generate("lora", user(PROMPTS[2] * 3)).token_ids
-    eng = create_engine(str(base), adapters=[str(adapters["lora"])], prefill_chunk=7, kv_cache_bytes=0)
-    eng.close()
-    with ArmPool(arms, kv_cache_bytes=0) as p:
-        for e in {id(p.engine_for(n)): p.engine_for(n) for n in p.names}.values():
-            e.prefill_chunk = 7
-        got = p.generate("lora", user(PROMPTS[2] * 3)).token_ids
-    assert got == ref
+def test_chunked_prefill_gives_the_same_tokens_on_both_paths(base, adapters, monkeypatch, caplog):
+    """One scheduler chunks every prompt, whichever runner is below it: create_engine passes
+    `prefill_chunk` to both (the transformers path used to drop it, with `kv_cache_bytes` and `device`,
+    without a word; those two it cannot honour are now logged)."""
+    import logging
+
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPTS[2] * 3}]
+    from extes.models.types import Request
+
+    def generate(eng):
+        import queue
+
+        q: queue.Queue = queue.Queue()
+        eng.submit(Request(messages=messages, settings=GREEDY, sink=q.put, adapter=str(adapters["lora"])))
+        while not (ev := q.get(timeout=60)).done:
+            pass
+        return ev.reply
+
+    for kind in ("auto", "transformers"):
+        whole = create_engine(str(base), adapters=[str(adapters["lora"])], engine=kind, kv_cache_bytes=None)
+        try:
+            ref = generate(whole)
+        finally:
+            whole.close()
+        with caplog.at_level(logging.WARNING, logger="extes.models.engine"):
+            eng = create_engine(str(base), adapters=[str(adapters["lora"])], engine=kind, prefill_chunk=7,
+                                kv_cache_bytes=0)
+        try:
+            sizes = []
+            real = eng.runner.prefill
+            monkeypatch.setattr(eng.runner, "prefill", lambda seq, n, sizes=sizes, real=real: sizes.append(n) or
+                                real(seq, n))
+            got = generate(eng)
+        finally:
+            eng.close()
+        assert got.token_ids == ref.token_ids and len(ref.token_ids) > 3, kind
+        assert max(sizes) == 7 and sum(sizes) == got.prompt_tokens > 7, kind
+        assert ("kv_cache_bytes=0 not applied" in caplog.text) == (kind == "transformers")
 
 
 def test_dtype_option_reaches_the_engine_and_the_reply(base, adapters):
     arms = tiny_arms(base, adapters, settings=GREEDY)
     with ArmPool(arms, dtype="bfloat16") as p:
         r = p.generate("lora", user(PROMPTS[0]))
-        assert r.dtype == "bfloat16" and p.engine_for("lora").precision.name == "bfloat16"
+        assert r.dtype == "bfloat16" and p.engine_for("lora").runner.precision.name == "bfloat16"
     with ArmPool(arms, dtype="float32") as p:
         assert p.generate("lora", user(PROMPTS[0])).dtype == "float32"
 
@@ -380,28 +412,39 @@ def test_decode_steps_go_on_while_a_long_prompt_is_prefilled_in_chunks(base, ada
         eng.prefill_chunk = 2
         short = p.stream("lora", user(PROMPTS[0]))
         next(short)  # the short request is decoding
-        start = eng.prefill_tokens
+        start = eng.counters.prefill_tokens
         long_it = p.stream("plain", user("word " * 120))
         seen_during = []
         for _ev in short:
-            seen_during.append(eng.prefill_tokens - start)
+            seen_during.append(eng.counters.prefill_tokens - start)
         long_reply = [ev for ev in long_it][-1].reply
         # the short reply kept streaming while the long prompt was part-way through its prefill
         assert any(0 < n < long_reply.prompt_tokens for n in seen_during)
         assert long_reply.n_tokens > 0
 
 
+def _edit_logits(engine, monkeypatch, edit) -> None:
+    """Pass every logits tensor `engine`'s runner returns (prefill and decode) through `edit` first."""
+    runner = engine.runner
+    for method in ("prefill", "decode"):
+        real = getattr(runner, method)
+
+        def edited(*args, real=real):
+            logits = real(*args)
+            edit(logits)
+            return logits
+
+        monkeypatch.setattr(runner, method, edited)
+
+
 def _eos_favoured(engine, monkeypatch):
     """Make end-of-turn the model's favourite token at every step of `engine`."""
     eos = sorted(engine.eos_ids)
-    real = engine._forward
 
-    def forward(*args, **kwargs):
-        out = real(*args, **kwargs)
-        (out[0] if isinstance(out, tuple) else out)[..., eos] += 1e4
-        return out
+    def favour(logits):
+        logits[..., eos] += 1e4
 
-    monkeypatch.setattr(engine, "_forward", forward)
+    _edit_logits(engine, monkeypatch, favour)
 
 
 def test_a_reply_never_ends_before_it_shows_something(base, adapters, monkeypatch):
@@ -410,7 +453,7 @@ def test_a_reply_never_ends_before_it_shows_something(base, adapters, monkeypatc
     for kind in ("auto", "transformers"):
         with ArmPool(tiny_arms(base, adapters), engine=kind) as p:
             engine = p.engine_for("plain")
-            assert isinstance(engine, FastEngine) == (kind == "auto")
+            assert isinstance(engine.runner, FastRunner) == (kind == "auto")
             _eos_favoured(engine, monkeypatch)
             reply = p.generate("plain", user("hi"))
             assert reply.n_tokens == 1 and reply.text.strip() and reply.finish_reason == "stop"
@@ -423,26 +466,22 @@ def _tags_then_end(engine, monkeypatch) -> tuple[str, list[int]]:
     """Script `engine`'s model: it first writes "[Affirmation] [Reassurance]", then prefers end-of-turn
     over a word. Returns (the word's text, the end-of-turn ids)."""
     tok = engine.tokenizer
-    script = tok("[Affirmation] [Reassurance]", add_special_tokens=False)["input_ids"]
-    assert len(script) < 60
+    script_ids = tok("[Affirmation] [Reassurance]", add_special_tokens=False)["input_ids"]
+    assert len(script_ids) < 60
     word = tok(" fine", add_special_tokens=False)["input_ids"][0]
     eos = sorted(engine.eos_ids)
-    real = engine._forward
     calls = []
 
-    def forward(*args, **kwargs):
-        out = real(*args, **kwargs)
-        logits = out[0] if isinstance(out, tuple) else out
+    def script(logits):
         step = len(calls)  # 0: the prompt's prefill, then one decode step per token
         calls.append(step)
-        if step < len(script):
-            logits[..., script[step]] += 1e4
+        if step < len(script_ids):
+            logits[..., script_ids[step]] += 1e4
         else:
             logits[..., eos] += 1e4
             logits[..., word] += 5e3
-        return out
 
-    monkeypatch.setattr(engine, "_forward", forward)
+    _edit_logits(engine, monkeypatch, script)
     monkeypatch.setattr(engine, "_scripted_calls", calls, raising=False)
     return tok.decode([word]).strip(), eos
 

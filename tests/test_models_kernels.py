@@ -10,8 +10,8 @@ import torch
 from models_helpers import SYSTEM
 
 from extes.models import cpu_kernels
-from extes.models.engine import render_prompt
 from extes.models.fastllama import FastLlama, GroupLora, LoraWeights, _decode_attention, load_lora
+from extes.models.text import render_prompt
 
 
 def _attention_kernel():
@@ -174,13 +174,14 @@ def test_kernels_compile_uncached_where_numba_cannot_cache(monkeypatch, caplog):
 
 
 def test_the_engine_records_which_attention_computed_a_reply(monkeypatch, base):
-    from extes.models.fast_engine import ENGINE_VERSION, FastEngine
+    from extes.models.engine import create_engine
+    from extes.models.fast_engine import ENGINE_VERSION
 
     for kernel_there, version in ((True, ENGINE_VERSION), (False, f"{ENGINE_VERSION}/torch-attention")):
         if not kernel_there:
             monkeypatch.setattr(cpu_kernels, "_state", {"kernels": None})
-        engine = FastEngine(str(base))
+        engine = create_engine(str(base))
         try:
-            assert engine.ENGINE_VERSION == version
+            assert engine.engine_version == version
         finally:
             engine.close()

@@ -8,7 +8,7 @@ from collections import Counter
 import torch
 
 from extes.models.arms import GenerationSettings
-from extes.models.engine import sample_rows
+from extes.models.sampling import sample_rows
 
 
 def _logits(probs):
@@ -93,3 +93,16 @@ def test_batched_levels_draw_what_a_full_sort_draws_row_by_row():
         p = torch.softmax(logits[r] / settings[r].temperature, -1).sort(descending=True)[0]
         sizes.append(int(((p.cumsum(0) - p) <= settings[r].top_p).sum()))
     assert min(sizes) <= 64 and any(64 < s <= 1024 for s in sizes) and max(sizes) > 1024
+
+
+def test_nucleus_draw_takes_rows_whose_nucleus_fits_in_the_top_k_and_leaves_the_others():
+    """The pure step of the batched sampler: a peaked row's nucleus lies in its top 2 tokens and is drawn
+    from them; a flat row's does not, so it is left for a larger k (its token None)."""
+    from extes.models.sampling import nucleus_draw
+
+    probs = torch.tensor([[0.9, 0.05, 0.03, 0.02], [0.25, 0.25, 0.25, 0.25]])
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    tokens, left = nucleus_draw(probs, torch.tensor([0.5, 0.5]), 2, gens)
+    assert tokens == [0, None] and left == [1]
+    tokens, left = nucleus_draw(probs[1:], torch.tensor([0.5]), 4, gens[1:])
+    assert tokens[0] in (0, 1, 2, 3) and left == []

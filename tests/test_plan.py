@@ -7,7 +7,16 @@ import pytest
 from scipy.stats import binom, binomtest
 from statsmodels.stats.multitest import multipletests
 
-from extes.analysis.plan import Cell, adjust, exact_power, plan, plot_power, sign_test_table, simulated_power
+from extes.analysis.plan import (
+    Cell,
+    adjust,
+    exact_power,
+    family,
+    plan,
+    plot_power,
+    sign_test_table,
+    simulated_power,
+)
 from extes.cli import main
 
 CELL = Cell("x", 0.45, 0.25, 0.30)
@@ -59,6 +68,57 @@ def test_vectorised_corrections_equal_statsmodels(ours, theirs):
         assert adj == pytest.approx(multipletests(row, method=theirs)[1], abs=1e-12)
 
 
+def test_required_n_agrees_with_a_high_precision_simulation():
+    """The README's example: 2,000 studies per n picked 444, where the power is 0.790 (about 452 are needed).
+    Checked with 200,000 simulated studies per n (standard error 0.0009)."""
+    result = plan([CELL], tests=10)
+    req = result.required[0]
+    members = family(CELL, 10)
+
+    def precise(n):
+        return simulated_power(members, n, 0.05, "holm", n_sim=200_000, seed=10_000 + n)[0]
+
+    se = np.sqrt(0.8 * 0.2 / 200_000)
+    assert precise(req) >= 0.8 - 3 * se  # 444: 0.790
+    assert precise(req - 6) < 0.8  # and not far above the crossing
+    crossing = result.crossings[0]
+    assert crossing.power == pytest.approx(0.8, abs=0.006) and 0 < crossing.se < 0.003 and crossing.n_se < 3
+    payload = result.to_dict()["cells"][0]
+    assert payload["required_n"] == req and payload["power_mc_se"] == pytest.approx(crossing.se)
+    rough = plan([CELL], tests=10, n_refine=0)  # the old rule, kept as an option
+    assert rough.crossings == [None] and rough.required[0] != req
+
+
+def test_plan_prints_the_monte_carlo_error(capsys):
+    assert main(["plan", "--win", "45", "--tie", "25", "--loss", "30", "--n-sim", "500", "--n-refine", "4000"]) == 0
+    out = capsys.readouterr().out
+    assert "Monte-Carlo SE" in out and "power there (MC SE)" in out and "n MC SE" in out
+    result = plan([CELL], tests=10, n_sim=500, n_refine=4000)
+    x = result.crossings[0]
+    assert f"{result.required[0]}       {x.power:.3f} ({x.se:.3f})" in out
+
+
+def test_plan_refuses_shares_that_do_not_add_up_and_names_the_cells_file(tmp_path, capsys):
+    assert main(["plan", "--win", "60", "--tie", "30", "--loss", "20"]) == 2  # was rescaled without a word
+    assert "add up to 110, not 100 (percent) or 1 (fractions)" in capsys.readouterr().err
+    assert main(["plan", "--win", "0.45", "--tie", "0.25", "--loss", "0.3", "--n-sim", "200", "--n-refine", "0"]) == 0
+    capsys.readouterr()
+    cells = tmp_path / "cells.csv"
+    cells.write_text("name,win,tie,loss\nok,45,25,30\nbad,60,30,20\nword,x,25,30\n")
+    assert main(["plan", "--cells", str(cells)]) == 2
+    err = capsys.readouterr().err
+    assert f"--cells {cells}: invalid cells" in err and "line 3 ('bad'): they add up to 110" in err
+    assert "line 4 ('word'): win, tie and loss must be numbers" in err
+    binary = tmp_path / "cells.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x81name")
+    assert main(["plan", "--cells", str(binary)]) == 2
+    assert f"--cells {binary}: not a readable CSV file" in capsys.readouterr().err
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert main(["plan", "--cells", str(empty)]) == 2
+    assert f"--cells {empty}: not a readable CSV file" in capsys.readouterr().err
+
+
 def test_required_n_is_the_first_n_reaching_the_target():
     result = plan([CELL], tests=10, n_sim=500)
     req = result.required_exact[0]
@@ -108,7 +168,7 @@ def test_plan_cli_errors(tmp_path, capsys):
     bad = tmp_path / "cells.csv"
     bad.write_text("name,win,tie\nx,1,2\n")
     assert main(["plan", "--cells", str(bad)]) == 2
-    assert "missing column(s) loss" in capsys.readouterr().err
+    assert f"--cells {bad}: missing column(s) loss" in capsys.readouterr().err
 
 
 def test_power_figure_has_one_line_per_cell():

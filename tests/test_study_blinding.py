@@ -3,6 +3,8 @@ apart by when their text appears.
 
 Before: only a leading "[Strategy]" tag was stripped (a second or mid-reply tag was shown, in the strategy
 arm's pane only), and the strategy pane's first text came about 400 ms after the others in 8 of 8 sends.
+Issue 24: labels in other wrappings ("(EV)", "**Affirmation:**", "<strategy>X</strategy>", hashtags, ...);
+the generated matrix of labels x wrappings x positions is tests/test_study_tags.py.
 """
 
 from __future__ import annotations
@@ -83,3 +85,23 @@ def test_over_20_sends_no_pane_is_first_or_last_by_timing(tmp_path):
         assert len(set(first.values())) == 1, (i, first)  # first words: same update for all panes
         assert len(set(complete.values())) == 1, (i, complete)  # completion: same update
     assert late_panes == {"A", "B", "C"}
+
+
+def test_tags_in_other_wrappings_never_show_while_streaming_or_after(tmp_path):
+    """Issue 24: a label in another wrapping is never on screen in any update of a real send, and every
+    strategy is stored (character-by-character streaming of every wrapping: tests/test_study_tags.py).
+    The old stripper showed all of these."""
+    tags = {0: "**Affirmation:**", 2: "(EV)", 4: "<strategy>Offer Hope</strategy>", 7: "#EmotionalValidation",
+            9: "【Question】"}
+    protocol = make_protocol(tmp_path, min_turns=1, conversations=1)
+    store = Store(tmp_path / "s.sqlite")
+    study = Study(protocol, store, FakePool(late_arm=ARM_NAMES[2], tags=tags, words=10))
+    view = study.start_conversation(study.consent().code, "Academic Stress")
+    for v in study.send(view.code, view.conversation_id, "ABC", "hello"):
+        shown = " ".join(m["content"] for p in v.panes for m in p.messages if m["role"] == "assistant")
+        for piece in ("Affirmation", "EV", "Offer", "Hope", "strategy", "#", "<", "(EV", "【", "Question", "**"):
+            assert piece not in shown, (piece, shown)
+    pane = "ABC"[store.conversation(view.conversation_id).arm_order.index(ARM_NAMES[2])]
+    [reply] = [m for m in store.messages(view.conversation_id, pane) if m["role"] == "assistant"]
+    assert reply["strategies"] == ["Affirmation", "Emotional Validation", "Offer Hope", "Emotional Validation",
+                                   "Question"]

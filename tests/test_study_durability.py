@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from study_helpers import ARM_NAMES, FakePool, full_answers, make_protocol
 
-from extes.study import store as store_mod
 from extes.study.session import Study, StudyRefusal
 from extes.study.store import Store
+from extes.study.store import base as store_base
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -70,7 +70,7 @@ def test_kill_9_mid_stream_keeps_what_was_shown_marked_interrupted(tmp_path, db_
     # Everything shown up to a persistence interval (plus slack) before the kill is in the store.
     before = [texts for t, texts in shown_at if t <= killed - 0.6]
     assert before, "the test killed too early to check anything"
-    monkeypatch.setattr(store_mod, "STREAM_STALE_S", 0.5)  # the dead process's heartbeat is long gone
+    monkeypatch.setattr(store_base, "STREAM_STALE_S", 0.5)  # the dead process's heartbeat is long gone
     time.sleep(0.6)
     store = Store(db_url)
     study = Study(protocol, store, FakePool())

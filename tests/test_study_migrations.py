@@ -1,7 +1,7 @@
 """Schema migrations: a database made by every earlier schema version, with data in it, upgrades to the
 newest one without losing a row; a fresh database runs every migration in turn.
 
-Before the frozen schema of version 1 (extes/study/schema_v1.py), migration 1 created today's tables, so
+Before the frozen schema of version 1 (extes/study/store/schema_v1.py), migration 1 created today's tables, so
 any migration adding a column failed on a fresh database with "duplicate column name"."""
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ import json
 
 import sqlalchemy as sa
 
-from extes.study import schema_v1
-from extes.study import store as store_mod
-from extes.study.store import MIGRATIONS, SCHEMA_VERSION, Store
+from extes.study.store import MIGRATIONS, SCHEMA_VERSION, Store, schema_v1
+from extes.study.store import schema as store_mod
 
 
 def _make_version(path, version: int) -> sa.Engine:

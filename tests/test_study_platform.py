@@ -51,9 +51,9 @@ import json  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from study_helpers import ARM_NAMES, FakePool, full_answers, make_protocol  # noqa: E402
 
-from extes.study import store as store_mod  # noqa: E402
 from extes.study.session import INSTRUCTED_KEY, Study, StudyRefusal  # noqa: E402
 from extes.study.store import MIGRATIONS, SCHEMA_VERSION, DuplicateError, RatingChecks, Store  # noqa: E402
+from extes.study.store import schema as store_mod  # noqa: E402
 
 
 def test_upgrade_from_v2_with_data_keeps_rows_and_adds_the_v3_tables(tmp_path):

@@ -200,3 +200,45 @@ def test_the_engine_can_ask_what_remains_visible():
     assert tx.visible_text_after_tags("(EV) Hi") == "Hi"
     assert tx.tag_hold_start("Hi. <strat") == 4
     assert tx.tag_hold_start("Hi. (I know") == len("Hi. (I know")
+
+
+def _old_strip(text: str) -> tuple[str, list[str]]:
+    """The stripper before issue 24 (extes/study/blinding.py at 31c74aa), for the matrix below."""
+    found: list[str] = []
+
+    def repl(m: re.Match) -> str:
+        for taxonomy in ("extes", "esconv"):
+            if tx.is_strategy(m.group(1), taxonomy):
+                found.append(tx.normalize_strategy(m.group(1), taxonomy))
+                return " "
+        return m.group(0)
+
+    clean = re.sub(r"[ \t]*\[([^\[\]\n]{1,60})\][ \t]*", repl, text or "")
+    if found:
+        clean = re.sub(r"[ \t]+\n", "\n", re.sub(r"[ \t]{2,}", " ", clean))
+    return clean.strip(), found
+
+
+def tag_matrix() -> list[tuple[str, str, int, int, int]]:
+    """(wrapping, example, cases, caught by the old stripper, caught now): a case is caught when the
+    cleaned reply is exactly the reply without the tag."""
+    rows = []
+    for name, (wrap, position) in WRAPPINGS.items():
+        cases = [t for label, abbr in LABELS if not (position in ("line", "own-line") and abbr
+                                                     and label not in LINE_ABBRS)
+                 for t in _place(wrap(label), position)]
+        rows.append((name, wrap("EV"), position, cases))
+    pairs = list(zip(NAMES, NAMES[1:] + NAMES[:1]))
+    for name, (join, position) in COMBINED.items():
+        rows.append((name, join("EV", "Offer Hope"), position,
+                     [t for x, y in pairs for t in _place(join(x, y), position)]))
+    expected = _expected_clean
+    return [(name, example, len(cases), sum(_old_strip(t)[0] == expected(p) for t in cases),
+             sum(strip_tags(t)[0] == expected(p) for t in cases)) for name, example, p, cases in rows]
+
+
+if __name__ == "__main__":  # python tests/test_study_tags.py: the matrix in the issue's closing note
+    print("| wrapping | example | cases | caught before | caught after |\n|---|---|---:|---:|---:|")
+    for name, example, n, old, new in tag_matrix():
+        shown = example.replace("\n", "⏎").replace("|", "\\|")
+        print(f"| {name} | `{shown}` | {n} | {old} ({100 * old / n:.0f}%) | {new} ({100 * new / n:.0f}%) |")

@@ -126,7 +126,8 @@ def krippendorff_alpha(
 class AgreementResult:
     """Agreement among raters. ``krippendorff_alpha`` maps "nominal" (always) and "ordinal" (numeric
     labels only, else None) to alpha. ``items`` counts units with >= 2 ratings (the ones that carry
-    agreement); ``dropped_items`` those with a single rating (still in Fleiss' category shares).
+    agreement); ``dropped_items`` those with a single rating (still in Fleiss' category shares);
+    ``items_all``, ``raters_all``, ``ratings_all`` count every rated item, single ratings included.
     ``fleiss_variant`` names the formula used; ``fleiss_pa``/``fleiss_pe`` are its observed and chance
     agreement."""
 
@@ -144,6 +145,16 @@ class AgreementResult:
     fleiss_pe: float = float("nan")
     per_aspect: dict[str, AgreementResult] = field(default_factory=dict)
     per_source: dict[str, AgreementResult] = field(default_factory=dict)
+    raters_all: int = 0  # raters of every rated item, single ratings included (what Fleiss' shares use)
+
+    @property
+    def items_all(self) -> int:
+        """Every rated item: the ones Fleiss' kappa uses (single ratings in its category shares)."""
+        return self.items + self.dropped_items
+
+    @property
+    def ratings_all(self) -> int:
+        return self.ratings + self.dropped_items
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` shape: fleiss_kappa, krippendorff_alpha, percent_agreement, items, raters,
@@ -162,6 +173,9 @@ class AgreementResult:
             "raters": self.raters,
             "ratings": self.ratings,
             "dropped_items": self.dropped_items,
+            "items_all": self.items_all,
+            "raters_all": self.raters_all,
+            "ratings_all": self.ratings_all,
             "categories": [none_if_nan(c) for c in self.categories],
             "notes": list(self.notes),
             "per_aspect": {a: r.to_dict() for a, r in self.per_aspect.items()},
@@ -220,6 +234,7 @@ def _agreement_one(ratings: pd.DataFrame, scope: str) -> AgreementResult:
         notes=notes,
         fleiss_pa=p_a,
         fleiss_pe=p_e,
+        raters_all=int(ratings["rater_id"].nunique()),
     )
 
 

@@ -31,6 +31,10 @@ RATING_OPTIONAL: tuple[str, ...] = ("aspect", "source")
 
 MAX_LISTED = 5  # offending rows named per problem
 VALIDATED = "extes_validated"  # DataFrame.attrs key set on frames returned by the loaders
+DEDUPLICATED = "extes_duplicates"  # DataFrame.attrs key: (policy, votes dropped) when duplicates were dropped
+DUPLICATE_POLICIES = ("refuse", "first", "last")
+# One comparison: a session's rater judging one pair of arms (either order) on one aspect.
+_VOTE_KEY = ("session_id", "rater_id", "aspect", "arm_x", "arm_y")
 
 
 class AnalysisInputError(ValueError):
@@ -123,15 +127,70 @@ def _columns(frame: pd.DataFrame, required: tuple[str, ...], optional: tuple[str
     return frame
 
 
+def _vote_key(frame: pd.DataFrame) -> pd.DataFrame:
+    """The comparison each vote answers: session, rater, aspect and the pair of arms in either order."""
+    a, b = frame["arm_a"].to_numpy(dtype=object), frame["arm_b"].to_numpy(dtype=object)
+    first = a <= b  # element-wise (a row-wise DataFrame.min on strings took 2.9 s for 20,000 votes)
+    return frame[["session_id", "rater_id", "aspect"]].assign(arm_x=np.where(first, a, b), arm_y=np.where(first, b, a))
+
+
+def _duplicate_votes(frame: pd.DataFrame, keep: str) -> pd.Series:
+    """Rows that repeat a comparison (same session, rater, aspect and pair of arms in either order)."""
+    return _vote_key(frame).duplicated(list(_VOTE_KEY), keep=keep)
+
+
+def _duplicate_problem(shown: pd.DataFrame, frame: pd.DataFrame, csv_lines: bool) -> str | None:
+    repeats = _duplicate_votes(frame, "first")
+    if not repeats.any():
+        return None
+    key = _vote_key(frame)
+    first = key.reset_index().groupby(list(_VOTE_KEY), sort=False)["index"].transform("first")
+    first.index = key.index
+    bad = frame.index[repeats.to_numpy()]
+    listed = [
+        f"{_row_ref(int(i), csv_lines)} (session_id={shown.at[i, 'session_id']!r}, aspect={shown.at[i, 'aspect']!r}, "
+        f"arm_a={shown.at[i, 'arm_a']!r}, arm_b={shown.at[i, 'arm_b']!r}; repeats {_row_ref(int(first[i]), csv_lines)})"
+        for i in bad[:MAX_LISTED]
+    ]
+    more = f" and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+    return (
+        f"the same comparison voted more than once (same session_id, rater_id, aspect and pair of arms, in "
+        f"either order; it would count twice in n and the sign test; --duplicates first|last keeps one) in "
+        f"{len(bad)} {'row' if len(bad) == 1 else 'rows'}: " + "; ".join(listed) + more
+    )
+
+
+def duplicates_note(votes: pd.DataFrame) -> str | None:
+    """What `load_votes(duplicates="first"|"last")` dropped, for the output; None when nothing was."""
+    info = votes.attrs.get(DEDUPLICATED)
+    if not info or not info[1]:
+        return None
+    policy, dropped = info
+    return (
+        f"{dropped} duplicate vote(s) dropped (--duplicates {policy}: the {policy} vote of each session, rater, "
+        "aspect and pair of arms kept)"
+    )
+
+
 def load_votes(
-    source: str | os.PathLike | pd.DataFrame, *, where: str | None = None, allow_empty: bool = False
+    source: str | os.PathLike | pd.DataFrame,
+    *,
+    where: str | None = None,
+    allow_empty: bool = False,
+    duplicates: str = "refuse",
 ) -> pd.DataFrame:
     """Read and validate votes; return a frame with exactly the Votes columns (strings).
 
     ``aspect`` and ``outcome`` are lower-cased and every field stripped. Raises `AnalysisInputError`
     naming the first offending rows for: missing columns, empty required fields, unknown outcomes or
     aspects, ``arm_a == arm_b``, and (unless ``allow_empty``) an input without any vote.
+
+    A comparison voted more than once (same session, rater, aspect and pair of arms in either order) is
+    refused (``duplicates="refuse"``) with the rows named; ``"first"`` or ``"last"`` keeps one vote (by
+    row order) and records the number dropped in ``attrs`` (`duplicates_note` words it for the output).
     """
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {duplicates!r}")
     frame, name, csv_lines = _read_frame(source, "votes", where)
     frame = _columns(frame, VOTE_COLUMNS, VOTE_OPTIONAL, name, "votes")
     shown = frame.copy()  # messages quote the values as written
@@ -172,6 +231,13 @@ def load_votes(
             ),
         ],
     )
+    if duplicates == "refuse":
+        _raise_if(name, "votes", [_duplicate_problem(shown, frame, csv_lines)])
+    elif len(frame):
+        drop = _duplicate_votes(frame, "first" if duplicates == "first" else "last")
+        frame = frame[~drop.to_numpy()].copy()
+        frame.attrs[VALIDATED] = "votes"
+        frame.attrs[DEDUPLICATED] = (duplicates, int(drop.sum()))
     return frame
 
 
@@ -233,6 +299,8 @@ def load_ratings(
 
 
 def none_if_nan(value: Any) -> Any:
+    if value is pd.NA:
+        return None
     if isinstance(value, float | np.floating):
         return None if math.isnan(value) else float(value)
     if isinstance(value, np.integer):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +25,16 @@ from scipy import sparse
 from scipy.special import expit
 from scipy.stats import binomtest
 
-from extes.analysis.io import AnalysisInputError, as_votes, aspect_order, none_if_nan, records
-from extes.stats import largest_remainder
+from extes.analysis.io import (
+    ASPECTS,
+    AnalysisInputError,
+    as_votes,
+    aspect_order,
+    duplicates_note,
+    none_if_nan,
+    records,
+)
+from extes.analysis.shares import percentages
 
 ELO_SCALE = 400.0 / math.log(10.0)  # rating points per unit of log-strength
 ELO_BASE = 1000.0
@@ -129,9 +138,11 @@ class WinTieLossResult:
     ``rows`` columns: opponent, aspect, win, tie, loss (fractions of n), n, n_win, n_tie, n_loss,
     p_value (two-sided sign test, wins vs losses; NaN when every vote is a tie), p_adjusted (p_value
     corrected over every test in the table by ``correction``), ci_low, ci_high (percentile bootstrap CI
-    of win - loss, sessions resampled; NaN when fewer than ``min_sessions`` sessions, see ``notes``).
-    Ordered by opponent, then aspect. ``votes`` is the number of votes in the input (all arms);
-    ``rows["n"].sum()`` those involving ``reference``.
+    of win - loss, sessions resampled; NaN when fewer than ``min_sessions`` sessions, see ``notes``),
+    status ("compared"; "never compared": the aspect has votes but none of this pair, n = 0 and the
+    statistics NaN; "no votes": the aspect has no vote at all). One row per opponent (every other arm in
+    the votes) and aspect, ordered by opponent, then aspect. ``votes`` is the number of votes in the input
+    (all arms); ``rows["n"].sum()`` those involving ``reference``.
     """
 
     reference: str
@@ -145,7 +156,8 @@ class WinTieLossResult:
     votes: int = 0
     notes: list[str] = field(default_factory=list)
 
-    JSON_COLUMNS = ["opponent", "aspect", "win", "tie", "loss", "n", "p_value", "p_adjusted", "ci_low", "ci_high"]
+    JSON_COLUMNS = ["opponent", "aspect", "win", "tie", "loss", "n", "p_value", "p_adjusted", "ci_low", "ci_high",
+                    "status"]
 
     @property
     def votes_with_reference(self) -> int:
@@ -170,9 +182,24 @@ class WinTieLossResult:
         }
 
     def percent(self, row: Any) -> tuple[float, float, float]:
-        """Win/tie/loss of one row in percent, 1 decimal, largest-remainder rounded to sum to 100."""
-        w, t, lo = largest_remainder([row.n_win, row.n_tie, row.n_loss], decimals=1)
+        """Win/tie/loss of one row in percent, 1 decimal, by `extes.analysis.shares.percentages` (largest
+        remainder; equal counts print equal, so 4/4/4 is 33.3/33.3/33.3)."""
+        w, t, lo = percentages([row.n_win, row.n_tie, row.n_loss], decimals=1)
         return w, t, lo
+
+    def omissions(self) -> list[str]:
+        """The pairs and aspects the table has no votes for, in words (empty when every cell has votes)."""
+        rows = self.rows
+        out = []
+        silent = sorted(set(rows.loc[rows["status"] == "no votes", "aspect"]), key=list(rows["aspect"]).index)
+        if silent:
+            out.append(f"no votes at all on {', '.join(silent)}")
+        never = rows[rows["status"] == "never compared"]
+        voted = [a for a in dict.fromkeys(rows["aspect"]) if a not in silent]
+        for opp, group in never.groupby("opponent", sort=False):
+            where = "any aspect" if len(group) == len(voted) else ", ".join(group["aspect"])
+            out.append(f"{self.reference} never compared with {opp} on {where}")
+        return out
 
     def mark(self, row: Any, significance: float = 0.05) -> str:
         """"*" when the corrected p-value is below ``significance``, else ""."""
@@ -183,7 +210,8 @@ class WinTieLossResult:
         """Paper layout (Table 9): one row per opponent, one ``W / T / L`` percent column per aspect.
 
         A ``*`` marks a corrected p-value (``correction``) < ``significance``. Percentages are rounded
-        by largest remainder, so each cell's three numbers add up to 100.0.
+        by largest remainder, so each cell's three numbers add up to 100.0. A pair without votes reads
+        "never compared" (or "no votes" where the aspect has none at all).
         """
         aspects = aspect_order(self.rows["aspect"])
         opponents = list(dict.fromkeys(self.rows["opponent"]))
@@ -193,8 +221,8 @@ class WinTieLossResult:
             line: dict[str, str] = {"comparison": f"{self.reference} vs {opp}"}
             for aspect in aspects:
                 r = cells.get((opp, aspect))
-                if r is None:
-                    line[aspect] = "-"
+                if r is None or r.n == 0:
+                    line[aspect] = r.status if r is not None else "never compared"
                     continue
                 w, t, lo = self.percent(r)
                 line[aspect] = f"{w:.1f} / {t:.1f} / {lo:.1f}{self.mark(r, significance)}"
@@ -225,6 +253,20 @@ def _reference_side(votes: pd.DataFrame, reference: str) -> pd.DataFrame:
     )
 
 
+def study_aspects(votes: pd.DataFrame, aspects: Sequence[str] | None = None) -> list[str]:
+    """The aspects a table reports: ``aspects`` if given, else the five of the paper, plus any other in the
+    votes, in the paper's order; an aspect without votes is reported as such, not left out."""
+    listed = list(aspects) if aspects is not None else list(ASPECTS)
+    return aspect_order(list(dict.fromkeys(listed + list(votes["aspect"].unique()))))
+
+
+def cell_status(n: int, aspect_has_votes: bool) -> str:
+    """"compared", "never compared" (the aspect has votes, none of this pair) or "no votes" (none at all)."""
+    if n > 0:
+        return "compared"
+    return "never compared" if aspect_has_votes else "no votes"
+
+
 def win_tie_loss(
     votes: pd.DataFrame | str | os.PathLike,
     reference: str,
@@ -233,16 +275,24 @@ def win_tie_loss(
     confidence: float = 0.95,
     correction: str = "holm",
     min_sessions: int = MIN_SESSIONS,
+    aspects: Sequence[str] | None = None,
 ) -> WinTieLossResult:
-    """Win/tie/loss of ``reference`` against every other arm, per aspect (see `WinTieLossResult`)."""
+    """Win/tie/loss of ``reference`` against every other arm, per aspect (see `WinTieLossResult`).
+
+    Every other arm in the votes and every aspect (`study_aspects`) gets a row, also where the pair was
+    never compared (``n`` = 0, ``status`` says which, the statistics are NaN): an incomplete design (k arms
+    shown two or three at a time) leaves some pairs rare or absent, and a table must show that.
+    """
     _check_boot(n_boot, confidence)
     if correction not in CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; use one of {', '.join(CORRECTIONS)}")
     votes = as_votes(votes)
     side = _reference_side(votes, reference)
-    aspects = aspect_order(side["aspect"])
-    side["aspect"] = pd.Categorical(side["aspect"], categories=aspects)
-    cell_keys = side[["opponent", "aspect"]].drop_duplicates().sort_values(["opponent", "aspect"])
+    aspects = study_aspects(votes, aspects)
+    opponents = sorted((set(votes["arm_a"]) | set(votes["arm_b"])) - {reference})
+    cell_keys = pd.DataFrame(
+        [(o, a) for o in opponents for a in aspects], columns=["opponent", "aspect"]
+    )
     cell_index = pd.MultiIndex.from_frame(cell_keys)
     cell = cell_index.get_indexer(pd.MultiIndex.from_frame(side[["opponent", "aspect"]]))
     n_cells = len(cell_index)
@@ -252,6 +302,8 @@ def win_tie_loss(
     n_tie = np.bincount(cell, weights=score == 0, minlength=n_cells).astype(int)
     n_loss = np.bincount(cell, weights=score == -1, minlength=n_cells).astype(int)
     n = n_win + n_tie + n_loss
+    voted = set(votes["aspect"])
+    status = [cell_status(int(k), a in voted) for k, a in zip(n, cell_keys["aspect"])]
     p_values = np.array(
         [
             binomtest(int(w), int(w + lo), 0.5, alternative="two-sided").pvalue if w + lo > 0 else np.nan
@@ -273,16 +325,16 @@ def win_tie_loss(
         diff = sums[:, :n_cells] / sums[:, n_cells:]
     ci_low, ci_high = _percentile_ci(diff, confidence) if n_boot else (np.full(n_cells, np.nan),) * 2
     n_sessions = int(session.max()) + 1
-    notes = []
+    notes = [note for note in [duplicates_note(votes)] if note]
     if n_boot and (why := session_note(n_sessions, min_sessions)):
         ci_low, ci_high = np.full(n_cells, np.nan), np.full(n_cells, np.nan)
         notes.append(why)
 
-    rows = cell_keys.reset_index(drop=True).assign(aspect=lambda f: f["aspect"].astype(str))
+    rows = cell_keys.reset_index(drop=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = {part: k / n for part, k in (("win", n_win), ("tie", n_tie), ("loss", n_loss))}
     rows = rows.assign(
-        win=n_win / n,
-        tie=n_tie / n,
-        loss=n_loss / n,
+        **shares,
         n=n,
         n_win=n_win,
         n_tie=n_tie,
@@ -291,6 +343,7 @@ def win_tie_loss(
         p_adjusted=adjust_p_values(p_values, correction),
         ci_low=ci_low,
         ci_high=ci_high,
+        status=status,
     )
     return WinTieLossResult(
         reference, rows, n_boot, seed, confidence, n_sessions, correction, min_sessions, len(votes), notes
@@ -367,7 +420,8 @@ class BradleyTerryResult:
 
     P(i beats j) = 1 / (1 + 10 ** ((R_j - R_i) / 400)); ratings of the arms seen in an aspect average
     1000. ``ratings`` columns: aspect, rank (1 = best), arm, rating, ci_low, ci_high, n (votes with the
-    arm in that aspect). Arms never seen in an aspect are absent from that aspect's rows.
+    arm in that aspect). An arm never judged on an aspect (or an aspect without votes) has a row with
+    n = 0, no rank (<NA>) and NaN ratings, after the ranked arms.
 
     The fit is maximum a-posteriori with ``prior`` virtual ties per pair of arms. ``ml_exists[aspect]``
     says whether the maximum-likelihood estimate exists there (it does not under separation: some arms
@@ -465,8 +519,13 @@ def bradley_terry(
     confidence: float = 0.95,
     prior: float = DEFAULT_PRIOR,
     min_sessions: int = MIN_SESSIONS,
+    aspects: Sequence[str] | None = None,
 ) -> BradleyTerryResult:
     """Bradley-Terry ratings per aspect with session-bootstrap percentile CIs.
+
+    Every arm of the votes gets a row in every aspect (`study_aspects`): one never judged there has n = 0,
+    no rank and NaN rating. When an aspect's comparisons leave groups of arms never compared with each
+    other (an incomplete design), ``notes`` says which, since ratings across them come from the prior.
 
     Ties count as half a win each way. ``prior`` (> 0, default 1) adds that many virtual tied comparisons
     to every pair of arms seen in an aspect: a maximum a-posteriori estimate that pulls ratings toward
@@ -477,6 +536,7 @@ def bradley_terry(
     if not prior > 0:
         raise ValueError(f"prior must be > 0 (virtual tied comparisons per pair), got {prior}")
     votes = as_votes(votes)
+    report_aspects = aspects
     arms = sorted(set(votes["arm_a"]) | set(votes["arm_b"]))
     aspects = aspect_order(votes["aspect"])
     k, n_asp = len(arms), len(aspects)
@@ -515,15 +575,46 @@ def bradley_terry(
         lo, hi = _percentile_ci(ELO_BASE + ELO_SCALE * boot_theta, confidence)
 
     rating = ELO_BASE + ELO_SCALE * theta
+    notes += [_disconnected_note(aspect, arms, games[ai], prior) for ai, aspect in enumerate(aspects)
+              if _groups(games[ai], present[ai]) > 1]
     rows = []
-    for ai, aspect in enumerate(aspects):
+    for aspect in study_aspects(votes, report_aspects):
+        if aspect not in aspects:  # no vote at all on this aspect
+            rows += [(aspect, pd.NA, arm, np.nan, np.nan, np.nan, 0) for arm in arms]
+            continue
+        ai = aspects.index(aspect)
         order = [
             i for i in np.argsort(-np.nan_to_num(rating[ai], nan=-np.inf), kind="stable") if present[ai, i]
         ]
         for rank, i in enumerate(order, start=1):
             rows.append((aspect, rank, arms[i], rating[ai, i], lo[ai, i], hi[ai, i], int(n_votes[ai, i])))
+        rows += [(aspect, pd.NA, arms[i], np.nan, np.nan, np.nan, 0) for i in range(k) if not present[ai, i]]
     frame = pd.DataFrame(rows, columns=["aspect", "rank", "arm", "rating", "ci_low", "ci_high", "n"])
+    frame["rank"] = frame["rank"].astype("Int64")
     return BradleyTerryResult(frame, n_boot, seed, confidence, prior, exists, shift, n_sessions, min_sessions, notes)
+
+
+def _groups(games: np.ndarray, present: np.ndarray) -> int:
+    """Number of groups of arms (of those present) linked by chains of comparisons."""
+    from scipy.sparse.csgraph import connected_components
+
+    idx = np.flatnonzero(present)
+    if len(idx) < 2:
+        return 1
+    return connected_components(sparse.csr_matrix(games[np.ix_(idx, idx)] > 0), directed=False)[0]
+
+
+def _disconnected_note(aspect: str, arms: list[str], games: np.ndarray, prior: float) -> str:
+    from scipy.sparse.csgraph import connected_components
+
+    idx = np.flatnonzero(games.sum(-1) > 0)
+    _, label = connected_components(sparse.csr_matrix(games[np.ix_(idx, idx)] > 0), directed=False)
+    parts = [" ".join(arms[i] for i, g in zip(idx, label) if g == c) for c in range(label.max() + 1)]
+    return (
+        f"aspect {aspect}: the arms fall into {len(parts)} groups never compared with each other "
+        f"({' | '.join('{' + p + '}' for p in parts)}); ratings across groups rest on the prior alone "
+        f"({prior:g} virtual tie(s) per pair), not on any vote"
+    )
 
 
 # ------------------------------------------------------------------------------------ agreement

@@ -33,6 +33,10 @@ def plot_win_tie_loss(result: WinTieLossResult):
             width = (100 * sub[part]).fillna(0).to_numpy()
             ax.barh(opponents, width, left=left, color=colors[part], label=part)
             left += width
+        for y, (n, status) in enumerate(zip(sub["n"], sub["status"])):
+            if not n > 0:  # a pair without votes: say so where its bar would be
+                ax.text(50, y, status if isinstance(status, str) else "never compared", ha="center",
+                        va="center", fontsize="small", color="#666666")
         ax.set_title(aspect)
         ax.set_xlim(0, 100)
         ax.set_xlabel("%")

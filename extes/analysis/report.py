@@ -106,11 +106,12 @@ def votes_sentence(wtl) -> str:
 
 def wtl_caption(wtl) -> str:
     from extes.analysis.pairwise import CORRECTION_NAMES
+    from extes.analysis.shares import RULE
 
     return (
         f"{wtl.reference} against each arm: win / tie / loss (%) from {wtl.reference}'s side; "
         f"* = two-sided sign test (ties excluded) p < 0.05 after {CORRECTION_NAMES[wtl.correction]} "
-        f"over the {wtl.tests} tests in this table; percentages by largest remainder (each cell sums to 100)"
+        f"over the {wtl.tests} tests in this table; {RULE}"
     )
 
 
@@ -120,6 +121,48 @@ def bt_caption(bt) -> str:
     return (
         f"Prior: {bt.prior:g} virtual tie(s) per pair of arms (--bt-prior; maximum a-posteriori){shift}."
     )
+
+
+def omissions_sentence(wtl) -> str | None:
+    """What the table has no votes for (pairs never compared, aspects without votes), or None."""
+    gaps = wtl.omissions()
+    return "Not in the votes: " + "; ".join(gaps) + "." if gaps else None
+
+
+def matrix_display(matrix) -> pd.DataFrame:
+    """A `WinRateMatrix` as text: rates to 2 decimals, "never compared" for a pair without votes."""
+    arms = list(matrix.rates.index)
+    cells = [
+        [
+            "-" if i == j else ("never compared" if matrix.counts.iat[i, j] == 0 else f"{matrix.rates.iat[i, j]:.2f}")
+            for j in range(len(arms))
+        ]
+        for i in range(len(arms))
+    ]
+    return pd.DataFrame(cells, index=arms, columns=arms)
+
+
+def bt_display(bt) -> pd.DataFrame:
+    """Bradley-Terry ratings as text: an arm without votes on an aspect reads "no votes"."""
+    def num(value: float) -> str:
+        return "n/a" if value != value else f"{value:.1f}"
+
+    rows = []
+    for r in bt.ratings.itertuples(index=False):
+        judged = r.n > 0
+        rows.append({"aspect": r.aspect, "rank": str(r.rank) if judged else "-", "arm": r.arm,
+                     "rating": num(r.rating) if judged else "no votes",
+                     "ci_low": num(r.ci_low) if judged else "-", "ci_high": num(r.ci_high) if judged else "-",
+                     "n": str(r.n)})
+    return pd.DataFrame(rows, columns=["aspect", "rank", "arm", "rating", "ci_low", "ci_high", "n"])
+
+
+def matrix_sections(wtl, matrices: list) -> list[tuple[str, object]]:
+    """(aspect, WinRateMatrix or None) for every aspect of the table, None where it has no votes."""
+    by_aspect = {m.aspect: m for m in matrices}
+    return [(a, by_aspect.get(a)) for a in dict.fromkeys(wtl.rows["aspect"])] + [
+        (a, m) for a, m in by_aspect.items() if a not in set(wtl.rows["aspect"])
+    ]
 
 
 def write_analysis_report(out_dir: str | os.PathLike, wtl, bt, matrices: list) -> list[Path]:
@@ -141,31 +184,54 @@ def write_analysis_report(out_dir: str | os.PathLike, wtl, bt, matrices: list) -
         f"{wtl_caption(wtl)}.\n",
         f"{votes_sentence(wtl)}\n",
         markdown_table(wtl.table()),
+        *[f"{gap}\n" for gap in [omissions_sentence(wtl)] if gap],
         "![win/tie/loss](win_tie_loss.png)\n",
         *[f"> Warning: {note}\n" for note in wtl.notes],
         "## Details\n",
         markdown_table(
-            wtl.rows[["opponent", "aspect", "n", "win", "tie", "loss", "p_value", "p_adjusted", "ci_low", "ci_high"]]
+            wtl.rows[["opponent", "aspect", "n", "win", "tie", "loss", "p_value", "p_adjusted", "ci_low", "ci_high",
+                      "status"]]
         ),
         "## Bradley-Terry ratings (Elo scale, ties = half a win each way)\n",
         f"{level}% percentile bootstrap CIs, sessions resampled ({bt.n_boot} resamples). {bt_caption(bt)}\n",
         *[f"> Warning: {note}\n" for note in bt.notes],
-        markdown_table(bt.ratings, floatfmt=".1f"),
+        markdown_table(bt_display(bt)),
         "![Bradley-Terry](bradley_terry.png)\n",
         "## Win-rate matrices (row arm against column arm, ties = half)\n",
     ]
-    for matrix in matrices:
+    for aspect, matrix in matrix_sections(wtl, matrices):
+        if matrix is None:
+            md += [f"### {aspect}\n", "no votes\n"]
+            continue
         stem = f"win_rate_{matrix.aspect}"
         writers[f"{stem}.csv"] = _csv(matrix.rates, index=True)
         writers[f"{stem}.png"] = _png(plot_win_rate_heatmap(matrix))
-        table = matrix.rates.reset_index(names="arm")
         md += [
             f"### {matrix.aspect}\n",
-            markdown_table(table, floatfmt=".2f"),
+            markdown_table(matrix_display(matrix).reset_index(names="arm")),
             f"![{matrix.aspect}]({stem}.png)\n",
         ]
     writers["report.md"] = _text("\n".join(md))
     return write_outputs(out_dir, writers)
+
+
+def agreement_headline(result) -> str:
+    """The counts and statistics of an `AgreementResult` in one line; the counts are what each statistic
+    uses: with items rated once, Fleiss' kappa uses every item (single ratings in its category shares),
+    alpha and percent agreement only the items rated twice or more."""
+    def fmt(value) -> str:
+        return "n/a" if value is None or value != value else f"{value:.3f}"
+
+    alpha = result.krippendorff_alpha
+    stats = (f"Fleiss' kappa {fmt(result.fleiss_kappa)}, Krippendorff's alpha nominal {fmt(alpha['nominal'])}"
+             + (f", ordinal {fmt(alpha['ordinal'])}" if alpha["ordinal"] is not None else "")
+             + f", percent agreement {fmt(result.percent_agreement)}")
+    if not result.dropped_items:
+        return f"{result.items} items, {result.raters} raters, {result.ratings} ratings; {stats}"
+    return (f"{result.items_all} items, {result.raters_all} raters, {result.ratings_all} ratings (Fleiss' kappa "
+            f"uses all; {result.dropped_items} item(s) rated once only in its category shares); alpha and percent "
+            f"agreement use the {result.items} items rated twice or more ({result.raters} raters, {result.ratings} "
+            f"ratings); {stats}")
 
 
 def write_agreement_report(out_dir: str | os.PathLike, result, quality: pd.DataFrame | None) -> list[Path]:
@@ -174,6 +240,7 @@ def write_agreement_report(out_dir: str | os.PathLike, result, quality: pd.DataF
     writers: dict[str, Callable[[Path], None]] = {"agreement.csv": _csv(table)}
     md = [
         "# Inter-rater agreement\n",
+        f"{agreement_headline(result)}.\n",
         f"Fleiss' kappa variant: {result.fleiss_variant}.\n",
         markdown_table(table),
     ]

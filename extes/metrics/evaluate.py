@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -29,6 +30,7 @@ from extes.dialogue import Dialogue, atomic_write, file_sha256, load_dialogues
 COLUMNS = ("PPL", "METEOR", "B-2", "B-4", "R-L", "Extrema", "D-1", "D-2", "D-3")
 AVG_COLUMNS = ("D-1 avg", "D-2 avg", "D-3 avg")
 RESULTS_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -311,11 +313,14 @@ def text_metrics(hyps: Sequence[str], refs: Sequence[str], embeddings, wordnet) 
     """All reference/diversity metrics on raw texts; returns {"metrics": ..., "details": ...}."""
     from extes.metrics.distinct import distinct
     from extes.metrics.extrema import vector_extrema
-    from extes.metrics.overlap import bleu, meteor, rouge_l
+    from extes.metrics.overlap import bleu, bleu_detail, meteor, rouge_l
     from extes.metrics.text import tokenize
 
     h = [tokenize(x) for x in hyps]
     r = [tokenize(x) for x in refs]
+    warnings = empty_reply_warnings(h, r)
+    for w in warnings:
+        log.warning(w)
     metrics: dict[str, Any] = {
         "METEOR": meteor(h, r, wordnet.reader),
         "B-2": bleu(h, r, 2),
@@ -336,7 +341,8 @@ def text_metrics(hyps: Sequence[str], refs: Sequence[str], embeddings, wordnet) 
         "tokenizer": "lower-cased; rule-based sentence split + NLTK NLTKWordTokenizer (extes.metrics.text)",
         "meteor": {"implementation": "nltk.translate.meteor_score, mean over replies", "wordnet": wordnet.source,
                    "synonyms": wordnet.available},
-        "bleu": "corpus BLEU, sacrebleu tokenize=none, smooth floor 0.1 (= NLTK method1)",
+        "bleu": bleu_detail(h),
+        "empty": {"replies": sum(1 for x in h if not x), "gold": sum(1 for x in r if not x), "of": len(h)},
         "rouge_l": "rouge-score LCS F-measure, mean over replies",
         "extrema": {"embeddings": embeddings.describe if embeddings is not None else
                     "not computed: no word vectors (give --glove FILE, or --arm for its base model's)",
@@ -346,7 +352,27 @@ def text_metrics(hyps: Sequence[str], refs: Sequence[str], embeddings, wordnet) 
                                 "n_ngrams": d.n_ngrams, "n_distinct": d.n_distinct,
                                 "replies_too_short_for_avg": d.skipped_short} for n, d in dist.items()},
     }
+    if warnings:
+        details["warnings"] = warnings
     return {"metrics": metrics, "details": details}
+
+
+def empty_reply_warnings(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) -> list[str]:
+    """Warnings, with counts, when replies (or gold replies) have no token: they are scored as they are
+    (no overlap, nothing for Distinct), which an all-empty set turns into 0.00 everywhere."""
+    n = len(hyps)
+    empty = sum(1 for x in hyps if not x)
+    gold = sum(1 for x in refs if not x)
+    out = []
+    if n and empty == n:
+        out.append(f"all {n} replies are empty (no token): every metric below scores nothing that was said "
+                   "(0.00 or undefined); check the generation, not the model's quality")
+    elif empty:
+        out.append(f"{empty} of {n} replies are empty (no token); they are scored as they are: no overlap with "
+                   "their gold reply, nothing for Distinct")
+    if gold:
+        out.append(f"{gold} of {n} gold replies are empty (no token); METEOR scores their replies 0")
+    return out
 
 
 def _load_embeddings(options: EvalOptions, base: str, models: ModelCache, vocabulary: set[str]):
@@ -532,6 +558,14 @@ def markdown_table(results: Sequence[EvalResult], group_by_data: bool = False) -
         d = first["details"]
         notes.append("METEOR, B-2, B-4, R-L, Extrema, D-n: x100. D-n = distinct n-grams / all n-grams over all "
                      "replies (corpus-level); D-n avg = mean over replies of the same ratio.")
+        for r in results:
+            dist = r.payload["details"].get("distinct", {})
+            short = {k: v.get("replies_too_short_for_avg") for k, v in dist.items()}
+            if any(short.values()):
+                notes.append(f"D-n avg of {r.arm} ({r.data}) leaves out the replies too short for an n-gram: "
+                             + ", ".join(f"{k} {v}" for k, v in short.items()) + f" of {r.payload.get('data', {}).get('n_turns', len(r.replies))}.")
+            for w in r.payload["details"].get("warnings", []):
+                notes.append(f"Warning ({r.arm}, {r.data}): {w}.")
         notes.append(f"METEOR WordNet: {d['meteor']['wordnet']}.")
         notes.append(f"Extrema embeddings: {d['extrema']['embeddings']}.")
         s = first["generation"]["settings"]

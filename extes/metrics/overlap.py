@@ -21,6 +21,17 @@ def _check(hyps: Sequence[Tokens], refs: Sequence[Tokens]) -> None:
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
 
 
+def bleu_detail(hyps: Sequence[Tokens], max_order: int = 4) -> str:
+    """How BLEU was computed, for results.json: what it shares with NLTK's method1 and where it differs."""
+    short = sum(1 for h in hyps if len(h) < max_order)
+    return (
+        "corpus BLEU, sacrebleu tokenize=none, smooth floor 0.1 (NLTK's SmoothingFunction().method1 epsilon); equal "
+        f"to NLTK corpus_bleu with method1 only when every reply has at least n tokens: {short} of {len(hyps)} "
+        f"replies have fewer than {max_order} (NLTK counts a phantom n-gram for them, sacrebleu does not, so "
+        "NLTK's BLEU-4 is lower there)"
+    )
+
+
 def bleu(hyps: Sequence[Tokens], refs: Sequence[Tokens], max_order: int = 4) -> float:
     """Corpus BLEU-`max_order` x100 (see module doc for the smoothing)."""
     from sacrebleu.metrics import BLEU

@@ -15,7 +15,7 @@ Connection:
 - parent -> child: first (base, adapters, dtype, engine options, log level, torch threads), then ("submit", id, messages, settings, adapter, strategies), ("cancel", id), ("stats", id),
   ("close",);
 - child -> parent: ("ready", info) or ("failed", error) once, then lists of ("event", id, Event),
-  ("error", id, error) and ("stats", id, dict). Events are batched: the child's writer thread sends
+  ("error", id, error) and ("stats", id, EngineStats). Events are batched: the child's writer thread sends
   whatever the engine produced since its last send in one message.
 The parent's reader thread hands events to each request's sink (as the in-process engine would) and, every
 few milliseconds, forwards requests whose caller cancelled them. When the child dies (killed, out of
@@ -39,9 +39,8 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
-from extes.models.engine import EngineClosed, GenRequest
+from extes.models.types import EngineClosed, EngineStats, Request
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ def default_engine_threads() -> int:
 class EngineInfo:
     """What the child reports once its engine is loaded."""
 
-    engine_class: str
+    runner_class: str  # FastRunner or TransformersRunner
     engine_version: str
     dtype_name: str
     window: int
@@ -95,7 +94,7 @@ class _Child:
     def __init__(self, conn: Connection):
         self.conn = conn
         self.out: queue.SimpleQueue = queue.SimpleQueue()  # what the writer thread sends, batched
-        self.live: dict[int, GenRequest] = {}
+        self.live: dict[int, Request] = {}
         self.cancels = 0  # cancellations received from the parent (stats)
 
     def run(self) -> None:
@@ -103,7 +102,7 @@ class _Child:
         logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         import torch
 
-        from extes.models.fast_engine import create_engine
+        from extes.models.engine import create_engine  # deliberately lazy: the parent never loads torch
 
         if threads:
             torch.set_num_threads(threads)
@@ -115,14 +114,14 @@ class _Child:
             self.conn.close()
             return
         self.conn.send(("ready", EngineInfo(
-            engine_class=type(engine).__name__, engine_version=engine.ENGINE_VERSION,
+            runner_class=type(engine.runner).__name__, engine_version=engine.engine_version,
             dtype_name=engine.dtype_name, window=engine.window, adapters=tuple(str(Path(a)) for a in adapters),
             pid=os.getpid())))
         threading.Thread(target=self._write, name="extes-engine-writer", daemon=True).start()
         try:
             self._serve(engine)
         finally:
-            log.info("engine for %s closing: %s", Path(str(base)).name, _summary(engine))
+            log.info("engine for %s closing: %s", Path(str(base)).name, engine.stats().summary())
             engine.close()
             self.out.put(None)
             time.sleep(0.05)
@@ -140,7 +139,7 @@ class _Child:
             kind = msg[0]
             if kind == "submit":
                 _, rid, messages, settings, adapter, strategies = msg
-                req = GenRequest(messages=messages, settings=settings, sink=self._sink_for(rid), adapter=adapter,
+                req = Request(messages=messages, settings=settings, sink=self._sink_for(rid), adapter=adapter,
                                  strategies=strategies)
                 self.live[rid] = req
                 try:
@@ -154,7 +153,9 @@ class _Child:
                 if req is not None:
                     req.cancel.set()
             elif kind == "stats":
-                self.out.put(("stats", msg[1], {**_engine_stats(engine), "cancels_received": self.cancels}))
+                stats = engine.stats()
+                stats.cancels_received = self.cancels
+                self.out.put(("stats", msg[1], stats))
             elif kind == "close":
                 return
 
@@ -190,50 +191,15 @@ class _Child:
                 return
 
 
-def _engine_stats(engine) -> dict[str, Any]:
-    """Counters for tests and benchmarks (no text)."""
-    import torch
-
-    stats: dict[str, Any] = {"steps": engine.steps, "max_rows_seen": engine.max_rows_seen,
-                             "torch_threads": torch.get_num_threads()}
-    if hasattr(engine, "step_times"):
-        stats["step_times"] = list(engine.step_times)
-        stats["prefill_tokens"] = engine.prefill_tokens
-    kv = getattr(engine, "kv_cache", None)
-    if kv is not None:
-        stats["kv_cache"] = {"hits": kv.stats.hits, "misses": kv.stats.misses}
-    return stats
-
-
-def _summary(engine) -> str:
-    """One line of counters for the log at close (no text): how full the decode batches were and how long
-    a step took, for reading a load test's or a study's throughput."""
-    steps = engine.steps
-    rows, secs = getattr(engine, "decode_rows", 0), getattr(engine, "decode_seconds", 0.0)
-    line = f"{steps} decode steps"
-    if steps and rows:
-        line += (f", {rows / steps:.1f} rows per step on average, {1000 * secs / steps:.0f} ms per step, "
-                 f"{rows / secs:.0f} decoded tokens/s while decoding")
-    if getattr(engine, "kv_positions_read", 0):
-        line += f", attention read {100 * (1 - engine.kv_positions_used / engine.kv_positions_read):.0f}% padding"
-    if hasattr(engine, "prefill_tokens"):
-        line += f", {engine.prefill_tokens} prompt tokens prefilled in {getattr(engine, 'prefill_seconds', 0.0):.1f} s"
-    kv = getattr(engine, "kv_cache", None)
-    if kv is not None:
-        st = kv.stats
-        line += (f", kept KV cache {st.hits} hits / {st.misses} misses, {st.reused_tokens} prompt tokens reused, "
-                 f"{st.evictions} evictions")
-    return line
-
-
 class EngineProcess:
-    """An engine (FastEngine or LocalEngine, as `create_engine` picks) running in a child process. Same
-    public surface as the in-process engine for what the pool and the servers use: `submit`, `close`,
-    `alive`, `has_adapter`, `window`, `dtype_name`, `ENGINE_VERSION`; plus `stats()` and `info`.
+    """An engine (as `create_engine` builds it) running in a child process: the `LocalBackend` Protocol
+    (`submit`, `close`, `alive`, `has_adapter`, `window`, `dtype_name`, `engine_version`, `stats()`), as
+    the in-process engine; plus `info` and `pid`.
 
-    threads: torch threads in the child (None: `default_engine_threads()`, every usable CPU but one)."""
+    threads: torch threads in the child (None: `default_engine_threads()`, every usable CPU but one).
+    options: `create_engine`'s keyword options, passed to it in the child (an unknown one fails the start)."""
 
-    def __init__(self, base: str, adapters=(), dtype: str | None = "auto", threads: int | None = None, **kwargs):
+    def __init__(self, base: str, adapters=(), dtype: str | None = "auto", threads: int | None = None, **options):
         if threads is not None and threads < 1:
             raise ValueError(f"engine threads must be at least 1, got {threads}")
         self.base = base
@@ -246,17 +212,16 @@ class EngineProcess:
                                       pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self._conn = Connection(ours.detach())
-        self._conn.send((base, adapters, dtype, kwargs, logging.getLogger().getEffectiveLevel(), self.threads))
+        self._conn.send((base, adapters, dtype, options, logging.getLogger().getEffectiveLevel(), self.threads))
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._live: dict[int, GenRequest] = {}
+        self._live: dict[int, Request] = {}
         self._stats_waiting: dict[int, queue.SimpleQueue] = {}
         self._cancel_sent: set[int] = set()
         self._ids = itertools.count(1)
         self._closed = threading.Event()
         self._dead = False
         self.info = self._handshake()
-        self.ENGINE_VERSION = self.info.engine_version
         self.dtype_name = self.info.dtype_name
         self.window = self.info.window
         self._adapters = {None, *self.info.adapters}
@@ -297,7 +262,11 @@ class EngineProcess:
     def pid(self) -> int | None:
         return self._proc.pid
 
-    def submit(self, req: GenRequest) -> None:
+    @property
+    def engine_version(self) -> str:
+        return self.info.engine_version
+
+    def submit(self, req: Request) -> None:
         if self._closed.is_set() or self._dead:
             raise EngineClosed("the engine is closed" if self._closed.is_set() else "the engine process stopped")
         if not self.has_adapter(req.adapter):
@@ -312,9 +281,8 @@ class EngineProcess:
                 self._live.pop(rid, None)
             raise EngineClosed(f"the engine process stopped ({type(exc).__name__})") from None
 
-    def stats(self, timeout: float = 30.0) -> dict[str, Any]:
-        """The child engine's counters: steps, max_rows_seen, step_times, prefill_tokens, kv_cache, and
-        cancels_received (cancellations forwarded from this side)."""
+    def stats(self, timeout: float = 30.0) -> EngineStats:
+        """The child engine's counters, with `cancels_received` (cancellations forwarded from this side)."""
         rid = next(self._ids)
         box: queue.SimpleQueue = queue.SimpleQueue()
         self._stats_waiting[rid] = box

@@ -262,15 +262,34 @@ class GroupLora:
 # The model
 
 
-class _Linear:
-    def __init__(self, kernel: Kernel, lora: GroupLora | None):
-        self.kernel, self.lora = kernel, lora
+@dataclass
+class LoraLinear:
+    """A fused base projection and all adapters' LoRA for it: y = x W^T (+ b) + each row's own delta."""
+
+    kernel: Kernel
+    lora: GroupLora | None
 
     def __call__(self, x, row_adapter, masks):
         y = self.kernel(x)
         if row_adapter is not None and self.lora is not None:
             y = self.lora.delta_into(y, x, row_adapter, masks)
         return y
+
+
+@dataclass
+class Block:
+    """One transformer layer: RMSNorm weights and the four fused projections (q/k/v, o, gate/up, down)."""
+
+    attn_norm: torch.Tensor
+    qkv: LoraLinear
+    o: LoraLinear
+    mlp_norm: torch.Tensor
+    gate_up: LoraLinear
+    down: LoraLinear
+
+    @property
+    def linears(self) -> tuple[LoraLinear, ...]:
+        return self.qkv, self.o, self.gate_up, self.down
 
 
 class FastLlama:
@@ -292,7 +311,7 @@ class FastLlama:
         self.eps = cfg.rms_norm_eps
         self.window = int(getattr(cfg, "max_position_embeddings", 2048))
         self.adapters = list(adapters)
-        self.layers = []
+        self.layers: list[Block] = []
         with torch.no_grad():
             for li, layer in enumerate(inner.layers):
                 lins = []
@@ -306,10 +325,11 @@ class FastLlama:
                                        for x, m in zip(biases, mods)])
                     lora = GroupLora(names, [m.weight.shape[0] for m in mods], w.shape[1], li, self.adapters,
                                      device)
-                    lins.append(_Linear(Kernel(w, b, dtype, prepack, device), None if lora.empty else lora))
-                self.layers.append((layer.input_layernorm.weight.float().to(device).clone(), lins[0], lins[1],
-                                    layer.post_attention_layernorm.weight.float().to(device).clone(), lins[2],
-                                    lins[3]))
+                    lins.append(LoraLinear(Kernel(w, b, dtype, prepack, device), None if lora.empty else lora))
+                self.layers.append(Block(attn_norm=layer.input_layernorm.weight.float().to(device).clone(),
+                                         qkv=lins[0], o=lins[1],
+                                         mlp_norm=layer.post_attention_layernorm.weight.float().to(device).clone(),
+                                         gate_up=lins[2], down=lins[3]))
             self.embed = inner.embed_tokens.weight.float().to(device).clone()
             self.norm = inner.norm.weight.float().to(device).clone()
             head = hf_model.lm_head
@@ -326,8 +346,8 @@ class FastLlama:
             kernels = compiled_kernels()
             if kernels is not None:
                 self.attention_kernel = kernels.attention
-                for layer in self.layers:
-                    for lin in (layer[1], layer[2], layer[4], layer[5]):
+                for block in self.layers:
+                    for lin in block.linears:
                         if lin.lora is not None:
                             lin.lora.kernel = kernels.lora_delta
 
@@ -396,9 +416,9 @@ class FastLlama:
         x = self.embed[ids]  # (B, T, H) fp32
         half = d // 2
         rows = torch.arange(b_sz, device=dev)
-        for li, (ln1, qkv_l, o_l, ln2, gu_l, down_l) in enumerate(self.layers):
-            h = _rms(x, ln1, self.eps).reshape(b_sz * t, -1)
-            qkv = qkv_l(h, ra, masks).reshape(b_sz, t, -1)
+        for li, block in enumerate(self.layers):
+            h = _rms(x, block.attn_norm, self.eps).reshape(b_sz * t, -1)
+            qkv = block.qkv(h, ra, masks).reshape(b_sz, t, -1)
             # rotary embedding on the query and key heads together (one set of ops for both)
             qk = qkv[..., :(h_q + h_kv) * d].reshape(b_sz, t, h_q + h_kv, d).transpose(1, 2)
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin
@@ -416,11 +436,11 @@ class FastLlama:
                                                    is_causal=full and t > 1 and s_len == t,
                                                    scale=d ** -0.5, enable_gqa=h_kv != h_q)
             o = o.transpose(1, 2).reshape(b_sz * t, h_q * d)
-            x = x + o_l(o, ra, masks).reshape(b_sz, t, -1)
-            h = _rms(x, ln2, self.eps).reshape(b_sz * t, -1)
-            gu = gu_l(h, ra, masks)
+            x = x + block.o(o, ra, masks).reshape(b_sz, t, -1)
+            h = _rms(x, block.mlp_norm, self.eps).reshape(b_sz * t, -1)
+            gu = block.gate_up(h, ra, masks)
             inter = gu.shape[-1] // 2
-            x = x + down_l(F.silu(gu[:, :inter]) * gu[:, inter:], ra, masks).reshape(b_sz, t, -1)
+            x = x + block.down(F.silu(gu[:, :inter]) * gu[:, inter:], ra, masks).reshape(b_sz, t, -1)
         if all_logits:
             return self.head(_rms(x, self.norm, self.eps).reshape(b_sz * t, -1)).reshape(b_sz, t, -1)
         return self.head(_rms(x[:, -1], self.norm, self.eps))

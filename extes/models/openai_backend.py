@@ -19,7 +19,8 @@ import threading
 import time
 
 from extes.models.arms import Arm
-from extes.models.engine import Event, GenRequest, Reply, split_reply, visible_text
+from extes.models.text import split_reply, visible_text
+from extes.models.types import Event, Reply, Request
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ class BackendError(RuntimeError):
 
 
 class OpenAIBackend:
-    alive = True
+    """An arm served by a chat-completions endpoint: the `Backend` Protocol (extes.models.types)."""
+
+    alive = True  # each request has its own thread; a failure is reported to that request
 
     def __init__(self, arm: Arm, client=None, backoff_s: float = 0.5):
         self.arm = arm
@@ -60,7 +63,7 @@ class OpenAIBackend:
                                              timeout=self.arm.timeout_s, max_retries=0)
             return self._client
 
-    def submit(self, req: GenRequest) -> None:
+    def submit(self, req: Request) -> None:
         if self._closed:
             raise BackendError(f"{self.where}: backend is closed")
         threading.Thread(target=self._run, args=(req,), name=f"extes-openai:{self.arm.name}", daemon=True).start()
@@ -75,7 +78,7 @@ class OpenAIBackend:
 
     # ------------------------------------------------------------------------------------------------
 
-    def _params(self, req: GenRequest) -> dict:
+    def _params(self, req: Request) -> dict:
         s = req.settings
         params = dict(model=self.arm.model, messages=req.messages, stream=True,
                       max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
@@ -86,13 +89,13 @@ class OpenAIBackend:
             params["extra_body"] = {"repetition_penalty": s.repetition_penalty}
         return params
 
-    def _run(self, req: GenRequest) -> None:
+    def _run(self, req: Request) -> None:
         try:
             req.sink(self._generate(req))
         except Exception as exc:
             req.sink(exc if isinstance(exc, BackendError) else BackendError(f"{self.where}: {exc}"))
 
-    def _generate(self, req: GenRequest) -> Event:
+    def _generate(self, req: Request) -> Event:
         import openai
 
         retryable = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
@@ -127,7 +130,7 @@ class OpenAIBackend:
         except ValueError:
             return None
 
-    def _stream_once(self, req: GenRequest, st: dict) -> Event:
+    def _stream_once(self, req: Request, st: dict) -> Event:
         stream = self.client().chat.completions.create(**self._params(req))
         try:
             for chunk in stream:
@@ -169,4 +172,4 @@ class OpenAIBackend:
             finish_reason=st["finish"] or "stop", settings=req.settings.to_dict(),
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         )
-        return Event(delta=delta, done=True, reply=reply)
+        return Event.final(reply, delta)

@@ -19,11 +19,11 @@ from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from extes.base.loading import checkpoint_source
 from extes.models.arms import Arm, GenerationSettings, load_arms, read_adapter_info
-from extes.models.engine import Event, GenRequest, LocalEngine, Reply
 from extes.models.engine_process import EngineProcess
-from extes.models.fast_engine import ENGINE_KINDS, create_engine
 from extes.models.openai_backend import OpenAIBackend
+from extes.models.types import ENGINE_KINDS, MAX_BATCH, Backend, Event, LocalBackend, Reply, Request
 from extes.taxonomy import STRATEGY_TAG_RE, format_strategy_tag
 
 ROLES = ("system", "user", "assistant")
@@ -79,7 +79,7 @@ def prepare_messages(arm: Arm, messages: Any) -> list[dict[str, str]]:
 
 
 class ArmPool:
-    def __init__(self, arms: Sequence[Arm] | str | Path, *, max_batch: int = 32, max_context: int | None = None,
+    def __init__(self, arms: Sequence[Arm] | str | Path, *, max_batch: int = MAX_BATCH, max_context: int | None = None,
                  dtype: str | None = None, gather_s: float = 0.01, kv_cache_bytes: int | None = None,
                  device: str = "cpu", isolate: bool = False, engine_threads: int | None = None,
                  engine: str = "auto"):
@@ -106,11 +106,9 @@ class ArmPool:
             if arm.name in self.arms:
                 raise ValueError(f"duplicate arm name {arm.name!r}")
             self.arms[arm.name] = arm
-        self._backends: dict[str, Any] = {}
-        self._engines: list[LocalEngine] = []
+        self._backends: dict[str, Backend] = {}
+        self._engines: list[LocalBackend] = []
         self._closed = False
-        from extes.base.loading import checkpoint_source
-
         groups: dict[tuple[str, str | None, str], list[Arm]] = {}
         for arm in arms:
             if arm.backend == "openai":
@@ -119,16 +117,19 @@ class ArmPool:
             key_adapter = None
             if arm.adapter and read_adapter_info(Path(arm.adapter))["peft_type"] not in _MIXABLE:
                 key_adapter = arm.adapter
-            arm_dtype = dtype or getattr(arm, "dtype", "auto") or "auto"
+            arm_dtype = dtype or arm.dtype
             groups.setdefault((checkpoint_source(arm.base), key_adapter, arm_dtype), []).append(arm)
         try:
             for (base, _, arm_dtype), group in groups.items():
                 options = dict(adapters=[a.adapter for a in group if a.adapter], dtype=arm_dtype,
                                max_batch=max_batch, max_context=max_context, gather_s=gather_s,
                                kv_cache_bytes=kv_cache_bytes, device=device, engine=engine)
+                made: LocalBackend
                 if isolate:
                     made = EngineProcess(base, threads=engine_threads, **options)
                 else:
+                    from extes.models.engine import create_engine  # deliberately lazy: loads torch
+
                     made = create_engine(base, **options)
                 self._engines.append(made)
                 for arm in group:
@@ -143,7 +144,9 @@ class ArmPool:
     def names(self) -> list[str]:
         return list(self.arms)
 
-    def engine_for(self, arm_name: str) -> Any:
+    def engine_for(self, arm_name: str) -> Backend:
+        """What generates this arm's replies: its base's engine (`extes.models.scheduler.Engine`, or an
+        `EngineProcess` with isolate), or its `OpenAIBackend`."""
         return self._backends[self._arm(arm_name).name]
 
     def _arm(self, name: str) -> Arm:
@@ -155,19 +158,19 @@ class ArmPool:
             raise UnknownArmError(f"unknown arm {name!r}; this pool has {self.names}") from None
 
     def _request(self, arm_name: str, messages: Any, sink, cancel: threading.Event | None,
-                 settings: GenerationSettings | None = None) -> tuple[GenRequest, Any]:
+                 settings: GenerationSettings | None = None) -> tuple[Request, Backend]:
         arm = self._arm(arm_name)
-        req = GenRequest(messages=prepare_messages(arm, messages), settings=settings or arm.generation,
+        req = Request(messages=prepare_messages(arm, messages), settings=settings or arm.generation,
                          sink=sink, adapter=arm.adapter, strategies=arm.strategies, external_cancel=cancel)
         return req, self._backends[arm.name]
 
     @staticmethod
-    def _next(q: queue.Queue, backends: list[Any]):
+    def _next(q: queue.Queue, backends: list[Backend]):
         while True:
             try:
                 return q.get(timeout=1.0)
             except queue.Empty:
-                if not all(getattr(b, "alive", True) for b in backends):
+                if not all(b.alive for b in backends):
                     raise RuntimeError("a generation worker stopped") from None
 
     # -- generation -----------------------------------------------------------------------------------
@@ -185,7 +188,7 @@ class ArmPool:
         backend.submit(req)
         return self._drain_one(q, req, backend)
 
-    def _drain_one(self, q: queue.Queue, req: GenRequest, backend) -> Iterator[Event]:
+    def _drain_one(self, q: queue.Queue, req: Request, backend: Backend) -> Iterator[Event]:
         try:
             while True:
                 item = self._next(q, [backend])
@@ -200,8 +203,8 @@ class ArmPool:
     def stream_many(self, requests: dict[Hashable, tuple[str, Any]],
                     cancel: threading.Event | None = None) -> Iterator[tuple[Hashable, Event]]:
         """Stream several replies at once (e.g. three panes); all are submitted together so the engine
-        batches them. Yields (key, Event). A request that fails yields a final Event with `error` set and
-        reply None, and the others go on. Every request is validated before any is submitted."""
+        batches them. Yields (key, Event). A request that fails yields a final Event with `failed` True and
+        `error` saying why (reply None), and the others go on. Every request is validated before any is submitted."""
         q: queue.Queue = queue.Queue()
         prepared = []
         for key, (arm_name, messages) in requests.items():
@@ -220,7 +223,7 @@ class ArmPool:
                 if key not in open_keys:
                     continue
                 if isinstance(item, BaseException):
-                    item = Event(delta="", done=True, reply=None, error=f"{type(item).__name__}: {item}")
+                    item = Event.failure(f"{type(item).__name__}: {item}")
                 if item.done:
                     open_keys.discard(key)
                 yield key, item
@@ -268,11 +271,8 @@ class ArmPool:
 
     def close(self) -> None:
         self._closed = True
-        for engine in self._engines:
-            engine.close()
-        for b in {id(b): b for b in self._backends.values()}.values():
-            if isinstance(b, OpenAIBackend):
-                b.close()
+        for backend in {id(b): b for b in [*self._engines, *self._backends.values()]}.values():
+            backend.close()
 
     def __enter__(self) -> ArmPool:
         return self

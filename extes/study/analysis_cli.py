@@ -23,6 +23,7 @@ from extes.analysis.io import (
     load_votes,
 )
 from extes.analysis.report import (
+    agreement_headline,
     agreement_notes,
     agreement_table,
     quality_table,
@@ -47,13 +48,14 @@ def _close(store: Any) -> None:
         close()
 
 
-def _votes_from_db(db: str, allow_empty: bool = False, who: str = "participant") -> pd.DataFrame:
+def _votes_from_db(db: str, allow_empty: bool = False, who: str = "participant",
+                   duplicates: str = "refuse") -> pd.DataFrame:
     store = _open_store(db)
     try:
         frame = store.votes_frame(who)
     finally:
         _close(store)
-    return load_votes(frame, where=f"{db} (votes)", allow_empty=allow_empty)
+    return load_votes(frame, where=f"{db} (votes)", allow_empty=allow_empty, duplicates=duplicates)
 
 
 def _ratings_from_db(db: str, for_agreement: bool) -> pd.DataFrame:
@@ -223,13 +225,30 @@ def add_stat_options(parser: argparse.ArgumentParser) -> None:
                              f"{DEFAULT_PRIOR:g}; > 0; 1e-6 is maximum likelihood where it exists)")
     parser.add_argument("--min-sessions", type=int, default=MIN_SESSIONS,
                         help=f"leave bootstrap CIs out below this many sessions (default {MIN_SESSIONS})")
+    add_duplicates_option(parser)
+
+
+def add_duplicates_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duplicates", choices=("refuse", "first", "last"), default="refuse",
+                        help="a comparison voted more than once in a session (same rater, aspect and pair of "
+                             "arms): refuse the input, naming the rows (default), or keep the first or the last "
+                             "vote; the output says how many were dropped")
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from extes.analysis.pairwise import bradley_terry, win_rate_matrix, win_tie_loss
-    from extes.analysis.report import bt_caption, votes_sentence, wtl_caption
+    from extes.analysis.pairwise import bradley_terry, win_tie_loss
+    from extes.analysis.report import (
+        bt_caption,
+        bt_display,
+        matrix_display,
+        matrix_sections,
+        omissions_sentence,
+        votes_sentence,
+        wtl_caption,
+    )
 
-    votes = load_votes(args.votes) if args.votes else _votes_from_db(args.db, who=args.voters)
+    votes = (load_votes(args.votes, duplicates=args.duplicates) if args.votes
+             else _votes_from_db(args.db, who=args.voters, duplicates=args.duplicates))
     if args.flags is not None and not args.votes:
         raise ValueError("--flags goes with --votes (with --db the flags are read from the database)")
     votes, excluded = _exclusions(votes, args.exclusions, db=args.db, flags_file=args.flags)
@@ -239,10 +258,11 @@ def run_analyze(args: argparse.Namespace) -> int:
                        correction=args.correction, min_sessions=args.min_sessions)
     bt = bradley_terry(votes, n_boot=args.n_boot, seed=args.seed, prior=args.bt_prior,
                        min_sessions=args.min_sessions)
-    matrices = [win_rate_matrix(votes, aspect) for aspect in dict.fromkeys(bt.ratings["aspect"])]
+    matrices = _matrices(votes)
     written = write_analysis_report(args.out, wtl, bt, matrices) if args.out else []
     if args.json:
         payload = wtl.to_dict()
+        payload["omissions"] = wtl.omissions()
         payload["bradley_terry"] = bt.to_dict()
         payload["bradley_terry_fit"] = bt.fit_info()
         payload["win_rate"] = {m.aspect: m.to_dict() for m in matrices}
@@ -254,23 +274,33 @@ def run_analyze(args: argparse.Namespace) -> int:
     print(excluded.describe())
     print(wtl_caption(wtl))
     print(wtl.table().to_string(index=False))
+    if gaps := omissions_sentence(wtl):
+        print(gaps)
     print(f"\nDetails: {votes_sentence(wtl)}")
     details = wtl.rows[
-        ["opponent", "aspect", "n", "n_win", "n_tie", "n_loss", "p_value", "p_adjusted", "ci_low", "ci_high"]
+        ["opponent", "aspect", "n", "n_win", "n_tie", "n_loss", "p_value", "p_adjusted", "ci_low", "ci_high", "status"]
     ]
     print(details.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
     for note in wtl.notes:
         print(f"warning: {note}", file=sys.stderr)
     print(f"\nBradley-Terry ratings (Elo scale; ties = half a win each way). {bt_caption(bt)}")
-    print(bt.ratings.to_string(index=False, float_format=lambda v: f"{v:.1f}", na_rep="n/a"))
+    print(bt_display(bt).to_string(index=False))
     for note in bt.notes:
         print(f"warning: {note}", file=sys.stderr)
-    for matrix in matrices:
-        print(f"\nWin rate, row arm vs column arm ({matrix.aspect}; ties = half)")
-        print(matrix.rates.to_string(float_format=lambda v: f"{v:.2f}", na_rep="-"))
+    for aspect, matrix in matrix_sections(wtl, matrices):
+        print(f"\nWin rate, row arm vs column arm ({aspect}; ties = half)")
+        print("no votes" if matrix is None else matrix_display(matrix).to_string())
     if written:
         print(f"\nwrote {len(written)} files to {args.out}")
     return 0
+
+
+def _matrices(votes: pd.DataFrame) -> list:
+    """A win-rate matrix for every aspect that has votes."""
+    from extes.analysis.io import aspect_order
+    from extes.analysis.pairwise import win_rate_matrix
+
+    return [win_rate_matrix(votes, aspect) for aspect in aspect_order(votes["aspect"])]
 
 
 # --------------------------------------------------------------------------------------- agreement
@@ -298,13 +328,17 @@ def _run_llm_agreement(args: argparse.Namespace) -> int:
     participant = _votes_from_db(args.db, allow_empty=True, who="participant")
     judges = _votes_from_db(args.db, allow_empty=True, who="judge")
     lines, tables = people_agreement_sections(participant, llm, judges)
+    matched = sum(r["n"] for r in tables.get("llm_vs_participant", []) if r["aspect"] == "all")
+    if not matched:
+        raise ValueError(
+            f"--llm {args.llm}: no comparison is in both the LLM's votes ({len(llm)}) and the participants' "
+            f"votes in {args.db} ({len(participant)}), matched on conversation, pair of arms and aspect: "
+            "nothing to compute agreement on (was the judge run on this study's conversations?)")
     summary_file = args.llm.parent / "summary.json"
     inconsistency = json.loads(summary_file.read_text()).get("position_inconsistency") if summary_file.is_file() else None
     if args.json:
         _dump({"agreement": tables, "position_inconsistency": inconsistency})
         return 0
-    if not lines:
-        print("no conversation was rated by both the participant and the LLM")
     print("\n".join(lines))
     if inconsistency:
         print("LLM position inconsistency (share of pairs whose answer changed with the order): "
@@ -339,17 +373,7 @@ def run_agreement(args: argparse.Namespace) -> int:
             ]
         _dump(payload)
         return 0
-    print(
-        f"{result.items} items, {result.raters} raters, {result.ratings} ratings; "
-        f"Fleiss' kappa {_fmt(result.fleiss_kappa)}, Krippendorff's alpha nominal "
-        f"{_fmt(result.krippendorff_alpha['nominal'])}"
-        + (
-            f", ordinal {_fmt(result.krippendorff_alpha['ordinal'])}"
-            if result.krippendorff_alpha["ordinal"] is not None
-            else ""
-        )
-        + f", percent agreement {_fmt(result.percent_agreement)}"
-    )
+    print(agreement_headline(result))
     print(f"Fleiss' kappa variant: {result.fleiss_variant}")
     print()
     print(agreement_table(result).to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
@@ -384,6 +408,9 @@ def configure_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--correction", choices=("holm", "bh", "bonferroni", "none"), default="holm",
                         help="multiple-comparison correction (default holm, as extes analyze)")
     parser.add_argument("--n-sim", type=int, default=2000, help="simulated studies per point (default 2000)")
+    parser.add_argument("--n-refine", type=int, default=10_000,
+                        help="simulated studies per n on the window around the crossing, where the required n "
+                             "is fitted (default 10000; 0: the first n whose --n-sim estimate crosses)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-n", type=int, default=3000, help="largest number of conversations considered")
     parser.add_argument("--png", type=Path, help="write the power curve as a PNG here")
@@ -402,19 +429,62 @@ def _plan_cells(args: argparse.Namespace) -> list:
             raise ValueError("--votes needs --reference ARM")
         return cells_from_votes(load_votes(args.votes), args.reference)
     if args.cells is not None:
-        if not args.cells.is_file():
-            raise FileNotFoundError(f"--cells {args.cells}: no such file")
-        frame = pd.read_csv(args.cells)
-        missing = [c for c in ("name", "win", "tie", "loss") if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{args.cells}: missing column(s) {', '.join(missing)} (need name, win, tie, loss)")
-        try:
-            return [Cell(str(r.name), float(r.win), float(r.tie), float(r.loss)) for r in frame.itertuples()]
-        except ValueError as exc:
-            raise ValueError(f"{args.cells}: {exc}") from None
+        return _cells_file(args.cells)
     if None in (args.win, args.tie, args.loss):
         raise ValueError("give all three of --win, --tie and --loss")
+    if why := _shares_problem(args.win, args.tie, args.loss):
+        raise ValueError(f"--win {args.win:g} --tie {args.tie:g} --loss {args.loss:g}: {why}")
     return [Cell(f"win {args.win:g} / tie {args.tie:g} / loss {args.loss:g}", args.win, args.tie, args.loss)]
+
+
+def _shares_problem(win: float, tie: float, loss: float) -> str | None:
+    """Why three shares are not a win/tie/loss split (in %, adding up to 100, or fractions adding up to 1;
+    0.5 points of rounding allowed), or None."""
+    shares = (win, tie, loss)
+    if any(not x == x or x < 0 for x in shares):
+        return "shares must be numbers >= 0"
+    total = sum(shares)
+    if abs(total - 100.0) <= 0.5 or abs(total - 1.0) <= 0.005:
+        return None
+    return (f"they add up to {total:g}, not 100 (percent) or 1 (fractions); they would be rescaled to "
+            f"{100 * win / total:.1f} / {100 * tie / total:.1f} / {100 * loss / total:.1f} without a word, so give "
+            "shares that add up" if total > 0 else "they add up to 0")
+
+
+def _cells_file(path: Path) -> list:
+    """Cells from a CSV (name, win, tie, loss); every error names the file (and the line)."""
+    from extes.analysis.plan import Cell
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--cells {path}: no such file")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--cells {path}: not a readable CSV file ({str(exc).strip() or type(exc).__name__})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in ("name", "win", "tie", "loss") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"--cells {path}: missing column(s) {', '.join(missing)} (need name, win, tie, loss)")
+    if frame.empty:
+        raise ValueError(f"--cells {path}: no cells (a header but no rows)")
+    cells, problems = [], []
+    for i, r in enumerate(frame.itertuples(index=False), start=2):
+        try:
+            shares = [float(getattr(r, k)) for k in ("win", "tie", "loss")]
+        except ValueError:
+            problems.append(f"line {i} ({r.name!r}): win, tie and loss must be numbers, got "
+                            f"{r.win!r}, {r.tie!r}, {r.loss!r}")
+            continue
+        if why := _shares_problem(*shares):
+            problems.append(f"line {i} ({r.name!r}): {why}")
+            continue
+        try:
+            cells.append(Cell(str(r.name), *shares))
+        except ValueError as exc:
+            problems.append(f"line {i}: {exc}")
+    if problems:
+        raise ValueError(f"--cells {path}: invalid cells:\n  - " + "\n  - ".join(problems[:5]))
+    return cells
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -423,7 +493,7 @@ def run_plan(args: argparse.Namespace) -> int:
     cells = _plan_cells(args)
     tests = args.tests if len(cells) == 1 else None
     result = plan(cells, tests=tests, alpha=args.alpha, correction=args.correction, target=args.power,
-                  n_sim=args.n_sim, seed=args.seed, max_n=args.max_n)
+                  n_sim=args.n_sim, seed=args.seed, max_n=args.max_n, n_refine=args.n_refine)
     if args.png:
         args.png.parent.mkdir(parents=True, exist_ok=True)
         plot_power(result).savefig(args.png, dpi=120)
@@ -433,11 +503,19 @@ def run_plan(args: argparse.Namespace) -> int:
     level = per_test_alpha(result.alpha, result.correction, result.tests)
     print(f"Two-sided sign test (ties dropped), alpha {result.alpha:g}, {result.correction} over "
           f"{result.tests} test(s), target power {result.target:.0%}; n = conversations = votes per cell")
-    print(f"needed: simulated with {result.correction} ({result.n_sim} studies per n; smallest n reaching the target, "
-          f"by grid and bisection); exact: binomial power at the fixed level {level:.4g} (alpha/K, Bonferroni)")
+    how = (f"{result.n_sim} studies per n on a grid and by bisection, then {result.n_refine} per n on a window "
+           "around the crossing, where a straight line of power against n gives the smallest n reaching the "
+           "target" if result.n_refine else
+           f"{result.n_sim} studies per n; the first n whose estimate reaches the target, by grid and bisection")
+    print(f"needed: simulated with {result.correction} ({how}); Monte-Carlo SE: of the fitted power at that n, and "
+          f"in conversations; exact: binomial power at the fixed level {level:.4g} (alpha/K, Bonferroni)")
     rows = [{"cell": c.name, "win/tie/loss": f"{c.p_win:.2f}/{c.p_tie:.2f}/{c.p_loss:.2f}",
-             "n needed (sim)": "-" if r is None else str(r), "n needed (exact)": "-" if e is None else str(e)}
-            for c, r, e in zip(result.cells, result.required, result.required_exact)]
+             "n needed (sim)": "-" if r is None else str(r),
+             "power there (MC SE)": f"{x.power:.3f} ({x.se:.3f})" if x else "-",
+             "n MC SE": ("< 0.1" if x.n_se < 0.05 else f"{x.n_se:.1f}") if x else "-",
+             "n needed (exact)": "-" if e is None else str(e)}
+            for c, r, e, x in zip(result.cells, result.required, result.required_exact,
+                                  result.crossings or [None] * len(result.cells))]
     print(pd.DataFrame(rows).to_string(index=False))
     print("\nPower curve (simulated; exact at the fixed level in brackets)")
     curve = pd.DataFrame({"n": result.grid, **{

@@ -19,6 +19,7 @@ import gradio as gr
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
+from extes.study.http_guard import install_http_guard
 from extes.study.limits import Limiter
 from extes.study.protocol import Protocol
 from extes.study.session import Study
@@ -128,4 +129,5 @@ def build_app(protocol: Protocol, store: Store, pool: Any, concurrency: int = 16
     demo = build_participant_ui(study, concurrency=concurrency, limiter=Limiter(store))
     demo.queue(default_concurrency_limit=concurrency, max_size=1000)
     gr.mount_gradio_app(app, demo, path="/", css=CSS, theme=offline_theme(), **_MOUNT_KWARGS)
+    install_http_guard(app)  # body-size limit and security headers on every response (outermost)
     return app

@@ -34,3 +34,7 @@ def visible_so_far(text: str) -> str:
 
 
 _MARKUP_OPENERS = " \t\n*_~\"'“‘„`"
+
+# The tag grammar compiles on first use (about a second); do it when the study loads, not in a
+# participant's first send, where it would delay the first text of that send.
+strip_strategy_tags("")

@@ -131,17 +131,38 @@ def _votes_and_ratings(args):
             votes, ratings = store.votes_frame(args.voters), store.ratings_frame()
         finally:
             store.close()
-        votes = load_votes(votes, where=f"{args.db} (votes)", allow_empty=True)
+        votes = load_votes(votes, where=f"{args.db} (votes)", allow_empty=True, duplicates=args.duplicates)
         ratings = load_ratings(ratings, where=f"{args.db} (ratings)", require_pairs=False, allow_empty=True)
         return votes, ratings
-    votes = load_votes(args.votes) if args.votes else None
+    votes = load_votes(args.votes, duplicates=args.duplicates) if args.votes else None
     ratings = load_ratings(args.ratings, require_pairs=False) if args.ratings else None
     return votes, ratings
 
 
+def likert_sources(ratings, given: str | None = None) -> list[str]:
+    """Sources whose labels are all numbers (Table 4's input). With ``given`` (the --ratings file), no such
+    source is an error that names what is missing: the source column, or numeric labels."""
+    import pandas as pd
+
+    numeric, text = [], {}
+    for source, labels in ratings.groupby("source")["label"]:
+        values = pd.to_numeric(labels, errors="coerce")
+        if source and source != "pairwise" and values.notna().all():
+            numeric.append(source)
+        elif source:
+            text[source] = labels[values.isna()].iloc[0] if values.isna().any() else None
+    if numeric or given is None:
+        return numeric
+    if not text:
+        raise ValueError(f"--ratings {given}: Table 4 needs a 'source' column (which dataset each rated item "
+                         "comes from, e.g. extes or seed); the file has none or leaves it empty")
+    shown = ", ".join(f"{k} ({v!r})" if v is not None else k for k, v in list(text.items())[:5])
+    raise ValueError(f"--ratings {given}: Table 4 needs numeric labels (Likert scores); no source has only "
+                     f"numbers: {shown}")
+
+
 def build_tables(args) -> tuple[list, dict[str, Any]]:
     """Every table the inputs allow, plus the objects behind them (for figures and JSON)."""
-    import pandas as pd
 
     from extes.analysis import tables as T
     from extes.analysis.agreement import agreement, dataset_quality
@@ -160,12 +181,13 @@ def build_tables(args) -> tuple[list, dict[str, Any]]:
                 raise ValueError(f"--data: two datasets labelled {label!r}; name them LABEL=PATH")
             stats[label] = compute_stats(dialogues, top_k=args.top_k, merge_consecutive=args.merge_consecutive)
         objects["stats"] = stats
+        merged = args.merge_consecutive
         out += [T.table1_scenarios(stats, names.datasets), T.table2_strategies(stats, names.datasets),
-                T.table3_overview(stats, names.datasets), T.table5_transitions(stats, names.datasets)]
+                T.table3_overview(stats, names.datasets, merged=merged),
+                T.table5_transitions(stats, names.datasets, merged=merged)]
     votes, ratings = _votes_and_ratings(args)
     if ratings is not None and len(ratings):
-        numeric = [s for s, labels in ratings.groupby("source")["label"]
-                   if s and s != "pairwise" and pd.to_numeric(labels, errors="coerce").notna().all()]
+        numeric = likert_sources(ratings, None if args.db else str(args.ratings))
         if numeric:
             likert = ratings[ratings["source"].isin(numeric)]
             quality = dataset_quality(likert)

@@ -23,7 +23,7 @@ from typing import Protocol as TypingProtocol
 
 from extes.analysis import exclusions as ex
 from extes.study.assignment import balanced_chooser
-from extes.study.blinding import strip_tags, visible_so_far
+from extes.study.blinding import strip_tags
 from extes.study.protocol import INSTRUCTED_ANSWER, PANES, Protocol
 from extes.study.recruitment import (
     SALT_FINGERPRINT_META,
@@ -37,6 +37,7 @@ from extes.study.recruitment import (
 )
 from extes.study.safety import RiskChecker, record_risks
 from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, RatingChecks, Store
+from extes.study.turn import TurnStream
 from extes.taxonomy import OTHER_SCENARIO, SCENARIO_NAMES
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ SCENARIO_CHOICES: tuple[str, ...] = (*SCENARIO_NAMES, OTHER_SCENARIO)
 PAIRS: tuple[tuple[str, str], ...] = (("A", "B"), ("A", "C"), ("B", "C"))
 ANSWERS = {"left": "a", "right": "b", "tie": "tie", "a": "a", "b": "b"}
 MAX_DESCRIPTION_CHARS = 500
-PERSIST_INTERVAL_S = 0.25  # a streaming reply's shown text is written at least this often ...
-PERSIST_EVERY_DELTAS = 16  # ... or after this many pieces, whichever comes first
 INCOMPLETE = ("streaming", "interrupted", "error")  # finish reasons of replies that do not count
 INSTRUCTED_KEY = "attention:instructed"  # the attention row of the rating form (never a vote)
 EXCLUSION_RULE_META = "exclusion_rule"  # the running protocol's `attention.exclude`, JSON, in the store's meta
@@ -353,7 +352,7 @@ class Study:
 
         All checks happen before anything is stored. The user's message and an empty reply row per pane
         (marked streaming) are committed in one transaction before generation starts; the shown text of
-        each reply is written every PERSIST_INTERVAL_S while it streams and completed in place when it
+        each reply is written every `turn.PERSIST_INTERVAL_S` while it streams and completed in place when it
         ends, so a crash (kill -9) loses at most the last fraction of a second of what was shown, and the
         reply stays where it was, marked interrupted. If the stream is abandoned (page closed), the
         replies are stored as shown, marked interrupted.
@@ -400,6 +399,8 @@ class Study:
             self._track(list(reply_ids.values()), False)
 
     def _stream(self, p, conv, targets, text, cancel, ids, reply_ids) -> Iterator[SessionView]:
+        """Generate the replies of one send and yield views as they stream. The rules of what is shown and
+        saved when are `TurnStream`'s; this wires it to the pool, the store and the view."""
         record_risks(self.store, self.risk, conv.id, p["id"], text, message_id=ids[0][0])
         base = dict(code=p["code"], participant_id=p["id"], total=self.protocol.conversations_per_participant,
                     min_turns=self.protocol.min_user_turns)
@@ -415,68 +416,30 @@ class Study:
             by_pane[t].messages.append(slots[t])
 
         requests = {t: (conv.arm(t), self._context(conv, t, history)) for t in targets}
-        pieces: dict[str, list[str]] = {t: [] for t in targets}
-        shown: dict[str, str] = {t: "" for t in targets}
-        saved: dict[str, str] = {t: "" for t in targets}
-        done: set[str] = set()
-        failed: set[str] = set()
-        last_save, unsaved = time.monotonic(), 0
-
-        final: dict[str, str] = {}
-        counted: set[str] = set()
-
-        def release() -> None:
-            """Shown text per pane: its first k pieces, k the fewest pieces any pane still replying has.
-            A finished pane shows its final text (and counts a turn) only once every pane still replying
-            has gone past its length, so neither the first words nor the end of a reply tell the panes'
-            models apart by timing: only the replies' lengths order their ends."""
-            active = [t for t in targets if t not in done and t not in failed]
-            k = min((len(pieces[t]) for t in active), default=None)
-            for t in targets:
-                if t in failed:
-                    continue
-                if t in done and (k is None or k > len(pieces[t])):  # the others went past its end
-                    shown[t] = final[t]
-                    if t not in counted:
-                        counted.add(t)
-                        by_pane[t].turns += 1
-                        by_pane[t].remaining = max(0, by_pane[t].remaining - 1)
-                else:
-                    shown[t] = visible_so_far("".join(pieces[t][:k or 0]))
-                slots[t]["content"] = shown[t]
-
-        def save(force: bool = False) -> None:
-            nonlocal last_save, unsaved
-            if not force and unsaved < PERSIST_EVERY_DELTAS and time.monotonic() - last_save < PERSIST_INTERVAL_S:
-                return
-            changed = {t: shown[t] for t in targets if t not in done and t not in failed and shown[t] != saved[t]}
-            self.store.update_replies({reply_ids[t]: text for t, text in changed.items()})
-            saved.update(changed)
-            last_save, unsaved = time.monotonic(), 0
-
+        turn = TurnStream(reply_ids)
         finished = False
         events = self.pool.stream_many(requests, cancel=cancel)
         try:
             for pane, event in events:
-                if pane in done or pane in failed:
+                if turn.ended(pane):
                     continue
-                if event.delta:
-                    pieces[pane].append(event.delta)
-                    unsaved += 1
+                turn.delta(pane, event.delta)
                 if event.done and event.reply is None and getattr(event, "error", None):
                     # this pane's model failed (the others go on): keep what was shown, as for an
                     # interrupted reply; the participant is asked to send again below
-                    failed.add(pane)
-                    self._end_reply(reply_ids[pane], shown[pane], "error")
+                    self._end_reply(reply_ids[pane], turn.shown(pane), "error")
+                    turn.fail(pane)
                     slots[pane]["interrupted"] = True
                     log.error("generation failed in conversation %s (pane %s)", conv.id, pane)
                 elif event.done:
-                    done.add(pane)
-                    final[pane] = self._finish(conv, pane, reply_ids[pane], event.reply, "".join(pieces[pane]))
-                release()
-                save()
-                yield self._chat_view(p, conv, base, panes, streaming=len(counted) + len(failed) < len(targets),
-                                      crisis=crisis)
+                    turn.finish(pane, self._finish(conv, pane, reply_ids[pane], event.reply, turn.text(pane)))
+                for done_pane in turn.release():
+                    by_pane[done_pane].turns += 1
+                    by_pane[done_pane].remaining = max(0, by_pane[done_pane].remaining - 1)
+                for t in targets:
+                    slots[t]["content"] = turn.shown(t)
+                self.store.update_replies(turn.due_saves())
+                yield self._chat_view(p, conv, base, panes, streaming=not turn.complete, crisis=crisis)
             finished = True
         except GeneratorExit:
             cancel.set()
@@ -489,10 +452,9 @@ class Study:
             close = getattr(events, "close", None)
             if close is not None:
                 close()  # let the pool release the requests now, not when garbage-collected
-            for t in targets:
-                if t not in done and t not in failed:  # ended early: keep what was shown, marked interrupted
-                    self._end_reply(reply_ids[t], shown[t], "interrupted" if not finished else "error")
-        if len(done) < len(targets):  # the pool ended without finishing a pane
+            for t in turn.unfinished():  # ended early: keep what was shown, marked interrupted
+                self._end_reply(reply_ids[t], turn.shown(t), "interrupted" if not finished else "error")
+        if not turn.all_finished:  # a pane failed, or the pool ended without finishing it
             raise StudyRefusal("A model could not reply just now. Please send your message again.")
         yield self._chat_view(p, conv, base, self._pane_states(conv))
 

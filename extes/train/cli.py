@@ -42,6 +42,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
                    help="save the weights of the best validation (default on)")
     p.add_argument("--save-every", type=int, help="checkpoint every N optimizer steps (always each epoch)")
+    p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=None,
+                   help="under accelerate launch/torchrun: shard the model over the processes (FSDP; method clm) "
+                        "instead of copying it to each (DDP)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run in --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)

@@ -20,6 +20,10 @@ def build_model(cfg: TrainConfig, device: torch.device):
     return model
 
 
-def save_model(model, out: Path, cfg: TrainConfig) -> None:
+def save_model(model, out: Path, cfg: TrainConfig, state_dict: dict | None = None) -> None:
+    """`state_dict`: the full weights, where the model itself holds only this process's shards (FSDP)."""
     model.config.use_cache = True
-    model.save_pretrained(str(out), safe_serialization=True)
+    if state_dict is not None:  # a tied weight once, under the name the model's own save keeps
+        keep = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+        state_dict = {n: t for n, t in state_dict.items() if n in keep}
+    model.save_pretrained(str(out), safe_serialization=True, state_dict=state_dict)

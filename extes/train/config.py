@@ -68,6 +68,7 @@ class TrainConfig:
     save_every: int | None = None  # checkpoint every N optimizer steps (always at each epoch's end)
     resume: bool = False
     overwrite: bool = False
+    fsdp: bool = False  # several processes: shard weights, gradients, optimizer state (FSDP2; method clm)
     progress: bool = True
     # LoRA / QLoRA
     lora_r: int = 8
@@ -146,6 +147,8 @@ class TrainConfig:
             (self.learning_rate > 0, f"lr must be > 0, got {self.learning_rate}"),
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.early_stopping is None or bool(self.valid), "early_stopping needs a validation set (--valid)"),
+            (not self.fsdp or self.method == "clm",
+             f"fsdp is for full fine-tunes (method clm); a {self.method} run trains few weights: use DDP (the default)"),
         ]
         if self.method in ("lora", "qlora"):
             checks += [

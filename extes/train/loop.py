@@ -5,6 +5,11 @@ Two things keep it fast on a CPU without changing what is learnt:
 - batches group examples of similar length and pad only to the longest in the batch;
 - the output layer runs only on positions whose next token is supervised (assistant tokens), not on
   the whole context: for a 49k-token vocabulary that is a fifth of the model's compute per token.
+
+Under `accelerate launch`/`torchrun` the same loop runs in every process (extes.train.distributed): the
+loss is computed by `SupervisedLoss`, the module DDP/FSDP wraps, every process takes its slice of the
+same global batches, and each scales its loss so that the averaged gradients equal one process's over the
+whole batch. Validation is split over the processes and summed; only rank 0 writes checkpoints.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from extes.train.distributed import Dist
 from extes.train.formatting import IGNORE, Encoded, collate, length_grouped_batches, padding_waste
 
 # Model types whose causal-LM head is exactly `lm_head(backbone(...).last_hidden_state)`; others take
@@ -92,20 +98,51 @@ def token_loss(model, batch: dict, full_logits: bool = False) -> tuple[torch.Ten
     return loss, n
 
 
+class SupervisedLoss(torch.nn.Module):
+    """`token_loss` as a module, so that DDP/FSDP wrap the forward that really runs (the fast path calls
+    the backbone and the head directly, which a wrapper around the bare model would never see)."""
+
+    def __init__(self, model, full_logits: bool = False):
+        super().__init__()
+        self.model = model
+        self.full_logits = full_logits
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return token_loss(self.model, batch, full_logits=self.full_logits)[0]
+
+
+def _supervised(batch: dict) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
 @torch.no_grad()
 def evaluate(model, examples: Sequence[Encoded], batch_size: int, pad_id: int, device: torch.device,
-             amp: torch.dtype | None = None) -> dict:
-    """Token-level loss and perplexity on supervised tokens."""
+             amp: torch.dtype | None = None, dist: Dist | None = None,
+             loss_module: torch.nn.Module | None = None) -> dict:
+    """Token-level loss and perplexity on supervised tokens. With several processes each takes every
+    n-th batch (the same number of forwards on each: a process short of one repeats a batch and drops
+    its result) and the sums are added up."""
+    dist = dist or Dist()
+    loss_module = loss_module or SupervisedLoss(model)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     lengths = [len(e) for e in examples]
-    for b in length_grouped_batches(lengths, batch_size, shuffle=False):
+    batches = length_grouped_batches(lengths, batch_size, shuffle=False)
+    rounds = math.ceil(len(batches) / dist.processes)
+    for r in range(rounds):
+        k = r * dist.processes + dist.rank
+        mine = k < len(batches)
+        b = batches[k] if mine else batches[0]
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in b], pad_id).items()}
         with _autocast(device, amp):
-            loss, n = token_loss(model, batch)
-        total += float(loss)
-        count += n
+            loss = loss_module(**batch)
+        if mine:
+            total += float(loss)
+            count += _supervised(batch)
+    total, count = dist.sum(total, count)
+    count = int(count)
     if was_training:
         model.train()
     loss = total / max(count, 1)
@@ -147,6 +184,7 @@ class LoopResult:
     metrics: dict
     best_state: dict | None = None
     history: list = field(default_factory=list)
+    full_state: dict | None = None  # under FSDP: the final weights gathered (rank 0; {} elsewhere)
 
 
 @dataclass
@@ -173,6 +211,7 @@ class TrainState:
     padded: int = 0
     base_valid: dict | None = None  # validation of the untrained model
     stopped_early: bool = False
+    processes: int = 1  # how many processes wrote it (a resume must use as many: the batches depend on it)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -240,6 +279,7 @@ class Checkpoint:
     scheduler: dict
     best_state: dict[str, torch.Tensor] | None
     torch_rng: torch.Tensor
+    rank_rngs: list[torch.Tensor] | None = None  # every process's RNG state, in a multi-process run
 
 
 def _latest_checkpoint(folder: Path | None) -> Path | None:
@@ -253,8 +293,11 @@ def save_checkpoint(folder: Path, ckpt: Checkpoint, keep: int) -> None:
     """Write `folder` (step-NNNNNNN) atomically: a .tmp folder renamed into place; keep the last `keep`."""
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    torch.save({"weights": ckpt.weights, "optimizer": ckpt.optimizer, "best_state": ckpt.best_state,
-                "torch_rng": ckpt.torch_rng}, tmp / TENSORS_FILE)
+    tensors = {"weights": ckpt.weights, "optimizer": ckpt.optimizer, "best_state": ckpt.best_state,
+               "torch_rng": ckpt.torch_rng}
+    if ckpt.rank_rngs is not None:
+        tensors["rank_rngs"] = ckpt.rank_rngs
+    torch.save(tensors, tmp / TENSORS_FILE)
     (tmp / STATE_FILE).write_text(json.dumps({"state": ckpt.state.to_json(), "scheduler": ckpt.scheduler}))
     if folder.exists():
         shutil.rmtree(folder)
@@ -272,7 +315,8 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else saved
     return Checkpoint(state=TrainState.from_json(meta["state"]), weights=saved["weights"],
                       optimizer=saved["optimizer"], scheduler=meta["scheduler"],
-                      best_state=saved.get("best_state"), torch_rng=saved["torch_rng"])
+                      best_state=saved.get("best_state"), torch_rng=saved["torch_rng"],
+                      rank_rngs=saved.get("rank_rngs"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -283,38 +327,61 @@ class _Run:
     """One call of `train`: the model, its optimizer and schedule, and the `TrainState` they advance."""
 
     def __init__(self, model, train_set: Sequence[Encoded], valid_set: Sequence[Encoded], pad_id: int,
-                 opts: LoopOptions, device: torch.device):
+                 opts: LoopOptions, device: torch.device, dist: Dist):
         self.model, self.train_set, self.valid_set = model, train_set, valid_set
-        self.pad_id, self.opts, self.device = pad_id, opts, device
+        self.pad_id, self.opts, self.device, self.dist = pad_id, opts, device, dist
         self.amp = autocast_dtype(device, opts.precision)
         self.lengths = [len(e) for e in train_set]
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
+        if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("the model has no trainable parameters")
+        # wrapped (DDP/FSDP) before the optimizer is built: FSDP replaces the parameters it shards
+        self.loss_module = dist.wrap(SupervisedLoss(model, full_logits=opts.full_logits))
+        self.params = [p for p in self.loss_module.parameters() if p.requires_grad]
         decay = [p for p in self.params if p.ndim >= 2]
         no_decay = [p for p in self.params if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=opts.lr, betas=(0.9, 0.999), eps=1e-8,
         )
-        n_batches = math.ceil(len(train_set) / opts.batch_size)
+        n_batches = math.ceil(len(train_set) / (opts.batch_size * dist.processes))
         self.steps_per_epoch = max(1, math.ceil(n_batches / opts.grad_accum))
         self.total_steps = opts.max_steps or max(1, math.ceil(self.steps_per_epoch * opts.epochs))
         self.n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         warmup = int(round(opts.warmup_ratio * self.total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            cosine_with_warmup(self.total_steps, warmup))
-        self.state = TrainState()
+        self.state = TrainState(processes=dist.processes)
         self.best_state: dict | None = None
 
     # -- pieces ------------------------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's global batches (`batch_size` x processes examples), the same in every process."""
         opts = self.opts
+        size = opts.batch_size * self.dist.processes
         if opts.group_by_length and opts.pad_to is None:
-            return length_grouped_batches(self.lengths, opts.batch_size, seed=opts.seed + epoch)
+            return length_grouped_batches(self.lengths, size, seed=opts.seed + epoch)
         order = list(range(len(self.train_set)))
         random.Random(opts.seed + epoch).shuffle(order)
-        return [order[i:i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
+    def slices(self, batch: list[int]) -> list[list[int]]:
+        """A global batch cut into one slice per process, in rank order (a slice may be empty)."""
+        n = self.dist.processes
+        per = math.ceil(len(batch) / n)
+        return [batch[r * per:(r + 1) * per] for r in range(n)]
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trainable weights by the bare model's names; under FSDP (a full fine-tune: everything
+        trains) the whole state gathered, tied weights under each name, on rank 0 only."""
+        if not self.dist.fsdp:
+            return trainable_state(self.model)
+        return {n.removeprefix("model."): t for n, t in self.dist.full_state(self.loss_module).items()}
+
+    def load_weights(self, state: dict[str, torch.Tensor], from_rank0: bool = False) -> None:
+        if self.dist.fsdp:
+            self.dist.load_full_state(self.loss_module, {f"model.{n}": t for n, t in state.items()}, from_rank0)
+        else:
+            load_trainable_state(self.model, state)
 
     def resume(self) -> bool:
         """Continue from the latest checkpoint, when asked and there is one."""
@@ -322,35 +389,53 @@ class _Run:
         if folder is None:
             return False
         ckpt = load_checkpoint(folder)
-        load_trainable_state(self.model, ckpt.weights)
-        self.optimizer.load_state_dict(ckpt.optimizer)
+        if ckpt.state.processes != self.dist.processes:
+            raise ValueError(f"{folder}: written by a run of {ckpt.state.processes} process(es); resume it with "
+                             f"as many (this run has {self.dist.processes}), or the batches would differ")
+        self.load_weights(ckpt.weights)
+        if self.dist.fsdp:
+            self.dist.load_full_optimizer_state(self.loss_module, self.optimizer, ckpt.optimizer)
+        else:
+            self.optimizer.load_state_dict(ckpt.optimizer)
         self.scheduler.load_state_dict(ckpt.scheduler)
         self.state, self.best_state = ckpt.state, ckpt.best_state
-        torch.set_rng_state(ckpt.torch_rng)
-        print(f"resumed from {folder} at step {self.state.step}")
+        torch.set_rng_state(ckpt.rank_rngs[self.dist.rank] if ckpt.rank_rngs else ckpt.torch_rng)
+        if self.dist.is_main:
+            print(f"resumed from {folder} at step {self.state.step}")
         return True
 
     def checkpoint(self) -> None:
+        """Rank 0 writes (the weights and optimizer state are the same in every DDP process); every
+        process's RNG state goes in, so that a resumed run draws what the unbroken one would have."""
         if self.opts.checkpoint_dir is None:
             return
-        save_checkpoint(self.opts.checkpoint_dir / f"step-{self.state.step:07d}", Checkpoint(
-            state=self.state, weights=trainable_state(self.model), optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(), best_state=self.best_state, torch_rng=torch.get_rng_state(),
-        ), self.opts.keep_checkpoints)
+        rngs = self.dist.gather(torch.get_rng_state())
+        weights = self.trainable_state()
+        if self.dist.fsdp:  # gathered onto rank 0, by parameter name
+            optimizer = self.dist.full_optimizer_state(self.loss_module, self.optimizer)
+        else:
+            optimizer = self.optimizer.state_dict()
+        if self.dist.is_main:
+            save_checkpoint(self.opts.checkpoint_dir / f"step-{self.state.step:07d}", Checkpoint(
+                state=self.state, weights=weights, optimizer=optimizer, scheduler=self.scheduler.state_dict(),
+                best_state=self.best_state, torch_rng=rngs[0], rank_rngs=rngs if self.dist.active else None,
+            ), self.opts.keep_checkpoints)
+        self.dist.barrier()
 
     def validate(self, tag: str) -> dict | None:
         """Validation loss now; tracks the best (and its weights) and the validations without improvement."""
         if not self.valid_set:
             return None
         st = self.state
-        r = evaluate(self.model, self.valid_set, self.opts.batch_size, self.pad_id, self.device, self.amp)
+        r = evaluate(self.model, self.valid_set, self.opts.batch_size, self.pad_id, self.device, self.amp,
+                     dist=self.dist, loss_module=self.loss_module)
         r = {"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 3), "valid_loss": r["loss"],
              "valid_ppl": r["ppl"], "at": tag}
         st.evals.append(r)
         if st.best is None or r["valid_loss"] < st.best["valid_loss"] - 1e-6:
             st.best, st.bad_evals = r, 0
             if self.opts.keep_best:
-                self.best_state = trainable_state(self.model)
+                self.best_state = self.trainable_state()
         else:
             st.bad_evals += 1
         return r
@@ -360,25 +445,45 @@ class _Run:
         if self.opts.keep_best:  # the untrained model is not a candidate for "best": training must improve on it
             self.state.best, self.state.bad_evals, self.best_state = None, 0, None
 
+    def count(self, rows: list[int]) -> None:
+        """Padded, real and supervised tokens of one process's slice (every process counts every slice)."""
+        if not rows:
+            return
+        width = self.opts.pad_to or max(self.lengths[i] for i in rows)
+        self.state.padded += width * len(rows)
+        for i in rows:
+            labels = self.train_set[i].labels[:width]
+            self.state.train_tokens += len(labels)
+            self.state.sup_tokens += sum(1 for x in labels[1:] if x != IGNORE)
+
     def step(self, group: list[list[int]]) -> tuple[float, int]:
-        """One optimizer step over `group` (grad_accum micro-batches); (summed loss, supervised tokens)."""
-        st, opts = self.state, self.opts
+        """One optimizer step over `group` (grad_accum global batches); (summed loss, supervised tokens).
+
+        Each process's loss is divided by the supervised tokens of the whole step (all processes) and
+        multiplied by the number of processes, since DDP averages the gradients: the result is one
+        process's gradient over everything. A process whose slice is empty runs the batch's first example
+        with its loss times 0, so that every process joins every gradient all-reduce."""
+        st, opts, dist = self.state, self.opts, self.dist
         t0 = time.perf_counter()
-        examples = [[self.train_set[i] for i in b] for b in group]
-        n_sup = sum(e.n_supervised for ex in examples for e in ex) or 1
+        n_sup = sum(self.train_set[i].n_supervised for b in group for i in b) or 1
         step_loss = 0.0
-        for ex in examples:
-            batch = collate(ex, self.pad_id, pad_to=opts.pad_to)
-            st.padded += batch["input_ids"].numel()
-            st.train_tokens += int(batch["attention_mask"].sum())
+        for j, global_batch in enumerate(group):
+            slices = self.slices(global_batch)
+            for rows in slices:
+                self.count(rows)
+            mine = slices[dist.rank]
+            batch = collate([self.train_set[i] for i in (mine or global_batch[:1])], self.pad_id, pad_to=opts.pad_to)
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            with _autocast(self.device, self.amp):
-                loss_sum, n = token_loss(self.model, batch, full_logits=opts.full_logits)
-            (loss_sum / n_sup).backward()
+            with dist.no_sync(self.loss_module, skip=j < len(group) - 1):
+                with _autocast(self.device, self.amp):
+                    loss_sum = self.loss_module(**batch)
+                if not mine:
+                    loss_sum = loss_sum * 0.0
+                (loss_sum * (dist.processes / n_sup)).backward()
             step_loss += float(loss_sum.detach())
-            st.sup_tokens += n
+        step_loss = dist.sum(step_loss)[0]
         if opts.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, opts.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.params, opts.max_grad_norm)  # DTensors under FSDP: global norm
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -460,19 +565,24 @@ class _Run:
             "n_valid_examples": len(self.valid_set),
             "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
             "device": str(self.device),
+            "processes": self.dist.processes,
+            "parallelism": "fsdp" if self.dist.fsdp else "ddp" if self.dist.active else "none",
+            "global_batch_size": opts.batch_size * self.dist.processes * opts.grad_accum,
         }
 
 
 def train(model, train_set: Sequence[Encoded], valid_set: Sequence[Encoded], pad_id: int,
-          opts: LoopOptions, device: torch.device | None = None) -> LoopResult:
-    """Train `model` (its trainable parameters) in place; returns metrics and the best trainable state."""
+          opts: LoopOptions, device: torch.device | None = None, dist: Dist | None = None) -> LoopResult:
+    """Train `model` (its trainable parameters) in place; returns metrics and the best trainable state.
+    `dist`: this process's place in a multi-process run (extes.train.distributed.init); one process if None."""
     if not train_set:
         raise ValueError("no training examples (every dialogue was empty or had no assistant turn)")
-    run = _Run(model, train_set, valid_set, pad_id, opts, device or next(model.parameters()).device)
+    dist = dist or Dist()
+    run = _Run(model, train_set, valid_set, pad_id, opts, device or next(model.parameters()).device, dist)
     if not run.resume() and opts.eval_at_start and valid_set:
         run.validate_untrained()
     bar = None
-    if opts.progress:
+    if opts.progress and dist.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=run.total_steps, initial=run.state.step, desc="train", unit="step", dynamic_ncols=True)
@@ -483,5 +593,6 @@ def train(model, train_set: Sequence[Encoded], valid_set: Sequence[Encoded], pad
         bar.close()
     metrics = run.metrics()
     if opts.keep_best and run.best_state is not None:
-        load_trainable_state(model, run.best_state)
-    return LoopResult(metrics=metrics, best_state=run.best_state, history=run.state.history)
+        run.load_weights(run.best_state, from_rank0=True)
+    full = run.trainable_state() if dist.fsdp else None
+    return LoopResult(metrics=metrics, best_state=run.best_state, history=run.state.history, full_state=full)

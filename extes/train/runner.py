@@ -6,6 +6,10 @@ Output folder (`results/runs/<name>/` by default):
   metrics.json, README.md (model card), checkpoints/ (for --resume; removed after a successful run).
 Final files are written to a temporary folder first and moved into place, so a crash never leaves a
 half-written run over an older one.
+
+Under `accelerate launch` or `torchrun` every process runs this same function (extes.train.distributed):
+each reads and encodes the data, builds the model on its own device and trains its slice of each batch;
+rank 0 alone writes checkpoints and the final files, the others wait for it.
 """
 
 from __future__ import annotations
@@ -66,8 +70,8 @@ def train_run(cfg: TrainConfig) -> Path:
     """Run one training as configured; returns the output folder."""
     import torch
 
-    from extes.train.card import model_card
-    from extes.train.loop import LoopOptions, pick_device, train
+    from extes.train.distributed import init
+    from extes.train.loop import LoopOptions, train
 
     t_start = time.perf_counter()
     validate(cfg)
@@ -83,13 +87,15 @@ def train_run(cfg: TrainConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
+    dist, device = init(cfg.device, fsdp=cfg.fsdp)
     module = method_module(cfg.method)
     model = module.build_model(cfg, device)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
-    if cfg.overwrite and not cfg.resume and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.overwrite and not cfg.resume and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)
+    dist.barrier()
     opts = LoopOptions(
         epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate, batch_size=cfg.batch_size,
         grad_accum=cfg.grad_accum, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
@@ -98,7 +104,10 @@ def train_run(cfg: TrainConfig) -> Path:
         save_every=cfg.save_every, checkpoint_dir=ckpt_dir, resume=cfg.resume, progress=cfg.progress,
         precision=cfg.precision,
     )
-    result = train(model, train_set, valid_set, tok.pad_token_id, opts, device=device)
+    result = train(model, train_set, valid_set, tok.pad_token_id, opts, device=device, dist=dist)
+    if not dist.is_main:
+        dist.barrier()  # rank 0 writes the run
+        return out
     metrics = {
         "run": cfg.run_name, "method": cfg.method, "base": cfg.base, "strategies": cfg.strategies,
         "n_train_dialogues": len(train_d), "n_valid_dialogues": len(valid_d),
@@ -108,13 +117,26 @@ def train_run(cfg: TrainConfig) -> Path:
     if metrics["best"]:
         metrics["valid_ppl"] = metrics["best"]["valid_ppl"]
         metrics["valid_loss"] = metrics["best"]["valid_loss"]
+    _save_run(cfg, module, model, tok, metrics, result.full_state)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    dist.barrier()
+    return out
 
+
+def _save_run(cfg: TrainConfig, module, model, tok, metrics: dict, full_state: dict | None) -> None:
+    """The final files, written to a temporary folder and moved into `cfg.out_dir`."""
+    from extes.train.card import model_card
+
+    out = cfg.out_dir
     tmp = out / f".saving-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        module.save_model(model, tmp, cfg)
+        if full_state is not None:  # FSDP: the model holds shards; save the gathered weights
+            module.save_model(model, tmp, cfg, state_dict=full_state)
+        else:
+            module.save_model(model, tmp, cfg)
         tok.save_pretrained(str(tmp))
         cfg.save(tmp / "training_config.json")
         _write_json(tmp / "metrics.json", metrics)
@@ -123,8 +145,6 @@ def train_run(cfg: TrainConfig) -> Path:
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return out
 
 
 def load_trained(run_dir: str | Path, device: str | None = None):

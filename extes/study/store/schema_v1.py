@@ -1,7 +1,7 @@
 """The study database's schema as migration 1 created it (frozen: never edit).
 
 Migrations build on this: migration 1 creates exactly these tables, later migrations alter them. The live
-table definitions in `extes.study.store` describe the newest version.
+table definitions in `extes.study.store.schema` describe the newest version.
 """
 
 from __future__ import annotations

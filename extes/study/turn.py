@@ -1,0 +1,150 @@
+"""One send's replies, pane by pane, as they stream: what is shown now and what must be saved now.
+
+`TurnStream` holds the two rules that make a turn blind and durable, and nothing else (no store, no pool,
+no threads), so a test drives it with scripted events:
+
+- **Blinding.** The panes' text is released in step: a pane shows its first k pieces, k the fewest pieces
+  any pane still replying has produced, so a pane whose model starts later (one that writes a strategy tag
+  first, which is held back) is not the last to show its first words. A finished pane shows its final text,
+  and counts a turn, only once every pane still replying has gone past its length: only the replies'
+  lengths order their ends, not the models' speed.
+- **Durability.** What is saved is what was shown: a reply still streaming is saved as its released text
+  (never text the page has not shown), at least every `persist_interval_s` or every `persist_every` pieces,
+  whichever comes first. A finished reply is saved by its caller with its final text; a failed one keeps
+  what was shown.
+
+    turn = TurnStream({"A": 11, "B": 12}, clock=time.monotonic)
+    turn.delta("A", "Hello")            # a piece arrived
+    turn.finish("B", "Final text.")     # a pane's model finished; the final (stripped) text
+    turn.fail("A")                      # a pane's model failed
+    turn.release()                      # -> panes that completed a turn just now
+    turn.shown("A")                     # what pane A shows now
+    turn.due_saves()                    # -> {reply id: text} to write now
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from extes.study.blinding import visible_so_far
+
+PERSIST_INTERVAL_S = 0.25  # a streaming reply's shown text is written at least this often ...
+PERSIST_EVERY_DELTAS = 16  # ... or after this many pieces, whichever comes first
+
+
+class PaneStatus(StrEnum):
+    STREAMING = "streaming"
+    FINISHED = "finished"  # the model finished; shown in full once the others pass its length
+    FAILED = "failed"
+
+
+@dataclass
+class PaneStream:
+    """One pane's reply in this turn."""
+
+    reply_id: int
+    pieces: list[str] = field(default_factory=list)
+    status: PaneStatus = PaneStatus.STREAMING
+    final: str = ""  # the final shown text, once finished
+    shown: str = ""  # what the page shows now
+    saved: str = ""  # what the store holds for it (while streaming)
+    counted: bool = False  # its turn is complete on screen
+
+
+class TurnStream:
+    """The blinding and durability rules of one send (module docstring)."""
+
+    def __init__(self, reply_ids: dict[str, int], *, clock: Callable[[], float] = time.monotonic,
+                 persist_interval_s: float = PERSIST_INTERVAL_S, persist_every: int = PERSIST_EVERY_DELTAS):
+        self.panes: dict[str, PaneStream] = {pane: PaneStream(rid) for pane, rid in reply_ids.items()}
+        self._clock = clock
+        self._interval = persist_interval_s
+        self._every = persist_every
+        self._last_save = clock()
+        self._unsaved = 0
+
+    # ------------------------------------------------------------------------------ events
+
+    def ended(self, pane: str) -> bool:
+        """Whether the pane's model is done (finished or failed): later events for it are ignored."""
+        return self.panes[pane].status is not PaneStatus.STREAMING
+
+    def delta(self, pane: str, text: str) -> None:
+        """A piece of the pane's reply arrived."""
+        p = self.panes[pane]
+        if p.status is PaneStatus.STREAMING and text:
+            p.pieces.append(text)
+            self._unsaved += 1
+
+    def finish(self, pane: str, final_text: str) -> None:
+        """The pane's model finished; `final_text` is what the pane will show (tags stripped, trimmed)."""
+        p = self.panes[pane]
+        if p.status is PaneStatus.STREAMING:
+            p.status, p.final = PaneStatus.FINISHED, final_text
+
+    def fail(self, pane: str) -> None:
+        """The pane's model failed: it keeps what it showed, and stops holding the others back."""
+        p = self.panes[pane]
+        if p.status is PaneStatus.STREAMING:
+            p.status = PaneStatus.FAILED
+
+    # ------------------------------------------------------------------------------ what is shown
+
+    def _step(self) -> int | None:
+        """How many pieces every pane may show: the fewest any pane still streaming has (None: none is)."""
+        return min((len(p.pieces) for p in self.panes.values() if p.status is PaneStatus.STREAMING), default=None)
+
+    def release(self) -> list[str]:
+        """Update what each pane shows; returns the panes whose turn completed on screen just now."""
+        k = self._step()
+        completed = []
+        for pane, p in self.panes.items():
+            if p.status is PaneStatus.FAILED:
+                continue
+            if p.status is PaneStatus.FINISHED and (k is None or k > len(p.pieces)):  # the others went past it
+                p.shown = p.final
+                if not p.counted:
+                    p.counted = True
+                    completed.append(pane)
+            else:
+                p.shown = visible_so_far("".join(p.pieces[:k or 0]))
+        return completed
+
+    def shown(self, pane: str) -> str:
+        return self.panes[pane].shown
+
+    def text(self, pane: str) -> str:
+        """Everything the pane's model has written so far (raw, tags and all)."""
+        return "".join(self.panes[pane].pieces)
+
+    @property
+    def complete(self) -> bool:
+        """Every pane has either completed its turn on screen or failed."""
+        return all(p.counted or p.status is PaneStatus.FAILED for p in self.panes.values())
+
+    @property
+    def all_finished(self) -> bool:
+        """Every pane's model finished (none failed, none cut short)."""
+        return all(p.status is PaneStatus.FINISHED for p in self.panes.values())
+
+    def unfinished(self) -> Iterable[str]:
+        """Panes whose model neither finished nor failed (the stream ended early)."""
+        return [pane for pane, p in self.panes.items() if p.status is PaneStatus.STREAMING]
+
+    # ------------------------------------------------------------------------------ what is saved
+
+    def due_saves(self, force: bool = False) -> dict[int, str]:
+        """{reply id: shown text} of the streaming replies whose shown text changed since their last save,
+        when a save is due (or `force`); marks them saved. Empty when no save is due."""
+        now = self._clock()
+        if not force and self._unsaved < self._every and now - self._last_save < self._interval:
+            return {}
+        out = {}
+        for p in self.panes.values():
+            if p.status is PaneStatus.STREAMING and p.shown != p.saved:
+                out[p.reply_id] = p.saved = p.shown
+        self._last_save, self._unsaved = now, 0
+        return out
