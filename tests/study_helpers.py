@@ -192,3 +192,40 @@ def chromium_browser():
             yield browser
         finally:
             browser.close()
+
+
+class Named(dict):
+    """An API result by output name; a name that is not there (or that two outputs share) says which are."""
+
+    def __init__(self, values: dict, api_name: str, ambiguous: set[str]):
+        super().__init__(values)
+        self.api_name, self.ambiguous = api_name, ambiguous
+
+    def __missing__(self, name):
+        why = "is shared by several outputs" if name in self.ambiguous else "is not an output"
+        raise KeyError(f"{name!r} {why} of {self.api_name}; named outputs: {sorted(self)}")
+
+
+def named(client, api_name: str, result) -> Named:
+    """A gradio_client result (the endpoint's outputs as an ordered tuple) as {name: value}, named by each
+    output component's elem_id, else its label, as the app's config gives them, so tests name components,
+    never positions. Follows the client in leaving out layouts and states (they are not in the result)."""
+    from gradio_client.utils import SKIP_COMPONENTS
+
+    endpoint = next((e for e in client.endpoints.values() if e.api_name == api_name), None)
+    if endpoint is None:
+        raise KeyError(f"no endpoint {api_name} in the app's API")
+    props = {c["id"]: c for c in client.config["components"]}
+    kept = [props[i] for i in endpoint.dependency["outputs"]
+            if not props[i].get("skip_api", props[i]["type"] in SKIP_COMPONENTS)]
+    values = list(result) if len(kept) > 1 else [result]
+    if len(values) != len(kept):
+        raise ValueError(f"{api_name} returned {len(values)} values for {len(kept)} outputs")
+    names = [c["props"].get("elem_id") or c["props"].get("label") or f"{c['type']}#{c['id']}" for c in kept]
+    ambiguous = {n for n in names if names.count(n) > 1}
+    return Named({n: v for n, v in zip(names, values) if n not in ambiguous}, api_name, ambiguous)
+
+
+def call(client, *args, api_name: str) -> Named:
+    """client.predict(*args, api_name=...) with its outputs named (see `named`)."""
+    return named(client, api_name, client.predict(*args, api_name=api_name))

@@ -195,7 +195,7 @@ def test_missing_dataset_and_unknown_code_are_clear_errors(store, tmp_path):
 def test_annotate_page_through_gradio_client(tmp_path):
     """The /annotate page's endpoints: new judge code, blind item, incomplete form refused, full form stored."""
     from gradio_client import Client
-    from study_helpers import ARM_NAMES, FakePool, ServerThread, full_answers
+    from study_helpers import ARM_NAMES, FakePool, ServerThread, call, full_answers
     from study_helpers import make_protocol as study_protocol
 
     from extes.study.app import build_app
@@ -213,9 +213,9 @@ def test_annotate_page_through_gradio_client(tmp_path):
     [code] = ann.invite_judges(store, protocol, 1)
     with ServerThread(build_app(protocol, store, FakePool(), study=study)) as srv:
         client = Client(srv.url + "annotate/", verbose=False)
-        out = client.predict(code, api_name="/annotate_login")
-        assert out[0] == code and out[1].isdigit()
-        assignment_id = out[1]
+        out = call(client, code, api_name="/annotate_login")
+        assert out["judge code"] == code and out["assignment"].isdigit()
+        assignment_id = out["assignment"]
         shown = json.dumps(out, default=str)
         assert not any(name in shown for name in ARM_NAMES)
         assert "&lt;b&gt;scare&lt;/b&gt;" in shown and "<b>scare" not in shown
@@ -229,8 +229,42 @@ def test_annotate_page_through_gradio_client(tmp_path):
             client.predict(v.code, assignment_id, *(["tie"] * n_pairs + [None] * n_likert), api_name="/annotate_submit")
         with pytest.raises(Exception, match="unknown code"):
             client.predict(v.code, api_name="/annotate_login")
-        out = client.predict(code, assignment_id, *(["tie"] * n_pairs + [None] * n_likert), api_name="/annotate_submit")
-        assert out[1] == ""  # nothing left
+        out = call(client, code, assignment_id, *(["tie"] * n_pairs + [None] * n_likert),
+                   api_name="/annotate_submit")
+        assert out["assignment"] == ""  # nothing left
     frame = store.votes_frame("judge")
     assert len(frame) == 15 and set(frame["outcome"]) == {"tie"}
     store.close()
+
+
+def test_judge_page_updates_name_their_components(store, tmp_path):
+    """AnnotateUI's handlers return {component: update} for exactly its outputs: a study conversation opens
+    the three panes, a dataset dialogue the single one, and the end hides both."""
+    import gradio as gr
+
+    from extes.study.ui_annotate import render_annotate
+
+    protocol = make_protocol(tmp_path, judges=1, dataset=str(write_dataset(tmp_path, n=1)))
+    rated_conversation(store)
+    [code] = ann.invite_judges(store, protocol, 1)
+    with gr.Blocks():
+        page = render_annotate(store, protocol)
+    kinds = []
+    out = page.on_login(code)
+    while out[page.assignment_box]:
+        assert set(out) == set(page.outputs) and out[page.code_box] == code
+        assert out[page.submit_btn]["visible"] is True and out[page.login_col]["visible"] is False
+        conv, dlg = out[page.conv_col]["visible"], out[page.dlg_col]["visible"]
+        assert conv != dlg
+        if conv:
+            kinds.append("conversation")
+            assert all(out[chat][-1]["content"].startswith("reply from") for chat in page.chats)
+            values = ["tie"] * len(page.pair_radios) + [None] * len(page.likert_radios)
+        else:
+            kinds.append("dialogue")
+            assert out[page.dlg_chat][0]["content"] == "I am stressed 0" and all(out[c] == [] for c in page.chats)
+            values = [None] * len(page.pair_radios) + ["2"] * len(page.likert_radios)
+        out = page.on_submit(code, out[page.assignment_box], *values)
+    assert sorted(kinds) == ["conversation", "dialogue"]
+    assert set(out) == set(page.outputs) and "nothing more for you to judge" in out[page.status_md]
+    assert out[page.submit_btn]["visible"] is False and out[page.conv_col]["visible"] is False

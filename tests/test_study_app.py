@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from study_helpers import ARM_NAMES, ServerThread, free_port, protocol_dict, tiny_arm_dicts
+from study_helpers import ARM_NAMES, ServerThread, call, free_port, protocol_dict, tiny_arm_dicts
 
 from extes.study.app_cli import resolve_address
 from extes.study.store import STREAM_STALE_S, Store
 
 REPO = Path(__file__).resolve().parents[1]
-N_FULL = None  # filled from the API: number of outputs of the full-page endpoints
+PANES = ("Model A", "Model B", "Model C")  # the chats' labels: how the tests name them in API results
 
 
 @pytest.fixture(scope="module")
@@ -81,37 +81,37 @@ def test_participant_flow_through_gradio_client(served, study_files):
     server, store = served
     c = client_for(server.url)
     seen: list[str] = []
-    r = c.predict(api_name="/consent")
+    r = call(c, api_name="/consent")
     seen.append(json.dumps(r, default=str))
-    code = r[0]
-    assert code and r[1] == ""
-    r = c.predict(code, "Academic Stress", "exams", api_name="/start")
+    code = r["code"]
+    assert code and r["conversation"] == ""
+    r = call(c, code, "Academic Stress", "exams", api_name="/start")
     seen.append(json.dumps(r, default=str))
-    conv = r[1]
+    conv = r["conversation"]
     assert conv.startswith("c-")
     for endpoint in ("/send_a", "/send_b", "/send_c", "/send_all"):
-        out = c.predict(code, conv, "<script>alert(1)</script> hello", api_name=endpoint)
+        out = call(c, code, conv, "<script>alert(1)</script> hello", api_name=endpoint)
         seen.append(json.dumps(out, default=str))
-    chats = [texts(v) for v in out[1:4]]
+    chats = [texts(out[pane]) for pane in PANES]
     assert all(len(ch) == 4 for ch in chats)  # two turns in every pane
     assert chats[0][0] == ("user", "&lt;script&gt;alert(1)&lt;/script&gt; hello")  # shown as text
-    assert "Every model has enough replies" in out[7]
+    assert "Every model has enough replies" in out["rate-hint"]
     assert len(store.messages(conv)) == 12
 
     # Resume by code (a refresh or another device) shows exactly the same panes.
-    r = c.predict(code, api_name="/resume")
+    r = call(c, code, api_name="/resume")
     seen.append(json.dumps(r, default=str))
-    assert r[1] == conv and [texts(v) for v in r[9:12]] == chats
+    assert r["conversation"] == conv and [texts(r[pane]) for pane in PANES] == chats
 
     radios = ["left", "tie", "right"] * 5
-    r = c.predict(code, conv, *radios, "fine", api_name="/rate")
+    r = call(c, code, conv, *radios, "fine", api_name="/rate")
     seen.append(json.dumps(r, default=str))
     votes = store.votes_frame()
     assert len(votes[votes["conversation_id"] == conv]) == 15
     assert sorted(set(votes["outcome"])) == ["a", "b", "tie"]
-    r = c.predict(code, api_name="/next")
+    r = call(c, code, api_name="/next")
     seen.append(json.dumps(r, default=str))
-    assert r[0] == code and r[1] == ""  # the setup page for conversation 2
+    assert r["code"] == code and r["conversation"] == ""  # the setup page for conversation 2
 
     blob = "\n".join(seen)
     for secret in secrets_of(study_files):
@@ -123,9 +123,9 @@ def test_refusals_over_the_api_change_nothing(served):
 
     server, store = served
     c = client_for(server.url)
-    me = c.predict(api_name="/consent")[0]
-    conv = c.predict(me, "Career Transitions", "", api_name="/start")[1]
-    other = c.predict(api_name="/consent")[0]
+    me = call(c, api_name="/consent")["code"]
+    conv = call(c, me, "Career Transitions", "", api_name="/start")["conversation"]
+    other = call(c, api_name="/consent")["code"]
     before = store.counts()
     with pytest.raises(AppError, match="does not belong"):
         c.predict(other, conv, "hi", api_name="/send_a")
@@ -146,8 +146,8 @@ def test_blinding_page_config_and_api_info(served, study_files):
     pages = [fetch(server.url + p) for p in ("", "config", "gradio_api/info", "gradio_api/info?all_endpoints=true")]
     assert "Model A" in pages[1] and "Model C" in pages[1]
     c = client_for(server.url)
-    code = c.predict(api_name="/consent")[0]
-    conv = c.predict(code, "Academic Stress", "", api_name="/start")[1]
+    code = call(c, api_name="/consent")["code"]
+    conv = call(c, code, "Academic Stress", "", api_name="/start")["conversation"]
     with pytest.raises(AppError) as err:
         c.predict(code, "c-000000000000", "hi", api_name="/send_a")
     blob = "\n".join(pages + [str(err.value)])
@@ -201,11 +201,11 @@ def test_kill_9_during_a_conversation_then_restart_loses_nothing(study_files, tm
     proc = _start_app(study_files["protocol"], db, port, tmp_path / "log1.txt")
     try:
         c = client_for(f"http://127.0.0.1:{port}/")
-        code = c.predict(api_name="/consent")[0]
-        conv = c.predict(code, "Anxiety and Panic", "", api_name="/start")[1]
-        out = c.predict(code, conv, "first message", api_name="/send_all")
-        out = c.predict(code, conv, "second message", api_name="/send_b")
-        shown = [texts(v) for v in out[1:4]]
+        code = call(c, api_name="/consent")["code"]
+        conv = call(c, code, "Anxiety and Panic", "", api_name="/start")["conversation"]
+        out = call(c, code, conv, "first message", api_name="/send_all")
+        out = call(c, code, conv, "second message", api_name="/send_b")
+        shown = [texts(out[pane]) for pane in PANES]
         job = c.submit(code, conv, "third, maybe cut off", api_name="/send_all")  # in flight when killed
         time.sleep(0.2)
     finally:
@@ -222,19 +222,19 @@ def test_kill_9_during_a_conversation_then_restart_loses_nothing(study_files, tm
     proc = _start_app(study_files["protocol"], db, port, tmp_path / "log2.txt")
     try:
         c = client_for(f"http://127.0.0.1:{port}/")
-        r = c.predict(code, api_name="/resume")
-        assert r[1] == conv
-        for chat, value in zip(shown, r[9:12]):
-            assert texts(value)[: len(chat)] == chat
+        r = call(c, code, api_name="/resume")
+        assert r["conversation"] == conv
+        for chat, pane in zip(shown, PANES):
+            assert texts(r[pane])[: len(chat)] == chat
         # The conversation goes on. A reply the dead process was still writing blocks its pane until
         # its heartbeat is stale (STREAM_STALE_S): until then a send is refused as a hint (outputs skipped).
         deadline = time.time() + STREAM_STALE_S + 20
         while True:
-            out = c.predict(code, conv, "after the restart", api_name="/send_c")
-            if isinstance(out[3], list) or time.time() > deadline:
+            out = call(c, code, conv, "after the restart", api_name="/send_c")
+            if isinstance(out["Model C"], list) or time.time() > deadline:
                 break
             time.sleep(1)
-        assert texts(out[3])[-2][1] == "after the restart"
+        assert texts(out["Model C"])[-2][1] == "after the restart"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -253,11 +253,11 @@ def test_concurrent_participants_through_the_api_never_mix(served):
     def participant(i: int):
         try:
             c = client_for(server.url)
-            code = c.predict(api_name="/consent")[0]
-            conv = c.predict(code, "Academic Stress", "", api_name="/start")[1]
+            code = call(c, api_name="/consent")["code"]
+            conv = call(c, code, "Academic Stress", "", api_name="/start")["conversation"]
             for t in range(2):
-                out = c.predict(code, conv, f"participant {i} says {t}", api_name="/send_all")
-            results[i] = [texts(v) for v in out[1:4]] + [conv]
+                out = call(c, code, conv, f"participant {i} says {t}", api_name="/send_all")
+            results[i] = [texts(out[pane]) for pane in PANES] + [conv]
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 

@@ -175,3 +175,28 @@ def test_csv_exports_load_in_the_analysis_layer(setup, tmp_path):
     assert len(ratings[ratings["source"] != "pairwise"]) == 5 * (n_items - judged)
     assert len(ratings[ratings["source"] == "pairwise"]) == 15 * (2 + judged)
     load_ratings(str(paths[2]), require_pairs=False)
+
+
+def test_dashboard_handlers_name_every_component_they_update(setup, monkeypatch):
+    """Each dashboard handler returns {component: update} for exactly the outputs its event lists, so a
+    component added to the page shifts nothing; the values land on the components they describe."""
+    protocol, store, study = setup
+    monkeypatch.setenv(ui.PASSWORD_ENV, "s3cret")
+    (cid,) = run_participants(study, 1, risky=True)
+    demo = ui.build_research_ui(protocol, store)
+    fns = {}
+    for block_fn in demo.fns.values():
+        fns.setdefault(block_fn.name, block_fn)  # a handler wired to several triggers has one name
+    by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    calls = {"login": ("s3cret",), "refresh": (True, ARM_NAMES[0], "participant"), "show": (True, cid),
+             "platform": (True,), "invite": (True, 1), "export": (True,)}
+    out = {}
+    for name, args in calls.items():
+        out[name] = fns[name].fn(*args)
+        assert set(out[name]) == set(fns[name].outputs), name
+    assert True in out["login"].values()
+    assert "| Participants | 1 |" in out["refresh"][by_id["research-counts"]]
+    assert "research-download/" in out["export"][by_id["research-download"]]
+    assert "New judge codes" in out["invite"][by_id["research-invites"]]
+    assert "No participant has arrived" in out["platform"][by_id["research-platform"]]
+    assert cid in next(v for v in out["show"].values() if isinstance(v, str))

@@ -26,7 +26,7 @@ from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import PANES, Protocol
 from extes.study.records import Participant
 from extes.study.store import Store
-from extes.study.ui_participant import StrictTextbox, _request, safe_text, with_request
+from extes.study.ui_participant import StrictTextbox, Updates, _request, safe_text, with_request
 
 log = logging.getLogger(__name__)
 
@@ -62,35 +62,37 @@ class AnnotateUI:
 
     # ------------------------------------------------------------------------------ rendering
 
-    def _updates(self, judge: Participant | None, message: str = "") -> list[Any]:
-        """Updates for self.outputs: the judge's next item (or the login / all-done state)."""
-        empty_form = [gr.update(value=None) for _ in self.pair_radios + self.likert_radios]
+    def _updates(self, judge: Participant | None, message: str = "") -> Updates:
+        """An update for every component in self.outputs: the judge's next item (or the login / all-done
+        state), keyed by component."""
+        updates: Updates = {radio: gr.update(value=None) for radio in self.pair_radios + self.likert_radios}
+        # no item open (the panes of one kind are shown below, over these)
+        updates |= {self.conv_col: gr.update(visible=False), **{chat: [] for chat in self.chats},
+                    self.dlg_col: gr.update(visible=False), self.scene_md: "", self.dlg_chat: [],
+                    self.submit_btn: gr.update(visible=False)}
         if judge is None:
-            return ["", "", gr.update(visible=True), gr.update(value="", visible=False), message,
-                    gr.update(visible=False), [], [], [], gr.update(visible=False), "", [],
-                    gr.update(visible=False), *empty_form]
+            return updates | {self.code_box: "", self.assignment_box: "", self.login_col: gr.update(visible=True),
+                              self.code_md: gr.update(value="", visible=False), self.status_md: message}
         ann.sync_items(self.store, self.protocol)
         a = ann.next_assignment(self.store, self.protocol, judge.id)
         prog = ann.progress(self.store, self.protocol, judge.id)
         code_md = (f"Your judge code: **{judge.code}** (keep it: it brings you back to your next item). "
                    f"Items done: {prog['done']}.")
+        updates |= {self.code_box: judge.code, self.login_col: gr.update(visible=False),
+                    self.code_md: gr.update(value=code_md, visible=True)}
         if a is None:
             text = (message + "\n\n" if message else "") + (
                 "### Thank you!\nThere is nothing more for you to judge right now. Please come back later.")
-            return [judge.code, "", gr.update(visible=False), gr.update(value=code_md, visible=True), text,
-                    gr.update(visible=False), [], [], [], gr.update(visible=False), "", [],
-                    gr.update(visible=False), *empty_form]
+            return updates | {self.assignment_box: "", self.status_md: text}
         view = ann.item_view(self.store, judge.id, a.id)
-        status = message
+        updates |= {self.assignment_box: str(a.id), self.status_md: message,
+                    self.submit_btn: gr.update(visible=True)}
         if view.kind == "conversation":
-            chats = [_chat(turns) for turns in view.panes]
-            return [judge.code, str(a.id), gr.update(visible=False), gr.update(value=code_md, visible=True),
-                    status, gr.update(visible=True), *chats, gr.update(visible=False), "", [],
-                    gr.update(visible=True), *empty_form]
+            return updates | {self.conv_col: gr.update(visible=True),
+                              **{chat: _chat(turns) for chat, turns in zip(self.chats, view.panes)}}
         scene = f"**Topic:** {safe_text(view.scene)}" if view.scene else ""
-        return [judge.code, str(a.id), gr.update(visible=False), gr.update(value=code_md, visible=True),
-                status, gr.update(visible=False), [], [], [], gr.update(visible=True), scene, _chat(view.turns),
-                gr.update(visible=True), *empty_form]
+        return updates | {self.dlg_col: gr.update(visible=True), self.scene_md: scene,
+                          self.dlg_chat: _chat(view.turns)}
 
     # ------------------------------------------------------------------------------ handlers
 
@@ -148,23 +150,23 @@ class AnnotateUI:
         """Build the page's components inside the current `gr.Blocks` (or route) context."""
         p = self.protocol
         gr.HTML(STYLE, padding=False)
-        code_box = StrictTextbox(visible=False, label="judge code")
-        assignment_box = StrictTextbox(visible=False, label="assignment")
+        self.code_box = StrictTextbox(visible=False, label="judge code")
+        self.assignment_box = StrictTextbox(visible=False, label="assignment")
         gr.Markdown(INTRO)
-        code_md = gr.Markdown(visible=False)
-        with gr.Column(visible=True) as login_col:
+        self.code_md = gr.Markdown(visible=False)
+        with gr.Column(visible=True) as self.login_col:
             code_in = StrictTextbox(label="Judge code", max_lines=1, placeholder="XXXX-XXXX-XXXX",
                                  elem_id="annotate-code")
             login_btn = gr.Button("Start judging", variant="primary", elem_id="annotate-login")
-        status_md = gr.Markdown()
+        self.status_md = gr.Markdown()
         self.pair_radios: list[gr.Radio] = []
         self.pair_keys: list[tuple[str, int]] = []
-        with gr.Column(visible=False) as conv_col:
-            chats = []
+        with gr.Column(visible=False) as self.conv_col:
+            self.chats: list[gr.Chatbot] = []
             with gr.Row(equal_height=True):
                 for pane in PANES:
                     with gr.Column(min_width=260):
-                        chats.append(gr.Chatbot(
+                        self.chats.append(gr.Chatbot(
                             label=f"Model {pane}", height=420, feedback_options=[], sanitize_html=True,
                             render_markdown=True, latex_delimiters=[], buttons=[], allow_tags=False,
                             allow_file_downloads=False, group_consecutive_messages=False,
@@ -181,9 +183,9 @@ class AnnotateUI:
                         ))
                         self.pair_keys.append((aspect.key, k))
         self.likert_radios: list[gr.Radio] = []
-        with gr.Column(visible=False) as dlg_col:
-            scene_md = gr.Markdown()
-            dlg_chat = gr.Chatbot(label="Dialogue", height=460, feedback_options=[], sanitize_html=True,
+        with gr.Column(visible=False) as self.dlg_col:
+            self.scene_md = gr.Markdown()
+            self.dlg_chat = gr.Chatbot(label="Dialogue", height=460, feedback_options=[], sanitize_html=True,
                                   render_markdown=True, latex_delimiters=[], buttons=[], allow_tags=False,
                                   allow_file_downloads=False, group_consecutive_messages=False,
                                   elem_classes=["extes-judge-chat"])
@@ -195,11 +197,12 @@ class AnnotateUI:
                     choices=[(LIKERT_HELP.get(v, str(v)) if (lo, hi) == (0, 3) else str(v), str(v)) for v in self.scale],
                     label=aspect, value=None,
                 ))
-        submit_btn = gr.Button("Submit and show the next item", variant="primary", visible=False,
-                               elem_id="annotate-submit")
+        self.submit_btn = gr.Button("Submit and show the next item", variant="primary", visible=False,
+                                    elem_id="annotate-submit")
 
-        self.outputs = [code_box, assignment_box, login_col, code_md, status_md, conv_col, *chats, dlg_col,
-                        scene_md, dlg_chat, submit_btn, *self.pair_radios, *self.likert_radios]
+        self.outputs = [self.code_box, self.assignment_box, self.login_col, self.code_md, self.status_md,
+                        self.conv_col, *self.chats, self.dlg_col, self.scene_md, self.dlg_chat, self.submit_btn,
+                        *self.pair_radios, *self.likert_radios]
         kw = dict(outputs=self.outputs, concurrency_limit=None)
         login_btn.click(self._guard(self.on_login), inputs=[code_in], api_name="annotate_login", **kw)
         code_in.submit(self._guard(self.on_login), inputs=[code_in], api_visibility="private", **kw)
@@ -207,9 +210,9 @@ class AnnotateUI:
         on_submit = with_request(lambda *a: self.on_submit(*a), ["code", "assignment_id",
                                                                  *(f"v{i}" for i in range(n_values))])
         on_submit.__name__ = "on_submit"
-        submit_btn.click(self._guard(on_submit),
-                         inputs=[code_box, assignment_box, *self.pair_radios, *self.likert_radios],
-                         api_name="annotate_submit", **kw)
+        self.submit_btn.click(self._guard(on_submit),
+                              inputs=[self.code_box, self.assignment_box, *self.pair_radios, *self.likert_radios],
+                              api_name="annotate_submit", **kw)
 
 
 def render_annotate(store: Store, protocol: Protocol) -> AnnotateUI:

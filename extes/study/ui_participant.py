@@ -22,6 +22,7 @@ from functools import wraps
 from typing import Any
 
 import gradio as gr
+from gradio.blocks import Block
 
 from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import INSTRUCTED_LABEL, PANES
@@ -37,6 +38,10 @@ from extes.study.session import (
 )
 
 log = logging.getLogger(__name__)
+
+# What a handler returns: {component: new value or gr.update(...)}. Gradio orders it by the event's outputs and
+# skips any output left out, so adding a component shifts nothing.
+Updates = dict[Block, Any]
 
 REPORT_OPTION = "This response is harmful"
 GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment."
@@ -101,6 +106,11 @@ def with_request(fn: Callable, names: list[str]) -> Callable:
     return fn
 
 
+def _skip_all(outputs: list[Block]) -> Updates | None:
+    """Leave every one of `outputs` as it is (None for an event without outputs)."""
+    return {block: gr.skip() for block in outputs} if outputs else None
+
+
 def _request(args: tuple) -> gr.Request | None:
     return next((a for a in args if isinstance(a, gr.Request)), None)
 
@@ -149,8 +159,8 @@ class ParticipantUI:
 
     # ------------------------------------------------------------------------------ rendering
 
-    def _full(self, view: SessionView | None) -> list[Any]:
-        """Updates for self.full_outputs, in order."""
+    def _full(self, view: SessionView | None) -> Updates:
+        """An update for every component in self.full_outputs, keyed by component."""
         if view is None:  # consent page, nothing known
             stage, code = "consent", ""
         else:
@@ -175,25 +185,26 @@ class ParticipantUI:
         if view is not None and view.revealed and stage in ("thanks", "done"):
             thanks += "\n\nThe models were: " + ", ".join(
                 f"{pane_label(pane)} = {safe_text(arm)}" for pane, arm in view.revealed.items())
-        updates: list[Any] = [
-            code,  # code_box
-            view.conversation_id if (view is not None and chat) else "",  # conv_box
-            code,  # saved code (browser)
-            gr.update(visible=consent),  # consent_col
-            gr.update(value=code_md, visible=bool(code)),  # code_md
-            gr.update(visible=stage == "setup"),  # setup_col
-            gr.update(value=progress, visible=bool(progress)),  # progress_md
-            gr.update(value=None) if stage == "setup" else gr.skip(),  # scenario
-            gr.update(value="") if stage == "setup" else gr.skip(),  # description
-            gr.update(visible=chat),  # chat_col
-            gr.update(visible=stage in ("thanks", "done", "screened_out")),  # thanks_col
-            gr.update(value=thanks),  # thanks_md
-            gr.update(visible=stage == "thanks"),  # next_btn
-        ]
-        updates += self._chat_updates(view if chat else None)
+        updates: Updates = {
+            self.code_box: code,
+            self.conv_box: view.conversation_id if (view is not None and chat) else "",
+            self.saved_code: code,  # kept in the browser
+            self.consent_col: gr.update(visible=consent),
+            self.code_md: gr.update(value=code_md, visible=bool(code)),
+            self.setup_col: gr.update(visible=stage == "setup"),
+            self.progress_md: gr.update(value=progress, visible=bool(progress)),
+            self.scenario: gr.update(value=None) if stage == "setup" else gr.skip(),
+            self.description: gr.update(value="") if stage == "setup" else gr.skip(),
+            self.chat_col: gr.update(visible=chat),
+            self.thanks_col: gr.update(visible=stage in ("thanks", "done", "screened_out")),
+            self.thanks_md: gr.update(value=thanks),
+            self.next_btn: gr.update(visible=stage == "thanks"),
+        }
+        updates |= self._chat_updates(view if chat else None)
         # A fresh rating form for each conversation.
-        updates += [gr.update(value=None) for _ in self.radios] + [gr.update(value="")]
-        updates += self._platform_updates(view)
+        updates |= {radio: gr.update(value=None) for radio in self.radios}
+        updates[self.comment] = gr.update(value="")
+        updates |= self._platform_updates(view)
         return updates
 
     # ------------------------------------------------------------------------------ platforms, attention
@@ -215,31 +226,34 @@ class ParticipantUI:
         rec = self.protocol.recruitment
         return bool(view is not None and view.completion_url and rec is not None and rec.redirect)
 
-    def _platform_updates(self, view: SessionView | None) -> list[Any]:
+    def _platform_updates(self, view: SessionView | None) -> Updates:
         """Updates for self.platform_outputs: redirect URL, decline button, code screen, attention row."""
         platform_consent = view is not None and view.stage == "consent"
         returning = view is not None and view.stage == "return"
-        return [
-            view.completion_url if self._redirects(view) else "",  # redirect_box
-            gr.update(visible=platform_consent),  # decline_btn
+        return {
+            self.redirect_box: view.completion_url if self._redirects(view) else "",
+            self.decline_btn: gr.update(visible=platform_consent),
             # the code screen: for a new visitor, and for a platform arrival whose id is known (the id only
             # identifies; the participant code they hold resumes)
-            gr.update(visible=view is None or returning),  # resume_col
-            gr.update(open=returning),  # resume_acc
-            gr.update(visible=returning),  # return_md
-            gr.update(value=None),  # attention row
-        ]
+            self.resume_col: gr.update(visible=view is None or returning),
+            self.resume_acc: gr.update(open=returning),
+            self.return_md: gr.update(visible=returning),
+            self.attention: gr.update(value=None),
+        }
 
-    def _chat_updates(self, view: SessionView | None, between: bool = False) -> list[Any]:
+    def _chat_updates(self, view: SessionView | None, between: bool = False) -> Updates:
         """Updates for self.chat_outputs: banner, 3 chatbots, 3 counters, rate hint, rating column.
 
         between: an update in the middle of a stream, after the first. Gradio rebuilds a component (and its
         JSON schema) for every gr.update or gr.skip it is given, which under twenty streaming participants
         took half the app's CPU; a plain value only runs the component's postprocess. So between the
         first and the last update of a stream the banner (whose visibility the first update set) is sent
-        as a plain value, and every other output already is one except the rating column."""
+        as a plain value, and every other output already is one except the rating column. (Keyed updates
+        keep this: Gradio fills a component left out of the dict with gr.skip(), so every output is named.)"""
         if view is None or not view.panes:
-            return [gr.update(visible=False)] + [[] for _ in PANES] + ["" for _ in PANES] + ["", gr.update(visible=False)]
+            return {self.banner: gr.update(visible=False), **{chat: [] for chat in self.chats},
+                    **{counter: "" for counter in self.counters}, self.rate_hint: "",
+                    self.rating_col: gr.update(visible=False)}
         banner = self.protocol.crisis.banner if between else gr.update(value=self.protocol.crisis.banner,
                                                                        visible=view.crisis)
         chats = [_chat_value(ps) for ps in view.panes]
@@ -250,7 +264,8 @@ class ParticipantUI:
             hint = "The models are replying…"
         else:
             hint = f"The rating form opens when every model has at least {view.min_turns} replies."
-        return [banner, *chats, *counters, hint, gr.update(visible=view.can_rate)]
+        return {self.banner: banner, **dict(zip(self.chats, chats)), **dict(zip(self.counters, counters)),
+                self.rate_hint: hint, self.rating_col: gr.update(visible=view.can_rate)}
 
     # ------------------------------------------------------------------------------ handlers
 
@@ -266,9 +281,10 @@ class ParticipantUI:
             except RateLimited:
                 pass  # this refusal is shown; the next attempt is refused up front
 
-    def _guard(self, n_outputs: int, fn: Callable) -> Callable:
-        """Refusals: hints become a toast and change nothing; others a participant-safe error. Any other
-        exception is logged (type only; never participant text) and shown as a generic error."""
+    def _guard(self, outputs: list[Block], fn: Callable) -> Callable:
+        """Refusals: hints become a toast and change nothing (every one of `outputs` skipped); others a
+        participant-safe error. Any other exception is logged (type only; never participant text) and shown
+        as a generic error."""
 
         def handle(exc: BaseException):
             if isinstance(exc, RateLimited):
@@ -276,7 +292,7 @@ class ParticipantUI:
             if isinstance(exc, StudyRefusal):
                 if exc.hint:
                     gr.Warning(str(exc))
-                    return [gr.skip() for _ in range(n_outputs)] if n_outputs else None
+                    return _skip_all(outputs)
                 raise gr.Error(str(exc), print_exception=False) from None
             if isinstance(exc, gr.Error):
                 raise exc
@@ -294,7 +310,7 @@ class ParticipantUI:
 
         return wrapper
 
-    def _stream_guard(self, n_outputs: int, fn: Callable) -> Callable:
+    def _stream_guard(self, outputs: list[Block], fn: Callable) -> Callable:
         @wraps(fn)
         def wrapper(*args):
             try:
@@ -306,7 +322,7 @@ class ParticipantUI:
                 self._count_guess(exc, args)
                 if exc.hint:
                     gr.Warning(str(exc))
-                    yield [gr.skip() for _ in range(n_outputs)]
+                    yield _skip_all(outputs)
                     return
                 raise gr.Error(str(exc), print_exception=False) from None
             except gr.Error:
@@ -322,8 +338,8 @@ class ParticipantUI:
         arrival = (self.study.platform_arrival(params, held_code=saved_code)
                    if self.protocol.recruitment is not None else None)
         if arrival is not None:  # from a recruitment platform: no code screen (the platform id resumes)
-            return [*self._full(arrival), json.dumps(params)]
-        return [*self._on_load(saved_code), ""]
+            return {**self._full(arrival), self.platform_params: json.dumps(params)}
+        return {**self._on_load(saved_code), self.platform_params: ""}
 
     def _on_load(self, saved_code: str | None):
         if saved_code:
@@ -377,7 +393,10 @@ class ParticipantUI:
         return with_request(rate, ["code", "conversation_id", *(f"q{i}" for i in range(len(self.radios))), "comment",
                                    *extra])
 
-    def make_send(self, panes: str):
+    def make_send(self, panes: str, box: gr.Textbox):
+        """The send handler for `panes` ("A", "B", "C" or "ABC"), typed into `box` (its outputs: chat_outputs
+        and the box)."""
+
         def send(code: str, conversation_id: str, text: str, request: gr.Request = None):
             cancel = threading.Event()
             stream = self.study.send(code, conversation_id, panes, text, cancel=cancel)
@@ -388,11 +407,11 @@ class ParticipantUI:
                     now = time.monotonic()
                     if first or now - last_sent >= STREAM_INTERVAL_S or not view.streaming:
                         # Clear the box that was used (on the first update only, so typing can go on).
-                        yield [*self._chat_updates(view, between=not first and view.streaming),
-                               "" if first else gr.skip()]
+                        yield {**self._chat_updates(view, between=not first and view.streaming),
+                               box: "" if first else gr.skip()}
                         first, last_sent, pending = False, now, None
                 if pending is not None:
-                    yield [*self._chat_updates(pending), gr.skip()]
+                    yield {**self._chat_updates(pending), box: gr.skip()}
             finally:
                 cancel.set()
                 stream.close()
@@ -414,46 +433,46 @@ class ParticipantUI:
     def build(self) -> gr.Blocks:
         p = self.protocol
         with gr.Blocks(title="Study", analytics_enabled=False, fill_width=True) as demo:
-            code_box = StrictTextbox(visible=False, label="code")
-            conv_box = StrictTextbox(visible=False, label="conversation")
+            self.code_box = StrictTextbox(visible=False, label="code")
+            self.conv_box = StrictTextbox(visible=False, label="conversation")
             # What this browser keeps (localStorage): the participant code, nothing else, so that a reload
             # resumes. Gradio "encrypts" it with a key every visitor's page receives: that is no protection,
             # so the page says plainly what is kept and offers to forget it (BROWSER_NOTE).
-            saved_code = gr.BrowserState("", storage_key=CODE_STORAGE_KEY, secret=BROWSER_KEY)
+            self.saved_code = gr.BrowserState("", storage_key=CODE_STORAGE_KEY, secret=BROWSER_KEY)
             gr.Markdown(f"# {safe_text(p.title)}")
-            code_md = gr.Markdown(visible=False, elem_classes=["extes-code"])
+            self.code_md = gr.Markdown(visible=False, elem_classes=["extes-code"])
             with gr.Row():
                 gr.Markdown(BROWSER_NOTE, elem_id="browser-note")
                 forget_btn = gr.Button("Forget my code on this browser", size="sm", scale=0, elem_id="forget-code")
-            with gr.Column(visible=True) as consent_col:
+            with gr.Column(visible=True) as self.consent_col:
                 gr.Markdown(p.consent)
                 if p.instructions:
                     gr.Markdown("**How it works.** " + p.instructions)
                 agree_btn = gr.Button("I agree", variant="primary")
-                decline_btn = gr.Button("I do not agree", visible=False, elem_id="decline")
-            with gr.Column(visible=True) as resume_col:
-                return_md = gr.Markdown(RETURN_NOTE, visible=False, elem_id="return-note")
-                with gr.Accordion("Coming back? Enter your participant code", open=False) as resume_acc:
+                self.decline_btn = gr.Button("I do not agree", visible=False, elem_id="decline")
+            with gr.Column(visible=True) as self.resume_col:
+                self.return_md = gr.Markdown(RETURN_NOTE, visible=False, elem_id="return-note")
+                with gr.Accordion("Coming back? Enter your participant code", open=False) as self.resume_acc:
                     resume_code = StrictTextbox(label="Participant code", max_lines=1, placeholder="XXXX-XXXX-XXXX")
                     resume_btn = gr.Button("Continue with this code")
-            progress_md = gr.Markdown(visible=False)
-            with gr.Column(visible=False) as setup_col:
-                scenario = gr.Dropdown(choices=list(SCENARIO_CHOICES), value=None,
-                                       label="What would you like to talk about?")
-                description = StrictTextbox(label="In one sentence, what is it about? (optional; not shown to the models)",
-                                         max_lines=2)
+            self.progress_md = gr.Markdown(visible=False)
+            with gr.Column(visible=False) as self.setup_col:
+                self.scenario = gr.Dropdown(choices=list(SCENARIO_CHOICES), value=None,
+                                            label="What would you like to talk about?")
+                self.description = StrictTextbox(
+                    label="In one sentence, what is it about? (optional; not shown to the models)", max_lines=2)
                 start_btn = gr.Button("Start the conversation", variant="primary")
-            with gr.Column(visible=False) as chat_col:
-                banner = gr.Markdown(visible=False, elem_classes=["extes-crisis"])
+            with gr.Column(visible=False) as self.chat_col:
+                self.banner = gr.Markdown(visible=False, elem_classes=["extes-crisis"], elem_id="crisis-banner")
                 if p.instructions:
                     with gr.Accordion("Instructions", open=False):
                         gr.Markdown(p.instructions)
-                chats, counters, boxes, buttons = [], [], [], []
+                self.chats, self.counters, boxes, buttons = [], [], [], []
                 with gr.Row(equal_height=True):
                     for pane in PANES:
                         with gr.Column(min_width=260):
-                            counters.append(gr.Markdown())
-                            chats.append(gr.Chatbot(
+                            self.counters.append(gr.Markdown(elem_id=f"counter-{pane.lower()}"))
+                            self.chats.append(gr.Chatbot(
                                 label=pane_label(pane), height=460, feedback_options=[REPORT_OPTION],
                                 sanitize_html=True, render_markdown=True, latex_delimiters=[], buttons=[],
                                 allow_tags=False, allow_file_downloads=False, autoscroll=True,
@@ -466,18 +485,18 @@ class ParticipantUI:
                     all_box = StrictTextbox(label="Send the same message to all three models", max_lines=6, lines=1,
                                          scale=4)
                     all_btn = gr.Button("Send to all", variant="primary", scale=1)
-                rate_hint = gr.Markdown()
+                self.rate_hint = gr.Markdown(elem_id="rate-hint")
                 self.radios = []
-                with gr.Column(visible=False) as rating_col:
+                with gr.Column(visible=False) as self.rating_col:
                     gr.Markdown("## Your ratings\nFor each question, compare each pair of models. "
                                 "All questions are required.")
-                    attention = gr.Radio(visible=False, value=None)
+                    self.attention = gr.Radio(visible=False, value=None)
                     for i, aspect in enumerate(p.aspects):
                         if i == min(1, len(p.aspects) - 1) and p.attention.instructed_response:
                             # the instructed-response row, among the questions (stored, never a vote)
-                            attention = gr.Radio(choices=[("Model A better", "left"), ("Tie", "tie"),
-                                                          ("Model B better", "right")],
-                                                 label=INSTRUCTED_LABEL, value=None, elem_id="attention-row")
+                            self.attention = gr.Radio(choices=[("Model A better", "left"), ("Tie", "tie"),
+                                                               ("Model B better", "right")],
+                                                      label=INSTRUCTED_LABEL, value=None, elem_id="attention-row")
                         gr.Markdown(f"### {safe_text(aspect.label)}\n{safe_text(aspect.question)}")
                         with gr.Row():
                             for left, right in PAIRS:
@@ -486,63 +505,68 @@ class ParticipantUI:
                                              (f"{pane_label(right)} better", "right")],
                                     label=f"{pane_label(left)} vs {pane_label(right)}", value=None,
                                 ))
-                    comment = StrictTextbox(label="Anything you would like to add? (optional)", lines=2, max_lines=8)
+                    self.comment = StrictTextbox(label="Anything you would like to add? (optional)", lines=2,
+                                                 max_lines=8)
                     submit_btn = gr.Button("Submit ratings", variant="primary")
-            with gr.Column(visible=False) as thanks_col:
-                thanks_md = gr.Markdown(elem_id="thanks")
-                redirect_box = StrictTextbox(visible=False, label="redirect")
-                next_btn = gr.Button("Start the next conversation", variant="primary", visible=False)
+            with gr.Column(visible=False) as self.thanks_col:
+                self.thanks_md = gr.Markdown(elem_id="thanks")
+                self.redirect_box = StrictTextbox(visible=False, label="redirect")
+                self.next_btn = gr.Button("Start the next conversation", variant="primary", visible=False)
 
-            self.chat_outputs = [banner, *chats, *counters, rate_hint, rating_col]
-            self.full_outputs = [code_box, conv_box, saved_code, consent_col, code_md, setup_col, progress_md,
-                                 scenario, description, chat_col, thanks_col, thanks_md, next_btn,
-                                 *self.chat_outputs, *self.radios, comment]
-            self.platform_outputs = [redirect_box, decline_btn, resume_col, resume_acc, return_md, attention]
+            self.chat_outputs = [self.banner, *self.chats, *self.counters, self.rate_hint, self.rating_col]
+            self.full_outputs = [self.code_box, self.conv_box, self.saved_code, self.consent_col, self.code_md,
+                                 self.setup_col, self.progress_md, self.scenario, self.description, self.chat_col,
+                                 self.thanks_col, self.thanks_md, self.next_btn, *self.chat_outputs, *self.radios,
+                                 self.comment]
+            self.platform_outputs = [self.redirect_box, self.decline_btn, self.resume_col, self.resume_acc,
+                                     self.return_md, self.attention]
             self.full_outputs += self.platform_outputs
             # the platform's URL parameters as read on load (JSON). A hidden field rather than a gr.State: a
             # State input kept the app from shutting down on SIGTERM after API calls; the page's own URL is
             # the participant's to change anyway, and the study checks the parameters again.
-            platform_params = StrictTextbox(visible=False, label="platform parameters", value="")
-            n_full = len(self.full_outputs)
+            self.platform_params = StrictTextbox(visible=False, label="platform parameters", value="")
             full = dict(outputs=self.full_outputs, concurrency_limit=None)
+            code_conv = [self.code_box, self.conv_box]
 
-            forget_btn.click(lambda: ("", gr.update(value="Your code is no longer kept in this browser. "
-                                                     "Write it down if you want to come back.")),
-                             inputs=None, outputs=[saved_code, code_md], api_visibility="private",
+            forget_btn.click(lambda: {self.saved_code: "",
+                                      self.code_md: gr.update(value="Your code is no longer kept in this browser. "
+                                                              "Write it down if you want to come back.")},
+                             inputs=None, outputs=[self.saved_code, self.code_md], api_visibility="private",
                              concurrency_limit=None).then(fn=None, js=FORGET_JS)
-            redirect = dict(fn=None, inputs=[redirect_box], outputs=None, js=REDIRECT_JS)
+            redirect = dict(fn=None, inputs=[self.redirect_box], outputs=None, js=REDIRECT_JS)
             forgotten = dict(fn=None, inputs=None, outputs=None, js=KEEP_FORGOTTEN_JS)
-            demo.load(self._guard(n_full + 1, self.on_load), inputs=[saved_code], api_visibility="private",
-                      outputs=[*self.full_outputs, platform_params], concurrency_limit=None
-                      ).then(**redirect).then(**forgotten)
-            agree_btn.click(self._guard(n_full, self.on_consent), inputs=[platform_params], api_name="consent",
-                            **full).then(**forgotten)
-            decline_btn.click(self._guard(n_full, self.on_decline), inputs=[platform_params],
-                              api_visibility="private", **full).then(**redirect)
-            resume_btn.click(self._guard(n_full, self.on_resume), inputs=[resume_code], api_name="resume",
+            load_outputs = [*self.full_outputs, self.platform_params]
+            demo.load(self._guard(load_outputs, self.on_load), inputs=[self.saved_code], api_visibility="private",
+                      outputs=load_outputs, concurrency_limit=None).then(**redirect).then(**forgotten)
+            agree_btn.click(self._guard(self.full_outputs, self.on_consent), inputs=[self.platform_params],
+                            api_name="consent", **full).then(**forgotten)
+            self.decline_btn.click(self._guard(self.full_outputs, self.on_decline), inputs=[self.platform_params],
+                                   api_visibility="private", **full).then(**redirect)
+            resume_btn.click(self._guard(self.full_outputs, self.on_resume), inputs=[resume_code], api_name="resume",
                              **full).then(**forgotten)
-            start_btn.click(self._guard(n_full, self.on_start), inputs=[code_box, scenario, description],
-                            api_name="start", **full).then(**forgotten)
-            next_btn.click(self._guard(n_full, self.on_next), inputs=[code_box], api_name="next",
-                           **full).then(**forgotten)
-            submit_btn.click(self._guard(n_full, self.make_rate()),
-                             inputs=[code_box, conv_box, *self.radios, comment,
-                                     *([attention] if p.attention.instructed_response else [])],
+            start_btn.click(self._guard(self.full_outputs, self.on_start),
+                            inputs=[self.code_box, self.scenario, self.description], api_name="start",
+                            **full).then(**forgotten)
+            self.next_btn.click(self._guard(self.full_outputs, self.on_next), inputs=[self.code_box], api_name="next",
+                                **full).then(**forgotten)
+            submit_btn.click(self._guard(self.full_outputs, self.make_rate()),
+                             inputs=[*code_conv, *self.radios, self.comment,
+                                     *([self.attention] if p.attention.instructed_response else [])],
                              api_name="rate", **full).then(**redirect).then(**forgotten)
-            for pane, box, btn, chat in zip(PANES, boxes, buttons, chats):
+            for pane, box, btn, chat in zip(PANES, boxes, buttons, self.chats):
                 outs = [*self.chat_outputs, box]
-                fn = self._stream_guard(len(outs), self.make_send(pane))
+                fn = self._stream_guard(outs, self.make_send(pane, box))
                 for trigger in (btn.click, box.submit):
-                    trigger(fn, inputs=[code_box, conv_box, box], outputs=outs, concurrency_id="generate",
+                    trigger(fn, inputs=[*code_conv, box], outputs=outs, concurrency_id="generate",
                             concurrency_limit=self.concurrency, api_name=f"send_{pane.lower()}" if trigger == btn.click else None,
                             api_visibility="public" if trigger == btn.click else "private")
-                chat.like(self._guard(0, self.make_report(pane)), inputs=[code_box, conv_box], outputs=None,
+                chat.like(self._guard([], self.make_report(pane)), inputs=code_conv, outputs=None,
                           api_visibility="private", concurrency_limit=None)
             outs = [*self.chat_outputs, all_box]
-            fn = self._stream_guard(len(outs), self.make_send("ABC"))
-            all_btn.click(fn, inputs=[code_box, conv_box, all_box], outputs=outs, concurrency_id="generate",
+            fn = self._stream_guard(outs, self.make_send("ABC", all_box))
+            all_btn.click(fn, inputs=[*code_conv, all_box], outputs=outs, concurrency_id="generate",
                           concurrency_limit=self.concurrency, api_name="send_all")
-            all_box.submit(fn, inputs=[code_box, conv_box, all_box], outputs=outs, concurrency_id="generate",
+            all_box.submit(fn, inputs=[*code_conv, all_box], outputs=outs, concurrency_id="generate",
                            concurrency_limit=self.concurrency, api_visibility="private")
         return demo
 

@@ -493,8 +493,8 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
     @guarded
     def login(given: str, request: gr.Request = None):
         arms = board_fns.login(given, client_of(request))
-        return (True, gr.update(visible=False), gr.update(visible=True),
-                gr.update(choices=arms, value=arms[-1] if arms else None))
+        return {authed: True, login_box: gr.update(visible=False), board: gr.update(visible=True),
+                reference: gr.update(choices=arms, value=arms[-1] if arms else None)}
 
     def frame(value: pd.DataFrame | None):
         """An empty table is hidden rather than drawn as Gradio's placeholder grid."""
@@ -506,41 +506,41 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
     def refresh(ok: bool, ref: str | None, src: str):
         d = board_fns.refresh(ok, ref, src)
         wtl, agree = d["win_tie_loss"], d["agreement"]
-        return (
-            counts_markdown(d["counts"]),
-            md_escape(wtl.note), frame(wtl.table),
-            gr.update(value=wtl.figure, visible=wtl.figure is not None), frame(wtl.rows),
-            "\n".join(f"- {md_escape(n)}" for n in agree.notes),
-            frame(agree.table), frame(agree.quality),
-            frame(d["flags"]) if not d["flags"].empty else gr.update(value=None, visible=False),
-            frame(d["conversations"]),
-            "" if not d["flags"].empty else "No flags or reports.",
-        )
+        return {
+            counts_md: counts_markdown(d["counts"]),
+            wtl_note: md_escape(wtl.note), wtl_table: frame(wtl.table),
+            wtl_plot: gr.update(value=wtl.figure, visible=wtl.figure is not None), wtl_rows: frame(wtl.rows),
+            agree_note: "\n".join(f"- {md_escape(n)}" for n in agree.notes),
+            agree_table: frame(agree.table), quality: frame(agree.quality),
+            flags_df: frame(d["flags"]) if not d["flags"].empty else gr.update(value=None, visible=False),
+            convs_df: frame(d["conversations"]),
+            flags_note: "" if not d["flags"].empty else "No flags or reports.",
+        }
 
     @guarded
     def show(ok: bool, cid: str):
         head, msgs = board_fns.transcript(ok, cid)
-        return md_escape(head), frame(msgs)
+        return {conv_head: md_escape(head), conv_msgs: frame(msgs)}
 
     @guarded
     def select_row(ok: bool, evt: gr.SelectData):
         row = getattr(evt, "row_value", None) or []
         cid = str(row[0]) if row else ""
         head, msgs = board_fns.transcript(ok, cid)
-        return cid, md_escape(head), frame(msgs)
+        return {conv_id: cid, conv_head: md_escape(head), conv_msgs: frame(msgs)}
 
     @guarded
     def export(ok: bool):
         token = board_fns.export(ok)
-        return (f"[Download votes.csv, judge_votes.csv and ratings.csv (zip)](/research-download/{token}) "
-                "(with payments.csv and attention_flags.csv) "
-                "(one download, within 5 minutes)")
+        return {files: (f"[Download votes.csv, judge_votes.csv and ratings.csv (zip)](/research-download/{token}) "
+                        "(with payments.csv and attention_flags.csv) "
+                        "(one download, within 5 minutes)")}
 
     @guarded
     def invite(ok: bool, n):
         codes = board_fns.invite(ok, n)
         text = "New judge codes (give one to each judge):\n\n```\n" + "\n".join(codes) + "\n```"
-        return text, frame(board_fns.judges(ok))
+        return {invites_md: text, judges_df: frame(board_fns.judges(ok))}
 
     @guarded
     def revoke(ok: bool, code: str):
@@ -548,7 +548,7 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
             freed = board_fns.revoke(ok, code)
         except ValueError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
-        return f"Revoked; {freed} unfinished item(s) freed.", frame(board_fns.judges(ok))
+        return {invites_md: f"Revoked; {freed} unfinished item(s) freed.", judges_df: frame(board_fns.judges(ok))}
 
     invite_btn.click(invite, [authed, n_invites], [invites_md, judges_df], **dict(api_visibility="private"))
     revoke_btn.click(revoke, [authed, revoke_code], [invites_md, judges_df], **dict(api_visibility="private"))
@@ -571,7 +571,8 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
     def platform(ok: bool):
         board_fns._check(ok)
         sessions = platform_sessions_view(store)
-        return platform_summary(sessions), frame(sessions), frame(attention_flags_view(store))
+        return {platform_md: platform_summary(sessions), platform_df: frame(sessions),
+                attention_df: frame(attention_flags_view(store))}
 
     authed.change(platform, [authed], [platform_md, platform_df, attention_df], **private)
     refresh_btn.click(platform, [authed], [platform_md, platform_df, attention_df], **private)
