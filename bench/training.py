@@ -20,6 +20,16 @@ first steps x batch of one shuffle), an untimed one-step warm-up run comes first
 over --rounds, and medians are printed.
 
     python bench/training.py [--steps 6] [--batch-size 4] [--max-length 1024] [--rounds 3] [--json out.json]
+
+--against trl (issue 27; needs `pip install 'extes[trl]'`): the same examples, base, LoRA settings (the
+config's, on the same layers) and token budget through TRL's `SFTTrainer` with PEFT, in its padding-free
+mode (each batch flattened into one row with position ids; transformers masks attention per example),
+assistant-only loss (our labels passed as TRL's `assistant_masks`), AdamW, the same lr and cosine decay
+(no warmup in either run, since Trainer's linear warmup starts at lr 0 and ours at lr/warmup), fp32.
+Both train one epoch over the same steps x batch examples, so each sees the same tokens; then both are
+scored by the same function (extes.train.loop.evaluate) on the same held-out examples. Prints tokens/s
+(real tokens over the wall time of the training call, after an untimed one-step warm-up of each; medians
+of --rounds, alternating order) and the validation loss of each, and the ratio ours/TRL.
 """
 
 from __future__ import annotations
@@ -53,6 +63,116 @@ def run(kind: str, cfg, examples, pad_id: int, steps: int, max_length: int) -> d
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
+def run_ours(cfg, examples, valid, pad_id: int, steps: int) -> dict:
+    """Our loop over `examples` (one epoch of `steps` steps), then the validation loss."""
+    import torch
+
+    from extes.train import lora
+    from extes.train.loop import LoopOptions, evaluate, train
+
+    torch.manual_seed(cfg.seed)
+    model = lora.build_model(cfg, torch.device("cpu"))
+    opts = LoopOptions(max_steps=steps, lr=cfg.learning_rate, batch_size=cfg.batch_size, seed=cfg.seed,
+                       warmup_ratio=0.0, eval_at_start=False, keep_best=False, progress=False, checkpoint_dir=None)
+    t0 = time.perf_counter()
+    m = train(model, examples, [], pad_id, opts).metrics
+    wall = time.perf_counter() - t0
+    v = evaluate(model, valid, cfg.batch_size, pad_id, torch.device("cpu")) if valid else None
+    return {"kind": "ours", "steps": m["steps"], "tokens": m["train_tokens"], "wall_s": round(wall, 2),
+            "tokens_per_s": round(m["train_tokens"] / wall, 1), "padding_waste": m["padding_waste"],
+            "valid_loss": v["loss"] if v else None, "trainable_params": m["trainable_params"]}
+
+
+def padding_free_is_exact(cfg) -> bool:
+    """Whether this machine's attention keeps flattened examples apart (TRL's padding-free batches are one
+    row with position ids; flash attention separates the examples by them, sdpa on a CPU may not): the
+    logits of a second example flattened after a first = its logits alone."""
+    import torch
+
+    from extes.base.loading import load_base
+
+    model, _ = load_base(cfg.base, dtype="float32")
+    a, b = torch.arange(100, 112)[None], torch.arange(200, 209)[None]
+    with torch.no_grad():
+        alone = model(input_ids=b).logits
+        flat = model(input_ids=torch.cat([a, b], 1),
+                     position_ids=torch.cat([torch.arange(12), torch.arange(9)])[None]).logits[:, 12:]
+    return bool(torch.allclose(alone, flat, atol=1e-4))
+
+
+def run_trl(cfg, tok, examples, valid, pad_id: int, steps: int, workdir: Path, padding_free: bool = True) -> dict:
+    """TRL's SFTTrainer (assistant-only loss; padding-free, or padded to each batch's longest example with
+    Trainer's length grouping) on the same model, examples and schedule."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from extes.train import lora
+    from extes.train.formatting import IGNORE
+    from extes.train.loop import evaluate
+
+    torch.manual_seed(cfg.seed)
+    model = lora.build_model(cfg, torch.device("cpu"))
+    data = Dataset.from_dict({"input_ids": [list(e.input_ids) for e in examples],
+                              "assistant_masks": [[int(x != IGNORE) for x in e.labels] for e in examples]})
+    args = SFTConfig(output_dir=str(workdir), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
+                     learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0,
+                     weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim="adamw_torch",
+                     seed=cfg.seed, data_seed=cfg.seed, padding_free=padding_free,
+                     train_sampling_strategy="random" if padding_free else "group_by_length",
+                     max_length=None, bf16=False, fp16=False,
+                     use_cpu=True, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
+                     dataloader_num_workers=0, gradient_checkpointing=cfg.gradient_checkpointing)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    tokens = sum(len(e) for e in examples)
+    v = evaluate(model, valid, cfg.batch_size, pad_id, torch.device("cpu")) if valid else None
+    return {"kind": "trl", "mode": "padding-free" if padding_free else "padded", "steps": trainer.state.global_step,
+            "tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 1),
+            "valid_loss": v["loss"] if v else None}
+
+
+def against_trl(args, cfg, tok, ours_set, valid_set) -> dict:
+    import statistics
+    import tempfile
+
+    import trl
+
+    pad = tok.pad_token_id
+    free = args.trl_mode == "padding-free"
+    exact = padding_free_is_exact(cfg)
+    print(f"TRL {trl.__version__}, {args.trl_mode}; padding-free attention keeps examples apart here: {exact}"
+          + ("" if exact or not free else " (so TRL's padding-free batches attend across examples on this "
+             "machine: a different objective; --trl-mode padded is the exact one)"), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.no_warmup:  # untimed: one-time costs of each
+            run_ours(cfg, ours_set[:cfg.batch_size], [], pad, 1)
+            run_trl(cfg, tok, ours_set[:cfg.batch_size], [], pad, 1, Path(tmp) / "warm", free)
+        runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+        for rnd in range(args.rounds):
+            for kind in (("ours", "trl") if rnd % 2 == 0 else ("trl", "ours")):
+                r = (run_ours(cfg, ours_set, valid_set, pad, args.steps) if kind == "ours"
+                     else run_trl(cfg, tok, ours_set, valid_set, pad, args.steps, Path(tmp) / f"r{rnd}", free))
+                runs[kind].append(r)
+                print(f"  round {rnd + 1} {kind:>4}: {r['tokens_per_s']:8.1f} tokens/s ({r['tokens']} tokens, "
+                      f"{r['steps']} steps in {r['wall_s']} s), valid loss {r['valid_loss']:.4f}", flush=True)
+    results: dict = {"trl_version": trl.__version__, "trl_mode": args.trl_mode, "padding_free_exact_here": exact}
+    for kind, rs in runs.items():
+        results[kind] = dict(rs[0], tokens_per_s=statistics.median(x["tokens_per_s"] for x in rs),
+                             all_tokens_per_s=[x["tokens_per_s"] for x in rs],
+                             valid_loss=statistics.median(x["valid_loss"] for x in rs),
+                             all_valid_loss=[round(x["valid_loss"], 4) for x in rs])
+        print(f"{kind:>5}: median {results[kind]['tokens_per_s']:8.1f} tokens/s, valid loss "
+              f"{results[kind]['valid_loss']:.4f} after {results[kind]['tokens']} tokens")
+    results["ratio"] = round(results["ours"]["tokens_per_s"] / results["trl"]["tokens_per_s"], 3)
+    results["valid_loss_difference"] = round(results["ours"]["valid_loss"] - results["trl"]["valid_loss"], 4)
+    print(f"ratio ours/TRL {results['ratio']:.2f}x tokens/s; valid loss ours - TRL "
+          f"{results['valid_loss_difference']:+.4f} (base lr {cfg.learning_rate}, TRL {trl.__version__})")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(REPO / "seeds"))
@@ -64,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternate ours/naive this many times; medians")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run (to see its effect)")
     p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--against", choices=["naive", "trl"], default="naive",
+                   help="the baseline: a naive loop (default) or TRL's SFTTrainer (pip install 'extes[trl]')")
+    p.add_argument("--trl-mode", choices=["padding-free", "padded"], default="padding-free",
+                   help="--against trl: TRL's padding-free batches, or padded with length grouping")
+    p.add_argument("--valid-examples", type=int, default=16, help="--against trl: held-out examples scored")
     args = p.parse_args(argv)
 
     import torch
@@ -87,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
 
     order = list(range(len(ours_set)))
     random.Random(cfg.seed).shuffle(order)
+    all_examples = ours_set
     ours_set = [ours_set[i] for i in order[:args.steps * args.batch_size]] or ours_set
+    valid_set = [all_examples[i] for i in order[args.steps * args.batch_size:][:args.valid_examples]]
     # naive: the same token sequences, every real token supervised
     naive_set = [Encoded(e.input_ids, list(e.input_ids)) for e in ours_set]
     need = args.steps * args.batch_size
@@ -100,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import statistics
 
+    if args.against == "trl":
+        results = against_trl(args, cfg, tok, ours_set, valid_set)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     if not args.no_warmup:
         run("ours", cfg, ours_set, tok.pad_token_id, 1, args.max_length)  # untimed: one-time costs
     runs: dict[str, list[dict]] = {"ours": [], "naive": []}
