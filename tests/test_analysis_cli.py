@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from extes.cli import main
+from extes.study.records import PaneVote
 
 VOTES = pd.DataFrame(
     [
@@ -307,7 +308,7 @@ def test_against_a_real_study_store(capsys, tmp_path):
                 "outcome": "b",
             }
         )
-        store.submit_votes(conv.id, participant.id, rows)
+        store.submit_votes(conv.id, participant.id, [PaneVote(**r) for r in rows])
     judges = [store.create_participant(role="judge").id for _ in range(3)]
     for item in ("d1", "d2"):
         store.add_annotation_item(item, "dialogue", source="extes")

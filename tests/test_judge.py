@@ -10,6 +10,7 @@ from extes.analysis.rater_agreement import agreement_with, cohen_kappa
 from extes.judge import DEFAULT_ASPECTS, PairItem, combine_orders, judge_pairs, load_prompt, parse_verdict
 from extes.selfchat.budget import Budget, Price
 from extes.selfchat.client import LLMClient
+from extes.study.records import PaneVote
 from extes.testing.chat_server import FunctionChatServer
 
 KEYS = tuple(a.key for a in DEFAULT_ASPECTS)
@@ -215,7 +216,7 @@ def study_db(tmp_path):
                 outcome = "a" if a == "lora" else "b" if b == "lora" else "tie"
                 rows.append({"aspect": aspect, "pane_a": pa, "pane_b": pb, "arm_a": a, "arm_b": b,
                              "outcome": outcome})
-        store.submit_votes(cid, pid, rows)
+        store.submit_votes(cid, pid, [PaneVote(**r) for r in rows])
         convs.append(cid)
     store.close()
     return db, convs

@@ -15,6 +15,7 @@ import pytest
 
 from extes.analysis.shares import percentages
 from extes.cli import main
+from extes.study.records import PaneVote
 
 ROOT = Path(__file__).resolve().parents[1]
 ASPECTS = ["fluency", "identification", "comforting", "suggestion", "overall"]
@@ -56,7 +57,7 @@ def build_study_db(path: Path) -> None:
                          "outcome": pattern[(i + j) % 12]})
             rows.append({"aspect": aspect, "pane_a": "C", "pane_b": "A", "arm_a": "gpt", "arm_b": "lora",
                          "outcome": pattern[(i + 2 * j + 5) % 12]})
-        store.submit_votes(conv.id, participant.id, rows)
+        store.submit_votes(conv.id, participant.id, [PaneVote(**r) for r in rows])
     judges = [store.create_participant(role="judge").id for _ in range(3)]
     scores = {"extes": [(3, 3, 2), (2, 3, 3), (3, 2, 3), (1, 2, 2)], "esconv": [(2, 1, 2), (1, 1, 2), (2, 2, 3)]}
     for source, items in scores.items():

@@ -13,6 +13,7 @@ import yaml
 from extes.study import annotation as ann
 from extes.study.assignment import balanced_chooser
 from extes.study.protocol import protocol_from_dict
+from extes.study.records import PaneVote
 from extes.study.store import Store
 
 ARMS = ["alpha", "beta", "gamma"]
@@ -42,7 +43,7 @@ def rated_conversation(store: Store, participant_id: str | None = None) -> dict:
         store.add_message(conv.id, pane, arm, "assistant", f"reply from {arm}")
     rows = [{"aspect": "overall", "pane_a": "A", "pane_b": "B", "arm_a": conv.arm_order[0],
              "arm_b": conv.arm_order[1], "outcome": "a"}]
-    store.submit_votes(conv.id, pid, rows)
+    store.submit_votes(conv.id, pid, [PaneVote(**r) for r in rows])
     return store.conversation(conv.id)
 
 

@@ -51,6 +51,7 @@ import json  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from study_helpers import ARM_NAMES, FakePool, full_answers, make_protocol  # noqa: E402
 
+from extes.study.records import PaneVote  # noqa: E402
 from extes.study.session import INSTRUCTED_KEY, Study, StudyRefusal  # noqa: E402
 from extes.study.store import MIGRATIONS, SCHEMA_VERSION, DuplicateError, RatingChecks, Store  # noqa: E402
 from extes.study.store import schema as store_mod  # noqa: E402
@@ -74,8 +75,7 @@ def test_upgrade_from_v2_with_data_keeps_rows_and_adds_the_v3_tables(tmp_path):
     store = Store(path)
     assert store.schema_version() == SCHEMA_VERSION  # v2 -> v3 (and every later migration)
     assert store.participant_by_code("AAAA-BBBB-CCCC").id == "p-1"
-    store.submit_votes("c-1", "p-1", [{"aspect": "fluency", "pane_a": "A", "pane_b": "B", "arm_a": "a", "arm_b": "b",
-                                       "outcome": "a"}],
+    store.submit_votes("c-1", "p-1", [PaneVote("fluency", "A", "B", "a", "b", "a")],
                        checks=RatingChecks("b", 3.5, (("failed_attention", "answered 'b'"),)))
     assert store.rating_checks("c-1").instructed_answer == "b"
     assert store.flags_frame().to_dict("records") == [

@@ -107,14 +107,14 @@ def test_refresh_renders_counts_win_tie_loss_agreement_and_flags(setup, monkeypa
     board = ui.Dashboard(store, protocol)
     d = board.refresh(True, ARM_NAMES[0], "participant")
 
-    counts = d["counts"]
+    counts = d.counts
     assert counts["participants"] == 6 and counts["rated_conversations"] == 6
     assert counts["annotation_judgments"] == 2 * (6 + 2) and counts["completed_ratings"] == 6 + 16
     assert counts["flags"] >= 1 and counts["annotation_items_complete"] == 8
     md = ui.counts_markdown(counts)
     assert "| Participants | 6 |" in md and "| Risk flags |" in md
 
-    wtl = d["win_tie_loss"]
+    wtl = d.win_tie_loss
     # Each participant picked the left pane everywhere: check against the stored votes directly.
     votes = store.votes_frame()
     ref = votes[(votes["arm_a"] == ARM_NAMES[0]) | (votes["arm_b"] == ARM_NAMES[0])]
@@ -126,24 +126,24 @@ def test_refresh_renders_counts_win_tie_loss_agreement_and_flags(setup, monkeypa
     judge_view = ui.win_tie_loss_view(store, ARM_NAMES[0], "judge", n_boot=50)
     assert set(judge_view.rows["n_tie"] == judge_view.rows["n"]) == {True}  # judges always said tie
 
-    agree = d["agreement"]
+    agree = d.agreement
     table = agree.table.set_index(["source", "aspect"])
     assert {"pairwise", "extes"} <= set(agree.table["source"])
     assert table.loc[("extes", "all"), "percent_agreement"] == pytest.approx(1.0)
     assert table.loc[("extes", "all"), "items"] == 2 * 5  # two dialogues x five metrics, two judges each
     assert agree.quality is not None and (agree.quality["extes"] == 2.0).all()
 
-    flags = d["flags"]
+    flags = d.flags
     assert list(flags["conversation_id"]) == [conv_ids[0]] and flags["category"].iloc[0] == "suicide"
-    assert set(d["conversations"]["conversation_id"]) == set(conv_ids)
+    assert set(d.conversations["conversation_id"]) == set(conv_ids)
 
 
 def test_transcript_and_empty_states(setup, monkeypatch):
     protocol, store, study = setup
     board = ui.Dashboard(store, protocol)
     d = board.refresh(True, ARM_NAMES[0])
-    assert d["win_tie_loss"].rows is None and "No votes yet" in d["win_tie_loss"].note
-    assert d["agreement"].table is None and d["flags"].empty
+    assert d.win_tie_loss.rows is None and "No votes yet" in d.win_tie_loss.note
+    assert d.agreement.table is None and d.flags.empty
     (cid,) = run_participants(study, 1, risky=True)
     head, frame = board.transcript(True, cid)
     conv = store.conversation(cid)

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from extes.analysis import load_ratings, load_votes
+from extes.study.records import PaneVote
 from extes.study.store import SCHEMA_VERSION, DuplicateError, Store, StoreError, normalize_code
 
 PAIRS = [("A", "B"), ("A", "C"), ("B", "C")]
@@ -24,7 +25,7 @@ def rated_conversation(store: Store, outcome: str = "a"):
     conv = store.create_conversation(p.id, "Academic Stress", "", lambda counts: (0, ["x", "y", "z"]))
     rows = [{"aspect": asp, "pane_a": a, "pane_b": b, "arm_a": ARMS[a], "arm_b": ARMS[b], "outcome": outcome}
             for asp in ("fluency", "overall") for a, b in PAIRS]
-    store.submit_votes(conv.id, p.id, rows, comment="ok")
+    store.submit_votes(conv.id, p.id, [PaneVote(**r) for r in rows], comment="ok")
     return p, conv
 
 
@@ -66,13 +67,11 @@ def test_votes_are_atomic_and_unique(db_url):
     store = Store(db_url)
     p, conv = rated_conversation(store)
     with pytest.raises(DuplicateError):
-        store.submit_votes(conv.id, p.id, [{"aspect": "overall", "pane_a": "A", "pane_b": "B",
-                                                  "arm_a": "x", "arm_b": "y", "outcome": "b"}])
+        store.submit_votes(conv.id, p.id, [PaneVote("overall", "A", "B", "x", "y", "b")])
     assert len(store.votes(conv.id)) == 6
     conv2 = store.create_conversation(p.id, "Academic Stress", "", lambda c: (1, ["x", "z", "y"]))
     with pytest.raises(ValueError):
-        store.submit_votes(conv2.id, p.id, [{"aspect": "overall", "pane_a": "A", "pane_b": "B",
-                                                   "arm_a": "x", "arm_b": "z", "outcome": "left"}])
+        store.submit_votes(conv2.id, p.id, [PaneVote("overall", "A", "B", "x", "z", "left")])
     assert store.conversation(conv2.id).status == "chatting"
 
 

@@ -320,9 +320,9 @@ def cells_from_votes(votes, reference: str) -> list[Cell]:
 
 def plot_power(result: PlanResult):
     """Simulated power against conversations, one line per cell, the target dashed."""
-    from extes.analysis.plots import _figure
+    from extes.analysis.plots import new_figure
 
-    fig = _figure(6.0, 4.0)
+    fig = new_figure(6.0, 4.0)
     ax = fig.subplots()
     for j, c in enumerate(result.cells):
         ax.plot(result.grid, result.power[:, j], marker="o", label=c.name)

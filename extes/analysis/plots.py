@@ -8,7 +8,7 @@ from extes.analysis.io import aspect_order
 from extes.analysis.pairwise import ELO_BASE, BradleyTerryResult, WinRateMatrix, WinTieLossResult
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     # Figure objects straight from matplotlib.figure: no pyplot global state, Agg canvas for savefig.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -23,7 +23,7 @@ def plot_win_tie_loss(result: WinTieLossResult):
     rows = result.rows
     aspects = aspect_order(rows["aspect"])
     opponents = list(dict.fromkeys(rows["opponent"]))
-    fig = _figure(3.2 * len(aspects) + 1.5, 0.5 * len(opponents) + 1.6)
+    fig = new_figure(3.2 * len(aspects) + 1.5, 0.5 * len(opponents) + 1.6)
     axes = fig.subplots(1, len(aspects), sharey=True, squeeze=False)[0]
     colors = {"win": "#4c9a5b", "tie": "#b8b8b8", "loss": "#c8553d"}
     for ax, aspect in zip(axes, aspects):
@@ -51,7 +51,7 @@ def plot_win_rate_heatmap(matrix: WinRateMatrix):
     """Heatmap of a `WinRateMatrix` (row arm's win rate against column arm); returns a Figure."""
     rates = matrix.rates
     k = len(rates)
-    fig = _figure(1.0 * k + 2.5, 0.8 * k + 1.5)
+    fig = new_figure(1.0 * k + 2.5, 0.8 * k + 1.5)
     ax = fig.subplots()
     image = ax.imshow(rates.to_numpy(dtype=float), vmin=0, vmax=1, cmap="RdYlGn")
     ax.set_xticks(range(k), rates.columns, rotation=45, ha="right")
@@ -73,7 +73,7 @@ def plot_bradley_terry(result: BradleyTerryResult):
     frame = result.ratings
     aspects = aspect_order(frame["aspect"])
     k = frame["arm"].nunique()
-    fig = _figure(3.2 * len(aspects) + 1.0, 0.45 * k + 1.6)
+    fig = new_figure(3.2 * len(aspects) + 1.0, 0.45 * k + 1.6)
     axes = fig.subplots(1, len(aspects), squeeze=False)[0]
     for ax, aspect in zip(axes, aspects):
         sub = frame[frame["aspect"] == aspect]

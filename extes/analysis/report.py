@@ -77,7 +77,7 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
 # ------------------------------------------------------------------------------------- reports
 
 
-def _png(fig) -> Callable[[Path], None]:
+def png_writer(fig) -> Callable[[Path], None]:
     return lambda path: fig.savefig(path, dpi=120)
 
 
@@ -85,7 +85,7 @@ def _csv(frame: pd.DataFrame, index: bool = False) -> Callable[[Path], None]:
     return lambda path: frame.to_csv(path, index=index)
 
 
-def _text(text: str) -> Callable[[Path], None]:
+def text_writer(text: str) -> Callable[[Path], None]:
     return lambda path: path.write_text(text, encoding="utf-8")
 
 
@@ -175,8 +175,8 @@ def write_analysis_report(out_dir: str | os.PathLike, wtl, bt, matrices: list) -
     writers: dict[str, Callable[[Path], None]] = {
         "win_tie_loss.csv": _csv(wtl.rows),
         "bradley_terry.csv": _csv(bt.ratings),
-        "win_tie_loss.png": _png(plot_win_tie_loss(wtl)),
-        "bradley_terry.png": _png(plot_bradley_terry(bt)),
+        "win_tie_loss.png": png_writer(plot_win_tie_loss(wtl)),
+        "bradley_terry.png": png_writer(plot_bradley_terry(bt)),
     }
     level = round(100 * wtl.confidence)
     md = [
@@ -205,13 +205,13 @@ def write_analysis_report(out_dir: str | os.PathLike, wtl, bt, matrices: list) -
             continue
         stem = f"win_rate_{matrix.aspect}"
         writers[f"{stem}.csv"] = _csv(matrix.rates, index=True)
-        writers[f"{stem}.png"] = _png(plot_win_rate_heatmap(matrix))
+        writers[f"{stem}.png"] = png_writer(plot_win_rate_heatmap(matrix))
         md += [
             f"### {matrix.aspect}\n",
             markdown_table(matrix_display(matrix).reset_index(names="arm")),
             f"![{matrix.aspect}]({stem}.png)\n",
         ]
-    writers["report.md"] = _text("\n".join(md))
+    writers["report.md"] = text_writer("\n".join(md))
     return write_outputs(out_dir, writers)
 
 
@@ -253,7 +253,7 @@ def write_agreement_report(out_dir: str | os.PathLike, result, quality: pd.DataF
             "## Dataset quality (mean score per metric per source)\n",
             markdown_table(quality_table(quality)),
         ]
-    writers["report.md"] = _text("\n".join(md))
+    writers["report.md"] = text_writer("\n".join(md))
     return write_outputs(out_dir, writers)
 
 

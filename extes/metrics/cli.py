@@ -58,7 +58,7 @@ def _options(args):
                        cache_dir=args.cache_dir, progress=not args.no_progress)
 
 
-def run_evaluate(args) -> int:
+def run_evaluate(args) -> int:  # noqa: C901, PLR0915 - one flag check per option of the verb, in the order --help lists them
 
     if args.predictions:
         return _run_predictions(args)

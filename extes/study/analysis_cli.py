@@ -33,7 +33,7 @@ from extes.analysis.report import (
 )
 
 
-def _open_store(db: str) -> Any:
+def open_store(db: str) -> Any:
     """The study store for ``db`` (a path or an SQLAlchemy URL); a missing file is an error, not a new DB."""
     if "://" not in db and not Path(db).is_file():
         raise FileNotFoundError(f"{db}: study database not found")
@@ -50,7 +50,7 @@ def _close(store: Any) -> None:
 
 def _votes_from_db(db: str, allow_empty: bool = False, who: str = "participant",
                    duplicates: str = "refuse") -> pd.DataFrame:
-    store = _open_store(db)
+    store = open_store(db)
     try:
         frame = store.votes_frame(who)
     finally:
@@ -59,7 +59,7 @@ def _votes_from_db(db: str, allow_empty: bool = False, who: str = "participant",
 
 
 def _ratings_from_db(db: str, for_agreement: bool) -> pd.DataFrame:
-    store = _open_store(db)
+    store = open_store(db)
     try:
         frame = store.ratings_frame()
     finally:
@@ -74,7 +74,7 @@ def _dump(payload: dict[str, Any]) -> None:
     sys.stdout.write("\n")
 
 
-def _fmt(value: float, spec: str = ".3f") -> str:
+def fmt_number(value: float, spec: str = ".3f") -> str:
     return "n/a" if value is None or value != value else format(value, spec)
 
 
@@ -109,7 +109,7 @@ def _exclusions(votes: pd.DataFrame, spec: str | None, db: str | None = None, fl
     protocol_rule: list[str] = []
     flags = None
     if db:
-        store = _open_store(db)
+        store = open_store(db)
         try:
             if hasattr(store, "flags_frame"):  # a store without attention flags (before schema v3) has none
                 flags = store.flags_frame()
@@ -180,7 +180,7 @@ def _extra_exports(args: argparse.Namespace) -> list[tuple[Path, pd.DataFrame, s
     out = []
     if args.flags_out is None and args.payments is None:
         return out
-    store = _open_store(args.db)
+    store = open_store(args.db)
     try:
         if args.flags_out is not None:
             out.append((args.flags_out, store.flags_frame(), "flags"))
@@ -342,7 +342,7 @@ def _run_llm_agreement(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     if inconsistency:
         print("LLM position inconsistency (share of pairs whose answer changed with the order): "
-              + ", ".join(f"{k} {_fmt(v)}" for k, v in inconsistency.items()))
+              + ", ".join(f"{k} {fmt_number(v)}" for k, v in inconsistency.items()))
     return 0
 
 

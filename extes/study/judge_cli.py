@@ -83,10 +83,10 @@ def run_judge(args: argparse.Namespace) -> int:
     from extes.judge import PROMPT_VERSION, Judge
     from extes.selfchat.budget import Budget, price_for
     from extes.selfchat.client import LLMClient
-    from extes.study.analysis_cli import _fmt, _open_store
+    from extes.study.analysis_cli import fmt_number, open_store
 
     arm = _judge_arm(args)
-    store = _open_store(args.db)
+    store = open_store(args.db)
     try:
         items = pair_items(store, args.limit)
         participant_votes = store.votes_frame("participant")
@@ -114,7 +114,7 @@ def run_judge(args: argparse.Namespace) -> int:
     llm = pd.DataFrame(result.votes, columns=cols)
     write_csv_atomic(llm, args.out / "llm_votes.csv")
     if args.into_db:  # the votes join the study's own (`--voters llm` in export/analyze, the dashboard)
-        store = _open_store(args.db)
+        store = open_store(args.db)
         try:
             store.replace_llm_votes(arm.model, result.prompt_version, result.votes)
         finally:
@@ -129,7 +129,7 @@ def run_judge(args: argparse.Namespace) -> int:
              "", "Position inconsistency (share of judged pairs whose answer changed with the order; "
              "counted as ties):", ""]
     for aspect, share in result.position_inconsistency().items():
-        lines.append(f"- {aspect}: {_fmt(share)} ({result.inconsistent[aspect]} of {result.compared[aspect]})")
+        lines.append(f"- {aspect}: {fmt_number(share)} ({result.inconsistent[aspect]} of {result.compared[aspect]})")
     lines.append("")
     sections, tables = people_agreement_sections(participant_votes, llm, judge_votes)
     lines += sections

@@ -18,7 +18,7 @@ from typing import Any, Self
 PANE_NAMES: tuple[str, ...] = ("A", "B", "C")
 
 
-def _pick(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
+def _pick(cls: type, row: Mapping[str, Any]) -> dict[str, object]:
     """The row's values for the record's fields (columns the record does not name are left out)."""
     return {f.name: row[f.name] for f in fields(cls) if f.name in row}
 
@@ -210,6 +210,18 @@ class Vote:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
         return cls(**_pick(cls, row))
+
+
+@dataclass(frozen=True)
+class PaneVote:
+    """One answer of a rating form as it is written: the panes as shown, the arms behind them, a, b or tie."""
+
+    aspect: str
+    pane_a: str
+    pane_b: str
+    arm_a: str
+    arm_b: str
+    outcome: str
 
 
 @dataclass(frozen=True)

@@ -123,10 +123,10 @@ def load_toxicity(paths: list[str]) -> list[dict[str, Any]]:
 
 def _votes_and_ratings(args):
     from extes.analysis.io import load_ratings, load_votes
-    from extes.study.analysis_cli import _open_store
+    from extes.study.analysis_cli import open_store
 
     if args.db:
-        store = _open_store(args.db)
+        store = open_store(args.db)
         try:
             votes, ratings = store.votes_frame(args.voters), store.ratings_frame()
         finally:
@@ -216,7 +216,7 @@ def build_tables(args) -> tuple[list, dict[str, Any]]:
 
 def run_report(args: argparse.Namespace) -> int:
     from extes.analysis import tables as T
-    from extes.analysis.report import _png, _text, votes_sentence, write_outputs
+    from extes.analysis.report import png_writer, text_writer, votes_sentence, write_outputs
 
     built, objects = build_tables(args)
     writers: dict[str, Any] = {}
@@ -225,17 +225,17 @@ def run_report(args: argparse.Namespace) -> int:
     if "wtl" in objects:
         from extes.analysis.plots import plot_win_tie_loss
 
-        writers["win_tie_loss.png"] = _png(plot_win_tie_loss(objects["wtl"]))
+        writers["win_tie_loss.png"] = png_writer(plot_win_tie_loss(objects["wtl"]))
         md.append(f"Votes: {votes_sentence(objects['wtl'])}\n")
         md += [f"> Warning: {n}\n" for n in objects["wtl"].notes]
     if "stats" in objects:
-        writers["strategies.png"] = _png(_strategy_figure(objects["stats"]))
+        writers["strategies.png"] = png_writer(_strategy_figure(objects["stats"]))
     for table in built:
         md.append(T.to_markdown(table))
     md += [f"![{name}]({name})\n" for name in writers if name.endswith(".png")]
-    writers["report.md"] = _text("\n".join(md))
-    writers["tables.tex"] = _text("\n".join(T.to_latex(t) for t in built))
-    writers["preview.tex"] = _text(T.LATEX_PREAMBLE + "\\begin{document}\n\\input{tables.tex}\n\\end{document}\n")
+    writers["report.md"] = text_writer("\n".join(md))
+    writers["tables.tex"] = text_writer("\n".join(T.to_latex(t) for t in built))
+    writers["preview.tex"] = text_writer(T.LATEX_PREAMBLE + "\\begin{document}\n\\input{tables.tex}\n\\end{document}\n")
     written = write_outputs(args.out, writers)
     print(f"wrote {len(written)} files to {args.out}: " + ", ".join(p.name for p in written))
     for table in built:
@@ -245,14 +245,14 @@ def run_report(args: argparse.Namespace) -> int:
 
 def _strategy_figure(stats):
     """Strategy shares per dataset, one panel each."""
-    from extes.analysis.plots import _figure
-    from extes.stats import _abbr, largest_remainder
+    from extes.analysis.plots import new_figure
+    from extes.stats import abbr, largest_remainder
 
-    fig = _figure(4.0 * len(stats) + 1.0, 3.6)
+    fig = new_figure(4.0 * len(stats) + 1.0, 3.6)
     axes = fig.subplots(1, len(stats), squeeze=False)[0]
     for ax, (label, st) in zip(axes, stats.items()):
         names = list(st.strategies)
-        ax.bar([_abbr(n) for n in names], largest_remainder(list(st.strategies.values())), color="#55A868")
+        ax.bar([abbr(n) for n in names], largest_remainder(list(st.strategies.values())), color="#55A868")
         ax.set_title(label)
         ax.set_ylabel("% of strategy labels")
         ax.tick_params(axis="x", labelrotation=90)

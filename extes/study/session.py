@@ -11,43 +11,50 @@ contain arm names, model names or adapter paths. Participant messages are never 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 import time
-import unicodedata
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from extes.analysis import exclusions as ex
+from extes.study.arrivals import PlatformArrivals
 from extes.study.assignment import balanced_chooser
 from extes.study.blinding import strip_tags
-from extes.study.protocol import INSTRUCTED_ANSWER, PANES, Protocol
-from extes.study.records import Message, Participant, Role
-from extes.study.recruitment import (
-    SALT_FINGERPRINT_META,
-    PlatformArrival,
-    RecruitmentError,
-    arrival_from_params,
-    completion_link,
-    platform_id_hashes,
-    platform_salt,
-    salt_fingerprint,
+from extes.study.protocol import PANES, Protocol
+from extes.study.rating import (
+    INSTRUCTED_KEY,
+    PAIRS,
+    Question,
+    attention_checks,
+    questions,
+    votes_from_answers,
 )
+from extes.study.records import Message, Participant, Role
 from extes.study.safety import RiskChecker, record_risks
-from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, RatingChecks, Store
+from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, Store
 from extes.study.turn import TurnStream
+from extes.study.views import (
+    ChatMessage,
+    PaneState,
+    SessionView,
+    StudyRefusal,
+    UnknownCode,
+    clean_input,
+    pane_label,
+)
 from extes.taxonomy import OTHER_SCENARIO, SCENARIO_NAMES
+
+# Re-exported: the pages and tests import the flow's words from here.
+__all__ = ["INSTRUCTED_KEY", "PAIRS", "SCENARIO_CHOICES", "PaneState", "ReplyPool", "SessionView", "Study",
+           "StudyRefusal", "UnknownCode", "clean_input", "pane_label", "trim_to_sentence"]
 
 log = logging.getLogger(__name__)
 
 SCENARIO_CHOICES: tuple[str, ...] = (*SCENARIO_NAMES, OTHER_SCENARIO)
-PAIRS: tuple[tuple[str, str], ...] = (("A", "B"), ("A", "C"), ("B", "C"))
-ANSWERS = {"left": "a", "right": "b", "tie": "tie", "a": "a", "b": "b"}
 MAX_DESCRIPTION_CHARS = 500
-INSTRUCTED_KEY = "attention:instructed"  # the attention row of the rating form (never a vote)
 EXCLUSION_RULE_META = "exclusion_rule"  # the running protocol's `attention.exclude`, JSON, in the store's meta
 
 
@@ -60,31 +67,6 @@ class ReplyPool(TypingProtocol):
                     cancel: threading.Event | None = None) -> Iterator[tuple[str, Any]]: ...
 
 
-def clean_input(value: Any, what: str, multiline: bool = True) -> str:
-    """A text a person typed, or StudyRefusal naming the field: only strings, and no control characters
-    (NUL and the like) other than newlines and tabs where a field has several lines."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise StudyRefusal(f"The {what} must be text.")
-    allowed = "\n\t\r" if multiline else ""
-    for ch in value:
-        if ch not in allowed and unicodedata.category(ch) in ("Cc", "Cs"):
-            raise StudyRefusal(f"The {what} contains a control character (U+{ord(ch):04X}) that cannot be stored; "
-                               "please remove it.")
-    return value
-
-
-def pane_label(pane: str) -> str:
-    return f"Model {pane}"
-
-
-def answer_key(aspect_key: str, pair: tuple[str, str]) -> str:
-    """Key of one rating-form question: 'fluency:AB'."""
-    return f"{aspect_key}:{pair[0]}{pair[1]}"
-
-
-
 def trim_to_sentence(text: str, keep: float = 0.5) -> str:
     """A reply cut by the length cap ends mid-sentence ("... That could help. If you"): show it up to its
     last complete sentence, when that keeps at least `keep` of the text (the raw text is stored too)."""
@@ -95,51 +77,6 @@ def trim_to_sentence(text: str, keep: float = 0.5) -> str:
     while end < len(text) and text[end] in "\"')]*":
         end += 1
     return text[:end].rstrip() if end >= keep * len(text) else text
-
-
-class StudyRefusal(ValueError):
-    """A request the study refuses; nothing was stored. `hint=True` for gentle nudges (an empty message)."""
-
-    def __init__(self, message: str, hint: bool = False):
-        super().__init__(message)
-        self.hint = hint
-
-
-class UnknownCode(StudyRefusal):
-    """A code (or conversation id) that names nothing of this participant: counted as a guess."""
-
-
-@dataclass
-class PaneState:
-    pane: str
-    label: str
-    messages: list[dict[str, Any]]  # {"role", "content", "id", "interrupted"}
-    turns: int
-    remaining: int
-
-
-@dataclass
-class SessionView:
-    """Everything the participant page shows. Holds no arm names (unless `revealed`, after rating, when the
-    protocol allows it)."""
-
-    stage: str  # setup | chat | thanks (only right after rating) | done
-    code: str
-    participant_id: str
-    conversation_id: str = ""
-    number: int = 0  # 1-based number of the current (or next) conversation
-    total: int = 1
-    panes: list[PaneState] = field(default_factory=list)
-    min_turns: int = 0
-    can_rate: bool = False
-    crisis: bool = False
-    scenario: str = ""
-    revealed: dict[str, str] | None = None
-    streaming: bool = False
-    # a participant from a recruitment platform: at the end (stage "done", or "screened_out" for one who
-    # declined) the completion link and code to take back to the platform
-    completion_url: str = ""
-    completion_code: str = ""
 
 
 class Study:
@@ -156,7 +93,9 @@ class Study:
         self._busy_lock = threading.Lock()
         self._live: set[int] = set()  # reply rows streaming in this process (kept fresh by the heartbeat)
         self._heartbeat: threading.Thread | None = None
-        self._init_platform()
+        # the running protocol's exclusion rule, for `extes analyze --exclusions protocol` from the database alone
+        store.set_meta(EXCLUSION_RULE_META, json.dumps(list(protocol.attention.exclude)))
+        self.arrivals = PlatformArrivals(protocol, store, self) if protocol.recruitment is not None else None
 
     def _beat(self) -> None:
         """Refresh the replies streaming here, so other processes (and this one after a restart) can
@@ -183,7 +122,8 @@ class Study:
 
     # ---------------------------------------------------------------------------------- lookups
 
-    def _participant(self, code: str) -> Participant:
+    def participant(self, code: str) -> Participant:
+        """The participant with this code; UnknownCode (a guess, counted by the page's limits) otherwise."""
         code = clean_input(code, "participant code", multiline=False)
         p = self.store.participant_by_code(code)
         if p is None:
@@ -193,7 +133,7 @@ class Study:
         return p
 
     def _owned(self, code: str, conversation_id: str) -> tuple[Participant, Conversation]:
-        p = self._participant(code)
+        p = self.participant(code)
         conversation_id = clean_input(conversation_id, "conversation id", multiline=False)
         conv = self.store.conversation(conversation_id or "") if conversation_id else None
         if conv is None or conv.participant_id != p.id:
@@ -224,7 +164,7 @@ class Study:
 
     def view(self, code: str) -> SessionView:
         """Where the participant with `code` is now (the resume logic)."""
-        p = self._participant(code)
+        p = self.participant(code)
         total = self.protocol.conversations_per_participant
         convs = self.store.conversations_of(p.id)
         base = dict(code=p.code, participant_id=p.id, total=total, min_turns=self.protocol.min_user_turns)
@@ -280,7 +220,7 @@ class Study:
         """Start the participant's next conversation. The limits (one in progress, at most
         conversations_per_participant) are checked again inside the store's write transaction, so
         simultaneous Start calls, in one process or several, cannot create more."""
-        p = self._participant(code)
+        p = self.participant(code)
         in_progress = StudyRefusal("You already have a conversation in progress; it has been reopened.", hint=True)
         complete = StudyRefusal("You have completed all conversations of this study. Thank you!")
         convs = [c for c in self.store.conversations_of(p.id) if c.status in ("chatting", "rated")]
@@ -320,11 +260,11 @@ class Study:
                                "Please shorten it and send it again.")
         return text
 
-    def _context(self, conv: Conversation, pane: str, rows: list[Message]) -> list[dict[str, Any]]:
+    def _context(self, conv: Conversation, pane: str, rows: list[Message]) -> list[ChatMessage]:
         """The model's view of one pane: its own history (consecutive same-role turns merged, e.g. after an
         interrupted reply), with the scenario in the system prompt only when the protocol says so."""
         arm = self._arm(conv, pane)
-        out: list[dict[str, Any]] = []
+        out: list[ChatMessage] = []
         if self.protocol.scenario_to_models:
             about = f"The person would like to talk about: {conv.scenario}."
             if conv.description:
@@ -336,7 +276,7 @@ class Study:
             if out and out[-1]["role"] == r.role and r.role != "system":
                 out[-1]["content"] += "\n\n" + r.text
                 continue
-            m: dict[str, Any] = {"role": r.role, "content": r.text}
+            m: ChatMessage = {"role": r.role, "content": r.text}
             if r.is_reply and getattr(arm, "strategies", False) and r.strategy:
                 m["strategy"] = r.strategy
             out.append(m)
@@ -501,45 +441,31 @@ class Study:
 
     # ---------------------------------------------------------------------------------- rating
 
-    def questions(self) -> list[tuple[str, str, str, tuple[str, str]]]:
-        """(key, aspect label, question, pair) for every question of the rating form, in order."""
-        return [(answer_key(a.key, pair), a.label, a.question, pair)
-                for a in self.protocol.aspects for pair in PAIRS]
+    def questions(self) -> list[Question]:
+        """Every question of the rating form, in order (`extes.study.rating`)."""
+        return questions(self.protocol)
 
-    def submit_rating(self, code: str, conversation_id: str, answers: dict[str, str | None],
+    def submit_rating(self, code: str, conversation_id: str, answers: Mapping[str, str | None],
                       comment: str = "") -> SessionView:
-        """Store the whole rating form (all aspects x pairs required) atomically and move on."""
+        """Store the whole rating form (all aspects x pairs required) and its attention checks atomically,
+        and move on."""
         p, conv = self._owned(code, conversation_id)
         if conv.status != "chatting":
             raise StudyRefusal("This conversation has already been rated; your ratings were kept.")
         streaming = StudyRefusal("Please wait until every reply is finished before rating.", hint=True)
         if conv.id in self._busy or self.store.is_streaming(conv.id):
             raise streaming
-        panes = self._pane_states(conv)
-        short = [ps for ps in panes if ps.remaining > 0]
+        short = [ps for ps in self._pane_states(conv) if ps.remaining > 0]
         if short:
             need = ", ".join(f"{ps.label} needs {ps.remaining} more" for ps in short)
             raise StudyRefusal(f"Each model needs at least {self.protocol.min_user_turns} replies before rating: {need}.")
-        missing, rows = [], []
-        for key, label, _q, (left, right) in self.questions():
-            raw = answers.get(key)
-            value = ANSWERS.get(raw.strip().lower()) if isinstance(raw, str) else None
-            if value is None:
-                missing.append(f"{label} ({pane_label(left)} vs {pane_label(right)})")
-                continue
-            rows.append({"aspect": key.split(":")[0], "pane_a": left, "pane_b": right,
-                         "arm_a": conv.arm(left),
-                         "arm_b": conv.arm(right), "outcome": value})
-        if self.protocol.attention.instructed_response and not isinstance(answers.get(INSTRUCTED_KEY), str):
-            missing.append("the attention row")
-        if missing:
-            raise StudyRefusal("Please answer every question before submitting. Missing: " + "; ".join(missing))
+        votes = votes_from_answers(self.protocol, conv, answers)
         comment = clean_input(comment, "comment").strip()
         if len(comment) > self.protocol.max_message_chars:
             raise StudyRefusal(f"Please keep the comment under {self.protocol.max_message_chars:,} characters.")
         try:
-            self.store.submit_votes(conv.id, p.id, rows, comment=comment,
-                                    checks=self._attention_checks(conv, answers, rows))
+            self.store.submit_votes(conv.id, p.id, votes, comment=comment,
+                                    checks=attention_checks(self.protocol, self.store, conv, answers, votes))
         except DuplicateError:
             raise StudyRefusal("This conversation has already been rated; your ratings were kept.") from None
         except LimitError:  # a reply started streaming meanwhile (another tab or app process)
@@ -547,174 +473,23 @@ class Study:
         log.info("participant %s rated conversation %s", p.id, conv.id)
         return self._seen(self._after_rating(code, conv))
 
-    # ---------------------------------------------------------------------------------- attention checks
-
-    def _attention_checks(self, conv: Conversation, answers: dict[str, Any], rows: list[dict[str, Any]]) -> RatingChecks | None:
-        """The flags this protocol's attention checks raise for a rating form (None when none is on). The
-        details hold counts and times only, never what the participant wrote."""
-        att = self.protocol.attention
-        if not att.enabled():
-            return None
-        found: list[tuple[str, str]] = []
-        instructed = None
-        if att.instructed_response:
-            raw = answers.get(INSTRUCTED_KEY)
-            instructed = ANSWERS.get(raw.strip().lower(), "other") if isinstance(raw, str) else None
-            if ex.failed_attention(instructed, INSTRUCTED_ANSWER):
-                found.append(("failed_attention", f"answered {instructed!r}, asked for {INSTRUCTED_ANSWER!r}"))
-        user = [r for r in self.store.messages(conv.id) if r.role == "user"]
-        texts = [r.text for r in user]
-        if att.min_message_chars and ex.short_messages(texts, att.min_message_chars):
-            n = sum(len(t.strip()) < att.min_message_chars for t in texts)
-            found.append(("short_messages", f"{n} of {len(texts)} message(s) under {att.min_message_chars} characters"))
-        turns = max((sum(r.pane == pane for r in user) for pane in PANES), default=0)
-        if att.flag_repeated_messages and turns >= 2 and ex.repeated_message(texts):
-            found.append(("repeated_message", f"the same message in all {len(texts)} sent"))
-        seconds = self._rating_seconds(conv.id)
-        if att.min_rating_seconds and ex.fast_rating(seconds, att.min_rating_seconds):
-            found.append(("fast_rating", f"{seconds:.1f} s on the rating form, minimum {att.min_rating_seconds} s"))
-        outcomes = [r["outcome"] for r in rows]
-        if att.flag_straight_lining and ex.straight_lined(outcomes):
-            found.append(("straight_lined", f"all {len(outcomes)} answers {outcomes[0]!r}"))
-        return RatingChecks(instructed_answer=instructed, rating_seconds=seconds, flags=tuple(found))
-
-    def _rating_seconds(self, conversation_id: str) -> float | None:
-        """Seconds from the conversation's last message (when the rating form was last in view without a
-        reply pending) to now, measured on the server (a page cannot forge it)."""
-        from datetime import UTC, datetime
-
-        last = self.store.last_activity(conversation_id)
-        if not last:
-            return None
-        try:
-            return round(max(0.0, (datetime.now(UTC) - datetime.fromisoformat(last)).total_seconds()), 3)
-        except ValueError:  # pragma: no cover - a timestamp not written by this store
-            return None
-
     # ---------------------------------------------------------------------------------- recruitment platforms
 
-    def _init_platform(self) -> None:
-        """Record the running protocol's exclusion rule in the store (`extes analyze --exclusions protocol`
-        then works from the database alone); check the platform salt before anyone arrives."""
-        import json
-
-        self.store.set_meta(EXCLUSION_RULE_META, json.dumps(list(self.protocol.attention.exclude)))
-        rec = self.protocol.recruitment
-        self._salt = platform_salt() if rec is not None else b""
-        if rec is not None:  # for the payments export (`extes export --payments`) from the database alone
-            self._check_salt()
-            self.store.set_meta("completion_codes", json.dumps({"completion": rec.completion_code,
-                                                                "screened_out": rec.screened_out_code}))
-
-    def _check_salt(self) -> None:
-        """The salt keys every stored platform id: with another one, no finished id would be recognised and
-        each could start again. The first start records the salt's fingerprint; a later start with another
-        salt is refused before anyone arrives."""
-        mine = salt_fingerprint(self._salt)
-        stored = self.store.meta_value(SALT_FINGERPRINT_META, lambda: mine)
-        if stored != mine:
-            raise RecruitmentError(
-                f"{self.store.where()}: EXTES_PLATFORM_SALT differs from the one this study database was "
-                "started with; with another salt every platform id that already took part could start again. "
-                "Start the app with the original salt (or use a new database for a new study).")
-
-    def _arrival(self, params: dict[str, str] | None) -> tuple[PlatformArrival, tuple[str, ...]] | None:
-        """The arrival's platform ids and the hashes its id may be stored under (the current one first)."""
-        rec = self.protocol.recruitment
-        if rec is None or not params:
-            return None
-        try:
-            arrival = arrival_from_params({str(k): str(v) for k, v in params.items()}, rec)
-        except RecruitmentError as exc:
-            raise StudyRefusal(f"{exc}. Please open the study from the link on the recruitment platform.") from None
-        if arrival is None:
-            return None
-        return arrival, platform_id_hashes(rec.platform, arrival.participant, self._salt)
-
     def _seen(self, view: SessionView) -> SessionView:
-        """For a participant from a platform: record the stage reached, and at the end add the completion
-        link and code."""
-        rec = self.protocol.recruitment
-        if rec is None or not view.participant_id:
-            return view
-        if self.store.platform_session_of(view.participant_id) is None:
-            return view
-        self.store.platform_seen(view.participant_id, view.stage)
-        if view.stage == "done":
-            view.completion_url, view.completion_code = completion_link(rec), rec.completion_code
-        return view
+        """For a participant from a platform: the stage reached is recorded, and the end carries the
+        completion link and code (`extes.study.arrivals`)."""
+        return self.arrivals.record_stage(view) if self.arrivals is not None else view
 
-    def _screened_out_view(self) -> SessionView:
-        rec = self.protocol.recruitment
-        assert rec is not None
-        link = completion_link(rec, screened_out=True) if rec.screened_out_code else ""
-        return SessionView(stage="screened_out", code="", participant_id="", completion_url=link,
-                           completion_code=rec.screened_out_code or "")
+    def platform_arrival(self, params: Mapping[str, str] | None, held_code: str | None = None) -> SessionView | None:
+        """A page opened with URL parameters (`PlatformArrivals.arrive`); None: not a platform arrival."""
+        return self.arrivals.arrive(params, held_code) if self.arrivals is not None else None
 
-    def platform_arrival(self, params: dict[str, str] | None, held_code: str | None = None) -> SessionView | None:
-        """A page opened with URL parameters. None: no platform arrival (the ordinary consent and code
-        screens). A new platform id gets stage "consent" (no code screen; nothing is stored before consent);
-        a screened-out one sees the screened-out link again.
+    def platform_consent(self, params: Mapping[str, str] | None) -> SessionView:
+        """The participant from a platform agreed (`PlatformArrivals.agree`)."""
+        return self.arrivals.agree(params) if self.arrivals is not None else self.consent()
 
-        A platform id only identifies: it is seen by every researcher the participant ever worked for, so
-        it is never a credential. A known id resumes only with `held_code`, the participant code this
-        browser kept, when that code is this id's participant; otherwise the view is stage "return", which
-        asks for the participant code (and shows nothing of the conversation or the completion code)."""
-        found = self._arrival(params)
-        if found is None:
-            return None
-        _arrival, hashes = found
-        session = self.store.platform_session(*hashes)
-        if session is None:
-            return SessionView(stage="consent", code="", participant_id="")
-        if session.participant_id is None:
-            return self._screened_out_view()
-        held = self._held(held_code)
-        if held is None or held.id != session.participant_id:
-            return SessionView(stage="return", code="", participant_id="")
-        log.info("platform participant %s returned", session.participant_id)
-        return self.resume(held.code)
-
-    def _held(self, code: str | None) -> Participant | None:
-        """The participant of a code this browser kept, or None (no code, or one that names nobody)."""
-        if not code:
-            return None
-        try:
-            return self._participant(code)
-        except StudyRefusal:
-            return None
-
-    def platform_consent(self, params: dict[str, str] | None) -> SessionView:
-        """The participant from a platform agreed: a participant linked to the platform id's hash. The same
-        platform id can never start twice (refused, nothing stored)."""
-        found = self._arrival(params)
-        if found is None:
-            return self.consent()
-        arrival, hashes = found
-        rec = self.protocol.recruitment
-        try:
-            p = self.store.create_platform_participant(
-                self.protocol.source, rec.platform, hashes[0], arrival.participant if rec.keep_raw_id else None,
-                arrival.study, arrival.session, also_known_as=hashes[1:])
-        except DuplicateError:
-            raise StudyRefusal("This study was already started with your platform id; it cannot be started "
-                               "twice. To continue, enter the participant code you were given.", hint=True) from None
-        log.info("participant %s consented (from %s)", p.id, rec.platform)
-        return self._seen(self.view(p.code))
-
-    def platform_decline(self, params: dict[str, str] | None) -> SessionView:
-        """The participant from a platform did not consent: recorded as screened out (no participant, no
-        text); the view carries the screened-out link when the protocol has a screened-out code. A decline
-        with an id that already agreed changes nothing (it cannot screen out someone who took part), and
-        one recorded for an id does not stop that id from agreeing later."""
-        found = self._arrival(params)
-        if found is None:
+    def platform_decline(self, params: Mapping[str, str] | None) -> SessionView:
+        """The participant from a platform did not agree (`PlatformArrivals.decline`)."""
+        if self.arrivals is None:
             raise StudyRefusal("Thank you. You can close this page.")
-        arrival, hashes = found
-        rec = self.protocol.recruitment
-        session = self.store.platform_session(*hashes)
-        if session is not None and session.participant_id is not None:
-            raise StudyRefusal("Thank you. You can close this page.")
-        self.store.record_screened_out(rec.platform, hashes[0], arrival.participant if rec.keep_raw_id else None,
-                                       arrival.study, arrival.session, also_known_as=hashes[1:])
-        return self._screened_out_view()
+        return self.arrivals.decline(params)

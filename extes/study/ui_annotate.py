@@ -26,7 +26,7 @@ from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import PANES, Protocol
 from extes.study.records import Participant
 from extes.study.store import Store
-from extes.study.ui_participant import StrictTextbox, Updates, _request, safe_text, with_request
+from extes.study.ui_participant import StrictTextbox, Updates, request_of, safe_text, with_request
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class AnnotateUI:
 
         @wraps(fn)
         def wrapper(*args):
-            client = client_of(_request(args))
+            client = client_of(request_of(args))
             try:
                 self.limiter.check("code", client)  # code guessing: refused up front once over the limit
                 return fn(*args)

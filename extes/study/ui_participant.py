@@ -26,16 +26,9 @@ from gradio.blocks import Block
 
 from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import INSTRUCTED_LABEL, PANES
-from extes.study.session import (
-    INSTRUCTED_KEY,
-    PAIRS,
-    SCENARIO_CHOICES,
-    SessionView,
-    Study,
-    StudyRefusal,
-    UnknownCode,
-    pane_label,
-)
+from extes.study.rating import INSTRUCTED_KEY, PAIRS
+from extes.study.session import SCENARIO_CHOICES, Study
+from extes.study.views import SessionView, StudyRefusal, UnknownCode, pane_label
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +104,7 @@ def _skip_all(outputs: list[Block]) -> Updates | None:
     return {block: gr.skip() for block in outputs} if outputs else None
 
 
-def _request(args: tuple) -> gr.Request | None:
+def request_of(args: tuple) -> gr.Request | None:
     return next((a for a in args if isinstance(a, gr.Request)), None)
 
 
@@ -272,12 +265,12 @@ class ParticipantUI:
     def _limited(self, fn: Callable, args: tuple) -> None:
         """Before a handler that takes a code: refuse a client (or everyone) over the code-guessing limit."""
         if self.limiter is not None and fn.__name__ != "on_consent":
-            self.limiter.check("code", client_of(_request(args)))
+            self.limiter.check("code", client_of(request_of(args)))
 
     def _count_guess(self, exc: BaseException, args: tuple) -> None:
         if self.limiter is not None and isinstance(exc, UnknownCode):
             try:
-                self.limiter.hit("code", client_of(_request(args)))
+                self.limiter.hit("code", client_of(request_of(args)))
             except RateLimited:
                 pass  # this refusal is shown; the next attempt is refused up front
 
@@ -430,7 +423,7 @@ class ParticipantUI:
 
     # ------------------------------------------------------------------------------ layout
 
-    def build(self) -> gr.Blocks:
+    def build(self) -> gr.Blocks:  # noqa: PLR0915 - a Gradio layout reads top to bottom as the page does
         p = self.protocol
         with gr.Blocks(title="Study", analytics_enabled=False, fill_width=True) as demo:
             self.code_box = StrictTextbox(visible=False, label="code")

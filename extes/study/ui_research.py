@@ -174,6 +174,17 @@ def agreement_view(store: Store) -> AgreementView:
     return view
 
 
+@dataclass(frozen=True)
+class Overview:
+    """What the dashboard's refresh shows: live counts, win/tie/loss, agreement, flags, conversations."""
+
+    counts: dict[str, int]
+    win_tie_loss: WinTieLossView
+    agreement: AgreementView
+    flags: pd.DataFrame
+    conversations: pd.DataFrame
+
+
 def flagged_conversations(store: Store) -> pd.DataFrame:
     """Risk flags and harmful-reply reports, newest first (texts stay in the transcript browser)."""
     rows = [{"conversation_id": f.conversation_id, "kind": "risk", "category": f.category,
@@ -372,15 +383,12 @@ class Dashboard:
         if ok is not True:
             raise NotLoggedIn("Log in first.")
 
-    def refresh(self, ok: bool, reference: str | None, source: str = "participant") -> dict[str, Any]:
+    def refresh(self, ok: bool, reference: str | None, source: str = "participant") -> Overview:
         self._check(ok)
-        return {
-            "counts": live_counts(self.store, self.protocol),
-            "win_tie_loss": win_tie_loss_view(self.store, reference, source),
-            "agreement": agreement_view(self.store),
-            "flags": flagged_conversations(self.store),
-            "conversations": conversation_list(self.store),
-        }
+        return Overview(counts=live_counts(self.store, self.protocol),
+                        win_tie_loss=win_tie_loss_view(self.store, reference, source),
+                        agreement=agreement_view(self.store), flags=flagged_conversations(self.store),
+                        conversations=conversation_list(self.store))
 
     def transcript(self, ok: bool, conversation_id: str) -> tuple[str, pd.DataFrame]:
         self._check(ok)
@@ -418,7 +426,7 @@ class Dashboard:
 # ------------------------------------------------------------------------------------------- UI
 
 
-def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownloads | None = None) -> None:
+def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownloads | None = None) -> None:  # noqa: C901, PLR0915 - the dashboard's layout and wiring, top to bottom as the page shows them
     """Build the dashboard's components inside the current `gr.Blocks` context."""
     gr.Markdown("# Researcher dashboard")
     if research_password() is None:
@@ -505,16 +513,16 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
     @guarded
     def refresh(ok: bool, ref: str | None, src: str):
         d = board_fns.refresh(ok, ref, src)
-        wtl, agree = d["win_tie_loss"], d["agreement"]
+        wtl, agree = d.win_tie_loss, d.agreement
         return {
-            counts_md: counts_markdown(d["counts"]),
+            counts_md: counts_markdown(d.counts),
             wtl_note: md_escape(wtl.note), wtl_table: frame(wtl.table),
             wtl_plot: gr.update(value=wtl.figure, visible=wtl.figure is not None), wtl_rows: frame(wtl.rows),
             agree_note: "\n".join(f"- {md_escape(n)}" for n in agree.notes),
             agree_table: frame(agree.table), quality: frame(agree.quality),
-            flags_df: frame(d["flags"]) if not d["flags"].empty else gr.update(value=None, visible=False),
-            convs_df: frame(d["conversations"]),
-            flags_note: "" if not d["flags"].empty else "No flags or reports.",
+            flags_df: frame(d.flags) if not d.flags.empty else gr.update(value=None, visible=False),
+            convs_df: frame(d.conversations),
+            flags_note: "" if not d.flags.empty else "No flags or reports.",
         }
 
     @guarded

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from extes.study.records import ConversationFlag, LlmVote, RatingChecks, RatingRecord, Vote
+from extes.study.records import ConversationFlag, LlmVote, PaneVote, RatingChecks, RatingRecord, Vote
 from extes.study.store.base import DuplicateError, LimitError, StoreBase
 from extes.study.store.schema import conversation_flags, conversations, llm_votes, rating_checks, votes
 from extes.study.store.times import now
@@ -17,14 +18,14 @@ OUTCOMES = ("a", "b", "tie")
 
 
 class VotesStore(StoreBase):
-    def submit_votes(self, conversation_id: str, rater_id: str, rows: Sequence[dict[str, Any]],
+    def submit_votes(self, conversation_id: str, rater_id: str, rows: Sequence[PaneVote],
                      comment: str | None = None, checks: RatingChecks | None = None) -> int:
         """Store a participant's complete rating form and mark the conversation rated, atomically.
         Each row: aspect, pane_a, pane_b, arm_a, arm_b, outcome (a|b|tie). Raises DuplicateError when the
         conversation was already rated (nothing is written then)."""
         for r in rows:
-            if r["outcome"] not in OUTCOMES:
-                raise ValueError(f"vote outcome must be one of {OUTCOMES}, got {r['outcome']!r}")
+            if r.outcome not in OUTCOMES:
+                raise ValueError(f"vote outcome must be one of {OUTCOMES}, got {r.outcome!r}")
         stamp = now()
         try:
             with self._write("conversations", "messages") as conn:
@@ -39,7 +40,7 @@ class VotesStore(StoreBase):
                     raise DuplicateError("this conversation was already rated")
                 conn.execute(votes.insert(), [
                     {"conversation_id": conversation_id, "rater_id": rater_id, "created_at": stamp,
-                     **{k: r[k] for k in ("aspect", "pane_a", "pane_b", "arm_a", "arm_b", "outcome")}}
+                     **dataclasses.asdict(r)}
                     for r in rows
                 ])
                 if checks is not None:  # v3: attention answer, time on the form and flags, in the same transaction
