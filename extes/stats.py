@@ -127,7 +127,7 @@ def _merged_sequence(labels: Sequence[str]) -> list[str]:
     return seq
 
 
-def abbr(name: str) -> str:
+def strategy_abbreviation(name: str) -> str:
     for s in (*STRATEGIES, *ESCONV_STRATEGIES):
         if s.name == name:
             return s.abbr
@@ -173,7 +173,7 @@ def compute_stats(dialogues: list[Dialogue], top_k: int = 5, merge_consecutive: 
             seq = _merged_sequence([s for t in ts for s in t.labels])
             for i in range(len(seq) - hops):
                 c[tuple(seq[i : i + hops + 1])] += 1
-        by_abbr = Counter({(" -> ".join(abbr(s) for s in path), path): cnt for path, cnt in c.items()})
+        by_abbr = Counter({(" -> ".join(strategy_abbreviation(s) for s in path), path): cnt for path, cnt in c.items()})
         transitions[f"{hops}-hop"] = [
             {"path": key[0], "strategies": list(key[1]), "count": cnt} for key, cnt in top_with_ties(by_abbr, top_k)
         ]
@@ -227,10 +227,10 @@ def format_stats(st: DatasetStats) -> str:
         lines.append(f"  {name:<58} {cnt:>6}  {pct:5.1f}%")
     lines += ["", f"Strategies (Table 2; {sum(st.strategies.values())} labels)"]
     for (name, cnt), pct in zip(st.strategies.items(), largest_remainder(list(st.strategies.values()))):
-        lines.append(f"  {name + ' (' + abbr(name) + ')':<42} {cnt:>6}  {pct:5.1f}%")
+        lines.append(f"  {name + ' (' + strategy_abbreviation(name) + ')':<42} {cnt:>6}  {pct:5.1f}%")
     lines += ["", "Strategy share per conversation phase (top 5 each)"]
     for phase, dist in st.phases.items():
-        top = ", ".join(f"{abbr(s)} {100 * v:.0f}%" for s, v in list(dist.items())[:5])
+        top = ", ".join(f"{strategy_abbreviation(s)} {100 * v:.0f}%" for s, v in list(dist.items())[:5])
         lines.append(f"  phase {phase}: {top}")
     lines += ["", f"Top {st.top_k} strategy transitions (Table 5; adjacent repeats merged; path, count)"]
     for hops, rows in st.transitions.items():
@@ -261,7 +261,7 @@ def write_plots(st: DatasetStats, out_dir: str | Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(9, 5))
     names = list(st.strategies)
-    ax.bar([abbr(n) for n in names], [st.strategies[n] for n in names], color="#55A868")
+    ax.bar([strategy_abbreviation(n) for n in names], [st.strategies[n] for n in names], color="#55A868")
     ax.set_ylabel("assistant turns")
     ax.set_title("Strategy distribution")
     fig.tight_layout()
@@ -275,7 +275,7 @@ def write_plots(st: DatasetStats, out_dir: str | Path) -> list[Path]:
     cmap = plt.get_cmap("tab20")
     for i, s in enumerate(all_strats):
         vals = [st.phases[str(p)].get(s, 0.0) for p in range(1, N_PHASES + 1)]
-        ax.bar([f"phase {p}" for p in range(1, N_PHASES + 1)], vals, bottom=bottoms, label=abbr(s), color=cmap(i % 20))
+        ax.bar([f"phase {p}" for p in range(1, N_PHASES + 1)], vals, bottom=bottoms, label=strategy_abbreviation(s), color=cmap(i % 20))
         bottoms = [b + v for b, v in zip(bottoms, vals)]
     ax.set_ylabel("share of assistant turns")
     ax.set_title("Strategies over conversation phases")

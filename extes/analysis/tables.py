@@ -88,7 +88,7 @@ def table3_overview(stats: Mapping[str, DatasetStats], names: Mapping[str, str] 
 
 def _side_by_side_counts(stats: Mapping[str, DatasetStats], attr: str, names: Mapping[str, str],
                          abbr: bool) -> tuple[list[str], list[list[str]], list[tuple[str, int]]]:
-    from extes.stats import abbr
+    from extes.stats import strategy_abbreviation
 
     labels = list(stats)
     keys: list[str] = []
@@ -100,7 +100,7 @@ def _side_by_side_counts(stats: Mapping[str, DatasetStats], attr: str, names: Ma
         shares[k] = dict(zip(counts, percentages(list(counts.values()))))
     rows = []
     for key in keys:
-        row = [f"{key} ({abbr(key)})" if abbr else key]
+        row = [f"{key} ({strategy_abbreviation(key)})" if abbr else key]
         for k in labels:
             counts = getattr(stats[k], attr)
             row += [str(counts[key]), f"{shares[k][key]:.1f}"] if key in counts else ["-", "-"]

@@ -246,13 +246,13 @@ def run_report(args: argparse.Namespace) -> int:
 def _strategy_figure(stats):
     """Strategy shares per dataset, one panel each."""
     from extes.analysis.plots import new_figure
-    from extes.stats import abbr, largest_remainder
+    from extes.stats import largest_remainder, strategy_abbreviation
 
     fig = new_figure(4.0 * len(stats) + 1.0, 3.6)
     axes = fig.subplots(1, len(stats), squeeze=False)[0]
     for ax, (label, st) in zip(axes, stats.items()):
         names = list(st.strategies)
-        ax.bar([abbr(n) for n in names], largest_remainder(list(st.strategies.values())), color="#55A868")
+        ax.bar([strategy_abbreviation(n) for n in names], largest_remainder(list(st.strategies.values())), color="#55A868")
         ax.set_title(label)
         ax.set_ylabel("% of strategy labels")
         ax.tick_params(axis="x", labelrotation=90)
