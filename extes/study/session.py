@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from extes.models.types import Event, Reply
 from extes.study.arrivals import PlatformArrivals
 from extes.study.assignment import balanced_chooser
 from extes.study.blinding import strip_tags
@@ -63,8 +64,8 @@ class ReplyPool(TypingProtocol):
     requests at once. `requests` maps a key (the pane) to (arm name, messages); the iterator yields
     (key, Event) with Event.delta, .done, .reply (a Reply, or None with .error when that request failed)."""
 
-    def stream_many(self, requests: dict[str, tuple[str, list[dict[str, Any]]]],
-                    cancel: threading.Event | None = None) -> Iterator[tuple[str, Any]]: ...
+    def stream_many(self, requests: dict[str, tuple[str, list[ChatMessage]]],
+                    cancel: threading.Event | None = None) -> Iterator[tuple[str, Event]]: ...
 
 
 def trim_to_sentence(text: str, keep: float = 0.5) -> str:
@@ -360,7 +361,7 @@ class Study:
                 if turn.ended(pane):
                     continue
                 turn.delta(pane, event.delta)
-                if event.done and event.reply is None and getattr(event, "error", None):
+                if event.failed:
                     # this pane's model failed (the others go on): keep what was shown, as for an
                     # interrupted reply; the participant is asked to send again below
                     self._end_reply(reply_ids[pane], turn.shown(pane), "error")
@@ -402,7 +403,7 @@ class Study:
         else:
             self.store.delete_empty_reply(reply_id)
 
-    def _finish(self, conv, pane: str, reply_id: int, reply: Any, streamed: str) -> str:
+    def _finish(self, conv, pane: str, reply_id: int, reply: Reply | None, streamed: str) -> str:
         """Complete a reply row: the shown text (tags stripped, a reply cut by the length cap trimmed to
         its last sentence), the raw text, every strategy found, the engine's numbers. Returns the text."""
         if reply is None:
@@ -417,8 +418,7 @@ class Study:
         self.store.finish_reply(
             reply_id, text, finish_reason=reply.finish_reason, raw_text=reply.raw_text, strategy=reply.strategy,
             strategies=strategies, latency_s=reply.latency_s, ttft_s=reply.ttft_s, n_tokens=reply.n_tokens,
-            settings=reply.settings, dtype=getattr(reply, "dtype", None),
-            engine_version=getattr(reply, "engine_version", None))
+            settings=reply.settings, dtype=reply.dtype or None, engine_version=reply.engine_version or None)
         return text
 
     def report(self, code: str, conversation_id: str, pane: str, index: int, reason: str = "harmful") -> int:
