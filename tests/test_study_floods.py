@@ -118,3 +118,24 @@ def test_wrong_saved_codes_on_page_load_count_as_guesses(tmp_path):
         limiter.check("code", "198.51.100.9")
     limiter.check("code", "192.0.2.1")  # another client is not affected
     store.close()
+
+
+def test_reports_take_only_the_reason_the_page_offers(tmp_path):
+    """Issue 24 item 7: a report's reason is the page's one option; any other value is refused, unstored."""
+    from extes.study.session import StudyRefusal
+    from extes.study.ui_participant import REPORT_OPTION
+
+    protocol = make_protocol(tmp_path, min_turns=1, conversations=1)
+    store = Store(tmp_path / "rep.sqlite")
+    study = Study(protocol, store, FakePool())
+    page = ParticipantUI(study)
+    page.build()
+    view = study.start_conversation(study.consent().code, "Academic Stress")
+    list(study.send(view.code, view.conversation_id, "B", "hi"))
+    for bad in ["<script>x</script> " * 500, True, False, None, "harmful"]:
+        with pytest.raises(StudyRefusal):
+            page.make_report("B")(view.code, view.conversation_id, SimpleNamespace(index=1, liked=bad))
+    assert store.reports() == []
+    page.make_report("B")(view.code, view.conversation_id, SimpleNamespace(index=1, liked=REPORT_OPTION))
+    assert [r.reason for r in store.reports()] == [REPORT_OPTION]
+    store.close()

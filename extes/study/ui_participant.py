@@ -425,8 +425,10 @@ class ParticipantUI:
 
     def make_report(self, pane: str):
         def report(code: str, conversation_id: str, data: gr.LikeData, request: gr.Request = None):
+            if not isinstance(data.liked, str) or data.liked != REPORT_OPTION:  # only the page's option
+                raise StudyRefusal("Use the reply's report button to report it.")  # issue 24: nothing stored
             index = data.index if isinstance(data.index, int) else data.index[0]
-            self.study.report(code, conversation_id, pane, int(index), reason=str(data.liked))
+            self.study.report(code, conversation_id, pane, int(index), reason=REPORT_OPTION)
             gr.Info("Thank you: the reply was reported to the researchers.")
 
         report.__name__ = f"report_{pane.lower()}"
