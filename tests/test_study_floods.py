@@ -139,3 +139,19 @@ def test_reports_take_only_the_reason_the_page_offers(tmp_path):
     page.make_report("B")(view.code, view.conversation_id, SimpleNamespace(index=1, liked=REPORT_OPTION))
     assert [r.reason for r in store.reports()] == [REPORT_OPTION]
     store.close()
+
+
+def test_unqueued_run_routes_of_streaming_sends_are_refused(served):
+    """Issue 24 item 7: `/gradio_api/run/send_*` (and `/api/`) bypassed the queue, left empty "streaming"
+    rows and blocked the conversation; refused with 405 and nothing stored."""
+    import httpx
+
+    srv, store, study = served
+    view = study.start_conversation(study.consent().code, "Academic Stress")
+    before = store.counts()
+    for route in ["run/send_all", "run/send_a", "api/send_b", "run/send_c/"]:
+        r = httpx.post(srv.url + "gradio_api/" + route, json={"data": [view.code, view.conversation_id, "hi"]},
+                       timeout=30)
+        assert r.status_code == 405, (route, r.status_code)
+        assert "queue" in r.text
+    assert store.counts() == before
