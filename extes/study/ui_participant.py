@@ -24,7 +24,6 @@ from typing import Any
 import gradio as gr
 from gradio.blocks import Block
 
-from extes.study.capacity import WAIT_MESSAGE, CapacityGate, Ticket
 from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import INSTRUCTED_LABEL, PANES
 from extes.study.session import (
@@ -155,7 +154,6 @@ class ParticipantUI:
     def __init__(self, study: Study, concurrency: int = 16, limiter: Limiter | None = None):
         self.study = study
         self.limiter = limiter
-        self.gate = CapacityGate(capacity=concurrency, reserve=max(1, concurrency // 4) if concurrency > 1 else 0)
         self.concurrency = concurrency  # generating events at once (the pool batches them)
         self.protocol = study.protocol
 
@@ -404,15 +402,8 @@ class ParticipantUI:
         and the box)."""
 
         def send(code: str, conversation_id: str, text: str, request: gr.Request = None):
-            ticket = self.gate.acquire(client_of(request), str(code))  # issue 24: no client takes it all
-            if not isinstance(ticket, Ticket):
-                raise StudyRefusal(WAIT_MESSAGE, hint=True)  # nothing stored
             cancel = threading.Event()
-            try:
-                stream = self.study.send(code, conversation_id, panes, text, cancel=cancel)
-            except BaseException:
-                self.gate.release(ticket)
-                raise
+            stream = self.study.send(code, conversation_id, panes, text, cancel=cancel)
             first, last_sent, pending = True, 0.0, None
             try:
                 for view in stream:
@@ -428,7 +419,6 @@ class ParticipantUI:
             finally:
                 cancel.set()
                 stream.close()
-                self.gate.release(ticket)
 
         send.__name__ = f"send_{panes.lower()}"
         return send
