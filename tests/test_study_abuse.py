@@ -64,25 +64,19 @@ def test_guessing_codes_is_rate_limited_and_then_refused_up_front(served):
         c.predict(real, api_name="/resume")
 
 
-def test_research_password_locks_out_per_client_and_globally(tmp_path, monkeypatch):
+def test_research_password_locks_out_per_client(tmp_path, monkeypatch):
+    """Per client only: many clients guessing never lock out a clean one (issue 24; test_study_floods)."""
     monkeypatch.setenv(ui.PASSWORD_ENV, "s3cret")
     monkeypatch.setattr(ui, "FAIL_DELAY_S", 0.0)
     store = Store(tmp_path / "r.sqlite")
     board = ui.Dashboard(store, make_protocol(tmp_path))
-    (per_n, _), (all_n, _) = LIMITS["password"]
+    (per_n, _), _all = LIMITS["password"]
     for _ in range(per_n):
         with pytest.raises(ui.NotLoggedIn, match="Wrong password"):
             board.login("guess", client="10.0.0.1")
     with pytest.raises(ui.NotLoggedIn, match="locked"):
         board.login("s3cret", client="10.0.0.1")  # locked: even the right password
     assert board.login("s3cret", client="10.0.0.2")  # another client is not locked by that one
-    for i in range(all_n):  # many clients guessing in parallel sessions: the global lockout
-        try:
-            board.login("guess", client=f"10.1.{i}.1")
-        except ui.NotLoggedIn:
-            pass
-    with pytest.raises(ui.NotLoggedIn, match="locked"):
-        board.login("s3cret", client="10.0.0.3")
     store.close()
 
 

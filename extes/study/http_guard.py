@@ -95,6 +95,20 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# Gradio's non-queued routes run an event outside the queue: for the streaming send endpoints they left three
+# empty "streaming" rows and blocked the conversation for up to 30 s (issue 24). Refused here; the queued
+# `/gradio_api/call/...` and the page's own queue stay the way to send.
+UNQUEUED_STREAMING = re.compile(r"/gradio_api/(?:run|api)/send_[a-z]+/?$")
+
+
+async def _not_here(send: Send) -> None:
+    body = b"This endpoint streams: call it through the queue (/gradio_api/call/...), not /run or /api."
+    await send({"type": "http.response.start", "status": 405,
+                "headers": _with_headers([(b"content-type", b"text/plain; charset=utf-8"),
+                                          (b"content-length", str(len(body)).encode())], content_security_policy())})
+    await send({"type": "http.response.body", "body": body})
+
+
 class HttpGuard:
     """ASGI middleware: body-size limit and security headers (module docstring)."""
 
@@ -105,6 +119,9 @@ class HttpGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if UNQUEUED_STREAMING.search(scope.get("path") or ""):
+            await _not_here(send)
             return
         limit = self.max_body_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")

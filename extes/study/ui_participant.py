@@ -332,14 +332,18 @@ class ParticipantUI:
                    if self.protocol.recruitment is not None else None)
         if arrival is not None:  # from a recruitment platform: no code screen (the platform id resumes)
             return {**self._full(arrival), self.platform_params: json.dumps(params)}
-        return {**self._on_load(saved_code), self.platform_params: ""}
+        return {**self._on_load(saved_code, client_of(request)), self.platform_params: ""}
 
-    def _on_load(self, saved_code: str | None):
+    def _on_load(self, saved_code: str | None, client: str | None = None):
         if saved_code:
             try:
                 return self._full(self.study.resume(saved_code))
-            except StudyRefusal:
-                pass
+            except StudyRefusal as exc:
+                if self.limiter is not None and isinstance(exc, UnknownCode):
+                    try:  # a wrong saved code is a guess too (issue 24); the page still opens empty
+                        self.limiter.hit("code", client)
+                    except RateLimited:
+                        pass
         return self._full(None)
 
     def on_consent(self, params: str | None = None, request: gr.Request = None):
@@ -414,8 +418,10 @@ class ParticipantUI:
 
     def make_report(self, pane: str):
         def report(code: str, conversation_id: str, data: gr.LikeData, request: gr.Request = None):
+            if not isinstance(data.liked, str) or data.liked != REPORT_OPTION:  # only the page's option
+                raise StudyRefusal("Use the reply's report button to report it.")  # issue 24: nothing stored
             index = data.index if isinstance(data.index, int) else data.index[0]
-            self.study.report(code, conversation_id, pane, int(index), reason=str(data.liked))
+            self.study.report(code, conversation_id, pane, int(index), reason=REPORT_OPTION)
             gr.Info("Thank you: the reply was reported to the researchers.")
 
         report.__name__ = f"report_{pane.lower()}"
