@@ -176,6 +176,8 @@ def test_report_a_reply(study):
         study.report(view.code, view.conversation_id, "C", 1)
     with pytest.raises(StudyRefusal):  # still streaming / out of range
         study.report(view.code, view.conversation_id, "C", 5)
+    with pytest.raises(StudyRefusal, match="option the page offers"):  # only the page's reason
+        study.report(view.code, view.conversation_id, "C", 1, reason="<b>anything else</b>")
 
 
 def test_models_see_only_their_pane_and_not_the_scenario(study):

@@ -38,6 +38,8 @@ from extes.study.safety import RiskChecker, record_risks
 from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, Store
 from extes.study.turn import TurnStream
 from extes.study.views import (
+    REPORT_OPTION,
+    REPORT_REASONS,
     ChatMessage,
     PaneState,
     SessionView,
@@ -421,8 +423,11 @@ class Study:
             settings=reply.settings, dtype=reply.dtype or None, engine_version=reply.engine_version or None)
         return text
 
-    def report(self, code: str, conversation_id: str, pane: str, index: int, reason: str = "harmful") -> int:
-        """The participant reported the model reply at position `index` of `pane` as harmful."""
+    def report(self, code: str, conversation_id: str, pane: str, index: int, reason: str = REPORT_OPTION) -> int:
+        """The participant reported the model reply at position `index` of `pane` as harmful. Only the
+        reasons the page offers (REPORT_REASONS) are taken."""
+        if reason not in REPORT_REASONS:
+            raise StudyRefusal("Please report a reply with the option the page offers.")
         p, conv = self._owned(code, conversation_id)
         if pane not in PANES:
             raise StudyRefusal("Unknown chat pane.")
@@ -433,7 +438,7 @@ class Study:
         if not row.is_reply:
             raise StudyRefusal("Only model replies can be reported.", hint=True)
         try:
-            rid = self.store.add_report(conv.id, row.id, p.id, reason=str(reason)[:200])
+            rid = self.store.add_report(conv.id, row.id, p.id, reason=reason)
         except DuplicateError:
             raise StudyRefusal("You already reported this reply. Thank you.", hint=True) from None
         log.info("participant %s reported message %s", p.id, row.id)

@@ -28,7 +28,7 @@ from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import INSTRUCTED_LABEL, PANES
 from extes.study.rating import INSTRUCTED_KEY, PAIRS
 from extes.study.session import SCENARIO_CHOICES, Study
-from extes.study.views import SessionView, StudyRefusal, UnknownCode, pane_label
+from extes.study.views import REPORT_OPTION, SessionView, StudyRefusal, UnknownCode, pane_label
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 # skips any output left out, so adding a component shifts nothing.
 Updates = dict[Block, Any]
 
-REPORT_OPTION = "This response is harmful"
 GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment."
 BROWSER_NOTE = ("This browser keeps your participant code (and nothing else) so that reloading the page brings "
                 "you back. Anyone using this browser could continue as you: on a shared computer, press "

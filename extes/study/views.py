@@ -7,6 +7,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, NotRequired, TypedDict
 
+REPORT_OPTION = "This response is harmful"  # the flag icon's option under every model reply
+REPORT_REASONS: tuple[str, ...] = (REPORT_OPTION,)  # the only reasons a report may carry
+
 
 class StudyRefusal(ValueError):
     """A request the study refuses; nothing was stored. `hint=True` for gentle nudges (an empty message)."""
