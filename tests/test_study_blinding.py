@@ -16,7 +16,7 @@ from study_helpers import ARM_NAMES, FakePool, full_answers, make_protocol
 
 from extes.study import annotation as ann
 from extes.study.blinding import strip_tags, visible_so_far
-from extes.study.session import Study
+from extes.study.session import Study, StudyRefusal
 from extes.study.store import Store
 
 TAGS = {2: "[Emotional Validation]", 4: "[ev]", 5: "[offer HOPE]"}  # mid-reply, any case, abbreviations
@@ -105,3 +105,38 @@ def test_tags_in_other_wrappings_never_show_while_streaming_or_after(tmp_path):
     [reply] = [m for m in store.messages(view.conversation_id, pane) if m.role == "assistant"]
     assert reply.strategies == ("Affirmation", "Emotional Validation", "Offer Hope", "Emotional Validation",
                                 "Question")
+
+
+def test_a_reply_that_is_only_tags_never_counts_and_keeps_its_raw_text(tmp_path):
+    """Before: "[Affirmation] (EV)" was stored as an empty complete reply, counted as a turn and shown as an
+    empty bubble in the strategy arm's pane only."""
+    import dataclasses
+
+    from extes.models.types import Event
+
+    target = ARM_NAMES[2]
+
+    class TagOnlyPool(FakePool):
+        def stream_many(self, requests, cancel=None):
+            for key, ev in super().stream_many(requests, cancel):
+                if requests[key][0] != target:
+                    yield key, ev
+                elif ev.done:
+                    yield key, Event("[Affirmation] (EV)")
+                    raw = "[Affirmation] (EV)"
+                    yield key, Event("", True, dataclasses.replace(ev.reply, text=raw, raw_text=raw))
+
+    protocol = make_protocol(tmp_path, min_turns=1, conversations=1)
+    store = Store(tmp_path / "s.sqlite")
+    study = Study(protocol, store, TagOnlyPool())
+    view = study.start_conversation(study.consent().code, "Academic Stress")
+    with pytest.raises(StudyRefusal, match="send your message again"):
+        list(study.send(view.code, view.conversation_id, "ABC", "hello"))
+    pane = "ABC"[store.conversation(view.conversation_id).arm_order.index(target)]
+    after = study.resume(view.code)
+    shown = {ps.pane: ps for ps in after.panes}
+    assert shown[pane].turns == 0 and shown[pane].remaining == 1  # never a turn
+    assert [m["role"] for m in shown[pane].messages] == ["user"]  # nothing drawn for it
+    [reply] = [m for m in store.messages(view.conversation_id, pane) if m.role == "assistant"]
+    assert reply.text == "" and reply.raw_text == "[Affirmation] (EV)" and reply.status.value == "error"
+    assert reply.strategies == ("Affirmation", "Emotional Validation")

@@ -363,15 +363,8 @@ class Study:
                 if turn.ended(pane):
                     continue
                 turn.delta(pane, event.delta)
-                if event.failed:
-                    # this pane's model failed (the others go on): keep what was shown, as for an
-                    # interrupted reply; the participant is asked to send again below
-                    self._end_reply(reply_ids[pane], turn.shown(pane), "error")
-                    turn.fail(pane)
+                if event.done and not self._end_pane(conv, pane, event, turn, reply_ids[pane]):
                     slots[pane]["interrupted"] = True
-                    log.error("generation failed in conversation %s (pane %s)", conv.id, pane)
-                elif event.done:
-                    turn.finish(pane, self._finish(conv, pane, reply_ids[pane], event.reply, turn.text(pane)))
                 for done_pane in turn.release():
                     by_pane[done_pane].turns += 1
                     by_pane[done_pane].remaining = max(0, by_pane[done_pane].remaining - 1)
@@ -397,6 +390,22 @@ class Study:
             raise StudyRefusal("A model could not reply just now. Please send your message again.")
         yield self._chat_view(p, conv, base, self._pane_states(conv))
 
+    def _end_pane(self, conv: Conversation, pane: str, event: Event, turn: TurnStream, reply_id: int) -> bool:
+        """A pane's model is done: False when its reply ends as no turn (the participant is asked to send
+        again): its model failed (what was shown is kept, as for an interrupted reply), or its reply shows
+        nothing once tags are stripped (a tell, kept for analysis only)."""
+        if event.failed:
+            self._end_reply(reply_id, turn.shown(pane), "error")
+            turn.fail(pane)
+            log.error("generation failed in conversation %s (pane %s)", conv.id, pane)
+            return False
+        final = self._finish(conv, pane, reply_id, event.reply, turn.text(pane))
+        if not final:
+            turn.fail(pane)
+            return False
+        turn.finish(pane, final)
+        return True
+
     def _end_reply(self, reply_id: int, shown: str, reason: str) -> None:
         """A reply that did not finish: kept as shown, marked partial; one that showed nothing is removed
         (there is nothing to keep, and the model's next context must not hold an empty turn)."""
@@ -407,7 +416,11 @@ class Study:
 
     def _finish(self, conv, pane: str, reply_id: int, reply: Reply | None, streamed: str) -> str:
         """Complete a reply row: the shown text (tags stripped, a reply cut by the length cap trimmed to
-        its last sentence), the raw text, every strategy found, the engine's numbers. Returns the text."""
+        its last sentence), the raw text, every strategy found, the engine's numbers. Returns the text.
+
+        A reply that shows nothing once its strategy tags are stripped would tell which pane holds the
+        strategy arm, and says nothing to the participant: it is stored with its raw text as an error
+        (hidden, never a turn), and "" is returned so the participant is asked to send again."""
         if reply is None:
             text, found = strip_tags(streamed)
             self.store.finish_reply(reply_id, text, finish_reason="stop", raw_text=streamed, strategies=found)
@@ -417,6 +430,11 @@ class Study:
             text = trim_to_sentence(text)
         _, in_raw = strip_tags(reply.raw_text or "")
         strategies = in_raw or ([reply.strategy] if reply.strategy else []) or found
+        if not text.strip():
+            self.store.finish_reply(reply_id, "", finish_reason="error", partial=True, raw_text=reply.raw_text,
+                                    strategy=reply.strategy, strategies=strategies, n_tokens=reply.n_tokens)
+            log.warning("a reply in conversation %s (pane %s) showed nothing once tags were stripped", conv.id, pane)
+            return ""
         self.store.finish_reply(
             reply_id, text, finish_reason=reply.finish_reason, raw_text=reply.raw_text, strategy=reply.strategy,
             strategies=strategies, latency_s=reply.latency_s, ttft_s=reply.ttft_s, n_tokens=reply.n_tokens,
