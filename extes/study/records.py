@@ -23,6 +23,15 @@ def _pick(cls: type, row: Mapping[str, Any]) -> dict[str, object]:
     return {f.name: row[f.name] for f in fields(cls) if f.name in row}
 
 
+class _Record:
+    """A record whose fields are its row's columns as stored (records with stored forms to convert
+    override `from_row`)."""
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        return cls(**_pick(cls, row))
+
+
 def _json(text: Any, empty: Any = None) -> Any:
     return json.loads(text) if isinstance(text, str) and text else empty
 
@@ -158,7 +167,7 @@ class Message:
 
 
 @dataclass(frozen=True)
-class Flag:
+class Flag(_Record):
     """A risk the safety check found in a participant's message (or a reported reply), for researchers."""
 
     id: int
@@ -171,13 +180,9 @@ class Flag:
     resolved_at: str | None = None
     note: str | None = None
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
-        return cls(**_pick(cls, row))
-
 
 @dataclass(frozen=True)
-class Report:
+class Report(_Record):
     """A participant's report of a model reply."""
 
     id: int
@@ -187,13 +192,9 @@ class Report:
     reason: str
     created_at: str = ""
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
-        return cls(**_pick(cls, row))
-
 
 @dataclass(frozen=True)
-class Vote:
+class Vote(_Record):
     """One answer of a participant's rating form: `outcome` a, b or tie for the pair (pane_a, pane_b)."""
 
     id: int
@@ -206,10 +207,6 @@ class Vote:
     arm_b: str
     outcome: str
     created_at: str = ""
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
-        return cls(**_pick(cls, row))
 
 
 @dataclass(frozen=True)
@@ -234,7 +231,7 @@ class RatingChecks:
 
 
 @dataclass(frozen=True)
-class RatingRecord:
+class RatingRecord(_Record):
     """The stored attention answer and time of one rating form."""
 
     conversation_id: str
@@ -242,13 +239,9 @@ class RatingRecord:
     rating_seconds: float | None
     created_at: str = ""
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
-        return cls(**_pick(cls, row))
-
 
 @dataclass(frozen=True)
-class ConversationFlag:
+class ConversationFlag(_Record):
     """An attention flag of a conversation (extes.analysis.exclusions.FLAGS); `detail` holds counts and
     times, never participant text."""
 
@@ -257,10 +250,6 @@ class ConversationFlag:
     flag: str
     detail: str = ""
     created_at: str = ""
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
-        return cls(**_pick(cls, row))
 
 
 @dataclass(frozen=True)
@@ -304,7 +293,7 @@ class Assignment:
 
 
 @dataclass(frozen=True)
-class Judgment:
+class Judgment(_Record):
     """A judge's pairwise answer on an assigned conversation."""
 
     id: int
@@ -317,13 +306,9 @@ class Judgment:
     outcome: str
     created_at: str = ""
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
-        return cls(**_pick(cls, row))
-
 
 @dataclass(frozen=True)
-class JudgeInvitation:
+class JudgeInvitation(_Record):
     """A judge code as the dashboard lists it, with the number of items the judge submitted."""
 
     id: str
@@ -332,13 +317,9 @@ class JudgeInvitation:
     revoked_at: str | None
     done: int
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
-        return cls(**_pick(cls, row))
-
 
 @dataclass(frozen=True)
-class PlatformSession:
+class PlatformSession(_Record):
     """A participant who arrived from a recruitment platform (or declined: no participant). The platform
     id is kept only as its keyed hash, and raw only when the protocol says so."""
 
@@ -355,13 +336,9 @@ class PlatformSession:
     completed_at: str | None = None
     screened_out_at: str | None = None
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
-        return cls(**_pick(cls, row))
-
 
 @dataclass(frozen=True)
-class LlmVote:
+class LlmVote(_Record):
     """An LLM judge's pairwise vote on a conversation (`extes judge --db`)."""
 
     id: int
@@ -373,7 +350,3 @@ class LlmVote:
     arm_b: str
     outcome: str
     created_at: str = ""
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
-        return cls(**_pick(cls, row))

@@ -93,7 +93,7 @@ class StoreBase:
         try:
             self.engine: Engine = sa.create_engine(self.url, **kwargs)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-            raise StoreError(f"{self._where()}: not a usable database URL ({exc})") from None
+            raise StoreError(f"{self.where()}: not a usable database URL ({exc})") from None
         if self.url.startswith("sqlite"):
             @sa.event.listens_for(self.engine, "connect")
             def _pragmas(dbapi_conn, _record):  # pragma: no cover - exercised through every test
@@ -116,7 +116,7 @@ class StoreBase:
         try:
             self.migrate()
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"{self._where()}: cannot open the study database ({type(exc).__name__}: "
+            raise StoreError(f"{self.where()}: cannot open the study database ({type(exc).__name__}: "
                              f"{getattr(exc, 'orig', None) or exc})") from None
 
     @property
@@ -138,9 +138,6 @@ class StoreBase:
 
     def where(self) -> str:
         """The database for messages, without any password in the URL."""
-        return self._where()
-
-    def _where(self) -> str:
         if self.path is not None:
             return str(self.path)
         try:
@@ -153,7 +150,7 @@ class StoreBase:
         with self.engine.begin() as conn:
             schema_version.create(conn, checkfirst=True)
             current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
-        where = self._where()
+        where = self.where()
         if current > SCHEMA_VERSION:
             raise StoreError(
                 f"{where}: database schema version {current} is newer than this version of extes "
