@@ -13,6 +13,7 @@ Formulas and citations: docs/analysis.md.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.special import expit
-from scipy.stats import binomtest
+from scipy.stats import binomtest, norm
 
 from extes.analysis.io import (
     ASPECTS,
@@ -592,6 +593,50 @@ def bradley_terry(
     frame = pd.DataFrame(rows, columns=["aspect", "rank", "arm", "rating", "ci_low", "ci_high", "n"])
     frame["rank"] = frame["rank"].astype("Int64")
     return BradleyTerryResult(frame, n_boot, seed, confidence, prior, exists, shift, n_sessions, min_sessions, notes)
+
+
+def pair_interval_widths(
+    votes: pd.DataFrame, arms: Sequence[str], confidence: float = 0.95, prior: float = DEFAULT_PRIOR
+) -> dict[tuple[str, str], float]:
+    """Width (Elo points) of the Wald interval of each pair's rating difference, from one Bradley-Terry
+    fit of `votes` (all rows pooled; ties half a win each way) over `arms`.
+
+    The covariance is the inverse Fisher information at the maximum a-posteriori fit (``prior`` virtual
+    ties per pair), so it is cheap enough to compute before every conversation: Chatbot Arena's adaptive
+    sampling shows next the pair whose interval is widest. A pair with no vote of its own is infinitely
+    wide (it must be compared before its difference is estimated from others). Keys: (arm, arm) in the
+    order of `arms`.
+    """
+    arms = list(arms)
+    k = len(arms)
+    pos = {a: i for i, a in enumerate(arms)}
+    mine = votes[votes["arm_a"].isin(pos) & votes["arm_b"].isin(pos)]
+    wins = np.zeros((k, k))
+    for a, b, outcome in zip(mine["arm_a"], mine["arm_b"], mine["outcome"]):
+        i, j = pos[a], pos[b]
+        if outcome == "a":
+            wins[i, j] += 1
+        elif outcome == "b":
+            wins[j, i] += 1
+        else:
+            wins[i, j] += 0.5
+            wins[j, i] += 0.5
+    present = np.ones(k, dtype=bool)
+    theta = _fit_bradley_terry(wins, present, prior)
+    games = np.where(~np.eye(k, dtype=bool), wins + wins.T + prior, 0.0)
+    p = expit(theta[:, None] - theta[None, :])
+    curv = games * p * (1.0 - p)
+    info = np.diag(curv.sum(-1)) - curv  # the Fisher information: a graph Laplacian (rank k - 1)
+    cov = np.linalg.pinv(info)
+    z = float(norm.ppf(0.5 + confidence / 2.0))
+    out = {}
+    for i, j in itertools.combinations(range(k), 2):
+        if wins[i, j] + wins[j, i] == 0:
+            out[(arms[i], arms[j])] = math.inf
+            continue
+        var = max(cov[i, i] + cov[j, j] - 2.0 * cov[i, j], 0.0)
+        out[(arms[i], arms[j])] = 2.0 * z * ELO_SCALE * math.sqrt(var)
+    return out
 
 
 def _groups(games: np.ndarray, present: np.ndarray) -> int:

@@ -33,6 +33,7 @@ quota, so an abandoned item is handed to someone else.
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,11 @@ from extes.study.records import AnnotationItem, Assignment, Participant, Role
 from extes.study.store import DuplicateError, LimitError, Store
 
 PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))  # shown positions: A vs B, A vs C, B vs C
+
+
+def pairs_of(n_panes: int) -> tuple[tuple[int, int], ...]:
+    """Shown positions compared: (0, 1) for two panes; PAIRS for three."""
+    return tuple(itertools.combinations(range(n_panes), 2))
 CHOICES: dict[str, str] = {"left": "a", "tie": "tie", "right": "b"}
 DEFAULT_STALE_S = 6 * 3600
 
@@ -205,7 +211,7 @@ def next_assignment(store: Store, protocol: Protocol, judge_id: str, rng: random
         top = max(n for _, n in candidates)
         item = rng.choice([it for it, n in candidates if n == top])
         pane_order = None
-        if item.kind == "conversation":
+        if item.kind == "conversation":  # a two-pane conversation shows the order's A and B (`_shown`)
             pane_order = list(PANES)
             rng.shuffle(pane_order)
         return item.id, pane_order
@@ -242,7 +248,8 @@ def item_view(store: Store, judge_id: str, assignment_id: int) -> ItemView:
     item = _item(store, a.item_id)
     if item.kind == "conversation":
         msgs = store.messages(item.id)
-        panes = [[(m.role, m.text) for m in msgs if m.pane == pane] for pane in a.pane_order or PANES]
+        conv = store.conversation(item.id)
+        panes = [[(m.role, m.text) for m in msgs if m.pane == pane] for pane in _shown(a, conv)]
         return ItemView(a.id, "conversation", panes=panes)
     payload = item.payload or {}
     turns = [(str(r), str(t)) for r, t in payload.get("turns", [])]
@@ -270,9 +277,15 @@ def coverage(store: Store, protocol: Protocol) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------ forms
 
 
-def pair_labels() -> list[tuple[str, str]]:
-    """The shown pane labels of each pair: [("A", "B"), ("A", "C"), ("B", "C")]."""
-    return [(PANES[i], PANES[j]) for i, j in PAIRS]
+def _shown(a: Assignment, conv) -> list[str]:
+    """The conversation's panes in the order this judge sees them (a random order of its 2 or 3 panes)."""
+    panes = conv.panes if conv is not None else PANES
+    return [p for p in (a.pane_order or PANES) if p in panes]
+
+
+def pair_labels(n_panes: int = 3) -> list[tuple[str, str]]:
+    """The shown pane labels of each pair: [("A", "B"), ("A", "C"), ("B", "C")] for three panes."""
+    return [(PANES[i], PANES[j]) for i, j in pairs_of(n_panes)]
 
 
 def submit_pairwise(store: Store, protocol: Protocol, judge_id: str, assignment_id: int,
@@ -289,12 +302,12 @@ def submit_pairwise(store: Store, protocol: Protocol, judge_id: str, assignment_
     conv = store.conversation(item.id)
     if conv is None:
         raise AnnotationError(f"conversation {item.id} no longer exists")
-    arm_of = dict(zip(PANES, conv.arm_order))
-    shown = a.pane_order or PANES
+    arm_of = dict(zip(conv.panes, conv.arm_order))
+    shown = _shown(a, conv)
     missing = []
     rows = []
     for aspect in protocol.aspects:
-        for k, (i, j) in enumerate(PAIRS):
+        for k, (i, j) in enumerate(pairs_of(len(shown))):
             choice = choices.get((aspect.key, k))
             if choice not in CHOICES:
                 missing.append(f"{aspect.label}: {PANES[i]} vs {PANES[j]}")

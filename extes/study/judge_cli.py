@@ -68,7 +68,7 @@ def pair_items(store: Any, limit: int | None = None) -> list[Any]:
         conv_id = conv.id
         order = list(conv.arm_order)
         transcripts = {}
-        for pane, arm in zip(PANES_OF_STUDY, order):
+        for pane, arm in zip(conv.panes, order):  # 2 or 3 panes
             rows = store.messages(conv_id, pane)
             transcripts[arm] = tuple((r.role, r.text) for r in rows if r.role in ("user", "assistant"))
         for x, y in combinations(sorted(transcripts), 2):

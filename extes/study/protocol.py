@@ -7,7 +7,9 @@ names the file, the key and the reason, so a researcher fixes the file in one pa
     title: ...                      # shown at the top of the page
     consent: |                      # Markdown; nothing is stored before the participant agrees
     instructions: |                 # Markdown, shown with the consent text and above the chat
-    arms: [ {name: ..., ...} x 3 ]  # engine arm definitions (extes.models.arms_from_config)
+    arms: [ {name: ..., ...} x k ]  # k >= 2 engine arm definitions (extes.models.arms_from_config)
+    panes: 3                        # 2 or 3 arms side by side (<= k); 3 arms in 3 panes is the paper's design
+    assignment: balanced            # balanced | adaptive: which arms and order each conversation gets
     min_user_turns: 10              # per model, before the rating form opens
     conversations_per_participant: 2
     max_message_chars: 4000
@@ -35,6 +37,7 @@ from pydantic import BeforeValidator, ValidationInfo, field_validator, model_val
 
 from extes.analysis.exclusions import FLAGS
 from extes.config import ConfigModel, validate_config
+from extes.study.design import ASSIGNMENTS, PANE_COUNTS, Design, pane_names
 from extes.study.recruitment import RecruitmentSettings
 
 # The ExTES human-evaluation aspects; the analysis layer (extes.analysis.io.ASPECTS) accepts these.
@@ -247,7 +250,7 @@ class AttentionSettings(_OptionalSection):
 _TOP_KEYS = (
     "title", "consent", "instructions", "arms", "aspects", "crisis", "min_user_turns",
     "conversations_per_participant", "max_message_chars", "max_reply_tokens", "scenario_to_models",
-    "reveal_identities", "annotation", "description", "recruitment", "attention",
+    "reveal_identities", "annotation", "description", "recruitment", "attention", "panes", "assignment",
 )
 _REQUIRED = ("title", "consent", "arms", "aspects", "crisis")
 
@@ -258,6 +261,8 @@ class Protocol(ConfigModel):
     instructions: str = ""
     max_reply_tokens: Annotated[int, _whole(1, 8192)] = 256  # before arms: the arms' cap
     arms: tuple[Any, ...]  # extes.models.Arm (dicts when built without arms)
+    panes: int = 3  # after arms: at most as many panes as arms (extes.study.design)
+    assignment: str = "balanced"  # balanced | adaptive (extes.study.design)
     aspects: tuple[Aspect, ...]
     crisis: Crisis
     min_user_turns: Annotated[int, _whole(1, 200)] = 10
@@ -270,6 +275,16 @@ class Protocol(ConfigModel):
     attention: AttentionSettings = AttentionSettings()
     description: Any = None  # accepted and ignored (a note for the researchers)
     source: str = "<memory>"
+
+    @property
+    def pane_names(self) -> tuple[str, ...]:
+        """The panes on screen: ("A", "B") or ("A", "B", "C")."""
+        return pane_names(self.panes)
+
+    @property
+    def design(self) -> Design:
+        """The arm-to-pane design: every arm subset and order of `panes` of the k arms."""
+        return Design(len(self.arms), self.panes)
 
     @property
     def arm_names(self) -> tuple[str, ...]:
@@ -333,17 +348,43 @@ class Protocol(ConfigModel):
             raise ValueError(f"expected one of {', '.join(REVEAL_OPTIONS)}, got {value!r}")
         return value
 
+    @field_validator("panes", mode="before")
+    @classmethod
+    def _panes(cls, value: Any, info: ValidationInfo) -> int:
+        if isinstance(value, bool) or value not in PANE_COUNTS:
+            raise ValueError(f"expected {' or '.join(map(str, PANE_COUNTS))} (arms shown side by side), got {value!r}")
+        arms = info.data.get("arms")
+        if arms is not None and len(arms) < value:
+            raise ValueError(f"{value} panes need at least {value} arms, got {len(arms)} (the paper's design: "
+                             f"exactly 3 arms in 3 panes; with 2 arms, set panes: 2)")
+        return value
+
+    @field_validator("assignment", mode="before")
+    @classmethod
+    def _assignment(cls, value: Any) -> str:
+        if value not in ASSIGNMENTS:
+            raise ValueError(f"expected one of {', '.join(ASSIGNMENTS)}, got {value!r}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_panes(cls, data: Any) -> Any:
+        """`panes` is checked against the arms only when given: then a default of 3 with 2 arms says so."""
+        if isinstance(data, dict) and "panes" not in data and isinstance(data.get("arms"), list):
+            data = {**data, "panes": 3}
+        return data
+
     @field_validator("arms", mode="before")
     @classmethod
     def _arms(cls, value: Any, info: ValidationInfo) -> Any:
-        if not isinstance(value, list) or len(value) != 3:
+        if not isinstance(value, list) or len(value) < 2:
             n = len(value) if isinstance(value, list) else type(value).__name__
-            raise ValueError(f"expected a list of exactly 3 arms (one per pane), got {n}")
+            raise ValueError(f"expected a list of at least 2 arms (3 for the paper's design), got {n}")
         for i, a in enumerate(value):
             if not isinstance(a, dict) or not str(a.get("name", "")).strip():
                 raise ValueError(f"[{i}]: expected a mapping with at least a name")
         names = [str(a["name"]).strip() for a in value]
-        if len(set(names)) != 3:
+        if len(set(names)) != len(names):
             raise ValueError(f"arm names must be distinct, got {names}")
         ctx = info.context or {}
         if not ctx.get("build_arms", True):

@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from extes.analysis import exclusions as ex
-from extes.study.protocol import INSTRUCTED_ANSWER, PANES, Protocol
+from extes.study.design import pane_pairs
+from extes.study.protocol import INSTRUCTED_ANSWER, Protocol
 from extes.study.records import Conversation, PaneVote, RatingChecks
 from extes.study.store import Store
 from extes.study.views import StudyRefusal, pane_label
 
-PAIRS: tuple[tuple[str, str], ...] = (("A", "B"), ("A", "C"), ("B", "C"))
+PAIRS: tuple[tuple[str, str], ...] = (("A", "B"), ("A", "C"), ("B", "C"))  # the pairs of three panes
 ANSWERS = {"left": "a", "right": "b", "tie": "tie", "a": "a", "b": "b"}
 INSTRUCTED_KEY = "attention:instructed"  # the attention row of the rating form (never a vote)
 
@@ -35,9 +36,15 @@ def answer_key(aspect_key: str, pair: tuple[str, str]) -> str:
     return f"{aspect_key}:{pair[0]}{pair[1]}"
 
 
+def pairs(protocol: Protocol) -> tuple[tuple[str, str], ...]:
+    """The pairs of panes on screen: (A, B) with two panes; (A, B), (A, C), (B, C) with three."""
+    return pane_pairs(protocol.pane_names)
+
+
 def questions(protocol: Protocol) -> list[Question]:
-    """Every question of the rating form, in order: each aspect for each pair."""
-    return [Question(answer_key(a.key, pair), a.label, a.question, pair) for a in protocol.aspects for pair in PAIRS]
+    """Every question of the rating form, in order: each aspect for each pair of panes on screen."""
+    return [Question(answer_key(a.key, pair), a.label, a.question, pair)
+            for a in protocol.aspects for pair in pairs(protocol)]
 
 
 def _answer(raw: object) -> str | None:
@@ -93,7 +100,7 @@ def attention_checks(protocol: Protocol, store: Store, conv: Conversation, answe
     if att.min_message_chars and ex.short_messages(texts, att.min_message_chars):
         n = sum(len(t.strip()) < att.min_message_chars for t in texts)
         found.append(("short_messages", f"{n} of {len(texts)} message(s) under {att.min_message_chars} characters"))
-    turns = max((sum(m.pane == pane for m in user) for pane in PANES), default=0)
+    turns = max((sum(m.pane == pane for m in user) for pane in conv.panes), default=0)
     if att.flag_repeated_messages and turns >= 2 and ex.repeated_message(texts):
         found.append(("repeated_message", f"the same message in all {len(texts)} sent"))
     seconds = rating_seconds(store, conv.id)

@@ -85,7 +85,7 @@ class Conversation:
     participant_id: str
     seq: int  # 1, 2, ... within the participant
     order_index: int  # which arm-to-pane order of the design
-    arm_order: tuple[str, ...]  # arm names in panes A, B, C
+    arm_order: tuple[str, ...]  # arm names in panes A, B (, C)
     scenario: str
     description: str = ""
     status: ConversationStatus = ConversationStatus.CHATTING
@@ -97,6 +97,11 @@ class Conversation:
     def arm(self, pane: str) -> str:
         """The arm behind pane "A", "B" or "C"."""
         return self.arm_order[PANE_NAMES.index(pane)]
+
+    @property
+    def panes(self) -> tuple[str, ...]:
+        """The panes it shows: ("A", "B") for a two-pane design, ("A", "B", "C") for three."""
+        return PANE_NAMES[:len(self.arm_order)]
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:

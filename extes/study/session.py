@@ -22,9 +22,9 @@ from typing import Protocol as TypingProtocol
 
 from extes.models.types import Event, Reply
 from extes.study.arrivals import PlatformArrivals
-from extes.study.assignment import balanced_chooser
 from extes.study.blinding import strip_tags
-from extes.study.protocol import PANES, Protocol
+from extes.study.design import Chooser, chooser
+from extes.study.protocol import Protocol
 from extes.study.rating import (
     INSTRUCTED_KEY,
     PAIRS,
@@ -91,7 +91,8 @@ class Study:
         self.store = store
         self.pool = pool
         self.risk = RiskChecker.from_protocol(protocol)
-        self._chooser = balanced_chooser(protocol.arm_names, rng)
+        self._rng = rng
+        self._chooser = chooser(protocol.design, protocol.arm_names, rng)
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
         self._live: set[int] = set()  # reply rows streaming in this process (kept fresh by the heartbeat)
@@ -152,7 +153,7 @@ class Study:
     def _pane_states(self, conv: Conversation, rows: list[Message] | None = None) -> list[PaneState]:
         rows = self.store.messages(conv.id) if rows is None else rows
         out = []
-        for pane in PANES:
+        for pane in conv.panes:
             # a reply row with no text that is not streaming any more (its process died before the first
             # word) showed nothing: not drawn
             mine = [r for r in rows if r.pane == pane and not (r.cut_off and not r.text)]
@@ -187,7 +188,7 @@ class Study:
         v = self.view(code)
         revealed = None
         if self.protocol.reveal_identities == "after_rating":
-            revealed = {pane: arm for pane, arm in zip(PANES, conv.arm_order)}
+            revealed = {pane: arm for pane, arm in zip(conv.panes, conv.arm_order)}
         stage = "thanks" if v.stage == "setup" else "done"
         return SessionView(stage=stage, code=v.code, participant_id=v.participant_id, conversation_id=conv.id,
                            number=v.number, total=v.total, min_turns=v.min_turns, revealed=revealed)
@@ -239,13 +240,31 @@ class Study:
             raise StudyRefusal(f"Please keep the description under {MAX_DESCRIPTION_CHARS} characters "
                                f"(it has {len(description)}).")
         try:
-            conv = self.store.create_conversation(p.id, scenario, description, self._chooser,
+            conv = self.store.create_conversation(p.id, scenario, description, self._choose(),
                                                   protocol=self.protocol.source,
-                                                  max_conversations=self.protocol.conversations_per_participant)
+                                                  max_conversations=self.protocol.conversations_per_participant,
+                                                  n_orders=self.protocol.design.size)
         except LimitError as exc:
             raise (in_progress if exc.reason == "in_progress" else complete) from None
         log.info("participant %s started conversation %s", p.id, conv.id)
         return self._seen(self.view(code))
+
+    def _choose(self) -> Chooser:
+        """The design's choice for the next conversation: balanced, or (`assignment: adaptive`) the pair
+        whose Bradley-Terry interval is widest in the participants' votes so far (`extes.study.design`).
+        The votes are read before the store's write transaction; a vote landing meanwhile only shifts
+        which pair is widest."""
+        if self.protocol.assignment != "adaptive":
+            return self._chooser
+        from extes.analysis.pairwise import pair_interval_widths
+
+        names = list(self.protocol.arm_names)
+        votes = self.store.votes_frame("participant")
+        if votes.empty:
+            return self._chooser
+        index = {n: i for i, n in enumerate(names)}
+        widths = {(index[a], index[b]): w for (a, b), w in pair_interval_widths(votes, names).items()}
+        return chooser(self.protocol.design, names, self._rng, widths=widths)
 
     def next_conversation(self, code: str) -> SessionView:
         """After the thanks page: the setup page for the next conversation (nothing is stored yet)."""
@@ -310,7 +329,7 @@ class Study:
         if isinstance(panes, str):
             panes = list(panes)
         targets = list(dict.fromkeys(panes)) if isinstance(panes, list) else []
-        if not targets or any(t not in PANES for t in targets):
+        if not targets or any(t not in conv.panes for t in targets):
             raise StudyRefusal("Unknown chat pane.")
         text = self.check_message(text)
         with self._busy_lock:
@@ -447,7 +466,7 @@ class Study:
         if reason not in REPORT_REASONS:
             raise StudyRefusal("Please report a reply with the option the page offers.")
         p, conv = self._owned(code, conversation_id)
-        if pane not in PANES:
+        if pane not in conv.panes:
             raise StudyRefusal("Unknown chat pane.")
         rows = self.store.messages(conv.id, pane=pane)
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(rows):

@@ -23,7 +23,7 @@ import gradio as gr
 
 from extes.study import annotation as ann
 from extes.study.limits import Limiter, RateLimited, client_of
-from extes.study.protocol import PANES, Protocol
+from extes.study.protocol import Protocol
 from extes.study.records import Participant
 from extes.study.store import Store
 from extes.study.ui_participant import StrictTextbox, Updates, request_of, safe_text, with_request
@@ -164,7 +164,7 @@ class AnnotateUI:
         with gr.Column(visible=False) as self.conv_col:
             self.chats: list[gr.Chatbot] = []
             with gr.Row(equal_height=True):
-                for pane in PANES:
+                for pane in p.pane_names:
                     with gr.Column(min_width=260):
                         self.chats.append(gr.Chatbot(
                             label=f"Model {pane}", height=420, feedback_options=[], sanitize_html=True,
@@ -176,7 +176,7 @@ class AnnotateUI:
             for aspect in p.aspects:
                 gr.Markdown(f"### {safe_text(aspect.label)}\n{safe_text(aspect.question)}")
                 with gr.Row():
-                    for k, (left, right) in enumerate(ann.pair_labels()):
+                    for k, (left, right) in enumerate(ann.pair_labels(p.panes)):
                         self.pair_radios.append(gr.Radio(
                             choices=[(f"Model {left} better", "left"), ("Tie", "tie"), (f"Model {right} better", "right")],
                             label=f"Model {left} vs Model {right}", value=None,

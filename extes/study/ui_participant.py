@@ -25,8 +25,8 @@ import gradio as gr
 from gradio.blocks import Block
 
 from extes.study.limits import Limiter, RateLimited, client_of
-from extes.study.protocol import INSTRUCTED_LABEL, PANES
-from extes.study.rating import INSTRUCTED_KEY, PAIRS
+from extes.study.protocol import INSTRUCTED_LABEL
+from extes.study.rating import INSTRUCTED_KEY, pairs
 from extes.study.session import SCENARIO_CHOICES, Study
 from extes.study.views import REPORT_OPTION, SessionView, StudyRefusal, UnknownCode, pane_label
 
@@ -249,7 +249,7 @@ class ParticipantUI:
         banner = self.protocol.crisis.banner if between else gr.update(value=self.protocol.crisis.banner,
                                                                        visible=view.crisis)
         chats = [_chat_value(ps) for ps in view.panes]
-        counters = [_counter_text(view, i) for i in range(len(PANES))]
+        counters = [_counter_text(view, i) for i in range(len(view.panes))]
         if view.can_rate:
             hint = "Every model has enough replies: the rating form is open below. You can still keep chatting."
         elif view.streaming:
@@ -467,7 +467,7 @@ class ParticipantUI:
                         gr.Markdown(p.instructions)
                 self.chats, self.counters, boxes, buttons = [], [], [], []
                 with gr.Row(equal_height=True):
-                    for pane in PANES:
+                    for pane in p.pane_names:
                         with gr.Column(min_width=260):
                             self.counters.append(gr.Markdown(elem_id=f"counter-{pane.lower()}"))
                             self.chats.append(gr.Chatbot(
@@ -480,9 +480,11 @@ class ParticipantUI:
                                                     max_lines=6, lines=1))
                             buttons.append(gr.Button(f"Send to {pane_label(pane)}"))
                 with gr.Row():
-                    all_box = StrictTextbox(label="Send the same message to all three models", max_lines=6, lines=1,
+                    every = "all three models" if p.panes == 3 else "both models"
+                    all_box = StrictTextbox(label=f"Send the same message to {every}", max_lines=6, lines=1,
                                          scale=4)
-                    all_btn = gr.Button("Send to all", variant="primary", scale=1)
+                    all_btn = gr.Button("Send to all" if p.panes == 3 else "Send to both", variant="primary",
+                                        scale=1)
                 self.rate_hint = gr.Markdown(elem_id="rate-hint")
                 self.radios = []
                 with gr.Column(visible=False) as self.rating_col:
@@ -497,7 +499,7 @@ class ParticipantUI:
                                                       label=INSTRUCTED_LABEL, value=None, elem_id="attention-row")
                         gr.Markdown(f"### {safe_text(aspect.label)}\n{safe_text(aspect.question)}")
                         with gr.Row():
-                            for left, right in PAIRS:
+                            for left, right in pairs(p):
                                 self.radios.append(gr.Radio(
                                     choices=[(f"{pane_label(left)} better", "left"), ("Tie", "tie"),
                                              (f"{pane_label(right)} better", "right")],
@@ -551,7 +553,7 @@ class ParticipantUI:
                              inputs=[*code_conv, *self.radios, self.comment,
                                      *([self.attention] if p.attention.instructed_response else [])],
                              api_name="rate", **full).then(**redirect).then(**forgotten)
-            for pane, box, btn, chat in zip(PANES, boxes, buttons, self.chats):
+            for pane, box, btn, chat in zip(p.pane_names, boxes, buttons, self.chats):
                 outs = [*self.chat_outputs, box]
                 fn = self._stream_guard(outs, self.make_send(pane, box))
                 for trigger in (btn.click, box.submit):
@@ -561,7 +563,7 @@ class ParticipantUI:
                 chat.like(self._guard([], self.make_report(pane)), inputs=code_conv, outputs=None,
                           api_visibility="private", concurrency_limit=None)
             outs = [*self.chat_outputs, all_box]
-            fn = self._stream_guard(outs, self.make_send("ABC", all_box))
+            fn = self._stream_guard(outs, self.make_send("".join(p.pane_names), all_box))
             all_btn.click(fn, inputs=[*code_conv, all_box], outputs=outs, concurrency_id="generate",
                           concurrency_limit=self.concurrency, api_name="send_all")
             all_box.submit(fn, inputs=[*code_conv, all_box], outputs=outs, concurrency_id="generate",

@@ -72,9 +72,11 @@ class ChatStore(StoreBase):
 
     def create_conversation(self, participant_id: str, scenario: str, description: str,
                             choose_order: Callable[[list[int]], tuple[int, Sequence[str]]],
-                            protocol: str = "", max_conversations: int | None = None) -> Conversation:
-        """Create the participant's next conversation. `choose_order(counts)` gets the per-order usage
-        counts and returns (order_index, arm names for panes A, B, C).
+                            protocol: str = "", max_conversations: int | None = None,
+                            n_orders: int = 6) -> Conversation:
+        """Create the participant's next conversation. `choose_order(counts)` gets the usage counts of the
+        design's `n_orders` selections (extes.study.design; 6 orders for 3 arms in 3 panes) and returns
+        (order_index, arm names for panes A, B (, C)).
 
         One write transaction checks the limits, counts the orders and inserts, so neither the limits nor
         the balance of orders can be broken by simultaneous starts, in one process or several. LimitError
@@ -89,7 +91,7 @@ class ChatStore(StoreBase):
                     raise LimitError("a conversation is already in progress", "in_progress")
                 if max_conversations is not None and sum(st == "rated" for st in statuses) >= max_conversations:
                     raise LimitError("all conversations are done", "complete")
-                order_index, arm_order = choose_order(self.order_counts(protocol=protocol, conn=conn))
+                order_index, arm_order = choose_order(self.order_counts(n_orders, protocol=protocol, conn=conn))
                 row = {
                     "id": f"c-{uuid.uuid4().hex[:12]}", "participant_id": participant_id, "seq": len(rows) + 1,
                     "order_index": int(order_index), "arm_order": json.dumps(list(arm_order)),
