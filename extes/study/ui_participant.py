@@ -488,8 +488,8 @@ class ParticipantUI:
                 self.rate_hint = gr.Markdown(elem_id="rate-hint")
                 self.radios = []
                 with gr.Column(visible=False) as self.rating_col:
-                    gr.Markdown("## Your ratings\nFor each question, compare each pair of models. "
-                                "All questions are required.")
+                    which = "each pair of models" if p.panes == 3 else "the two models"
+                    gr.Markdown(f"## Your ratings\nFor each question, compare {which}. All questions are required.")
                     self.attention = gr.Radio(visible=False, value=None)
                     for i, aspect in enumerate(p.aspects):
                         if i == min(1, len(p.aspects) - 1) and p.attention.instructed_response:
