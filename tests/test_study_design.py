@@ -219,6 +219,13 @@ def test_pairs_never_compared_are_reported(tmp_path, capsys):
     seen = {frozenset(study.store.conversation(c).arm_order) for c in convs}
     never = [p for p in itertools.combinations(FIVE, 2) if frozenset(p) not in seen]
     ref = next(a for a in FIVE if any(a in p for p in never))
+    from extes.study.ui_research import win_tie_loss_view
+
+    dash = win_tie_loss_view(study.store, ref, n_boot=0)  # the dashboard's table
+    unseen = [b if a == ref else a for a, b in never if ref in (a, b)]
+    table = dash.table.set_index("comparison")
+    for other in unseen:
+        assert set(table.loc[f"{ref} vs {other}"]) == {"never compared"}
     study.store.close()
     from extes.cli import main
 
