@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -24,6 +24,7 @@ from extes.models.types import Event, Reply
 from extes.study.arrivals import PlatformArrivals
 from extes.study.assignment import balanced_chooser
 from extes.study.blinding import strip_tags
+from extes.study.capacity import BUSY_MESSAGE, WAIT_MESSAGE, Admission, CapacityGate, Ticket
 from extes.study.protocol import PANES, Protocol
 from extes.study.rating import (
     INSTRUCTED_KEY,
@@ -86,10 +87,13 @@ class Study:
     """The study run: protocol + store + model pool. Thread-safe; holds no participant state in memory
     except which conversations are generating right now (to refuse overlapping sends)."""
 
-    def __init__(self, protocol: Protocol, store: Store, pool: ReplyPool, rng: random.Random | None = None):
+    def __init__(self, protocol: Protocol, store: Store, pool: ReplyPool, rng: random.Random | None = None,
+                 gate: CapacityGate | None = None):
         self.protocol = protocol
         self.store = store
         self.pool = pool
+        # concurrent generations per client and per code (None: ungated; the participant page sets one)
+        self.gate = gate
         self.risk = RiskChecker.from_protocol(protocol)
         self._chooser = balanced_chooser(protocol.arm_names, rng)
         self._busy: set[str] = set()
@@ -194,7 +198,7 @@ class Study:
 
     def _chat_view(self, p: Participant, conv: Conversation, base: dict[str, Any],
                    panes: list[PaneState] | None = None, streaming: bool = False,
-                   crisis: bool | None = None) -> SessionView:
+                   crisis: bool | None = None, waiting: bool = False) -> SessionView:
         if panes is None:
             panes = self._pane_states(conv)
             streaming = streaming or conv.id in self._busy or self.store.is_streaming(conv.id)
@@ -205,7 +209,7 @@ class Study:
             stage="chat", conversation_id=conv.id, number=conv.seq, panes=panes,
             can_rate=all(ps.remaining == 0 for ps in panes) and not streaming,
             crisis=self._has_risk(conv.id) if crisis is None else crisis, scenario=conv.scenario,
-            streaming=streaming, **base,
+            streaming=streaming, waiting=waiting, **base,
         )
 
     # ---------------------------------------------------------------------------------- flow
@@ -286,7 +290,7 @@ class Study:
         return out
 
     def send(self, code: str, conversation_id: str, panes: str | list[str], text: str,
-             cancel: threading.Event | None = None) -> Iterator[SessionView]:
+             cancel: threading.Event | None = None, client: str | None = None) -> Iterator[SessionView]:
         """Send `text` to one pane ("A") or several ("ABC"); yields views as replies stream in.
 
         All checks happen before anything is stored. The user's message and an empty reply row per pane
@@ -300,6 +304,10 @@ class Study:
         in step: a pane shows its k-th piece only when every pane still replying has produced k pieces,
         so a pane whose model starts later (for example one that writes a strategy tag first, which is
         held back) does not show up as the last to start.
+
+        Capacity: with a `gate`, the send takes a generation slot for `client` (the sender's address) and
+        this participant first, waiting for one (views with `waiting` set) when the client is at its cap
+        or the slots are full (`extes.study.capacity`); nothing is stored while it waits.
         """
         p, conv = self._owned(code, conversation_id)
         if conv.status != "chatting":
@@ -317,11 +325,38 @@ class Study:
             if conv.id in self._busy:
                 raise StudyRefusal("Please wait until the current replies are finished.", hint=True)
             self._busy.add(conv.id)
+        ticket = None
         try:
+            ticket = yield from self._slot(p, conv, client)
             yield from self._send(p, conv, targets, text, cancel or threading.Event())
         finally:
+            if ticket is not None:
+                self.gate.release(ticket)
             with self._busy_lock:
                 self._busy.discard(conv.id)
+
+    def _slot(self, p: Participant, conv: Conversation, client: str | None
+              ) -> Generator[SessionView, None, Ticket | None]:
+        """A generation slot from the gate (None without one), yielding `waiting` views while it waits."""
+        if self.gate is None:
+            return None
+        waiter = self.gate.wait(client, p.id)
+        base = dict(code=p.code, participant_id=p.id, total=self.protocol.conversations_per_participant,
+                    min_turns=self.protocol.min_user_turns)
+        try:
+            for got in waiter:
+                if got is None:
+                    yield self._chat_view(p, conv, base, streaming=True, waiting=True)
+                elif isinstance(got, Ticket):
+                    return got
+                elif got is Admission.CODE_BUSY:
+                    raise StudyRefusal(WAIT_MESSAGE, hint=True)
+                else:
+                    log.warning("a send got no generation slot (%s)", got.value)
+                    raise StudyRefusal(BUSY_MESSAGE, hint=True)
+        finally:
+            waiter.close()
+        return None
 
     def _send(self, p, conv, targets, text, cancel) -> Iterator[SessionView]:
         try:
