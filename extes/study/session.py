@@ -37,7 +37,7 @@ from extes.study.rating import (
 from extes.study.records import Message, Participant, Role
 from extes.study.safety import RiskChecker, record_risks
 from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, Store
-from extes.study.turn import TurnStream
+from extes.study.turn import Pacing, TurnStream
 from extes.study.views import (
     REPORT_OPTION,
     REPORT_REASONS,
@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 SCENARIO_CHOICES: tuple[str, ...] = (*SCENARIO_NAMES, OTHER_SCENARIO)
 MAX_DESCRIPTION_CHARS = 500
+PACED_TICK_S = 0.05  # a paced send's text grows this often once its model is done
 EXCLUSION_RULE_META = "exclusion_rule"  # the running protocol's `attention.exclude`, JSON, in the store's meta
 
 
@@ -94,6 +95,8 @@ class Study:
         self.pool = pool
         # concurrent generations per client and per code (None: ungated; the participant page sets one)
         self.gate = gate
+        # single-pane sends are released against the clock, so timing does not tell the arm (None: off)
+        self.pacing: Pacing | None = Pacing()
         self.risk = RiskChecker.from_protocol(protocol)
         self._chooser = balanced_chooser(protocol.arm_names, rng)
         self._busy: set[str] = set()
@@ -390,7 +393,7 @@ class Study:
             by_pane[t].messages.append(slots[t])
 
         requests = {t: (conv.arm(t), self._context(conv, t, history)) for t in targets}
-        turn = TurnStream(reply_ids)
+        turn = TurnStream(reply_ids, pacing=self.pacing if len(targets) == 1 else None)
         finished = False
         events = self.pool.stream_many(requests, cancel=cancel)
         try:
@@ -400,12 +403,12 @@ class Study:
                 turn.delta(pane, event.delta)
                 if event.done and not self._end_pane(conv, pane, event, turn, reply_ids[pane]):
                     slots[pane]["interrupted"] = True
-                for done_pane in turn.release():
-                    by_pane[done_pane].turns += 1
-                    by_pane[done_pane].remaining = max(0, by_pane[done_pane].remaining - 1)
-                for t in targets:
-                    slots[t]["content"] = turn.shown(t)
+                self._show(turn, by_pane, slots)
                 self.store.update_replies(turn.due_saves())
+                yield self._chat_view(p, conv, base, panes, streaming=not turn.complete, crisis=crisis)
+            while turn.pacing_left:  # the model is done; the paced text is still being shown
+                time.sleep(PACED_TICK_S)
+                self._show(turn, by_pane, slots)
                 yield self._chat_view(p, conv, base, panes, streaming=not turn.complete, crisis=crisis)
             finished = True
         except GeneratorExit:
@@ -424,6 +427,15 @@ class Study:
         if not turn.all_finished:  # a pane failed, or the pool ended without finishing it
             raise StudyRefusal("A model could not reply just now. Please send your message again.")
         yield self._chat_view(p, conv, base, self._pane_states(conv))
+
+    @staticmethod
+    def _show(turn: TurnStream, by_pane: dict[str, PaneState], slots: dict[str, dict]) -> None:
+        """Release what the turn may show now into the view's panes (turn counts of completed ones)."""
+        for done_pane in turn.release():
+            by_pane[done_pane].turns += 1
+            by_pane[done_pane].remaining = max(0, by_pane[done_pane].remaining - 1)
+        for t, slot in slots.items():
+            slot["content"] = turn.shown(t)
 
     def _end_pane(self, conv: Conversation, pane: str, event: Event, turn: TurnStream, reply_id: int) -> bool:
         """A pane's model is done: False when its reply ends as no turn (the participant is asked to send
