@@ -17,6 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -82,6 +83,25 @@ def trim_to_sentence(text: str, keep: float = 0.5) -> str:
     while end < len(text) and text[end] in "\"')]*":
         end += 1
     return text[:end].rstrip() if end >= keep * len(text) else text
+
+
+@dataclass
+class _Done:
+    """A paced send's replies whose model finished but which are still being shown."""
+
+    conv: Conversation
+    reply_ids: dict[str, int]
+    replies: dict[str, tuple[Reply | None, str]] = field(default_factory=dict)  # pane -> (reply, raw text)
+
+
+def _final_text(reply: Reply | None, streamed: str) -> str:
+    """What a finished reply shows (as `Study._finish` stores it); "" when it shows nothing."""
+    if reply is None:
+        return strip_tags(streamed)[0]
+    text = strip_tags(reply.text)[0]
+    if reply.finish_reason == "length":
+        text = trim_to_sentence(text)
+    return text if text.strip() else ""
 
 
 class Study:
@@ -394,6 +414,7 @@ class Study:
 
         requests = {t: (conv.arm(t), self._context(conv, t, history)) for t in targets}
         turn = TurnStream(reply_ids, pacing=self.pacing if len(targets) == 1 else None)
+        done = _Done(conv, reply_ids)  # paced replies whose model finished, stored once shown in full
         finished = False
         events = self.pool.stream_many(requests, cancel=cancel)
         try:
@@ -401,14 +422,15 @@ class Study:
                 if turn.ended(pane):
                     continue
                 turn.delta(pane, event.delta)
-                if event.done and not self._end_pane(conv, pane, event, turn, reply_ids[pane]):
+                if event.done and not self._end_pane(conv, pane, event, turn, reply_ids[pane], done):
                     slots[pane]["interrupted"] = True
-                self._show(turn, by_pane, slots)
+                self._show(turn, by_pane, slots, done)
                 self.store.update_replies(turn.due_saves())
                 yield self._chat_view(p, conv, base, panes, streaming=not turn.complete, crisis=crisis)
             while turn.pacing_left:  # the model is done; the paced text is still being shown
                 time.sleep(PACED_TICK_S)
-                self._show(turn, by_pane, slots)
+                self._show(turn, by_pane, slots, done)
+                self.store.update_replies(turn.due_saves())
                 yield self._chat_view(p, conv, base, panes, streaming=not turn.complete, crisis=crisis)
             finished = True
         except GeneratorExit:
@@ -422,22 +444,26 @@ class Study:
             close = getattr(events, "close", None)
             if close is not None:
                 close()  # let the pool release the requests now, not when garbage-collected
-            for t in turn.unfinished():  # ended early: keep what was shown, marked interrupted
+            for t in [*turn.unfinished(), *done.replies]:  # ended early: keep what was shown, marked interrupted
                 self._end_reply(reply_ids[t], turn.shown(t), "interrupted" if not finished else "error")
         if not turn.all_finished:  # a pane failed, or the pool ended without finishing it
             raise StudyRefusal("A model could not reply just now. Please send your message again.")
         yield self._chat_view(p, conv, base, self._pane_states(conv))
 
-    @staticmethod
-    def _show(turn: TurnStream, by_pane: dict[str, PaneState], slots: dict[str, dict]) -> None:
-        """Release what the turn may show now into the view's panes (turn counts of completed ones)."""
+    def _show(self, turn: TurnStream, by_pane: dict[str, PaneState], slots: dict[str, dict], done: _Done) -> None:
+        """Release what the turn may show now into the view's panes (turn counts of completed ones); a paced
+        reply is stored complete once it is shown in full (what is saved is what was shown)."""
         for done_pane in turn.release():
+            if done_pane in done.replies:
+                reply, streamed = done.replies.pop(done_pane)
+                self._finish(done.conv, done_pane, done.reply_ids[done_pane], reply, streamed)
             by_pane[done_pane].turns += 1
             by_pane[done_pane].remaining = max(0, by_pane[done_pane].remaining - 1)
         for t, slot in slots.items():
             slot["content"] = turn.shown(t)
 
-    def _end_pane(self, conv: Conversation, pane: str, event: Event, turn: TurnStream, reply_id: int) -> bool:
+    def _end_pane(self, conv: Conversation, pane: str, event: Event, turn: TurnStream, reply_id: int,
+                  done: _Done) -> bool:
         """A pane's model is done: False when its reply ends as no turn (the participant is asked to send
         again): its model failed (what was shown is kept, as for an interrupted reply), or its reply shows
         nothing once tags are stripped (a tell, kept for analysis only)."""
@@ -446,6 +472,12 @@ class Study:
             turn.fail(pane)
             log.error("generation failed in conversation %s (pane %s)", conv.id, pane)
             return False
+        if turn.pacing is not None:  # stored when shown in full (`_show`)
+            final = _final_text(event.reply, turn.text(pane))
+            if final:
+                turn.finish(pane, final)
+                done.replies[pane] = (event.reply, turn.text(pane))
+                return True
         final = self._finish(conv, pane, reply_id, event.reply, turn.text(pane))
         if not final:
             turn.fail(pane)

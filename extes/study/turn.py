@@ -194,7 +194,8 @@ class TurnStream:
             return {}
         out = {}
         for p in self.panes.values():
-            if p.status is PaneStatus.STREAMING and p.shown != p.saved:
+            paced_tail = self.pacing is not None and p.status is PaneStatus.FINISHED and not p.counted
+            if (p.status is PaneStatus.STREAMING or paced_tail) and p.shown != p.saved:
                 out[p.reply_id] = p.saved = p.shown
         self._last_save, self._unsaved = now, 0
         return out
