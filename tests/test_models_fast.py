@@ -462,11 +462,11 @@ def test_a_reply_never_ends_before_it_shows_something(base, adapters, monkeypatc
             assert empty.n_tokens == 0 and empty.text == ""
 
 
-def _tags_then_end(engine, monkeypatch) -> tuple[str, list[int]]:
-    """Script `engine`'s model: it first writes "[Affirmation] [Reassurance]", then prefers end-of-turn
-    over a word. Returns (the word's text, the end-of-turn ids)."""
+def _tags_then_end(engine, monkeypatch, tags: str = "[Affirmation] [Reassurance]") -> tuple[str, list[int]]:
+    """Script `engine`'s model: it first writes `tags`, then prefers end-of-turn over a word. Returns (the
+    word's text, the end-of-turn ids)."""
     tok = engine.tokenizer
-    script_ids = tok("[Affirmation] [Reassurance]", add_special_tokens=False)["input_ids"]
+    script_ids = tok(tags, add_special_tokens=False)["input_ids"]
     assert len(script_ids) < 60
     word = tok(" fine", add_special_tokens=False)["input_ids"][0]
     eos = sorted(engine.eos_ids)
@@ -509,6 +509,44 @@ def test_a_reply_made_only_of_tags_is_not_ended(base, adapters, monkeypatch):
             monkeypatch.setattr(engine, "_hold_eos", hold_until_any_text)
             before = p.generate("plain", user("hi again"))
             assert strip_tags(before.text)[0] == "", (kind, before.text)
+
+
+def test_shows_nothing_knows_every_tag_wrapping():
+    """The engine's end-of-turn hold (issue 24): tags in any wrapping the study strips show nothing."""
+    from extes.models.text import shows_nothing
+    from extes.taxonomy import TAG_HOLD_CHARS
+
+    for only_tags in ("[EV]", "(Emotional Validation)", "<strategy>Affirmation</strategy>", "Strategy: EV",
+                      "#Reassurance", "{Affirmation} (Reassurance)", "**Affirmation:**", "【Reassurance】"):
+        assert shows_nothing(only_tags), only_tags
+        assert not shows_nothing(only_tags + " I hear you."), only_tags
+    assert not shows_nothing("(I know.)") and not shows_nothing("Hello")
+    long_tags = "(Affirmation) " * (TAG_HOLD_CHARS // 10)  # past the length guard: no longer held
+    assert len(long_tags) >= TAG_HOLD_CHARS and not shows_nothing(long_tags)
+
+
+def test_a_reply_made_only_of_tags_in_other_wrappings_is_not_ended(base, adapters, monkeypatch):
+    """As above, with tags in round brackets and a hashtag (issue 24): the hold knew only square brackets,
+    so the control (the hold as it was) ends the reply with nothing visible."""
+    from extes.study.blinding import strip_tags
+    from extes.taxonomy import TAG_ANYWHERE_RE
+
+    room = GenerationSettings(max_new_tokens=64, temperature=0.0, repetition_penalty=1.0)
+    with ArmPool(tiny_arms(base, adapters, settings=room), engine="auto") as p:
+        engine = p.engine_for("plain")
+        word, eos = _tags_then_end(engine, monkeypatch, "(Affirmation) #Reassurance")
+        reply = p.generate("plain", user("hi"))
+        assert strip_tags(reply.text)[0] == word != "", reply.text
+
+        def hold_square_brackets_only(logits, rows, eos=eos):  # the hold as it was
+            for i, r in enumerate(rows):
+                if not TAG_ANYWHERE_RE.sub("", r.emitted).strip():
+                    logits[i, eos] = float("-inf")
+
+        engine._scripted_calls.clear()
+        monkeypatch.setattr(engine, "_hold_eos", hold_square_brackets_only)
+        before = p.generate("plain", user("hi again"))
+        assert strip_tags(before.text)[0] == "", before.text
 
 
 def test_a_prefill_buffer_never_reads_what_it_has_not_written(base):

@@ -255,6 +255,7 @@ def test_a_reply_cut_by_the_length_cap_is_shown_up_to_its_last_sentence(tmp_path
 
 
 def test_abandoned_stream_keeps_the_partial_reply(study):
+    study.pacing = None  # shown as generated (a paced single-pane send shows nothing for its first second)
     view = study.start_conversation(study.consent().code, "Academic Stress")
     stream = study.send(view.code, view.conversation_id, "A", "hello")
     for _ in range(3):  # user message view + two deltas

@@ -4,7 +4,13 @@ of a reply people may see while it streams. No torch: the OpenAI backend shares 
 from __future__ import annotations
 
 from extes.models.types import ContextTooLongError
-from extes.taxonomy import STRATEGY_TAG_RE, TAG_ANYWHERE_RE, split_strategy_tag
+from extes.taxonomy import (
+    STRATEGY_TAG_RE,
+    TAG_ANYWHERE_RE,
+    TAG_HOLD_CHARS,
+    split_strategy_tag,
+    visible_text_after_tags,
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # Prompt building and truncation
@@ -96,6 +102,11 @@ def split_reply(raw: str, strategies: bool) -> tuple[str | None, str]:
 
 
 def shows_nothing(emitted: str) -> bool:
-    """True while a reply's streamed text shows a participant nothing: empty, or only bracketed tags (the
-    study strips strategy tags from every arm's replies). End-of-turn is held back until it shows text."""
-    return not TAG_ANYWHERE_RE.sub("", emitted).strip()
+    """True while a reply's streamed text shows a participant nothing: empty, or only strategy tags in any
+    wrapping the study strips from every arm's replies ("[EV]", "(EV)", "<strategy>EV</strategy>", "EV:",
+    "#EV", ...: `extes.taxonomy.visible_text_after_tags`). End-of-turn is held back until it shows text.
+    The full grammar is consulted only while the text is shorter than TAG_HOLD_CHARS (the longest wrapped
+    combination of labels), which keeps its cost off every decode step of a long reply."""
+    if not TAG_ANYWHERE_RE.sub("", emitted).strip():
+        return True
+    return len(emitted) < TAG_HOLD_CHARS and not visible_text_after_tags(emitted).strip()

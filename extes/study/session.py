@@ -16,13 +16,15 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from typing import Protocol as TypingProtocol
 
 from extes.models.types import Event, Reply
 from extes.study.arrivals import PlatformArrivals
 from extes.study.blinding import strip_tags
+from extes.study.capacity import BUSY_MESSAGE, WAIT_MESSAGE, Admission, CapacityGate, Ticket
 from extes.study.design import Chooser, chooser
 from extes.study.protocol import Protocol
 from extes.study.rating import (
@@ -36,7 +38,7 @@ from extes.study.rating import (
 from extes.study.records import Message, Participant, Role
 from extes.study.safety import RiskChecker, record_risks
 from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, Store
-from extes.study.turn import TurnStream
+from extes.study.turn import Pacing, TurnStream
 from extes.study.views import (
     REPORT_OPTION,
     REPORT_REASONS,
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 
 SCENARIO_CHOICES: tuple[str, ...] = (*SCENARIO_NAMES, OTHER_SCENARIO)
 MAX_DESCRIPTION_CHARS = 500
+PACED_TICK_S = 0.05  # a paced send's text grows this often once its model is done
 EXCLUSION_RULE_META = "exclusion_rule"  # the running protocol's `attention.exclude`, JSON, in the store's meta
 
 
@@ -82,14 +85,38 @@ def trim_to_sentence(text: str, keep: float = 0.5) -> str:
     return text[:end].rstrip() if end >= keep * len(text) else text
 
 
+@dataclass
+class _Done:
+    """A paced send's replies whose model finished but which are still being shown."""
+
+    conv: Conversation
+    reply_ids: dict[str, int]
+    replies: dict[str, tuple[Reply | None, str]] = field(default_factory=dict)  # pane -> (reply, raw text)
+
+
+def _final_text(reply: Reply | None, streamed: str) -> str:
+    """What a finished reply shows (as `Study._finish` stores it); "" when it shows nothing."""
+    if reply is None:
+        return strip_tags(streamed)[0]
+    text = strip_tags(reply.text)[0]
+    if reply.finish_reason == "length":
+        text = trim_to_sentence(text)
+    return text if text.strip() else ""
+
+
 class Study:
     """The study run: protocol + store + model pool. Thread-safe; holds no participant state in memory
     except which conversations are generating right now (to refuse overlapping sends)."""
 
-    def __init__(self, protocol: Protocol, store: Store, pool: ReplyPool, rng: random.Random | None = None):
+    def __init__(self, protocol: Protocol, store: Store, pool: ReplyPool, rng: random.Random | None = None,
+                 gate: CapacityGate | None = None):
         self.protocol = protocol
         self.store = store
         self.pool = pool
+        # concurrent generations per client and per code (None: ungated; the participant page sets one)
+        self.gate = gate
+        # single-pane sends are released against the clock, so timing does not tell the arm (None: off)
+        self.pacing: Pacing | None = Pacing()
         self.risk = RiskChecker.from_protocol(protocol)
         self._rng = rng
         self._chooser = chooser(protocol.design, protocol.arm_names, rng)
@@ -195,7 +222,7 @@ class Study:
 
     def _chat_view(self, p: Participant, conv: Conversation, base: dict[str, Any],
                    panes: list[PaneState] | None = None, streaming: bool = False,
-                   crisis: bool | None = None) -> SessionView:
+                   crisis: bool | None = None, waiting: bool = False) -> SessionView:
         if panes is None:
             panes = self._pane_states(conv)
             streaming = streaming or conv.id in self._busy or self.store.is_streaming(conv.id)
@@ -206,7 +233,7 @@ class Study:
             stage="chat", conversation_id=conv.id, number=conv.seq, panes=panes,
             can_rate=all(ps.remaining == 0 for ps in panes) and not streaming,
             crisis=self._has_risk(conv.id) if crisis is None else crisis, scenario=conv.scenario,
-            streaming=streaming, **base,
+            streaming=streaming, waiting=waiting, **base,
         )
 
     # ---------------------------------------------------------------------------------- flow
@@ -305,7 +332,7 @@ class Study:
         return out
 
     def send(self, code: str, conversation_id: str, panes: str | list[str], text: str,
-             cancel: threading.Event | None = None) -> Iterator[SessionView]:
+             cancel: threading.Event | None = None, client: str | None = None) -> Iterator[SessionView]:
         """Send `text` to one pane ("A") or several ("ABC"); yields views as replies stream in.
 
         All checks happen before anything is stored. The user's message and an empty reply row per pane
@@ -319,6 +346,10 @@ class Study:
         in step: a pane shows its k-th piece only when every pane still replying has produced k pieces,
         so a pane whose model starts later (for example one that writes a strategy tag first, which is
         held back) does not show up as the last to start.
+
+        Capacity: with a `gate`, the send takes a generation slot for `client` (the sender's address) and
+        this participant first, waiting for one (views with `waiting` set) when the client is at its cap
+        or the slots are full (`extes.study.capacity`); nothing is stored while it waits.
         """
         p, conv = self._owned(code, conversation_id)
         if conv.status != "chatting":
@@ -336,11 +367,38 @@ class Study:
             if conv.id in self._busy:
                 raise StudyRefusal("Please wait until the current replies are finished.", hint=True)
             self._busy.add(conv.id)
+        ticket = None
         try:
+            ticket = yield from self._slot(p, conv, client)
             yield from self._send(p, conv, targets, text, cancel or threading.Event())
         finally:
+            if ticket is not None:
+                self.gate.release(ticket)
             with self._busy_lock:
                 self._busy.discard(conv.id)
+
+    def _slot(self, p: Participant, conv: Conversation, client: str | None
+              ) -> Generator[SessionView, None, Ticket | None]:
+        """A generation slot from the gate (None without one), yielding `waiting` views while it waits."""
+        if self.gate is None:
+            return None
+        waiter = self.gate.wait(client, p.id)
+        base = dict(code=p.code, participant_id=p.id, total=self.protocol.conversations_per_participant,
+                    min_turns=self.protocol.min_user_turns)
+        try:
+            for got in waiter:
+                if got is None:
+                    yield self._chat_view(p, conv, base, streaming=True, waiting=True)
+                elif isinstance(got, Ticket):
+                    return got
+                elif got is Admission.CODE_BUSY:
+                    raise StudyRefusal(WAIT_MESSAGE, hint=True)
+                else:
+                    log.warning("a send got no generation slot (%s)", got.value)
+                    raise StudyRefusal(BUSY_MESSAGE, hint=True)
+        finally:
+            waiter.close()
+        return None
 
     def _send(self, p, conv, targets, text, cancel) -> Iterator[SessionView]:
         try:
@@ -374,7 +432,8 @@ class Study:
             by_pane[t].messages.append(slots[t])
 
         requests = {t: (conv.arm(t), self._context(conv, t, history)) for t in targets}
-        turn = TurnStream(reply_ids)
+        turn = TurnStream(reply_ids, pacing=self.pacing if len(targets) == 1 else None)
+        done = _Done(conv, reply_ids)  # paced replies whose model finished, stored once shown in full
         finished = False
         events = self.pool.stream_many(requests, cancel=cancel)
         try:
@@ -382,13 +441,14 @@ class Study:
                 if turn.ended(pane):
                     continue
                 turn.delta(pane, event.delta)
-                if event.done and not self._end_pane(conv, pane, event, turn, reply_ids[pane]):
+                if event.done and not self._end_pane(conv, pane, event, turn, reply_ids[pane], done):
                     slots[pane]["interrupted"] = True
-                for done_pane in turn.release():
-                    by_pane[done_pane].turns += 1
-                    by_pane[done_pane].remaining = max(0, by_pane[done_pane].remaining - 1)
-                for t in targets:
-                    slots[t]["content"] = turn.shown(t)
+                self._show(turn, by_pane, slots, done)
+                self.store.update_replies(turn.due_saves())
+                yield self._chat_view(p, conv, base, panes, streaming=not turn.complete, crisis=crisis)
+            while turn.pacing_left:  # the model is done; the paced text is still being shown
+                time.sleep(PACED_TICK_S)
+                self._show(turn, by_pane, slots, done)
                 self.store.update_replies(turn.due_saves())
                 yield self._chat_view(p, conv, base, panes, streaming=not turn.complete, crisis=crisis)
             finished = True
@@ -403,13 +463,26 @@ class Study:
             close = getattr(events, "close", None)
             if close is not None:
                 close()  # let the pool release the requests now, not when garbage-collected
-            for t in turn.unfinished():  # ended early: keep what was shown, marked interrupted
+            for t in [*turn.unfinished(), *done.replies]:  # ended early: keep what was shown, marked interrupted
                 self._end_reply(reply_ids[t], turn.shown(t), "interrupted" if not finished else "error")
         if not turn.all_finished:  # a pane failed, or the pool ended without finishing it
             raise StudyRefusal("A model could not reply just now. Please send your message again.")
         yield self._chat_view(p, conv, base, self._pane_states(conv))
 
-    def _end_pane(self, conv: Conversation, pane: str, event: Event, turn: TurnStream, reply_id: int) -> bool:
+    def _show(self, turn: TurnStream, by_pane: dict[str, PaneState], slots: dict[str, dict], done: _Done) -> None:
+        """Release what the turn may show now into the view's panes (turn counts of completed ones); a paced
+        reply is stored complete once it is shown in full (what is saved is what was shown)."""
+        for done_pane in turn.release():
+            if done_pane in done.replies:
+                reply, streamed = done.replies.pop(done_pane)
+                self._finish(done.conv, done_pane, done.reply_ids[done_pane], reply, streamed)
+            by_pane[done_pane].turns += 1
+            by_pane[done_pane].remaining = max(0, by_pane[done_pane].remaining - 1)
+        for t, slot in slots.items():
+            slot["content"] = turn.shown(t)
+
+    def _end_pane(self, conv: Conversation, pane: str, event: Event, turn: TurnStream, reply_id: int,
+                  done: _Done) -> bool:
         """A pane's model is done: False when its reply ends as no turn (the participant is asked to send
         again): its model failed (what was shown is kept, as for an interrupted reply), or its reply shows
         nothing once tags are stripped (a tell, kept for analysis only)."""
@@ -418,6 +491,12 @@ class Study:
             turn.fail(pane)
             log.error("generation failed in conversation %s (pane %s)", conv.id, pane)
             return False
+        if turn.pacing is not None:  # stored when shown in full (`_show`)
+            final = _final_text(event.reply, turn.text(pane))
+            if final:
+                turn.finish(pane, final)
+                done.replies[pane] = (event.reply, turn.text(pane))
+                return True
         final = self._finish(conv, pane, reply_id, event.reply, turn.text(pane))
         if not final:
             turn.fail(pane)

@@ -8,6 +8,12 @@ no threads), so a test drives it with scripted events:
   first, which is held back) is not the last to show its first words. A finished pane shows its final text,
   and counts a turn, only once every pane still replying has gone past its length: only the replies'
   lengths order their ends, not the models' speed.
+- **Pacing** (single-pane sends, issue 24). With one pane there is no other pane to keep in step with, and
+  a strategy arm's first words came ~300 ms after another arm's (its held-back tag takes time to write),
+  its end later by the same. With a `Pacing`, text is released against the clock instead: nothing before
+  `start_delay_s`, then `chars_per_s` characters a second (never more than has been generated), and the
+  pane completes when its final text is all shown, at a time set by the text's length, not by when the
+  model finished. This hides the tag's time as long as the model is ahead of the pace.
 - **Durability.** What is saved is what was shown: a reply still streaming is saved as its released text
   (never text the page has not shown), at least every `persist_interval_s` or every `persist_every` pieces,
   whichever comes first. A finished reply is saved by its caller with its final text; a failed one keeps
@@ -35,6 +41,27 @@ PERSIST_INTERVAL_S = 0.25  # a streaming reply's shown text is written at least 
 PERSIST_EVERY_DELTAS = 16  # ... or after this many pieces, whichever comes first
 
 
+START_DELAY_S = 1.0  # paced sends show nothing before this ...
+PACE_CHARS_PER_S = 80.0  # ... then this many characters a second
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How a paced send releases its text (module docstring)."""
+
+    start_delay_s: float = START_DELAY_S
+    chars_per_s: float = PACE_CHARS_PER_S
+
+    def __post_init__(self) -> None:
+        if not (self.start_delay_s >= 0 and self.chars_per_s > 0):
+            raise ValueError(f"Pacing: start_delay_s={self.start_delay_s} must be >= 0 and "
+                             f"chars_per_s={self.chars_per_s} > 0")
+
+    def allowed(self, elapsed: float) -> int:
+        """Characters that may show `elapsed` seconds after the send started."""
+        return max(0, int((elapsed - self.start_delay_s) * self.chars_per_s))
+
+
 class PaneStatus(StrEnum):
     STREAMING = "streaming"
     FINISHED = "finished"  # the model finished; shown in full once the others pass its length
@@ -58,12 +85,14 @@ class TurnStream:
     """The blinding and durability rules of one send (module docstring)."""
 
     def __init__(self, reply_ids: dict[str, int], *, clock: Callable[[], float] = time.monotonic,
-                 persist_interval_s: float = PERSIST_INTERVAL_S, persist_every: int = PERSIST_EVERY_DELTAS):
+                 persist_interval_s: float = PERSIST_INTERVAL_S, persist_every: int = PERSIST_EVERY_DELTAS,
+                 pacing: Pacing | None = None):
         self.panes: dict[str, PaneStream] = {pane: PaneStream(rid) for pane, rid in reply_ids.items()}
         self._clock = clock
         self._interval = persist_interval_s
         self._every = persist_every
-        self._last_save = clock()
+        self._last_save = self._start = clock()
+        self.pacing = pacing
         self._unsaved = 0
 
     # ------------------------------------------------------------------------------ events
@@ -99,6 +128,8 @@ class TurnStream:
 
     def release(self) -> list[str]:
         """Update what each pane shows; returns the panes whose turn completed on screen just now."""
+        if self.pacing is not None:
+            return self._release_paced(self.pacing.allowed(self._clock() - self._start))
         k = self._step()
         completed = []
         for pane, p in self.panes.items():
@@ -112,6 +143,25 @@ class TurnStream:
             else:
                 p.shown = visible_so_far("".join(p.pieces[:k or 0]))
         return completed
+
+    def _release_paced(self, n: int) -> list[str]:
+        completed = []
+        for pane, p in self.panes.items():
+            if p.status is PaneStatus.FAILED:
+                continue
+            if p.status is PaneStatus.FINISHED:
+                p.shown = p.final[:n]
+                if n >= len(p.final) and not p.counted:
+                    p.counted = True
+                    completed.append(pane)
+            else:
+                p.shown = visible_so_far("".join(p.pieces))[:n].rstrip()
+        return completed
+
+    @property
+    def pacing_left(self) -> bool:
+        """A paced turn whose models are done still has text to show (the caller keeps releasing)."""
+        return self.pacing is not None and not self.unfinished() and not self.complete
 
     def shown(self, pane: str) -> str:
         return self.panes[pane].shown
@@ -144,7 +194,8 @@ class TurnStream:
             return {}
         out = {}
         for p in self.panes.values():
-            if p.status is PaneStatus.STREAMING and p.shown != p.saved:
+            paced_tail = self.pacing is not None and p.status is PaneStatus.FINISHED and not p.counted
+            if (p.status is PaneStatus.STREAMING or paced_tail) and p.shown != p.saved:
                 out[p.reply_id] = p.saved = p.shown
         self._last_save, self._unsaved = now, 0
         return out

@@ -24,6 +24,7 @@ from typing import Any
 import gradio as gr
 from gradio.blocks import Block
 
+from extes.study.capacity import WAITING_NOTE, CapacityGate
 from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import INSTRUCTED_LABEL
 from extes.study.rating import INSTRUCTED_KEY, pairs
@@ -147,6 +148,10 @@ class ParticipantUI:
         self.study = study
         self.limiter = limiter
         self.concurrency = concurrency  # generating events at once (the pool batches them)
+        if study.gate is None:  # per client and per code caps on those (issue 24): sends over them wait
+            study.gate = CapacityGate.for_concurrency(concurrency)
+        # the queue lets the waiting sends in too, so that the gate, not the queue, decides who generates
+        self.queue_limit = max(concurrency, study.gate.queue_limit)
         self.protocol = study.protocol
 
     # ------------------------------------------------------------------------------ rendering
@@ -252,6 +257,8 @@ class ParticipantUI:
         counters = [_counter_text(view, i) for i in range(len(view.panes))]
         if view.can_rate:
             hint = "Every model has enough replies: the rating form is open below. You can still keep chatting."
+        elif view.waiting:
+            hint = WAITING_NOTE
         elif view.streaming:
             hint = "The models are replying…"
         else:
@@ -395,7 +402,7 @@ class ParticipantUI:
 
         def send(code: str, conversation_id: str, text: str, request: gr.Request = None):
             cancel = threading.Event()
-            stream = self.study.send(code, conversation_id, panes, text, cancel=cancel)
+            stream = self.study.send(code, conversation_id, panes, text, cancel=cancel, client=client_of(request))
             first, last_sent, pending = True, 0.0, None
             try:
                 for view in stream:
@@ -558,16 +565,16 @@ class ParticipantUI:
                 fn = self._stream_guard(outs, self.make_send(pane, box))
                 for trigger in (btn.click, box.submit):
                     trigger(fn, inputs=[*code_conv, box], outputs=outs, concurrency_id="generate",
-                            concurrency_limit=self.concurrency, api_name=f"send_{pane.lower()}" if trigger == btn.click else None,
+                            concurrency_limit=self.queue_limit, api_name=f"send_{pane.lower()}" if trigger == btn.click else None,
                             api_visibility="public" if trigger == btn.click else "private")
                 chat.like(self._guard([], self.make_report(pane)), inputs=code_conv, outputs=None,
                           api_visibility="private", concurrency_limit=None)
             outs = [*self.chat_outputs, all_box]
             fn = self._stream_guard(outs, self.make_send("".join(p.pane_names), all_box))
             all_btn.click(fn, inputs=[*code_conv, all_box], outputs=outs, concurrency_id="generate",
-                          concurrency_limit=self.concurrency, api_name="send_all")
+                          concurrency_limit=self.queue_limit, api_name="send_all")
             all_box.submit(fn, inputs=[*code_conv, all_box], outputs=outs, concurrency_id="generate",
-                           concurrency_limit=self.concurrency, api_visibility="private")
+                           concurrency_limit=self.queue_limit, api_visibility="private")
         return demo
 
 

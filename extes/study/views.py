@@ -78,6 +78,7 @@ class SessionView:
     scenario: str = ""
     revealed: dict[str, str] | None = None
     streaming: bool = False
+    waiting: bool = False  # the send waits for a free generation slot (extes.study.capacity)
     # a participant from a recruitment platform: at the end (stage "done", or "screened_out" for one who
     # declined) the completion link and code to take back to the platform
     completion_url: str = ""
