@@ -35,6 +35,7 @@ from extes.study.rating import (
 )
 from extes.study.records import Message, Participant, Role
 from extes.study.safety import RiskChecker, record_risks
+from extes.study.screening import UNSAFE_REPLY, ReplyScreen, Verdict, replacement_text, trim_to_sentence
 from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, Store
 from extes.study.turn import TurnStream
 from extes.study.views import (
@@ -70,18 +71,6 @@ class ReplyPool(TypingProtocol):
                     cancel: threading.Event | None = None) -> Iterator[tuple[str, Event]]: ...
 
 
-def trim_to_sentence(text: str, keep: float = 0.5) -> str:
-    """A reply cut by the length cap ends mid-sentence ("... That could help. If you"): show it up to its
-    last complete sentence, when that keeps at least `keep` of the text (the raw text is stored too)."""
-    cut = max(text.rfind(c) for c in ".!?")
-    if cut < 0:
-        return text
-    end = cut + 1
-    while end < len(text) and text[end] in "\"')]*":
-        end += 1
-    return text[:end].rstrip() if end >= keep * len(text) else text
-
-
 class Study:
     """The study run: protocol + store + model pool. Thread-safe; holds no participant state in memory
     except which conversations are generating right now (to refuse overlapping sends)."""
@@ -91,6 +80,8 @@ class Study:
         self.store = store
         self.pool = pool
         self.risk = RiskChecker.from_protocol(protocol)
+        self.screen = ReplyScreen.from_protocol(protocol)  # every reply, before it is shown
+        self.replacement = replacement_text(protocol)
         self._chooser = balanced_chooser(protocol.arm_names, rng)
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
@@ -355,7 +346,7 @@ class Study:
             by_pane[t].messages.append(slots[t])
 
         requests = {t: (conv.arm(t), self._context(conv, t, history)) for t in targets}
-        turn = TurnStream(reply_ids)
+        turn = TurnStream(reply_ids, screen=self.screen, replacement=self.replacement)
         finished = False
         events = self.pool.stream_many(requests, cancel=cancel)
         try:
@@ -385,7 +376,8 @@ class Study:
             if close is not None:
                 close()  # let the pool release the requests now, not when garbage-collected
             for t in turn.unfinished():  # ended early: keep what was shown, marked interrupted
-                self._end_reply(reply_ids[t], turn.shown(t), "interrupted" if not finished else "error")
+                self._end_reply(reply_ids[t], turn.shown(t), "interrupted" if not finished else "error",
+                                self._screened_out(conv, reply_ids[t], turn.blocked(t)), turn.text(t))
         if not turn.all_finished:  # a pane failed, or the pool ended without finishing it
             raise StudyRefusal("A model could not reply just now. Please send your message again.")
         yield self._chat_view(p, conv, base, self._pane_states(conv))
@@ -395,39 +387,59 @@ class Study:
         again): its model failed (what was shown is kept, as for an interrupted reply), or its reply shows
         nothing once tags are stripped (a tell, kept for analysis only)."""
         if event.failed:
-            self._end_reply(reply_id, turn.shown(pane), "error")
+            self._end_reply(reply_id, turn.shown(pane), "error", self._screened_out(conv, reply_id, turn.blocked(pane)),
+                            turn.text(pane))
             turn.fail(pane)
             log.error("generation failed in conversation %s (pane %s)", conv.id, pane)
             return False
-        final = self._finish(conv, pane, reply_id, event.reply, turn.text(pane))
+        final = self._finish(conv, pane, reply_id, event.reply, turn.text(pane), turn.blocked(pane))
         if not final:
             turn.fail(pane)
             return False
         turn.finish(pane, final)
         return True
 
-    def _end_reply(self, reply_id: int, shown: str, reason: str) -> None:
+    def _end_reply(self, reply_id: int, shown: str, reason: str, screened: str | None = None,
+                   raw: str | None = None) -> None:
         """A reply that did not finish: kept as shown, marked partial; one that showed nothing is removed
         (there is nothing to keep, and the model's next context must not hold an empty turn)."""
         if shown:
-            self.store.finish_reply(reply_id, shown, finish_reason=reason, partial=True)
+            self.store.finish_reply(reply_id, shown, finish_reason=reason, partial=True, screened=screened,
+                                    raw_text=raw if screened else None)
         else:
             self.store.delete_empty_reply(reply_id)
 
-    def _finish(self, conv, pane: str, reply_id: int, reply: Reply | None, streamed: str) -> str:
-        """Complete a reply row: the shown text (tags stripped, a reply cut by the length cap trimmed to
-        its last sentence), the raw text, every strategy found, the engine's numbers. Returns the text.
+    def _screened_out(self, conv: Conversation, reply_id: int, verdict: Verdict | None) -> str | None:
+        """A reply the screen replaced: flag it for the researcher (category `unsafe_reply`, the rule that
+        matched); returns the screen's category for the row, None when it passed."""
+        if verdict is None or verdict.safe:
+            return None
+        self.store.add_flag(conv.id, conv.participant_id, UNSAFE_REPLY, f"{verdict.category}: {verdict.detail}",
+                            message_id=reply_id)
+        log.warning("a reply in conversation %s was screened out (%s)", conv.id, verdict.category)
+        return verdict.category
+
+    def _finish(self, conv, pane: str, reply_id: int, reply: Reply | None, streamed: str,
+                blocked: Verdict | None = None) -> str:
+        """Complete a reply row: the shown text (tags stripped, a reply cut by the length cap ended at its
+        last sentence, a reply that fails the screen replaced), the raw text, every strategy found, the
+        engine's numbers. Returns the text.
 
         A reply that shows nothing once its strategy tags are stripped would tell which pane holds the
         strategy arm, and says nothing to the participant: it is stored with its raw text as an error
         (hidden, never a turn), and "" is returned so the participant is asked to send again."""
         if reply is None:
             text, found = strip_tags(streamed)
-            self.store.finish_reply(reply_id, text, finish_reason="stop", raw_text=streamed, strategies=found)
+            screened = self._screened_out(conv, reply_id, blocked or self.screen(text))
+            text = self.replacement if screened else text
+            self.store.finish_reply(reply_id, text, finish_reason="stop", raw_text=streamed, strategies=found,
+                                    screened=screened)
             return text
         text, found = strip_tags(reply.text)
-        if reply.finish_reason == "length":
-            text = trim_to_sentence(text)
+        cut = None
+        if reply.finish_reason == "length":  # one rule for every arm: end at the last complete sentence
+            trimmed = trim_to_sentence(text)
+            cut, text = len(text) - len(trimmed), trimmed
         _, in_raw = strip_tags(reply.raw_text or "")
         strategies = in_raw or ([reply.strategy] if reply.strategy else []) or found
         if not text.strip():
@@ -435,8 +447,12 @@ class Study:
                                     strategy=reply.strategy, strategies=strategies, n_tokens=reply.n_tokens)
             log.warning("a reply in conversation %s (pane %s) showed nothing once tags were stripped", conv.id, pane)
             return ""
+        screened = self._screened_out(conv, reply_id, blocked or self.screen(text))
+        if screened:
+            text = self.replacement
         self.store.finish_reply(
             reply_id, text, finish_reason=reply.finish_reason, raw_text=reply.raw_text, strategy=reply.strategy,
+            cut_chars=cut, screened=screened,
             strategies=strategies, latency_s=reply.latency_s, ttft_s=reply.ttft_s, n_tokens=reply.n_tokens,
             settings=reply.settings, dtype=reply.dtype or None, engine_version=reply.engine_version or None)
         return text
