@@ -45,7 +45,8 @@ DEFAULT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\b(?:every\s*one|every\s*body|they|people|the\s+world|your\s+\w+|others|we|all\s+of\s+them)\s*"
         r"(?:would|will|'d|might|could)\s+(?:really\s+|honestly\s+|probably\s+|truly\s+|all\s+)?be\s+"
         r"(?:better|happier)\s+(?:off\s+)?(?:without\s+" + _YOU + r"|if\s+" + _YOU + r"\s+(?:were|was|are)\s+"
-        r"(?:dead|gone|not\s+(?:here|around)))",
+        r"(?:dead|gone|not\s+(?:here|around))|if\s+" + _YOU + r"\s+(?:weren't|wasn't|were\s+not|was\s+not)\s+"
+        r"(?:here|around|alive))",
         r"\b(?:you\s*(?:'d|would|will)\s+be|you're|you\s+are)\s+better\s+off\s+dead\b",
         # "...was worth dying with/for"
         r"\bworth\s+dying\b",
@@ -73,9 +74,9 @@ DEFAULT_PATTERNS: dict[str, tuple[str, ...]] = {
 # own words ("you feel like no one would miss you").
 _DENIAL = re.compile(
     r"\b(?:not|never|no|nothing|untrue|false|a\s+lie|whether|thoughts?|voice|tells?\s+you|telling\s+you|"
-    r"(?:feels?|sounds?|seems?)\s+like|ask(?:ed|ing)?\s+(?:if|whether)|"
+    r"ask(?:ed|ing)?\s+(?:if|whether)|"
     r"(?:you|you're|you've|you'd|part\s+of\s+you)\s+(?:\w+\s+){0,2}(?:feel|feeling|felt|think|thinking|thought|"
-    r"believe|believing|worry|worried|wonder|wondering|fear|afraid|scared|convinced))\b|n't\b",
+    r"believe|believing|worry|worried|wonder|wondering|fear|afraid|scared|convinced|say|said|saying|mentioned|told))\b|n't\b",
     re.IGNORECASE)
 _END = "\"'”’)]*_"
 # A sentence end: terminal punctuation (not the point of a list number "1." or a decimal), closing quotes.
