@@ -128,7 +128,7 @@ def test_the_replacement_is_the_same_whichever_arm_wrote_it(tmp_path):
         pane = s.store.conversation(view.conversation_id).arm_order.index(arm)
         shown.add(last.panes[pane].messages[-1]["content"])
         s.store.close()
-    assert len(shown) == 1
+    assert shown == {s.replacement}
 
 
 def _rated_db(tmp_path) -> Path:

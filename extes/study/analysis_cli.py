@@ -260,7 +260,7 @@ def run_analyze(args: argparse.Namespace) -> int:
                        min_sessions=args.min_sessions)
     matrices = _matrices(votes)
     written = write_analysis_report(args.out, wtl, bt, matrices) if args.out else []
-    screened = _screened(args.db)
+    screened = screened_replies(args.db)
     if args.json:
         payload = wtl.to_dict()
         payload["omissions"] = wtl.omissions()
@@ -301,7 +301,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _screened(db: str | None):
+def screened_replies(db: str | None):
     """Replies per arm and how many the screen replaced (`Store.screening_frame`); None without --db."""
     if not db:
         return None

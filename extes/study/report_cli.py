@@ -209,20 +209,15 @@ def build_tables(args) -> tuple[list, dict[str, Any]]:
                            correction=args.correction, min_sessions=args.min_sessions)
         objects["wtl"] = wtl
         out.append(T.table9_pairwise(wtl, names.arms))
-    screened = _screened(args.db)
+    from extes.study.analysis_cli import screened_replies
+
+    screened = screened_replies(args.db)
     if screened is not None and len(screened):
         objects["screened"] = screened
         out.append(T.table_screened_replies(screened, names.arms))
     if not out:
         raise ValueError("nothing to report: give --data, --db (or --votes/--ratings), --results or --toxicity")
     return out, objects
-
-
-def _screened(db: str | None):
-    """The study database's replies screened out per arm (`Store.screening_frame`), None without --db."""
-    from extes.study.analysis_cli import _screened as screened
-
-    return screened(db)
 
 
 def run_report(args: argparse.Namespace) -> int:
