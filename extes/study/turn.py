@@ -131,7 +131,8 @@ class TurnStream:
         cut = visible[:sentence_end(visible, final=raw[-1:].isspace())].rstrip()
         if len(cut) <= len(p.shown):
             return p.shown
-        verdict = self._screen(cut)
+        # the screen reads sentence by sentence: what was shown already passed (the final text is screened whole)
+        verdict = self._screen(cut[len(p.shown):] if cut.startswith(p.shown) else cut)
         if not verdict.safe:
             p.blocked = verdict
             return self._replacement
