@@ -116,6 +116,9 @@ def protocol_dict(arms: list[dict] | None = None, min_turns: int = 2, conversati
     data["arms"] = arms or [{"name": n} for n in ARM_NAMES]
     data["min_user_turns"] = min_turns
     data["conversations_per_participant"] = conversations
+    lengths = {(a.get("generation") or {}).get("max_new_tokens") for a in data["arms"]}
+    if len(lengths) == 1 and None not in lengths:  # arms built at one length: the study's reply length
+        data["max_reply_tokens"] = lengths.pop()
     data.update(extra)
     return data
 
