@@ -88,6 +88,7 @@ def write_protocol(root: Path, base_url: str, min_turns: int, conversations: int
     data = yaml.safe_load((REPO / "eval_protocol" / "default.yaml").read_text())
     data["arms"] = [{"name": n, "backend": "openai", "base_url": base_url, "model": n, "api_key_env": "EXTES_FAKE_KEY",
                      "generation": {"max_new_tokens": 64}} for n in ARMS]
+    data["max_reply_tokens"] = 64  # every arm's reply length in a study
     data["min_user_turns"] = min_turns
     data["conversations_per_participant"] = conversations
     data["annotation"] = {**data.get("annotation", {}), "judges_per_item": judges_per_item,

@@ -23,7 +23,8 @@ class FakePool:
 
     def __init__(self, arm_names=ARM_NAMES, delay: float = 0.0, fail_arm: str | None = None,
                  words: int = 6, error_arm: str | None = None, finish: str = "stop", late_arm: str | None = None,
-                 late_steps: int = 0, tags: dict[int, str] | None = None, reply_attrs: dict | None = None):
+                 late_steps: int = 0, tags: dict[int, str] | None = None, reply_attrs: dict | None = None,
+                 texts: dict[str, str] | None = None):
         self.arm_names = tuple(arm_names)
         self.delay = delay
         self.fail_arm = fail_arm  # the whole stream_many call raises
@@ -35,12 +36,13 @@ class FakePool:
         self.late_arm, self.late_steps = late_arm, late_steps
         self.tags = tags or {}  # word index -> a tag the model writes there (for late_arm, or every arm if no late_arm)
         self.reply_attrs = reply_attrs or {}  # extra attributes on each Reply (dtype, engine_version)
+        self.texts = texts or {}  # arm -> the reply it writes every time (word by word)
         self.calls: list[tuple[str, list[dict]]] = []
         self.lock = threading.Lock()
 
     def _reply_words(self, messages) -> list[str]:
         n_user = sum(1 for m in messages if m["role"] == "user")
-        base = f"That sounds hard; thank you for telling me (turn {n_user})."
+        base = f"That sounds hard. Thank you for telling me (turn {n_user})."
         words = (base + " Tell me more.").split()
         while len(words) < self.words:  # long replies: the sentence again
             words += base.split()
@@ -61,7 +63,7 @@ class FakePool:
         start = time.perf_counter()
         plans = {}
         for k, (arm, m) in requests.items():
-            words = self._reply_words(m)
+            words = self.texts[arm].split(" ") if arm in self.texts else self._reply_words(m)
             if self.tags and (self.late_arm is None or arm == self.late_arm):
                 words = list(words)
                 for at, tag in sorted(self.tags.items(), reverse=True):
@@ -114,6 +116,9 @@ def protocol_dict(arms: list[dict] | None = None, min_turns: int = 2, conversati
     data["arms"] = arms or [{"name": n} for n in ARM_NAMES]
     data["min_user_turns"] = min_turns
     data["conversations_per_participant"] = conversations
+    lengths = {(a.get("generation") or {}).get("max_new_tokens") for a in data["arms"]}
+    if len(lengths) == 1 and None not in lengths:  # arms built at one length: the study's reply length
+        data["max_reply_tokens"] = lengths.pop()
     data.update(extra)
     return data
 

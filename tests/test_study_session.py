@@ -258,7 +258,7 @@ def test_abandoned_stream_keeps_the_partial_reply(study):
     study.pacing = None  # shown as generated (a paced single-pane send shows nothing for its first second)
     view = study.start_conversation(study.consent().code, "Academic Stress")
     stream = study.send(view.code, view.conversation_id, "A", "hello")
-    for _ in range(3):  # user message view + two deltas
+    for _ in range(5):  # user message view + four deltas: "That sounds hard. Thank" shows its first sentence
         next(stream)
     stream.close()  # the page was closed mid-reply
     rows = study.store.messages(view.conversation_id, "A")

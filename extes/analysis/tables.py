@@ -214,6 +214,18 @@ def table7_toxicity(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str] 
                  notes=[f"Scorer: {s}." for s in sorted(scorer)])
 
 
+def table_screened_replies(frame, names: Mapping[str, str] = {}) -> Table:
+    """Replies the study's screen replaced, per arm (a study database's ``screening_frame``: arm, replies,
+    screened_out, share, capped_cut)."""
+    body = [[name_of(names, r.arm), f"{r.screened_out} of {r.replies}", _fmt(100 * r.share, ".1f"),
+             str(r.capped_cut)] for r in frame.itertuples(index=False)]
+    return Table("screened", "Replies screened out before they were shown, per arm",
+                 ["Arm", "Screened out", "%", "Capped, ended at a sentence"], body,
+                 notes=["Screened out: replaced by the neutral message and the crisis resources (self-harm "
+                        "encouragement patterns, or the protocol's toxicity classifier); the raw replies are in "
+                        "the database (messages.raw_text)."])
+
+
 # --------------------------------------------------------------------------------------- pairwise
 
 

@@ -260,6 +260,7 @@ def run_analyze(args: argparse.Namespace) -> int:
                        min_sessions=args.min_sessions)
     matrices = _matrices(votes)
     written = write_analysis_report(args.out, wtl, bt, matrices) if args.out else []
+    screened = screened_replies(args.db)
     if args.json:
         payload = wtl.to_dict()
         payload["omissions"] = wtl.omissions()
@@ -269,6 +270,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         payload.update(votes=wtl.votes, votes_with_reference=wtl.votes_with_reference,
                        sessions=wtl.sessions, n_boot=args.n_boot, seed=args.seed)
         payload["exclusions"] = excluded.to_dict()
+        if screened is not None:
+            payload["screened_replies"] = screened.to_dict(orient="records")
         _dump(payload)
         return 0
     print(excluded.describe())
@@ -290,9 +293,23 @@ def run_analyze(args: argparse.Namespace) -> int:
     for aspect, matrix in matrix_sections(wtl, matrices):
         print(f"\nWin rate, row arm vs column arm ({aspect}; ties = half)")
         print("no votes" if matrix is None else matrix_display(matrix).to_string())
+    if screened is not None:
+        print("\nReplies screened out before they were shown (replaced by the neutral message), per arm")
+        print(screened.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if written:
         print(f"\nwrote {len(written)} files to {args.out}")
     return 0
+
+
+def screened_replies(db: str | None):
+    """Replies per arm and how many the screen replaced (`Store.screening_frame`); None without --db."""
+    if not db:
+        return None
+    store = open_store(db)
+    try:
+        return store.screening_frame()
+    finally:
+        _close(store)
 
 
 def _matrices(votes: pd.DataFrame) -> list:

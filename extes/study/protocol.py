@@ -13,7 +13,7 @@ names the file, the key and the reason, so a researcher fixes the file in one pa
     min_user_turns: 10              # per model, before the rating form opens
     conversations_per_participant: 2
     max_message_chars: 4000
-    max_reply_tokens: 256           # cap on every arm's max_new_tokens
+    max_reply_tokens: 256           # THE reply length: every arm's max_new_tokens in this study
     scenario_to_models: false       # true: the picked scenario and description go into the system prompt
     reveal_identities: never        # never | after_rating
     aspects: [ {key: fluency, label: Fluency, question: ...}, ... ]
@@ -22,12 +22,15 @@ names the file, the key and the reason, so a researcher fixes the file in one pa
                  enabled: true, judges_see_conversations: false, max_open_per_judge: 1, max_open_total: 100}
     recruitment: {platform: prolific, completion_code: C1A2B3, screened_out_code: null, keep_raw_id: false,
                   redirect: true, participant_param/study_param/session_param/completion_url: preset}
+    screening: {patterns: null, toxicity_classifier: null, toxicity_threshold: 0.5, toxicity_label_map: {},
+                message: ...}     # replies screened before they are shown (extes.study.screening)
     attention: {instructed_response: false, min_message_chars: 0, min_rating_seconds: 0,
                 flag_repeated_messages: false, flag_straight_lining: false, exclude: [flag, ...]}
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +42,9 @@ from extes.analysis.exclusions import FLAGS
 from extes.config import ConfigModel, validate_config
 from extes.study.design import ASSIGNMENTS, PANE_COUNTS, Design, pane_names
 from extes.study.recruitment import RecruitmentSettings
+from extes.study.screening import DEFAULT_MESSAGE
+
+log = logging.getLogger(__name__)
 
 # The ExTES human-evaluation aspects; the analysis layer (extes.analysis.io.ASPECTS) accepts these.
 ASPECT_KEYS: tuple[str, ...] = ("fluency", "identification", "comforting", "suggestion", "overall")
@@ -70,6 +76,12 @@ def _whole(lo: int, hi: int):
             raise ValueError(f"expected a whole number from {lo} to {hi}, got {value!r}")
         return value
     return BeforeValidator(check)
+
+
+def _probability(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(f"expected a probability in (0, 1], got {value!r}")
+    return float(value)
 
 
 def _flag(value: Any) -> bool:
@@ -247,10 +259,22 @@ class AttentionSettings(_OptionalSection):
         return tuple(f for f in FLAGS if getattr(self, FLAG_OPTIONS[f]))
 
 
+class ScreeningSettings(_OptionalSection):
+    """The protocol's ``screening:`` section: how replies are screened before they are shown
+    (`extes.study.screening`). Patterns null: the built-in self-harm encouragement patterns."""
+
+    patterns: dict[str, Patterns] | None = None
+    toxicity_classifier: str | None = None  # a local Hugging Face classifier folder (as `extes toxicity`)
+    toxicity_threshold: Annotated[float, BeforeValidator(_probability)] = 0.5
+    toxicity_label_map: dict[str, str] = {}
+    message: Text = DEFAULT_MESSAGE  # shown instead of a screened-out reply, above the crisis text
+
+
 _TOP_KEYS = (
     "title", "consent", "instructions", "arms", "aspects", "crisis", "min_user_turns",
     "conversations_per_participant", "max_message_chars", "max_reply_tokens", "scenario_to_models",
     "reveal_identities", "annotation", "description", "recruitment", "attention", "panes", "assignment",
+    "screening",
 )
 _REQUIRED = ("title", "consent", "arms", "aspects", "crisis")
 
@@ -259,7 +283,7 @@ class Protocol(ConfigModel):
     title: Text
     consent: Text
     instructions: str = ""
-    max_reply_tokens: Annotated[int, _whole(1, 8192)] = 256  # before arms: the arms' cap
+    max_reply_tokens: Annotated[int, _whole(1, 8192)] = 256  # before arms: every arm's max_new_tokens
     arms: tuple[Any, ...]  # extes.models.Arm (dicts when built without arms)
     panes: int = 3  # after arms: at most as many panes as arms (extes.study.design)
     assignment: str = "balanced"  # balanced | adaptive (extes.study.design)
@@ -273,6 +297,7 @@ class Protocol(ConfigModel):
     annotation: AnnotationSettings = AnnotationSettings()
     recruitment: RecruitmentSettings | None = None  # a recruitment platform (Prolific, MTurk-style links)
     attention: AttentionSettings = AttentionSettings()
+    screening: ScreeningSettings = ScreeningSettings()
     description: Any = None  # accepted and ignored (a note for the researchers)
     source: str = "<memory>"
 
@@ -398,14 +423,21 @@ class Protocol(ConfigModel):
             arms = arms_from_config(value, where, base_dir=ctx.get("base_dir"))
         except (ValueError, FileNotFoundError) as exc:
             raise _ArmsError(str(exc) if where in str(exc) else f"{where}: arms: {exc}") from None
-        cap = info.data.get("max_reply_tokens", 256)
-        return tuple(_cap_reply(a, cap) for a in arms)
+        length = info.data.get("max_reply_tokens", 256)
+        for raw in value:
+            own = (raw.get("generation") or {}).get("max_new_tokens") if isinstance(raw.get("generation"), dict) else None
+            if own is not None and own != length:
+                log.warning("%s: arm %r: generation.max_new_tokens %s is replaced by the protocol's max_reply_tokens "
+                            "%s (every arm replies at the same length in a study)", where, raw["name"], own, length)
+        return tuple(_reply_length(a, length) for a in arms)
 
 
-def _cap_reply(arm: Any, cap: int) -> Any:
+def _reply_length(arm: Any, length: int) -> Any:
+    """Every arm of a study writes at most the protocol's `max_reply_tokens`, the same for all: a pane whose
+    replies are cut shorter (or never cut) would be easy to recognise."""
     gen = getattr(arm, "generation", None)
-    if gen is not None and getattr(gen, "max_new_tokens", 0) > cap:
-        return replace(arm, generation=replace(gen, max_new_tokens=cap))
+    if gen is not None and getattr(gen, "max_new_tokens", None) != length:
+        return replace(arm, generation=replace(gen, max_new_tokens=length))
     return arm
 
 

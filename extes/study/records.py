@@ -139,6 +139,8 @@ class Message:
     settings: Mapping[str, Any] | None = None  # the generation settings, as the engine reported them
     dtype: str | None = None
     engine_version: str | None = None
+    cut_chars: int | None = None  # characters cut from a capped reply to end it at a sentence
+    screened: str | None = None  # the screen replaced this reply (category); raw_text has the model's words
 
     @property
     def is_reply(self) -> bool:

@@ -209,6 +209,12 @@ def build_tables(args) -> tuple[list, dict[str, Any]]:
                            correction=args.correction, min_sessions=args.min_sessions)
         objects["wtl"] = wtl
         out.append(T.table9_pairwise(wtl, names.arms))
+    from extes.study.analysis_cli import screened_replies
+
+    screened = screened_replies(args.db)
+    if screened is not None and len(screened):
+        objects["screened"] = screened
+        out.append(T.table_screened_replies(screened, names.arms))
     if not out:
         raise ValueError("nothing to report: give --data, --db (or --votes/--ratings), --results or --toxicity")
     return out, objects

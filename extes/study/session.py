@@ -17,9 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
-from typing import Protocol as TypingProtocol
 
 from extes.models.types import Event, Reply
 from extes.study.arrivals import PlatformArrivals
@@ -37,12 +35,13 @@ from extes.study.rating import (
 )
 from extes.study.records import Message, Participant, Role
 from extes.study.safety import RiskChecker, record_risks
+from extes.study.screening import UNSAFE_REPLY, ReplyScreen, Verdict, replacement_text, trim_to_sentence
 from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, Store
+from extes.study.streaming import Done, ReplyPool, final_text, pane_context
 from extes.study.turn import Pacing, TurnStream
 from extes.study.views import (
     REPORT_OPTION,
     REPORT_REASONS,
-    ChatMessage,
     PaneState,
     SessionView,
     StudyRefusal,
@@ -64,46 +63,6 @@ PACED_TICK_S = 0.05  # a paced send's text grows this often once its model is do
 EXCLUSION_RULE_META = "exclusion_rule"  # the running protocol's `attention.exclude`, JSON, in the store's meta
 
 
-class ReplyPool(TypingProtocol):
-    """What the study needs from a model pool (extes.models.ArmPool, tests' FakePool): stream several
-    requests at once. `requests` maps a key (the pane) to (arm name, messages); the iterator yields
-    (key, Event) with Event.delta, .done, .reply (a Reply, or None with .error when that request failed)."""
-
-    def stream_many(self, requests: dict[str, tuple[str, list[ChatMessage]]],
-                    cancel: threading.Event | None = None) -> Iterator[tuple[str, Event]]: ...
-
-
-def trim_to_sentence(text: str, keep: float = 0.5) -> str:
-    """A reply cut by the length cap ends mid-sentence ("... That could help. If you"): show it up to its
-    last complete sentence, when that keeps at least `keep` of the text (the raw text is stored too)."""
-    cut = max(text.rfind(c) for c in ".!?")
-    if cut < 0:
-        return text
-    end = cut + 1
-    while end < len(text) and text[end] in "\"')]*":
-        end += 1
-    return text[:end].rstrip() if end >= keep * len(text) else text
-
-
-@dataclass
-class _Done:
-    """A paced send's replies whose model finished but which are still being shown."""
-
-    conv: Conversation
-    reply_ids: dict[str, int]
-    replies: dict[str, tuple[Reply | None, str]] = field(default_factory=dict)  # pane -> (reply, raw text)
-
-
-def _final_text(reply: Reply | None, streamed: str) -> str:
-    """What a finished reply shows (as `Study._finish` stores it); "" when it shows nothing."""
-    if reply is None:
-        return strip_tags(streamed)[0]
-    text = strip_tags(reply.text)[0]
-    if reply.finish_reason == "length":
-        text = trim_to_sentence(text)
-    return text if text.strip() else ""
-
-
 class Study:
     """The study run: protocol + store + model pool. Thread-safe; holds no participant state in memory
     except which conversations are generating right now (to refuse overlapping sends)."""
@@ -118,6 +77,8 @@ class Study:
         # single-pane sends are released against the clock, so timing does not tell the arm (None: off)
         self.pacing: Pacing | None = Pacing()
         self.risk = RiskChecker.from_protocol(protocol)
+        self.screen = ReplyScreen.from_protocol(protocol)  # every reply, before it is shown
+        self.replacement = replacement_text(protocol)
         self._rng = rng
         self._chooser = chooser(protocol.design, protocol.arm_names, rng)
         self._busy: set[str] = set()
@@ -309,28 +270,6 @@ class Study:
                                "Please shorten it and send it again.")
         return text
 
-    def _context(self, conv: Conversation, pane: str, rows: list[Message]) -> list[ChatMessage]:
-        """The model's view of one pane: its own history (consecutive same-role turns merged, e.g. after an
-        interrupted reply), with the scenario in the system prompt only when the protocol says so."""
-        arm = self._arm(conv, pane)
-        out: list[ChatMessage] = []
-        if self.protocol.scenario_to_models:
-            about = f"The person would like to talk about: {conv.scenario}."
-            if conv.description:
-                about += f" In their words: {conv.description}"
-            out.append({"role": "system", "content": ((arm.system_prompt or "") + "\n\n" + about).strip()})
-        for r in rows:
-            if r.pane != pane or (r.is_reply and not r.text):
-                continue  # a reply that never got a word out is not part of the model's history
-            if out and out[-1]["role"] == r.role and r.role != "system":
-                out[-1]["content"] += "\n\n" + r.text
-                continue
-            m: ChatMessage = {"role": r.role, "content": r.text}
-            if r.is_reply and getattr(arm, "strategies", False) and r.strategy:
-                m["strategy"] = r.strategy
-            out.append(m)
-        return out
-
     def send(self, code: str, conversation_id: str, panes: str | list[str], text: str,
              cancel: threading.Event | None = None, client: str | None = None) -> Iterator[SessionView]:
         """Send `text` to one pane ("A") or several ("ABC"); yields views as replies stream in.
@@ -431,9 +370,10 @@ class Study:
             slots[t] = {"role": "assistant", "content": "", "id": reply_ids[t], "interrupted": False}
             by_pane[t].messages.append(slots[t])
 
-        requests = {t: (conv.arm(t), self._context(conv, t, history)) for t in targets}
-        turn = TurnStream(reply_ids, pacing=self.pacing if len(targets) == 1 else None)
-        done = _Done(conv, reply_ids)  # paced replies whose model finished, stored once shown in full
+        requests = {t: (conv.arm(t), pane_context(conv, t, self._arm(conv, t), history, self.protocol.scenario_to_models)) for t in targets}
+        turn = TurnStream(reply_ids, pacing=self.pacing if len(targets) == 1 else None, screen=self.screen,
+                          replacement=self.replacement)
+        done = Done(conv, reply_ids)  # paced replies whose model finished, stored once shown in full
         finished = False
         events = self.pool.stream_many(requests, cancel=cancel)
         try:
@@ -464,68 +404,91 @@ class Study:
             if close is not None:
                 close()  # let the pool release the requests now, not when garbage-collected
             for t in [*turn.unfinished(), *done.replies]:  # ended early: keep what was shown, marked interrupted
-                self._end_reply(reply_ids[t], turn.shown(t), "interrupted" if not finished else "error")
+                self._end_reply(reply_ids[t], turn.shown(t), "interrupted" if not finished else "error",
+                                self._screened_out(conv, reply_ids[t], turn.blocked(t)), turn.text(t))
         if not turn.all_finished:  # a pane failed, or the pool ended without finishing it
             raise StudyRefusal("A model could not reply just now. Please send your message again.")
         yield self._chat_view(p, conv, base, self._pane_states(conv))
 
-    def _show(self, turn: TurnStream, by_pane: dict[str, PaneState], slots: dict[str, dict], done: _Done) -> None:
+    def _show(self, turn: TurnStream, by_pane: dict[str, PaneState], slots: dict[str, dict], done: Done) -> None:
         """Release what the turn may show now into the view's panes (turn counts of completed ones); a paced
         reply is stored complete once it is shown in full (what is saved is what was shown)."""
         for done_pane in turn.release():
             if done_pane in done.replies:
                 reply, streamed = done.replies.pop(done_pane)
-                self._finish(done.conv, done_pane, done.reply_ids[done_pane], reply, streamed)
+                self._finish(done.conv, done_pane, done.reply_ids[done_pane], reply, streamed, turn.blocked(done_pane))
             by_pane[done_pane].turns += 1
             by_pane[done_pane].remaining = max(0, by_pane[done_pane].remaining - 1)
         for t, slot in slots.items():
             slot["content"] = turn.shown(t)
 
     def _end_pane(self, conv: Conversation, pane: str, event: Event, turn: TurnStream, reply_id: int,
-                  done: _Done) -> bool:
+                  done: Done) -> bool:
         """A pane's model is done: False when its reply ends as no turn (the participant is asked to send
         again): its model failed (what was shown is kept, as for an interrupted reply), or its reply shows
         nothing once tags are stripped (a tell, kept for analysis only)."""
         if event.failed:
-            self._end_reply(reply_id, turn.shown(pane), "error")
+            self._end_reply(reply_id, turn.shown(pane), "error", self._screened_out(conv, reply_id, turn.blocked(pane)),
+                            turn.text(pane))
             turn.fail(pane)
             log.error("generation failed in conversation %s (pane %s)", conv.id, pane)
             return False
-        if turn.pacing is not None:  # stored when shown in full (`_show`)
-            final = _final_text(event.reply, turn.text(pane))
+        if turn.pacing is not None:  # stored when shown in full (`_show`), screened before it shows
+            final = final_text(event.reply, turn.text(pane))
             if final:
+                if turn.blocked(pane) is not None or not self.screen(final).safe:
+                    final = self.replacement
                 turn.finish(pane, final)
                 done.replies[pane] = (event.reply, turn.text(pane))
                 return True
-        final = self._finish(conv, pane, reply_id, event.reply, turn.text(pane))
+        final = self._finish(conv, pane, reply_id, event.reply, turn.text(pane), turn.blocked(pane))
         if not final:
             turn.fail(pane)
             return False
         turn.finish(pane, final)
         return True
 
-    def _end_reply(self, reply_id: int, shown: str, reason: str) -> None:
+    def _end_reply(self, reply_id: int, shown: str, reason: str, screened: str | None = None,
+                   raw: str | None = None) -> None:
         """A reply that did not finish: kept as shown, marked partial; one that showed nothing is removed
         (there is nothing to keep, and the model's next context must not hold an empty turn)."""
         if shown:
-            self.store.finish_reply(reply_id, shown, finish_reason=reason, partial=True)
+            self.store.finish_reply(reply_id, shown, finish_reason=reason, partial=True, screened=screened,
+                                    raw_text=raw if screened else None)
         else:
             self.store.delete_empty_reply(reply_id)
 
-    def _finish(self, conv, pane: str, reply_id: int, reply: Reply | None, streamed: str) -> str:
-        """Complete a reply row: the shown text (tags stripped, a reply cut by the length cap trimmed to
-        its last sentence), the raw text, every strategy found, the engine's numbers. Returns the text.
+    def _screened_out(self, conv: Conversation, reply_id: int, verdict: Verdict | None) -> str | None:
+        """A reply the screen replaced: flag it for the researcher (category `unsafe_reply`, the rule that
+        matched); returns the screen's category for the row, None when it passed."""
+        if verdict is None or verdict.safe:
+            return None
+        self.store.add_flag(conv.id, conv.participant_id, UNSAFE_REPLY, f"{verdict.category}: {verdict.detail}",
+                            message_id=reply_id)
+        log.warning("a reply in conversation %s was screened out (%s)", conv.id, verdict.category)
+        return verdict.category
+
+    def _finish(self, conv, pane: str, reply_id: int, reply: Reply | None, streamed: str,
+                blocked: Verdict | None = None) -> str:
+        """Complete a reply row: the shown text (tags stripped, a reply cut by the length cap ended at its
+        last sentence, a reply that fails the screen replaced), the raw text, every strategy found, the
+        engine's numbers. Returns the text.
 
         A reply that shows nothing once its strategy tags are stripped would tell which pane holds the
         strategy arm, and says nothing to the participant: it is stored with its raw text as an error
         (hidden, never a turn), and "" is returned so the participant is asked to send again."""
         if reply is None:
             text, found = strip_tags(streamed)
-            self.store.finish_reply(reply_id, text, finish_reason="stop", raw_text=streamed, strategies=found)
+            screened = self._screened_out(conv, reply_id, blocked or self.screen(text))
+            text = self.replacement if screened else text
+            self.store.finish_reply(reply_id, text, finish_reason="stop", raw_text=streamed, strategies=found,
+                                    screened=screened)
             return text
         text, found = strip_tags(reply.text)
-        if reply.finish_reason == "length":
-            text = trim_to_sentence(text)
+        cut = None
+        if reply.finish_reason == "length":  # one rule for every arm: end at the last complete sentence
+            trimmed = trim_to_sentence(text)
+            cut, text = len(text) - len(trimmed), trimmed
         _, in_raw = strip_tags(reply.raw_text or "")
         strategies = in_raw or ([reply.strategy] if reply.strategy else []) or found
         if not text.strip():
@@ -533,8 +496,12 @@ class Study:
                                     strategy=reply.strategy, strategies=strategies, n_tokens=reply.n_tokens)
             log.warning("a reply in conversation %s (pane %s) showed nothing once tags were stripped", conv.id, pane)
             return ""
+        screened = self._screened_out(conv, reply_id, blocked or self.screen(text))
+        if screened:
+            text = self.replacement
         self.store.finish_reply(
             reply_id, text, finish_reason=reply.finish_reason, raw_text=reply.raw_text, strategy=reply.strategy,
+            cut_chars=cut, screened=screened,
             strategies=strategies, latency_s=reply.latency_s, ttft_s=reply.ttft_s, n_tokens=reply.n_tokens,
             settings=reply.settings, dtype=reply.dtype or None, engine_version=reply.engine_version or None)
         return text

@@ -14,6 +14,10 @@ no threads), so a test drives it with scripted events:
   `start_delay_s`, then `chars_per_s` characters a second (never more than has been generated), and the
   pane completes when its final text is all shown, at a time set by the text's length, not by when the
   model finished. This hides the tag's time as long as the model is ahead of the pace.
+- **Screening.** With a `screen` hook (`extes.study.screening.ReplyScreen`), a streaming pane shows its
+  text only up to a sentence end, and only once `screen(text)` passed it; a pane whose text failed shows
+  `replacement` from then on (the caller finishes it with the same text). Paced panes show the screened text
+  at the pace.
 - **Durability.** What is saved is what was shown: a reply still streaming is saved as its released text
   (never text the page has not shown), at least every `persist_interval_s` or every `persist_every` pieces,
   whichever comes first. A finished reply is saved by its caller with its final text; a failed one keeps
@@ -34,8 +38,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from extes.study.blinding import visible_so_far
+from extes.study.screening import sentence_end
 
 PERSIST_INTERVAL_S = 0.25  # a streaming reply's shown text is written at least this often ...
 PERSIST_EVERY_DELTAS = 16  # ... or after this many pieces, whichever comes first
@@ -79,6 +85,7 @@ class PaneStream:
     shown: str = ""  # what the page shows now
     saved: str = ""  # what the store holds for it (while streaming)
     counted: bool = False  # its turn is complete on screen
+    blocked: Any = None  # the screen's verdict on text that failed it (shown: the replacement)
 
 
 class TurnStream:
@@ -86,7 +93,9 @@ class TurnStream:
 
     def __init__(self, reply_ids: dict[str, int], *, clock: Callable[[], float] = time.monotonic,
                  persist_interval_s: float = PERSIST_INTERVAL_S, persist_every: int = PERSIST_EVERY_DELTAS,
-                 pacing: Pacing | None = None):
+                 pacing: Pacing | None = None, screen: Callable[[str], Any] | None = None,
+                 replacement: str = ""):
+        self._screen, self._replacement = screen, replacement
         self.panes: dict[str, PaneStream] = {pane: PaneStream(rid) for pane, rid in reply_ids.items()}
         self._clock = clock
         self._interval = persist_interval_s
@@ -141,7 +150,7 @@ class TurnStream:
                     p.counted = True
                     completed.append(pane)
             else:
-                p.shown = visible_so_far("".join(p.pieces[:k or 0]))
+                p.shown = self._screened(p, "".join(p.pieces[:k or 0]))
         return completed
 
     def _release_paced(self, n: int) -> list[str]:
@@ -155,13 +164,34 @@ class TurnStream:
                     p.counted = True
                     completed.append(pane)
             else:
-                p.shown = visible_so_far("".join(p.pieces))[:n].rstrip()
+                p.shown = self._screened(p, "".join(p.pieces))[:n].rstrip()
         return completed
 
     @property
     def pacing_left(self) -> bool:
         """A paced turn whose models are done still has text to show (the caller keeps releasing)."""
         return self.pacing is not None and not self.unfinished() and not self.complete
+
+    def _screened(self, p: PaneStream, raw: str) -> str:
+        """What a streaming pane may show of `raw` (module docstring, Screening)."""
+        visible = visible_so_far(raw)
+        if self._screen is None:
+            return visible
+        if p.blocked is not None:
+            return self._replacement
+        cut = visible[:sentence_end(visible, final=raw[-1:].isspace())].rstrip()
+        if len(cut) <= len(p.shown):
+            return p.shown
+        # the screen reads sentence by sentence: what was shown already passed (the final text is screened whole)
+        verdict = self._screen(cut[len(p.shown):] if cut.startswith(p.shown) else cut)
+        if not verdict.safe:
+            p.blocked = verdict
+            return self._replacement
+        return cut
+
+    def blocked(self, pane: str) -> Any:
+        """The screen's verdict if the pane's streamed text failed it, else None."""
+        return self.panes[pane].blocked
 
     def shown(self, pane: str) -> str:
         return self.panes[pane].shown

@@ -200,13 +200,15 @@ class ChatStore(StoreBase):
                      raw_text: str | None = None, strategy: str | None = None,
                      strategies: Sequence[str] | None = None, latency_s: float | None = None,
                      ttft_s: float | None = None, n_tokens: int | None = None, settings: dict | None = None,
-                     dtype: str | None = None, engine_version: str | None = None) -> None:
+                     dtype: str | None = None, engine_version: str | None = None, cut_chars: int | None = None,
+                     screened: str | None = None) -> None:
         """Complete a streamed reply row in place (partial=True for interrupted or failed replies)."""
         with self.engine.begin() as conn:
             conn.execute(messages.update().where(messages.c.id == int(message_id)).values(
                 text=text, finish_reason=finish_reason, partial=bool(partial), updated_at=now(),
                 raw_text=raw_text, strategy=strategy, strategies=json.dumps(list(strategies)) if strategies else None,
                 latency_s=latency_s, ttft_s=ttft_s, n_tokens=n_tokens, dtype=dtype, engine_version=engine_version,
+                cut_chars=cut_chars, screened=screened,
                 settings=json.dumps(settings, sort_keys=True, default=str) if settings is not None else None))
 
     def delete_empty_reply(self, message_id: int) -> None:

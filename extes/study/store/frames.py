@@ -94,6 +94,21 @@ class FramesStore(StoreBase):
                                 .order_by(conversation_flags.c.id)).all()
         return pd.DataFrame([tuple(r) for r in rows], columns=cols)
 
+    def screening_frame(self):
+        """Replies per arm and how many the screen replaced (`extes.study.screening`): arm, replies,
+        screened_out, share (screened_out / replies), and capped_cut (capped replies ended at a sentence)."""
+        import pandas as pd
+
+        screened = sa.func.sum(sa.case((messages.c.screened.is_not(None), 1), else_=0))
+        cut = sa.func.sum(sa.case((messages.c.cut_chars > 0, 1), else_=0))
+        q = (sa.select(messages.c.arm, sa.func.count(), screened, cut).where(messages.c.role == "assistant")
+             .group_by(messages.c.arm).order_by(messages.c.arm))
+        with self.engine.connect() as conn:
+            rows = [(a, int(n), int(s or 0), int(c or 0)) for a, n, s, c in conn.execute(q)]
+        frame = pd.DataFrame(rows, columns=["arm", "replies", "screened_out", "capped_cut"])
+        frame.insert(3, "share", (frame["screened_out"] / frame["replies"]).astype(float) if rows else [])
+        return frame
+
     def counts(self) -> dict[str, int]:
         """Live counts for the dashboard."""
         with self.engine.connect() as conn:

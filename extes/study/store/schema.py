@@ -79,6 +79,10 @@ messages = sa.Table(
     sa.Column("strategies", sa.Text, nullable=True),  # JSON list
     sa.Column("dtype", sa.String(40), nullable=True),
     sa.Column("engine_version", sa.String(80), nullable=True),
+    # v5: characters cut from a capped reply's end to end it at a sentence (null: not capped); a reply the
+    # screen replaced: its category (the shown text is the replacement, raw_text the model's words)
+    sa.Column("cut_chars", sa.Integer, nullable=True),
+    sa.Column("screened", sa.String(40), nullable=True),
 )
 
 votes = sa.Table(
@@ -282,5 +286,11 @@ def _migration_4(conn: Connection) -> None:
     llm_votes.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
+def _migration_5(conn: Connection) -> None:
+    """What was cut from a capped reply (messages.cut_chars); a reply screened out (messages.screened)."""
+    _add_columns(conn, messages, ["cut_chars", "screened"])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
+                                                  _migration_5]
 SCHEMA_VERSION = len(MIGRATIONS)
