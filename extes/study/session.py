@@ -324,6 +324,10 @@ class Study:
             with self._busy_lock:
                 self._busy.discard(conv.id)
 
+    def replying(self, conversation_id: str) -> bool:
+        """Whether replies are being written in this conversation now (here or in another app process)."""
+        return conversation_id in self._busy or self.store.is_streaming(conversation_id)
+
     def _send(self, p, conv, targets, text, cancel) -> Iterator[SessionView]:
         try:
             ids = self.store.open_turn(conv.id, text, [(t, conv.arm(t)) for t in targets])
