@@ -93,9 +93,10 @@ def test_a_wrong_password_keeps_the_login_form_and_the_lockout_says_how_long(tmp
             password.fill("wrong")
             page.get_by_role("button", name="Open the dashboard").click()
             page.get_by_text("Wrong password.").wait_for()
+            page.wait_for_timeout(500)
+            shot(page, tmp_path, "research-wrong-password-desktop")
             assert page.get_by_text("Error", exact=True).count() == 0  # no badges
             assert password.is_visible() and page.get_by_role("button", name="Open the dashboard").is_enabled()
-            shot(page, tmp_path, "research-wrong-password-desktop")
             for _ in range(5):
                 password.fill("wrong")
                 page.get_by_role("button", name="Open the dashboard").click()

@@ -498,9 +498,9 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
 
     def check_login(given: str, request: gr.Request = None):  # the login's validator: the reason in place
         try:  # (raising would draw an "Error" badge on every output and hide the form's own message)
-            return [gr.validate(board_fns.login(given, client_of(request)) is not None, "")]
+            return gr.validate(board_fns.login(given, client_of(request)) is not None, "")  # one input: no list
         except NotLoggedIn as exc:
-            return [gr.validate(False, str(exc))]
+            return gr.validate(False, str(exc))
 
     @guarded
     def login(given: str, request: gr.Request = None):
