@@ -32,7 +32,7 @@ def rated_conversation(store: Store, outcome: str = "a"):
 def test_schema_versioned_and_migrations_run_once(tmp_path):
     path = tmp_path / "s.sqlite"
     store = Store(path)
-    assert store.schema_version() == SCHEMA_VERSION == 4
+    assert store.schema_version() == SCHEMA_VERSION == 6
     Store(path)  # reopening applies nothing twice
     with store.engine.connect() as conn:
         assert conn.execute(sa.text("select count(*) from schema_version")).scalar() == SCHEMA_VERSION
@@ -40,7 +40,7 @@ def test_schema_versioned_and_migrations_run_once(tmp_path):
         tables = set(sa.inspect(conn).get_table_names())
     assert {"participants", "conversations", "messages", "votes", "reports", "flags", "annotation_items",
             "assignments", "judgments", "likert_ratings", "schema_version", "conversation_flags", "rating_checks",
-            "platform_sessions", "llm_votes"} <= tables
+            "platform_sessions", "llm_votes", "rating_drafts"} <= tables
 
 
 def test_newer_schema_is_refused(db_url):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,11 +33,18 @@ LIMITS: dict[str, tuple[tuple[int, float], tuple[int, float]]] = {
     "code": ((10, 300.0), (100, 60.0)),
     "password": ((5, 900.0), (30, 900.0)),
 }
+# Each says how long to wait ({wait}: "about 4 minutes"), from the client's own attempts in the store.
 MESSAGES = {
-    "consent": "Too many new participant codes were requested just now. Please try again in a few minutes.",
-    "code": "Too many attempts with codes that do not exist. Please wait a few minutes and check your code.",
-    "password": "Too many wrong passwords: the dashboard is locked for a while. Try again later.",
+    "consent": "Too many new participant codes were requested just now. Please wait {wait}, then try again.",
+    "code": "Too many attempts with codes that do not exist. Please wait {wait}, then check your code.",
+    "password": "Too many wrong passwords: the dashboard is locked. Please wait {wait}, then try again.",
 }
+
+
+def wait_words(seconds: float) -> str:
+    """'about 1 minute', 'about 12 minutes' (rounded up: never less than the wait)."""
+    minutes = max(1, math.ceil(seconds / 60))
+    return f"about {minutes} minute{'' if minutes == 1 else 's'}"
 
 
 FLOOD_SHARE = 0.2  # while a study-wide flood is on, a client past this share of its own limit is refused
@@ -82,7 +90,12 @@ class Limiter:
         bucket = self._client_bucket(kind, client)
         if (self.store.count_and_record([(bucket, share, per_s)], record=False) is not None
                 and self._flooded(kind)):
-            raise RateLimited(MESSAGES[kind])
+            raise self._refusal(kind, bucket, share, per_s)
+
+    def _refusal(self, kind: str, bucket: str, limit: int, window_s: float) -> RateLimited:
+        """The refusal for a client at `limit` in `bucket`, saying how long until it may try again."""
+        wait = self.store.retry_after(bucket, limit, window_s) or window_s
+        return RateLimited(MESSAGES[kind].format(wait=wait_words(wait)))
 
     def hit(self, kind: str, client: str | None) -> None:
         """Count one attempt (a consent, a failed look-up); RateLimited when the client is at its limit,
@@ -91,14 +104,15 @@ class Limiter:
         self._refuse_if_flooding(kind, client)  # judged on the attempts before this one
         bucket = self._client_bucket(kind, client)
         if self.store.count_and_record([(bucket, per_n, per_s), (f"{kind}:all", 2**62, all_s)]) is not None:
-            raise RateLimited(MESSAGES[kind])
+            raise self._refusal(kind, bucket, per_n, per_s)
         self._flooded(kind)  # the alert, as soon as the threshold is reached
 
     def check(self, kind: str, client: str | None) -> None:
         """RateLimited when the client is at its limit, or takes part in a study-wide flood; records nothing."""
         (per_n, per_s), _all = self.limits[kind]
-        if self.store.count_and_record([(self._client_bucket(kind, client), per_n, per_s)], record=False):
-            raise RateLimited(MESSAGES[kind])
+        bucket = self._client_bucket(kind, client)
+        if self.store.count_and_record([(bucket, per_n, per_s)], record=False):
+            raise self._refusal(kind, bucket, per_n, per_s)
         self._refuse_if_flooding(kind, client)
 
 

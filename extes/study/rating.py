@@ -51,22 +51,40 @@ def _answer(raw: object) -> str | None:
     return ANSWERS.get(raw.strip().lower()) if isinstance(raw, str) else None
 
 
-def votes_from_answers(protocol: Protocol, conv: Conversation, answers: Mapping[str, str | None]) -> list[PaneVote]:
-    """The votes a complete form stands for; StudyRefusal naming every question left unanswered (and the
-    attention row, when the protocol has one)."""
-    missing, votes = [], []
-    for q in questions(protocol):
-        value = _answer(answers.get(q.key))
-        left, right = q.pair
-        if value is None:
-            missing.append(f"{q.label} ({pane_label(left)} vs {pane_label(right)})")
-            continue
-        votes.append(PaneVote(q.key.split(":")[0], left, right, conv.arm(left), conv.arm(right), value))
+def missing_answers(protocol: Protocol, answers: Mapping[str, object]) -> list[str]:
+    """Keys of the questions left unanswered, in the form's order (INSTRUCTED_KEY for the attention row)."""
+    missing = [q.key for q in questions(protocol) if _answer(answers.get(q.key)) is None]
     if protocol.attention.instructed_response and not isinstance(answers.get(INSTRUCTED_KEY), str):
-        missing.append("the attention row")
-    if missing:
-        raise StudyRefusal("Please answer every question before submitting. Missing: " + "; ".join(missing))
-    return votes
+        missing.append(INSTRUCTED_KEY)
+    return missing
+
+
+def draft_answers(protocol: Protocol, answers: Mapping[str, object]) -> dict[str, str]:
+    """The answers of a form being filled in that are worth keeping: known questions, valid answers
+    (as the page sends them), so a draft holds nothing else whatever a request carries."""
+    keys = [q.key for q in questions(protocol)] + ([INSTRUCTED_KEY] if protocol.attention.instructed_response else [])
+    return {k: v.strip().lower() for k in keys
+            if isinstance(v := answers.get(k), str) and v.strip().lower() in ("left", "right", "tie")}
+
+
+class MissingAnswers(StudyRefusal):
+    """A rating form with questions left unanswered: `keys` names them (`missing_answers`)."""
+
+    def __init__(self, message: str, keys: list[str]):
+        super().__init__(message)
+        self.keys = keys
+
+
+def votes_from_answers(protocol: Protocol, conv: Conversation, answers: Mapping[str, str | None]) -> list[PaneVote]:
+    """The votes a complete form stands for; MissingAnswers naming every question left unanswered (and the
+    attention row, when the protocol has one)."""
+    keys = missing_answers(protocol, answers)
+    if keys:
+        named = {q.key: f"{q.label} ({pane_label(q.pair[0])} vs {pane_label(q.pair[1])})" for q in questions(protocol)}
+        raise MissingAnswers("Please answer every question before submitting. Missing: "
+                             + "; ".join(named.get(k, "the attention row") for k in keys), keys)
+    return [PaneVote(q.key.split(":")[0], *q.pair, conv.arm(q.pair[0]), conv.arm(q.pair[1]), _answer(answers[q.key]))
+            for q in questions(protocol)]
 
 
 def rating_seconds(store: Store, conversation_id: str) -> float | None:

@@ -238,6 +238,27 @@ class RatingChecks:
 
 
 @dataclass(frozen=True)
+class RatingDraft:
+    """A rating form as last filled in, not yet submitted: `answers` holds (question key, answer) pairs
+    (`extes.study.rating.answer_key`), `comment` the participant's text."""
+
+    conversation_id: str
+    participant_id: str
+    answers: tuple[tuple[str, str], ...] = ()
+    comment: str = ""
+    updated_at: str = ""
+
+    def answer(self, key: str) -> str | None:
+        return dict(self.answers).get(key)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        data = _pick(cls, row)
+        stored = _json(row["answers"], {})
+        data["answers"] = tuple((str(k), str(v)) for k, v in stored.items()) if isinstance(stored, dict) else ()
+        return cls(**data)
+
+@dataclass(frozen=True)
 class RatingRecord(_Record):
     """The stored attention answer and time of one rating form."""
 

@@ -30,10 +30,11 @@ from extes.study.rating import (
     PAIRS,
     Question,
     attention_checks,
+    draft_answers,
     questions,
     votes_from_answers,
 )
-from extes.study.records import Message, Participant, Role
+from extes.study.records import Message, Participant, RatingDraft, Role
 from extes.study.safety import RiskChecker, record_risks
 from extes.study.screening import UNSAFE_REPLY, ReplyScreen, Verdict, replacement_text, trim_to_sentence
 from extes.study.store import HEARTBEAT_S, Conversation, DuplicateError, LimitError, Store
@@ -339,6 +340,10 @@ class Study:
             waiter.close()
         return None
 
+    def replying(self, conversation_id: str) -> bool:
+        """Whether replies are being written in this conversation now (here or in another app process)."""
+        return conversation_id in self._busy or self.store.is_streaming(conversation_id)
+
     def _send(self, p, conv, targets, text, cancel) -> Iterator[SessionView]:
         try:
             ids = self.store.open_turn(conv.id, text, [(t, conv.arm(t)) for t in targets])
@@ -532,6 +537,20 @@ class Study:
     def questions(self) -> list[Question]:
         """Every question of the rating form, in order (`extes.study.rating`)."""
         return questions(self.protocol)
+
+    def save_draft(self, code: str, conversation_id: str, answers: Mapping[str, object], comment: str = "") -> None:
+        """Keep the rating form as filled in so far (`rating.draft_answers`; the comment up to the message
+        limit), so a reload or a later return restores it. Only while the conversation is open."""
+        p, conv = self._owned(code, conversation_id)
+        if conv.status != "chatting":
+            raise StudyRefusal("This conversation has already been rated; your ratings were kept.", hint=True)
+        comment = clean_input(comment, "comment")[: self.protocol.max_message_chars]
+        self.store.save_draft(conv.id, p.id, draft_answers(self.protocol, answers), comment)
+
+    def draft(self, code: str, conversation_id: str) -> RatingDraft | None:
+        """The conversation's saved rating form (None once rated, or when nothing was saved)."""
+        _p, conv = self._owned(code, conversation_id)
+        return self.store.draft(conv.id) if conv.status == "chatting" else None
 
     def submit_rating(self, code: str, conversation_id: str, answers: Mapping[str, str | None],
                       comment: str = "") -> SessionView:

@@ -26,9 +26,8 @@ from gradio.blocks import Block
 
 from extes.study.capacity import WAITING_NOTE, CapacityGate
 from extes.study.limits import Limiter, RateLimited, client_of
-from extes.study.protocol import INSTRUCTED_LABEL
-from extes.study.rating import INSTRUCTED_KEY, pairs
 from extes.study.session import SCENARIO_CHOICES, Study
+from extes.study.ui_rating import SCROLL_JS, RatingForm
 from extes.study.views import REPORT_OPTION, SessionView, StudyRefusal, UnknownCode, pane_label
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,12 @@ Updates = dict[Block, Any]
 GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment."
 BROWSER_NOTE = ("This browser keeps your participant code (and nothing else) so that reloading the page brings "
                 "you back. Anyone using this browser could continue as you: on a shared computer, press "
-                "the button.")
+                "\"Forget my code on this browser\".")
+TOPIC_PLACEHOLDER = "Choose a topic"
+# Gradio's Dropdown has no placeholder: set it in the browser once the setup page is drawn (retried while
+# the page renders it).
+TOPIC_JS = ("() => { let n = 0; const set = () => { const el = document.querySelector('#topic input'); "
+            f"if (el) {{ el.placeholder = '{TOPIC_PLACEHOLDER}'; }} if (++n < 20) {{ setTimeout(set, 150); }} }}; set(); }}")
 RETURN_NOTE = ("### Welcome back\nTo continue where you left off, enter the participant code you were given "
                "when you started (it was shown at the top of the page). Your platform id alone does not open "
                "your conversations: others can see it.")
@@ -172,7 +176,7 @@ class ParticipantUI:
         thanks = ""
         if stage == "thanks":
             thanks = (f"### Thank you!\nYour ratings are saved. The study asks for {view.total} conversations; "
-                      "press the button to start the next one (you can also come back later with your code).")
+                      "press \"Start the next conversation\" below (you can also come back later with your code).")
         elif stage == "done" and view.completion_url:
             thanks = self._completion_md(view)
         elif stage == "done":
@@ -188,6 +192,7 @@ class ParticipantUI:
             self.saved_code: code,  # kept in the browser
             self.consent_col: gr.update(visible=consent),
             self.code_md: gr.update(value=code_md, visible=bool(code)),
+            self.note_row: gr.update(visible=bool(code)),  # what the browser keeps: once there is a code
             self.setup_col: gr.update(visible=stage == "setup"),
             self.progress_md: gr.update(value=progress, visible=bool(progress)),
             self.scenario: gr.update(value=None) if stage == "setup" else gr.skip(),
@@ -198,10 +203,9 @@ class ParticipantUI:
             self.next_btn: gr.update(visible=stage == "thanks"),
         }
         updates |= self._chat_updates(view if chat else None)
-        # A fresh rating form for each conversation.
-        updates |= {radio: gr.update(value=None) for radio in self.radios}
-        updates[self.comment] = gr.update(value="")
         updates |= self._platform_updates(view)
+        # The rating form as its draft holds it (a reload, a return), empty for a new conversation.
+        updates |= self.form.restore(view)
         return updates
 
     # ------------------------------------------------------------------------------ platforms, attention
@@ -215,7 +219,8 @@ class ParticipantUI:
         if not view.completion_url:
             return head + " Please return to the recruitment platform."
         code = safe_text(view.completion_code)
-        return (f"{head}\n\nYour completion code: **{code}**\n\n"
+        what = "Your code for the recruitment platform" if view.stage == "screened_out" else "Your completion code"
+        return (f"{head}\n\n{what}: **{code}**\n\n"
                 f"[Return to the recruitment platform to record your submission]({view.completion_url})"
                 + ("\n\nYou will be taken there in a moment." if self._redirects(view) else ""))
 
@@ -384,11 +389,7 @@ class ParticipantUI:
 
         def rate(*args):
             code, conversation_id, *values = [a for a in args if not isinstance(a, gr.Request)]
-            attention = values.pop() if self.protocol.attention.instructed_response else None
-            *answers, comment = values
-            keyed = {key: value for (key, *_rest), value in zip(self.study.questions(), answers)}
-            if attention is not None:
-                keyed[INSTRUCTED_KEY] = attention
+            keyed, comment = self.form.answers(values)
             return self._full(self.study.submit_rating(code, conversation_id, keyed, comment))
 
         rate.__name__ = "on_rate"
@@ -409,18 +410,35 @@ class ParticipantUI:
                     pending = view
                     now = time.monotonic()
                     if first or now - last_sent >= STREAM_INTERVAL_S or not view.streaming:
-                        # Clear the box that was used (on the first update only, so typing can go on).
+                        # Clear the box that was used (on the first update only, so typing can go on); the
+                        # send buttons are off while the models reply (issue 28: a second send was dropped).
                         yield {**self._chat_updates(view, between=not first and view.streaming),
-                               box: "" if first else gr.skip()}
+                               box: "" if first else gr.skip(), **self._sending(first or not view.streaming, view.streaming)}
                         first, last_sent, pending = False, now, None
                 if pending is not None:
-                    yield {**self._chat_updates(pending), box: gr.skip()}
+                    yield {**self._chat_updates(pending), box: gr.skip(), **self._sending(True, False)}
             finally:
                 cancel.set()
                 stream.close()
 
         send.__name__ = f"send_{panes.lower()}"
         return send
+
+    def _sending(self, changed: bool, replying: bool) -> Updates:
+        """The send buttons: off while the models reply (only sent when it changes: updates cost CPU)."""
+        if not changed:
+            return {}
+        return {btn: gr.update(interactive=not replying) for btn in self.send_buttons}
+
+    def on_sent(self, code: str, conversation_id: str) -> Updates:
+        """After every send, however it ended (a refusal, an error, a dropped connection): the buttons are
+        on again unless replies are still being written (a send from another tab or box)."""
+        try:
+            replying = bool(conversation_id) and self.study.replying(conversation_id)
+        except Exception as exc:  # noqa: BLE001 - the buttons come back rather than stay off
+            log.error("checking for replies in progress failed: %s", type(exc).__name__)
+            replying = False
+        return self._sending(True, replying)
 
     def make_report(self, pane: str):
         def report(code: str, conversation_id: str, data: gr.LikeData, request: gr.Request = None):
@@ -446,7 +464,7 @@ class ParticipantUI:
             self.saved_code = gr.BrowserState("", storage_key=CODE_STORAGE_KEY, secret=BROWSER_KEY)
             gr.Markdown(f"# {safe_text(p.title)}")
             self.code_md = gr.Markdown(visible=False, elem_classes=["extes-code"])
-            with gr.Row():
+            with gr.Row(visible=False) as self.note_row:
                 gr.Markdown(BROWSER_NOTE, elem_id="browser-note")
                 forget_btn = gr.Button("Forget my code on this browser", size="sm", scale=0, elem_id="forget-code")
             with gr.Column(visible=True) as self.consent_col:
@@ -462,7 +480,7 @@ class ParticipantUI:
                     resume_btn = gr.Button("Continue with this code")
             self.progress_md = gr.Markdown(visible=False)
             with gr.Column(visible=False) as self.setup_col:
-                self.scenario = gr.Dropdown(choices=list(SCENARIO_CHOICES), value=None,
+                self.scenario = gr.Dropdown(choices=list(SCENARIO_CHOICES), value=None, elem_id="topic",
                                             label="What would you like to talk about?")
                 self.description = StrictTextbox(
                     label="In one sentence, what is it about? (optional; not shown to the models)", max_lines=2)
@@ -493,35 +511,18 @@ class ParticipantUI:
                     all_btn = gr.Button("Send to all" if p.panes == 3 else "Send to both", variant="primary",
                                         scale=1)
                 self.rate_hint = gr.Markdown(elem_id="rate-hint")
-                self.radios = []
-                with gr.Column(visible=False) as self.rating_col:
-                    which = "each pair of models" if p.panes == 3 else "the two models"
-                    gr.Markdown(f"## Your ratings\nFor each question, compare {which}. All questions are required.")
-                    self.attention = gr.Radio(visible=False, value=None)
-                    for i, aspect in enumerate(p.aspects):
-                        if i == min(1, len(p.aspects) - 1) and p.attention.instructed_response:
-                            # the instructed-response row, among the questions (stored, never a vote)
-                            self.attention = gr.Radio(choices=[("Model A better", "left"), ("Tie", "tie"),
-                                                               ("Model B better", "right")],
-                                                      label=INSTRUCTED_LABEL, value=None, elem_id="attention-row")
-                        gr.Markdown(f"### {safe_text(aspect.label)}\n{safe_text(aspect.question)}")
-                        with gr.Row():
-                            for left, right in pairs(p):
-                                self.radios.append(gr.Radio(
-                                    choices=[(f"{pane_label(left)} better", "left"), ("Tie", "tie"),
-                                             (f"{pane_label(right)} better", "right")],
-                                    label=f"{pane_label(left)} vs {pane_label(right)}", value=None,
-                                ))
-                    self.comment = StrictTextbox(label="Anything you would like to add? (optional)", lines=2,
-                                                 max_lines=8)
-                    submit_btn = gr.Button("Submit ratings", variant="primary")
+                self.form = RatingForm(self.study)
+                with gr.Column(visible=False, elem_id="rating-form") as self.rating_col:
+                    self.form.build()
+                self.radios, self.comment, self.attention = self.form.radios, self.form.comment, self.form.attention
+                submit_btn = self.form.submit_btn
             with gr.Column(visible=False) as self.thanks_col:
                 self.thanks_md = gr.Markdown(elem_id="thanks")
                 self.redirect_box = StrictTextbox(visible=False, label="redirect")
                 self.next_btn = gr.Button("Start the next conversation", variant="primary", visible=False)
 
             self.chat_outputs = [self.banner, *self.chats, *self.counters, self.rate_hint, self.rating_col]
-            self.full_outputs = [self.code_box, self.conv_box, self.saved_code, self.consent_col, self.code_md,
+            self.full_outputs = [self.code_box, self.conv_box, self.saved_code, self.consent_col, self.code_md, self.note_row,
                                  self.setup_col, self.progress_md, self.scenario, self.description, self.chat_col,
                                  self.thanks_col, self.thanks_md, self.next_btn, *self.chat_outputs, *self.radios,
                                  self.comment]
@@ -541,7 +542,7 @@ class ParticipantUI:
                              inputs=None, outputs=[self.saved_code, self.code_md], api_visibility="private",
                              concurrency_limit=None).then(fn=None, js=FORGET_JS)
             redirect = dict(fn=None, inputs=[self.redirect_box], outputs=None, js=REDIRECT_JS)
-            forgotten = dict(fn=None, inputs=None, outputs=None, js=KEEP_FORGOTTEN_JS)
+            forgotten = dict(fn=None, inputs=None, outputs=None, js=f"() => {{ ({KEEP_FORGOTTEN_JS})(); ({TOPIC_JS})(); }}")
             load_outputs = [*self.full_outputs, self.platform_params]
             demo.load(self._guard(load_outputs, self.on_load), inputs=[self.saved_code], api_visibility="private",
                       outputs=load_outputs, concurrency_limit=None).then(**redirect).then(**forgotten)
@@ -556,25 +557,28 @@ class ParticipantUI:
                             **full).then(**forgotten)
             self.next_btn.click(self._guard(self.full_outputs, self.on_next), inputs=[self.code_box], api_name="next",
                                 **full).then(**forgotten)
-            submit_btn.click(self._guard(self.full_outputs, self.make_rate()),
-                             inputs=[*code_conv, *self.radios, self.comment,
-                                     *([self.attention] if p.attention.instructed_response else [])],
-                             api_name="rate", **full).then(**redirect).then(**forgotten)
+            submit_btn.click(self._guard(self.full_outputs, self.make_rate()), inputs=[*code_conv, *self.form.inputs],
+                             validator=self.form.validate, api_name="rate", js=f"(...args) => {{ ({SCROLL_JS})(); return args; }}",
+                             **full).then(**redirect).then(**forgotten)  # js: to the first question marked unanswered
+            self.form.wire(self.code_box, self.conv_box)
+            self.send_buttons = [*buttons, all_btn]
+            sent = dict(fn=self.on_sent, inputs=code_conv, outputs=self.send_buttons, api_visibility="private",
+                        concurrency_limit=None, show_progress="hidden")
             for pane, box, btn, chat in zip(p.pane_names, boxes, buttons, self.chats):
-                outs = [*self.chat_outputs, box]
+                outs = [*self.chat_outputs, box, *self.send_buttons]
                 fn = self._stream_guard(outs, self.make_send(pane, box))
                 for trigger in (btn.click, box.submit):
                     trigger(fn, inputs=[*code_conv, box], outputs=outs, concurrency_id="generate",
                             concurrency_limit=self.queue_limit, api_name=f"send_{pane.lower()}" if trigger == btn.click else None,
-                            api_visibility="public" if trigger == btn.click else "private")
+                            api_visibility="public" if trigger == btn.click else "private").then(**sent)
                 chat.like(self._guard([], self.make_report(pane)), inputs=code_conv, outputs=None,
                           api_visibility="private", concurrency_limit=None)
-            outs = [*self.chat_outputs, all_box]
+            outs = [*self.chat_outputs, all_box, *self.send_buttons]
             fn = self._stream_guard(outs, self.make_send("".join(p.pane_names), all_box))
             all_btn.click(fn, inputs=[*code_conv, all_box], outputs=outs, concurrency_id="generate",
-                          concurrency_limit=self.queue_limit, api_name="send_all")
+                          concurrency_limit=self.queue_limit, api_name="send_all").then(**sent)
             all_box.submit(fn, inputs=[*code_conv, all_box], outputs=outs, concurrency_id="generate",
-                           concurrency_limit=self.queue_limit, api_visibility="private")
+                           concurrency_limit=self.queue_limit, api_visibility="private").then(**sent)
         return demo
 
 

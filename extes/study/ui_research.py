@@ -355,11 +355,9 @@ class Dashboard:
         self.downloads = downloads or OneTimeDownloads()
 
     def login(self, given: str | None, client: str | None = None) -> list[str]:
-        """The arm names (for the reference choice) when the password is right; NotLoggedIn otherwise,
-        after a delay that slows down guessing. Wrong passwords lock the dashboard for the client, and
-        for everyone after many (extes.study.limits): while locked even the right password is refused.
-        The UI preselects the last arm (in the default and paper protocols, the strategy-trained arm the
-        paper compares against the others)."""
+        """The arm names (the UI preselects the last: the paper's strategy arm) when the password is right;
+        NotLoggedIn otherwise, after a delay that slows down guessing. Wrong passwords lock the client
+        out (extes.study.limits), saying for how long: while locked even the right password is refused."""
         if research_password() is None:
             raise NotLoggedIn(OFF_MESSAGE)
         try:
@@ -498,6 +496,12 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
                 raise gr.Error("The dashboard could not compute this; see the server log.", print_exception=False) from None
         return wrapper
 
+    def check_login(given: str, request: gr.Request = None):  # the login's validator: the reason in place
+        try:  # (raising would draw an "Error" badge on every output and hide the form's own message)
+            return gr.validate(board_fns.login(given, client_of(request)) is not None, "")  # one input: no list
+        except NotLoggedIn as exc:
+            return gr.validate(False, str(exc))
+
     @guarded
     def login(given: str, request: gr.Request = None):
         arms = board_fns.login(given, client_of(request))
@@ -565,8 +569,8 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
                quality, flags_df, convs_df, flags_note]
     private = dict(api_visibility="private")
     for trigger in (login_btn.click, password.submit):
-        trigger(login, [password], [authed, login_box, board, reference], **private).success(
-            refresh, [authed, reference, source], outputs, **private)
+        trigger(login, [password], [authed, login_box, board, reference], validator=check_login,
+                **private).success(refresh, [authed, reference, source], outputs, **private)
     for trigger in (refresh_btn.click, reference.input, source.input):
         trigger(refresh, [authed, reference, source], outputs, **private)
     for trigger in (show_btn.click, conv_id.submit):

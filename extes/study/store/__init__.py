@@ -27,6 +27,7 @@ from extes.study.store.base import (
     normalize_code,
 )
 from extes.study.store.chat import ChatStore
+from extes.study.store.drafts import DraftsStore
 from extes.study.store.frames import VOTE_SOURCES, FramesStore
 from extes.study.store.judging import JudgingStore
 from extes.study.store.limits import LimitsStore
@@ -42,5 +43,5 @@ __all__ = [
 ]
 
 
-class Store(ChatStore, VotesStore, JudgingStore, PlatformStore, LimitsStore, FramesStore):
+class Store(ChatStore, VotesStore, JudgingStore, PlatformStore, LimitsStore, FramesStore, DraftsStore):
     """One study database, every domain's reads and writes (each domain is a module of this package)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -31,3 +32,15 @@ class LimitsStore(StoreBase):
             if secrets.randbelow(100) == 0:
                 conn.execute(rate_events.delete().where(rate_events.c.at < ago(86400)))
         return None
+
+    def retry_after(self, bucket: str, limit: int, window_s: float) -> float:
+        """Seconds until `bucket` holds fewer than `limit` events within its window (0 when it already does):
+        how long a client at its limit must wait."""
+        with self.engine.connect() as conn:
+            stamps = conn.execute(sa.select(rate_events.c.at).where(
+                rate_events.c.bucket == bucket, rate_events.c.at > ago(window_s))
+                .order_by(rate_events.c.at.desc()).limit(max(1, limit))).scalars().all()
+        if len(stamps) < limit:
+            return 0.0
+        expires = datetime.fromisoformat(stamps[-1]) + timedelta(seconds=window_s)
+        return max(0.0, (expires - datetime.now(UTC)).total_seconds())

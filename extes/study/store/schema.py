@@ -239,6 +239,18 @@ llm_votes = sa.Table(
 )
 
 
+# The rating form as the participant fills it in (answers and comment), kept so a reload or a later return
+# restores it; deleted when the form is submitted. Participant text: never logged, never exported.
+rating_drafts = sa.Table(
+    "rating_drafts", metadata,
+    sa.Column("conversation_id", sa.String(40), sa.ForeignKey("conversations.id"), primary_key=True),
+    sa.Column("participant_id", sa.String(40), sa.ForeignKey("participants.id"), nullable=False),
+    sa.Column("answers", sa.Text, nullable=False),  # JSON {question key: answer}
+    sa.Column("comment", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     """Initial schema (frozen in extes.study.store.schema_v1: creating today's tables here would make every
     later migration fail on a fresh database with "duplicate column")."""
@@ -291,6 +303,11 @@ def _migration_5(conn: Connection) -> None:
     _add_columns(conn, messages, ["cut_chars", "screened"])
 
 
+def _migration_6(conn: Connection) -> None:
+    """Drafts of rating forms, restored on reload or return (issue 28)."""
+    rating_drafts.create(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
-                                                  _migration_5]
+                                                  _migration_5, _migration_6]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -11,7 +11,14 @@ from sqlalchemy.engine import Connection
 
 from extes.study.records import ConversationFlag, LlmVote, PaneVote, RatingChecks, RatingRecord, Vote
 from extes.study.store.base import DuplicateError, LimitError, StoreBase
-from extes.study.store.schema import conversation_flags, conversations, llm_votes, rating_checks, votes
+from extes.study.store.schema import (
+    conversation_flags,
+    conversations,
+    llm_votes,
+    rating_checks,
+    rating_drafts,
+    votes,
+)
 from extes.study.store.times import now
 
 OUTCOMES = ("a", "b", "tie")
@@ -45,6 +52,8 @@ class VotesStore(StoreBase):
                 ])
                 if checks is not None:  # v3: attention answer, time on the form and flags, in the same transaction
                     self._write_checks(conn, conversation_id, checks, stamp)
+                # the form's draft (participant text) goes with the submission (v5)
+                conn.execute(rating_drafts.delete().where(rating_drafts.c.conversation_id == conversation_id))
         except sa.exc.IntegrityError:
             raise DuplicateError("this conversation was already rated") from None
         return len(rows)
