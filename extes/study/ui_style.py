@@ -41,7 +41,9 @@ CSS = """
 #extes-tabs {display: none;}
 #extes-support:has(#extes-support-btn[hidden]) {display: none !important;}
 .extes-support {border: 2px solid #b91c1c; color: #b91c1c; background: #fff; border-radius: 8px;
-  padding: 6px 12px; font-weight: 600; cursor: pointer; width: 100%; min-height: 40px;}
+  padding: 6px 12px; font-weight: 600; cursor: pointer; min-height: 40px; white-space: nowrap;}
+/* Counters of two lines and of one keep the panes' tops level. */
+.extes-pane > [id^="counter-"] {min-height: 3.2em;}
 #extes-crisis-dialog {box-sizing: border-box; width: min(560px, 92vw); margin: auto; max-height: 86vh; overflow: auto; border: 2px solid #b91c1c;
   border-radius: 10px; padding: 1em 1.2em; background: #fef2f2; color: #1f2937;}
 #extes-crisis-dialog::backdrop {background: rgba(0, 0, 0, 0.45);}
@@ -50,8 +52,10 @@ CSS = """
 #extes-crisis-dialog a {color: #1d4ed8; text-decoration: underline;}
 #extes-crisis-ack {margin-top: 0.8em; width: 100%; min-height: 44px; border-radius: 8px; border: none;
   background: #b91c1c; color: #fff; font-weight: 600; font-size: 1em; cursor: pointer;}
+/* Gradio copies these rules under ".gradio-container .contain" (and leaves the top-level ones as written too):
+   the dialog, which lives outside the app, is styled by the copies as written, so it stays at top level. */
 @media (max-width: __NARROW__px) {
-  #extes-tabs {display: block; position: sticky; top: 0; z-index: 20; background: var(--body-background-fill);}
+  #extes-tabs {display: block;}
   .extes-tablist {display: flex; gap: 6px; padding: 4px 0;}
   .extes-tablist [role="tab"] {flex: 1; min-height: 44px; border-radius: 8px; font-weight: 600;
     border: 1px solid var(--border-color-primary); background: var(--background-fill-secondary);
@@ -64,7 +68,15 @@ CSS = """
   .extes-pane .extes-chat {height: var(--extes-chat-h, 55vh) !important;}
   #extes-composer {flex-wrap: nowrap !important; align-items: flex-end;}
   #extes-composer > * {min-width: 0 !important;}
-  #extes-composer button {min-height: 44px; white-space: nowrap; min-width: 96px;}
+  #extes-composer button {min-height: 44px; white-space: nowrap; flex: 0 0 auto !important;
+    width: auto !important; padding: 0 14px;}
+  .extes-pane > [id^="counter-"] {min-height: 0;}
+  .extes-support, #extes-support div {width: 100%;}
+  /* the page's top on a phone: a title that fits, the note on the browser above its button, not beside it */
+  .prose h1 {font-size: 1.5em !important; line-height: 1.25 !important;}
+  .row:has(> #browser-note) {flex-direction: column !important; align-items: flex-start; gap: 6px;}
+  #browser-note {font-size: 0.9em;}
+  #extes-composer [data-testid="block-info"] {font-size: 0.85em; line-height: 1.25;}
   #extes-composer:has(#extes-support-btn:not([hidden])) {flex-wrap: wrap !important;}
   #extes-support {flex-basis: 100% !important;}
 }
@@ -76,7 +88,7 @@ CSS = """
 PAGE_JS = """() => {
   if (window.extesPage) { return; }
   const NARROW = window.matchMedia('(max-width: __NARROW__px)');
-  const S = {shown: null, seen: {}, users: -1, crisis: false, back: null, chatOn: false, pinUntil: 0};
+  const S = {shown: null, seen: {}, users: -1, crisis: false, back: null, chatOn: false, pinUntil: 0, expectY: 0};
   const PIN_MS = 3000;
   window.extesPage = S;
   const set = (el, name, value) => {
@@ -142,7 +154,7 @@ PAGE_JS = """() => {
     toEnd(document.getElementById(id));
   }
   // The view a phone keeps while chatting: the tabs at the top of the screen, the send row at the bottom.
-  // Measured from the panes (the tabs may be stuck to the top). Kept for PIN_MS after a send, as the page above
+  // Measured from the panes. Kept for PIN_MS after a send, as the page above
   // may still change (the crisis banner appears with the first reply), unless the participant scrolls.
   function align() {
     const bar = document.getElementById('extes-tabs');
@@ -150,7 +162,8 @@ PAGE_JS = """() => {
     if (!bar || !visible(bar) || !p) { return; }
     const gap = parseFloat(getComputedStyle(bar.parentElement).rowGap) || 0;
     const off = p.parentElement.getBoundingClientRect().top - bar.offsetHeight - gap;
-    if (Math.abs(off) > 1) { window.scrollTo(0, window.scrollY + off); }
+    S.expectY = Math.max(0, Math.round(window.scrollY + off));
+    if (Math.abs(off) > 1) { window.scrollTo(0, S.expectY); }
   }
   function size(list) {
     const p = document.getElementById(S.shown);
@@ -160,7 +173,7 @@ PAGE_JS = """() => {
     const comp = document.getElementById('extes-composer');
     if (!chat || !visible(chat) || !bar || !comp || !row) { return false; }
     const gap = parseFloat(getComputedStyle(bar.parentElement).rowGap) || 0;
-    // natural heights (offsetHeight), not positions: the tabs and the send row may be stuck to the screen
+    // natural heights (offsetHeight), not positions: the send row may be stuck to the bottom of the screen
     const used = bar.offsetHeight + gap + row.offsetHeight + gap + comp.offsetHeight;
     const now = chat.offsetHeight;
     const h = Math.max(200, Math.floor(now + window.innerHeight - used - 2));
@@ -256,6 +269,9 @@ PAGE_JS = """() => {
   window.addEventListener('resize', later);
   const unpin = () => { S.pinUntil = 0; };
   for (const ev of ['wheel', 'touchmove']) { window.addEventListener(ev, unpin, {passive: true}); }
+  // any scroll the page did not make itself (keyboard focus moving to the rating form, a link, ...) too
+  window.addEventListener('scroll', () => { if (Math.abs(window.scrollY - S.expectY) > 2) { unpin(); } },
+                          {passive: true});
   window.addEventListener('keydown', (e) => {
     if (['PageUp', 'PageDown', 'Home', 'End', 'ArrowUp', 'ArrowDown', ' '].includes(e.key)
         && !(e.target.closest && e.target.closest('textarea, input'))) { unpin(); }
