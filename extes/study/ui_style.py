@@ -60,8 +60,8 @@ CSS = """
   .extes-tablist [role="tab"] {flex: 1; min-height: 44px; border-radius: 8px; font-weight: 600;
     border: 1px solid var(--border-color-primary); background: var(--background-fill-secondary);
     color: var(--body-text-color); cursor: pointer; position: relative;}
-  .extes-tablist [role="tab"][aria-selected="true"] {background: var(--button-primary-background-fill);
-    color: var(--button-primary-text-color); border-color: var(--button-primary-background-fill);}
+  /* not the theme's primary orange: white on it is below WCAG AA contrast (axe); this is 7:1 */
+  .extes-tablist [role="tab"][aria-selected="true"] {background: #9a3412; color: #fff; border-color: #9a3412;}
   .extes-dot {display: inline-block; width: 10px; height: 10px; border-radius: 50%; background: #dc2626;
     margin-left: 6px; vertical-align: middle; border: 2px solid #fff;}
   .extes-pane.extes-off {display: none !important;}
