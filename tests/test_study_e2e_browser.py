@@ -105,7 +105,8 @@ def test_participant_session_in_a_real_browser(browser_page, tmp_path, tiny_llam
             send(page, turns, "A", "My exams are next week and I cannot sleep.")
             send(page, turns, "B", "I feel <b>lost</b> <script>window.x=1</script>")
             send(page, turns, "C", "Everyone expects so much, I want to die.")
-            page.get_by_text("If you are thinking about hurting yourself").wait_for()  # the crisis banner
+            page.get_by_text("If you are thinking about hurting yourself").first.wait_for()  # the crisis banner
+            page.get_by_role("alertdialog").get_by_role("button", name="I have read this").click()  # and dialog
             assert page.get_by_text("Your ratings").count() == 0 or not page.get_by_text("Your ratings").is_visible()
             for i in range(MIN_TURNS - 1):
                 send(page, turns, "ABC", f"What could I do tonight? ({i})")

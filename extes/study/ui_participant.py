@@ -28,6 +28,7 @@ from extes.study.capacity import WAITING_NOTE, CapacityGate
 from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.session import SCENARIO_CHOICES, Study
 from extes.study.ui_rating import SCROLL_JS, RatingForm
+from extes.study.ui_style import CSS, PAGE_JS, SUPPORT_HTML  # noqa: F401 - app.py imports CSS from here
 from extes.study.views import REPORT_OPTION, SessionView, StudyRefusal, UnknownCode, pane_label
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,6 @@ REDIRECT_DELAY_MS = 2500  # the completion code stays readable this long before 
 # protocol says redirect: true). The link and code stay on the page in case the redirect is blocked.
 REDIRECT_JS = ("(url) => { if (url && /^https?:\\/\\//.test(url)) { setTimeout(() => { window.location.href = url; }, "
                f"{REDIRECT_DELAY_MS}); }} return url; }}")
-CSS = """
-.extes-crisis {border: 2px solid #b91c1c; background: #fef2f2; padding: 0.8em; border-radius: 8px;}
-.extes-code {font-size: 1.1em;}
-/* Clearing a pane would only hide the history locally and invite confusion: not offered. */
-.extes-chat button[title="Clear"], .extes-chat button[aria-label="Clear"] {display: none !important;}
-"""
 
 
 def StrictTextbox(**kwargs: Any) -> gr.Textbox:  # noqa: N802 - used like a component class
@@ -491,9 +486,10 @@ class ParticipantUI:
                     with gr.Accordion("Instructions", open=False):
                         gr.Markdown(p.instructions)
                 self.chats, self.counters, boxes, buttons = [], [], [], []
-                with gr.Row(equal_height=True):
+                gr.HTML("", elem_id="extes-tabs", js_on_load=None)  # the phone's pane tabs (ui_style.PAGE_JS)
+                with gr.Row(equal_height=True, elem_id="extes-panes"):
                     for pane in p.pane_names:
-                        with gr.Column(min_width=260):
+                        with gr.Column(min_width=260, elem_classes=["extes-pane"], elem_id=f"pane-{pane.lower()}"):
                             self.counters.append(gr.Markdown(elem_id=f"counter-{pane.lower()}"))
                             self.chats.append(gr.Chatbot(
                                 label=pane_label(pane), height=460, feedback_options=[REPORT_OPTION],
@@ -504,12 +500,13 @@ class ParticipantUI:
                             boxes.append(StrictTextbox(show_label=False, placeholder=f"Message to {pane_label(pane)}",
                                                     max_lines=6, lines=1))
                             buttons.append(gr.Button(f"Send to {pane_label(pane)}"))
-                with gr.Row():
+                with gr.Row(elem_id="extes-composer"):
                     every = "all three models" if p.panes == 3 else "both models"
                     all_box = StrictTextbox(label=f"Send the same message to {every}", max_lines=6, lines=1,
                                          scale=4)
                     all_btn = gr.Button("Send to all" if p.panes == 3 else "Send to both", variant="primary",
                                         scale=1)
+                    gr.HTML(SUPPORT_HTML, elem_id="extes-support", js_on_load=None, scale=0)  # shown after a risk
                 self.rate_hint = gr.Markdown(elem_id="rate-hint")
                 self.form = RatingForm(self.study)
                 with gr.Column(visible=False, elem_id="rating-form") as self.rating_col:
@@ -536,6 +533,7 @@ class ParticipantUI:
             full = dict(outputs=self.full_outputs, concurrency_limit=None)
             code_conv = [self.code_box, self.conv_box]
 
+            demo.load(fn=None, js=PAGE_JS, api_visibility="private")  # phone tabs, crisis dialog (ui_style)
             forget_btn.click(lambda: {self.saved_code: "",
                                       self.code_md: gr.update(value="Your code is no longer kept in this browser. "
                                                               "Write it down if you want to come back.")},
