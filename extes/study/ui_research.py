@@ -92,7 +92,7 @@ COUNT_LABELS: tuple[tuple[str, str], ...] = (
 
 def counts_markdown(counts: dict[str, int]) -> str:
     rows = [f"| {label} | {counts[k]} |" for k, label in COUNT_LABELS if k in counts]
-    return "| Live counts | |\n|---|---:|\n" + "\n".join(rows)
+    return "| Live counts | Number |\n|---|---:|\n" + "\n".join(rows)
 
 
 @dataclass
