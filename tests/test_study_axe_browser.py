@@ -64,8 +64,11 @@ def record(found: dict, where: str, page) -> None:
     except Exception:  # noqa: BLE001 - a component that stays marked: axe then reports what it sees
         pass
     page.wait_for_timeout(500)
-    found[where] = [{"rule": v.rule, "impact": v.impact, "targets": list(v.targets[:3])}
-                    for v in axe_violations(page, impacts=ALL_IMPACTS)]
+    violations = axe_violations(page, impacts=ALL_IMPACTS)
+    if any(v.impact in ("serious", "critical") for v in violations):  # a fade still running: look once more
+        page.wait_for_timeout(1500)
+        violations = axe_violations(page, impacts=ALL_IMPACTS)
+    found[where] = [{"rule": v.rule, "impact": v.impact, "targets": list(v.targets[:3])} for v in violations]
 
 
 def write_record(found: dict, name: str) -> None:
