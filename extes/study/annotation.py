@@ -54,6 +54,17 @@ DEFAULT_STALE_S = 6 * 3600
 
 _synced_datasets: set[tuple[str, str, int]] = set()
 
+# The rating form's questions speak to the participant ("your situation"); a judge reads someone else's
+# conversation, so the judge page asks about "the person". One wording per aspect key (protocol.ASPECT_KEYS).
+JUDGE_QUESTIONS: dict[str, str] = {
+    "fluency": "Which model's replies were more coherent and easier to understand?",
+    "identification": "Which model went deeper into the person's situation and identified the person's problems "
+                      "better?",
+    "comforting": "Which model was better at comforting and supporting the person?",
+    "suggestion": "Which model gave the person more helpful suggestions?",
+    "overall": "Which model's support would you prefer for this person overall?",
+}
+
 
 class AnnotationError(ValueError):
     """A request the annotation flow refuses (unknown code, someone else's item, incomplete form...).
@@ -68,7 +79,8 @@ class ItemView:
     kind: str  # conversation | dialogue
     panes: list[list[tuple[str, str]]] = field(default_factory=list)  # conversation: shown A, B, C -> turns
     turns: list[tuple[str, str]] = field(default_factory=list)  # dialogue: (role, text)
-    scene: str = ""
+    scene: str = ""  # the topic the person chose (a conversation) or the dialogue's scene
+    description: str = ""  # a conversation: what the person wrote about their situation before chatting
 
 
 # ------------------------------------------------------------------------------------------ items
@@ -250,7 +262,8 @@ def item_view(store: Store, judge_id: str, assignment_id: int) -> ItemView:
         msgs = store.messages(item.id)
         conv = store.conversation(item.id)
         panes = [[(m.role, m.text) for m in msgs if m.pane == pane] for pane in _shown(a, conv)]
-        return ItemView(a.id, "conversation", panes=panes)
+        return ItemView(a.id, "conversation", panes=panes, scene=conv.scenario if conv else "",
+                        description=conv.description if conv else "")
     payload = item.payload or {}
     turns = [(str(r), str(t)) for r, t in payload.get("turns", [])]
     return ItemView(a.id, "dialogue", turns=turns, scene=str(payload.get("scene") or ""))
@@ -260,6 +273,46 @@ def progress(store: Store, protocol: Protocol, judge_id: str) -> dict[str, int]:
     """For the judge's page: items done by this judge, and items still available to them."""
     done = sum(1 for a in store.assignments(judge_id=judge_id) if a.status == "done")
     return {"done": done, "available": len(eligible_items(store, protocol, judge_id))}
+
+
+IDLE_FOR_RESEARCHER: dict[str, str] = {
+    "off": "Judging is off: the protocol's annotation section says `enabled: false`.",
+    "no_source": ("No finished conversations are queued for judging: the protocol's annotation section does not "
+                  "show participants' conversations to judges (`judges_see_conversations: false`) and names no "
+                  "dataset of dialogues (`dataset`), so an invited judge gets nothing to judge."),
+    "no_conversation": "No conversation has finished yet: a conversation is queued for judging once it is rated.",
+    "empty_dataset": "The protocol's dataset of dialogues (`annotation.dataset`) holds no dialogues to judge.",
+    "all_done": "Every queued item has all its judgments; new conversations are queued as they are rated.",
+}
+IDLE_FOR_JUDGE: dict[str, str] = {
+    "off": "Judging is closed.",
+    "no_source": ("No conversations are queued for judging: the study is not set up to show conversations to "
+                  "judges yet. The researchers see this on their dashboard."),
+    "no_conversation": "No conversation has finished yet, so none is queued for judging. Please come back later.",
+    "empty_dataset": "No dialogues are queued for judging. The researchers see this on their dashboard.",
+    "all_done": "Every item has all the judgments it needs for now. Please come back later.",
+    "": "You have judged every item available to you. Please come back later.",
+}
+
+
+def idle_reason(store: Store, protocol: Protocol) -> str:
+    """Why judges get nothing to judge, as a key of IDLE_FOR_RESEARCHER / IDLE_FOR_JUDGE; "" when the queue
+    holds items someone may still judge. Call after `sync_items`."""
+    s = protocol.annotation
+    if not s.enabled:
+        return "off"
+    conversations_on = s.pairwise and s.judges_see_conversations
+    if not conversations_on and not s.dataset:
+        return "no_source"
+    kinds = _kinds(protocol)
+    items = [it for it in store.annotation_items() if it.kind in kinds]
+    if not items:
+        return "no_conversation" if conversations_on else "empty_dataset"
+    done: dict[str, int] = {}
+    for a in store.assignments():
+        if a.status == "done":
+            done[a.item_id] = done.get(a.item_id, 0) + 1
+    return "all_done" if all(done.get(it.id, 0) >= s.judges_per_item for it in items) else ""
 
 
 def coverage(store: Store, protocol: Protocol) -> dict[str, int]:
@@ -326,8 +379,7 @@ def _submit(write) -> int:
         raise AnnotationError("this item was already submitted") from None
     except LimitError as exc:
         if exc.reason == "quota":
-            raise AnnotationError("This item already has all the judgments it needs; thank you. "
-                                  "Here is your next item.") from None
+            raise AnnotationError("This item already has all the judgments it needs; thank you.") from None
         raise AnnotationError("unknown code: check it, or ask the researchers for a judge code") from None
 
 

@@ -60,6 +60,11 @@ def configure_app(parser: argparse.ArgumentParser) -> None:
                         help="print N new judge codes (single-use invitations for /annotate) and exit")
     parser.add_argument("--revoke-judge", default=None, metavar="CODE",
                         help="revoke a judge code (its unfinished items are freed) and exit")
+    parser.add_argument("--open-flags", action="store_true",
+                        help="list the open risk flags (id, category, conversation, time) and exit")
+    parser.add_argument("--resolve-flag", type=int, default=None, metavar="ID",
+                        help="resolve a risk flag with --note (what was done) and exit")
+    parser.add_argument("--note", default=None, help="the note stored with --resolve-flag")
 
 
 def resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
@@ -97,7 +102,8 @@ def create(protocol_path: str, db: str, concurrency: int = 16, engine_threads: i
 
 
 def manage_judges(args: argparse.Namespace) -> int:
-    """--invite-judges / --revoke-judge: work on the database only (no models are loaded)."""
+    """--invite-judges / --revoke-judge / --resolve-flag / --open-flags: work on the database only (no
+    models are loaded)."""
     from extes.study.protocol import load_protocol
     from extes.study.store import Store, StoreError
 
@@ -113,15 +119,41 @@ def manage_judges(args: argparse.Namespace) -> int:
         if args.revoke_judge is not None:
             freed = store.revoke_judge(args.revoke_judge)
             print(f"revoked; {freed} unfinished item(s) freed")
+        if getattr(args, "resolve_flag", None) is not None:
+            from extes.study.research_flags import resolve_flag
+
+            print(resolve_flag(store, args.resolve_flag, args.note))
+        if getattr(args, "open_flags", False):
+            open_flags = [f for f in store.flags() if f.resolved_at is None]
+            for f in open_flags:
+                print(f"{f.id}\t{f.category}\t{f.conversation_id}\t{f.created_at}")
+            print(f"{len(open_flags)} open flag(s)", file=sys.stderr)
     finally:
         store.close()
     return 0
 
 
+def startup_lines(host: str, port: int, protocol) -> list[str]:
+    """What the app prints once it is ready: where participants go, and whether the researcher's and the
+    judges' pages are on (and how to turn them on)."""
+    from extes.study.ui_research import PASSWORD_ENV, research_password
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    base = f"http://{shown}:{port}"
+    where = f" (listening on all interfaces as {host})" if shown != host else ""
+    research = (f"on at {base}/research/ (password from ${PASSWORD_ENV})" if research_password() is not None
+                else f"off (set ${PASSWORD_ENV} and restart to turn it on)")
+    annotate = (f"on at {base}/annotate/ (judges need a code: --invite-judges N or the dashboard)"
+                if protocol.annotation.enabled else f"off ({protocol.source}: annotation.enabled is false)")
+    return [f"Participants: {base}/{where}", f"Researcher dashboard: {research}", f"Judges' page: {annotate}",
+            "Ctrl+C to stop."]
+
+
 def run_app(args: argparse.Namespace) -> int:
     import uvicorn
 
-    if getattr(args, "invite_judges", None) is not None or getattr(args, "revoke_judge", None) is not None:
+    if any(getattr(args, name, None) not in (None, False)
+           for name in ("invite_judges", "revoke_judge", "resolve_flag", "open_flags")):
         return manage_judges(args)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -139,7 +171,7 @@ def run_app(args: argparse.Namespace) -> int:
     print(f"Loading the study from {protocol_path} (database {args.db}) ...", flush=True)
     app, pool, store = create(protocol_path, args.db, args.concurrency, args.engine_threads, args.engine,
                               args.engine_in_process, args.max_batch)
-    print(f"Study app running on http://{host}:{port}  (Ctrl+C to stop)", flush=True)
+    print("Study app running.\n  " + "\n  ".join(startup_lines(host, port, app.state.study.protocol)), flush=True)
     try:
         # No access log: URLs hold no participant text, but there is no reason to keep them either.
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -340,8 +340,7 @@ class Study:
             waiter.close()
         return None
 
-    def replying(self, conversation_id: str) -> bool:
-        """Whether replies are being written in this conversation now (here or in another app process)."""
+    def replying(self, conversation_id: str) -> bool:  # here or in another app process
         return conversation_id in self._busy or self.store.is_streaming(conversation_id)
 
     def _send(self, p, conv, targets, text, cancel) -> Iterator[SessionView]:
@@ -539,8 +538,7 @@ class Study:
         return questions(self.protocol)
 
     def save_draft(self, code: str, conversation_id: str, answers: Mapping[str, object], comment: str = "") -> None:
-        """Keep the rating form as filled in so far (`rating.draft_answers`; the comment up to the message
-        limit), so a reload or a later return restores it. Only while the conversation is open."""
+        """Keep the rating form as filled in so far, for a reload or a return (`rating.draft_answers`)."""
         p, conv = self._owned(code, conversation_id)
         if conv.status != "chatting":
             raise StudyRefusal("This conversation has already been rated; your ratings were kept.", hint=True)

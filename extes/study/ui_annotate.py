@@ -69,6 +69,7 @@ class AnnotateUI:
         # no item open (the panes of one kind are shown below, over these)
         updates |= {self.conv_col: gr.update(visible=False), **{chat: [] for chat in self.chats},
                     self.dlg_col: gr.update(visible=False), self.scene_md: "", self.dlg_chat: [],
+                    self.conv_scene_md: "",
                     self.submit_btn: gr.update(visible=False)}
         if judge is None:
             return updates | {self.code_box: "", self.assignment_box: "", self.login_col: gr.update(visible=True),
@@ -81,14 +82,18 @@ class AnnotateUI:
         updates |= {self.code_box: judge.code, self.login_col: gr.update(visible=False),
                     self.code_md: gr.update(value=code_md, visible=True)}
         if a is None:
+            why = ann.IDLE_FOR_JUDGE[ann.idle_reason(self.store, self.protocol)]
             text = (message + "\n\n" if message else "") + (
-                "### Thank you!\nThere is nothing more for you to judge right now. Please come back later.")
+                f"### Thank you!\nThere is nothing more for you to judge right now. {why}")
             return updates | {self.assignment_box: "", self.status_md: text}
         view = ann.item_view(self.store, judge.id, a.id)
-        updates |= {self.assignment_box: str(a.id), self.status_md: message,
-                    self.submit_btn: gr.update(visible=True)}
+        updates |= {self.assignment_box: str(a.id), self.submit_btn: gr.update(visible=True),
+                    self.status_md: message + (" Here is your next item." if message else "")}
         if view.kind == "conversation":
-            return updates | {self.conv_col: gr.update(visible=True),
+            scene = f"**Topic the person chose:** {safe_text(view.scene)}" if view.scene else ""
+            if view.description:
+                scene += f"\n\n**What the person wrote about it before chatting:** {safe_text(view.description)}"
+            return updates | {self.conv_col: gr.update(visible=True), self.conv_scene_md: scene,
                               **{chat: _chat(turns) for chat, turns in zip(self.chats, view.panes)}}
         scene = f"**Topic:** {safe_text(view.scene)}" if view.scene else ""
         return updates | {self.dlg_col: gr.update(visible=True), self.scene_md: scene,
@@ -142,7 +147,7 @@ class AnnotateUI:
         else:
             scores = dict(zip(self.protocol.annotation.likert_aspects, likert_values))
             ann.submit_likert(self.store, self.protocol, judge.id, aid, scores)
-        return self._updates(judge, "Saved. Here is your next item.")
+        return self._updates(judge, "Saved.")
 
     # ------------------------------------------------------------------------------ layout
 
@@ -162,19 +167,22 @@ class AnnotateUI:
         self.pair_radios: list[gr.Radio] = []
         self.pair_keys: list[tuple[str, int]] = []
         with gr.Column(visible=False) as self.conv_col:
+            self.conv_scene_md = gr.Markdown(elem_id="annotate-scene")
             self.chats: list[gr.Chatbot] = []
             with gr.Row(equal_height=True):
                 for pane in p.pane_names:
                     with gr.Column(min_width=260):
                         self.chats.append(gr.Chatbot(
                             label=f"Model {pane}", height=420, feedback_options=[], sanitize_html=True,
+                            autoscroll=False,  # a judge reads from the top
                             render_markdown=True, latex_delimiters=[], buttons=[], allow_tags=False,
                             allow_file_downloads=False, group_consecutive_messages=False,
                             elem_classes=["extes-judge-chat"],
                         ))
             gr.Markdown("## Your judgment\nFor each question, compare each pair of models. All are required.")
             for aspect in p.aspects:
-                gr.Markdown(f"### {safe_text(aspect.label)}\n{safe_text(aspect.question)}")
+                question = ann.JUDGE_QUESTIONS.get(aspect.key, aspect.question)
+                gr.Markdown(f"### {safe_text(aspect.label)}\n{safe_text(question)}")
                 with gr.Row():
                     for k, (left, right) in enumerate(ann.pair_labels(p.panes)):
                         self.pair_radios.append(gr.Radio(
@@ -186,6 +194,7 @@ class AnnotateUI:
         with gr.Column(visible=False) as self.dlg_col:
             self.scene_md = gr.Markdown()
             self.dlg_chat = gr.Chatbot(label="Dialogue", height=460, feedback_options=[], sanitize_html=True,
+                                  autoscroll=False,
                                   render_markdown=True, latex_delimiters=[], buttons=[], allow_tags=False,
                                   allow_file_downloads=False, group_consecutive_messages=False,
                                   elem_classes=["extes-judge-chat"])
@@ -201,7 +210,7 @@ class AnnotateUI:
                                     elem_id="annotate-submit")
 
         self.outputs = [self.code_box, self.assignment_box, self.login_col, self.code_md, self.status_md,
-                        self.conv_col, *self.chats, self.dlg_col, self.scene_md, self.dlg_chat, self.submit_btn,
+                        self.conv_col, self.conv_scene_md, *self.chats, self.dlg_col, self.scene_md, self.dlg_chat, self.submit_btn,
                         *self.pair_radios, *self.likert_radios]
         kw = dict(outputs=self.outputs, concurrency_limit=None)
         login_btn.click(self._guard(self.on_login), inputs=[code_in], api_name="annotate_login", **kw)

@@ -497,7 +497,8 @@ class ParticipantUI:
                                 allow_tags=False, allow_file_downloads=False, autoscroll=True,
                                 group_consecutive_messages=False, elem_classes=["extes-chat"],
                             ))
-                            boxes.append(StrictTextbox(show_label=False, placeholder=f"Message to {pane_label(pane)}",
+                            boxes.append(StrictTextbox(label=f"Message to {pane_label(pane)}", show_label=False,
+                                                       placeholder=f"Message to {pane_label(pane)}",
                                                     max_lines=6, lines=1))
                             buttons.append(gr.Button(f"Send to {pane_label(pane)}"))
                 with gr.Row(elem_id="extes-composer"):

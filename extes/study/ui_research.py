@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import hmac
 import html
-import io
 import logging
 import os
 import re
-import secrets
-import threading
 import time
-import zipfile
 from dataclasses import dataclass, field
 from functools import wraps
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -36,6 +31,8 @@ import pandas as pd
 
 from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import Protocol
+from extes.study.research_exports import EXPORTS, OneTimeDownloads, export_csvs, export_zip  # noqa: F401 - re-exported
+from extes.study.research_flags import open_flag_choices, resolve_flag
 from extes.study.store import VOTE_SOURCES, Store
 
 log = logging.getLogger(__name__)
@@ -95,7 +92,7 @@ COUNT_LABELS: tuple[tuple[str, str], ...] = (
 
 def counts_markdown(counts: dict[str, int]) -> str:
     rows = [f"| {label} | {counts[k]} |" for k, label in COUNT_LABELS if k in counts]
-    return "| Live counts | |\n|---|---:|\n" + "\n".join(rows)
+    return "| Live counts | Number |\n|---|---:|\n" + "\n".join(rows)
 
 
 @dataclass
@@ -160,7 +157,7 @@ def agreement_view(store: Store) -> AgreementView:
     try:
         result = agreement(ratings)
     except AnalysisInputError as exc:
-        view.notes.append(str(exc))
+        view.notes.append(agreement_unavailable(ratings, exc))
     else:
         view.table = analysis_report.agreement_table(result)
         notes_of = getattr(analysis_report, "agreement_notes", None)
@@ -174,6 +171,21 @@ def agreement_view(store: Store) -> AgreementView:
     return view
 
 
+NO_SHARED_ITEMS = ("Agreement is not computed yet: it needs items rated by at least two people, and each "
+                   "participant rates only their own conversation, so no item has two ratings so far. Invite "
+                   "judges (section Judges below) to rate the same conversations or dataset dialogues.")
+
+
+def agreement_unavailable(ratings: pd.DataFrame, exc: Exception) -> str:
+    """One sentence saying why agreement cannot be computed, not the validator's row-by-row report."""
+    if {"item_id", "rater_id"} <= set(ratings.columns):
+        if not (ratings.groupby("item_id")["rater_id"].nunique() >= 2).any():
+            return NO_SHARED_ITEMS
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = first.split("invalid ratings: ", 1)[-1].strip().rstrip(".")
+    return f"Agreement cannot be computed yet: {reason}."
+
+
 @dataclass(frozen=True)
 class Overview:
     """What the dashboard's refresh shows: live counts, win/tie/loss, agreement, flags, conversations."""
@@ -183,16 +195,28 @@ class Overview:
     agreement: AgreementView
     flags: pd.DataFrame
     conversations: pd.DataFrame
+    judging: str = ""  # why judges get nothing to judge, or "" when items are queued
+
+
+def judging_status(store: Store, protocol: Protocol) -> str:
+    """A sentence for the Judges section when invited judges would get nothing to judge, and why."""
+    from extes.study import annotation as ann
+
+    if protocol.annotation.enabled:
+        ann.sync_items(store, protocol)
+    reason = ann.idle_reason(store, protocol)
+    return f"**Judges have nothing to judge.** {ann.IDLE_FOR_RESEARCHER[reason]}" if reason else ""
 
 
 def flagged_conversations(store: Store) -> pd.DataFrame:
     """Risk flags and harmful-reply reports, newest first (texts stay in the transcript browser)."""
     rows = [{"conversation_id": f.conversation_id, "kind": "risk", "category": f.category,
-             "message_id": f.message_id, "created_at": f.created_at,
-             "resolved": "yes" if f.resolved_at else "no"} for f in store.flags()]
+             "message_id": f.message_id, "created_at": f.created_at, "flag_id": f.id,
+             "resolved": f.resolved_at or "no", "note": f.note or ""} for f in store.flags()]
     rows += [{"conversation_id": r.conversation_id, "kind": "report", "category": r.reason,
-              "message_id": r.message_id, "created_at": r.created_at, "resolved": ""} for r in store.reports()]
-    cols = ["conversation_id", "kind", "category", "message_id", "created_at", "resolved"]
+              "message_id": r.message_id, "created_at": r.created_at, "flag_id": "", "resolved": "",
+              "note": ""} for r in store.reports()]
+    cols = ["conversation_id", "kind", "category", "message_id", "created_at", "flag_id", "resolved", "note"]
     frame = pd.DataFrame(rows, columns=cols)
     return frame.sort_values("created_at", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -231,19 +255,6 @@ def transcript(store: Store, conversation_id: str) -> tuple[str, pd.DataFrame]:
     return head, frame.sort_values("pane", kind="stable").reset_index(drop=True)
 
 
-EXPORTS = ("votes.csv", "judge_votes.csv", "ratings.csv")
-
-
-def export_csvs(store: Store, out_dir: str | Path) -> list[Path]:
-    """votes.csv (participants' votes), judge_votes.csv (judges'), ratings.csv, in the formats the analysis
-    commands read (`extes analyze --votes`, `extes agreement --ratings`); returns the paths."""
-    from extes.analysis.report import write_csv_atomic
-
-    out_dir = Path(out_dir)
-    frames = (store.votes_frame("participant"), store.votes_frame("judge"), store.ratings_frame())
-    return [write_csv_atomic(frame, out_dir / name) for name, frame in zip(EXPORTS, frames)]
-
-
 # ------------------------------------------------------------------------------------ handlers
 
 
@@ -251,37 +262,9 @@ class NotLoggedIn(PermissionError):
     pass
 
 
-class OneTimeDownloads:
-    """Exports handed to a logged-in researcher: the CSVs zipped in memory under a random token, served
-    once by build_app's `/research-download/<token>` route within `ttl_s`. Nothing is written to disk, so
-    no temporary export folder is left behind, and Gradio's file route (which serves files to anyone who
-    knows their path) never sees them. Process-local: sticky sessions send the link to the same process."""
-
-    def __init__(self, ttl_s: float = 300.0):
-        self.ttl_s = ttl_s
-        self._items: dict[str, tuple[float, bytes]] = {}
-        self._lock = threading.Lock()
-
-    def put(self, data: bytes) -> str:
-        token = secrets.token_urlsafe(24)
-        with self._lock:
-            now = time.monotonic()
-            self._items = {k: v for k, v in self._items.items() if v[0] > now}
-            self._items[token] = (now + self.ttl_s, data)
-        return token
-
-    def take(self, token: str) -> bytes | None:
-        with self._lock:
-            item = self._items.pop(str(token), None)
-        if item is None or item[0] < time.monotonic():
-            return None
-        return item[1]
-
-
 # ------------------------------------------------------------------- recruitment platforms, attention
 
 DROPOUT_AFTER_S = 30 * 60  # a platform session not seen for this long (and not finished) counts as dropped out
-PLATFORM_EXPORTS = ("payments.csv", "attention_flags.csv")
 
 
 def platform_sessions_view(store: Store) -> pd.DataFrame:
@@ -319,29 +302,6 @@ def platform_summary(frame: pd.DataFrame) -> str:
 
 def attention_flags_view(store: Store) -> pd.DataFrame:
     return store.flags_frame()
-
-
-def export_zip(store: Store) -> bytes:
-    """votes.csv, judge_votes.csv and ratings.csv (as `export_csvs` writes them) in one zip, in memory."""
-    frames = (store.votes_frame("participant"), store.votes_frame("judge"), store.ratings_frame())
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, frame in zip(EXPORTS, frames):
-            zf.writestr(name, frame.to_csv(index=False))
-        for name, frame in zip(PLATFORM_EXPORTS, _platform_frames(store)):
-            zf.writestr(name, frame.to_csv(index=False))
-    return buf.getvalue()
-
-
-def _platform_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """payments.csv (as `extes export --payments`: what the platform needs to approve payments, no chat
-    text) and attention_flags.csv."""
-    import json
-
-    from extes.study.recruitment import payments_frame
-
-    codes = json.loads(store.get_meta("completion_codes") or "{}")
-    return payments_frame(store.platform_sessions(), codes), store.flags_frame()
 
 
 class Dashboard:
@@ -386,7 +346,16 @@ class Dashboard:
         return Overview(counts=live_counts(self.store, self.protocol),
                         win_tie_loss=win_tie_loss_view(self.store, reference, source),
                         agreement=agreement_view(self.store), flags=flagged_conversations(self.store),
-                        conversations=conversation_list(self.store))
+                        conversations=conversation_list(self.store),
+                        judging=judging_status(self.store, self.protocol))
+
+    def resolve_flag(self, ok: bool, flag_id: Any, note: str | None) -> str:
+        self._check(ok)
+        return resolve_flag(self.store, flag_id, note)
+
+    def open_flags(self, ok: bool) -> list[tuple[str, str]]:
+        self._check(ok)
+        return open_flag_choices(self.store)
 
     def transcript(self, ok: bool, conversation_id: str) -> tuple[str, pd.DataFrame]:
         self._check(ok)
@@ -456,6 +425,12 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
                     "Click a row to open its transcript below.")
         flags_note = gr.Markdown()
         flags_df = gr.Dataframe(interactive=False, wrap=True, visible=False)
+        with gr.Row():
+            flag_pick = gr.Dropdown(label="Open flag to resolve", choices=[], value=None, scale=2,
+                                    elem_id="research-flag-pick")
+            flag_note = gr.Textbox(label="Note: what was done", max_lines=3, scale=3, elem_id="research-flag-note")
+            resolve_btn = gr.Button("Resolve flag", scale=1, elem_id="research-resolve")
+        resolved_md = gr.Markdown(elem_id="research-resolved")
         gr.Markdown("## Transcripts")
         convs_df = gr.Dataframe(label="Conversations, newest first (click a row)", interactive=False, wrap=True,
                                 max_height=300)
@@ -471,6 +446,7 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
             invite_btn = gr.Button("Create judge codes", scale=1, elem_id="research-invite")
             revoke_code = gr.Textbox(label="Judge code to revoke", max_lines=1, scale=2)
             revoke_btn = gr.Button("Revoke", scale=1, elem_id="research-revoke")
+        judging_md = gr.Markdown(elem_id="research-judging")
         invites_md = gr.Markdown(elem_id="research-invites")
         judges_df = gr.Dataframe(interactive=False, visible=False)
         gr.Markdown("## Recruitment platform sessions and attention flags")
@@ -527,7 +503,17 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
             flags_df: frame(d.flags) if not d.flags.empty else gr.update(value=None, visible=False),
             convs_df: frame(d.conversations),
             flags_note: "" if not d.flags.empty else "No flags or reports.",
+            flag_pick: gr.update(choices=board_fns.open_flags(ok), value=None), judging_md: d.judging,
         }
+
+    @guarded
+    def resolve(ok: bool, flag_id: str | None, note: str | None, ref: str | None, src: str):
+        board_fns._check(ok)
+        try:
+            said, note_update = board_fns.resolve_flag(ok, flag_id, note), ""
+        except ValueError as exc:  # shown in place: the form stays usable and keeps the note
+            said, note_update = str(exc), gr.update()
+        return {**refresh(ok, ref, src), resolved_md: md_escape(said), flag_note: note_update}
 
     @guarded
     def show(ok: bool, cid: str):
@@ -545,8 +531,8 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
     def export(ok: bool):
         token = board_fns.export(ok)
         return {files: (f"[Download votes.csv, judge_votes.csv and ratings.csv (zip)](/research-download/{token}) "
-                        "(with payments.csv and attention_flags.csv) "
-                        "(one download, within 5 minutes)")}
+                        "(with payments.csv, attention_flags.csv, and every message as shown in transcripts.jsonl "
+                        "and transcripts.csv) (one download, within 5 minutes)")}
 
     @guarded
     def invite(ok: bool, n):
@@ -566,7 +552,7 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
     revoke_btn.click(revoke, [authed, revoke_code], [invites_md, judges_df], **dict(api_visibility="private"))
 
     outputs = [counts_md, wtl_note, wtl_table, wtl_plot, wtl_rows, agree_note, agree_table,
-               quality, flags_df, convs_df, flags_note]
+               quality, flags_df, convs_df, flags_note, flag_pick, judging_md]
     private = dict(api_visibility="private")
     for trigger in (login_btn.click, password.submit):
         trigger(login, [password], [authed, login_box, board, reference], validator=check_login,
@@ -578,6 +564,8 @@ def render_research(store: Store, protocol: Protocol, downloads: OneTimeDownload
     for table in (convs_df, flags_df):
         table.select(select_row, [authed], [conv_id, conv_head, conv_msgs], **private)
     export_btn.click(export, [authed], [files], **private)
+    resolve_btn.click(resolve, [authed, flag_pick, flag_note, reference, source],
+                      [*outputs, resolved_md, flag_note], **private)
 
     @guarded
     def platform(ok: bool):

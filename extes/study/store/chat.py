@@ -253,9 +253,18 @@ class ChatStore(StoreBase):
         with self.engine.connect() as conn:
             return [Flag.from_row(r._mapping) for r in conn.execute(q)]
 
-    def resolve_flag(self, flag_id: int, note: str = "") -> None:
+    def resolve_flag(self, flag_id: int, note: str = "") -> Flag:
+        """Mark an open flag resolved, with the researcher's note (what was done). ValueError naming the
+        flag when there is no such flag or it was resolved already (its first note is kept)."""
         with self.engine.begin() as conn:
-            conn.execute(flags.update().where(flags.c.id == flag_id).values(resolved_at=now(), note=note))
+            done = conn.execute(flags.update().where(flags.c.id == int(flag_id), flags.c.resolved_at.is_(None))
+                                .values(resolved_at=now(), note=note)).rowcount
+            row = conn.execute(sa.select(flags).where(flags.c.id == int(flag_id))).first()
+        if row is None:
+            raise ValueError(f"flag {flag_id}: no such flag")
+        if not done:
+            raise ValueError(f"flag {flag_id}: already resolved at {row.resolved_at}")
+        return Flag.from_row(row._mapping)
 
     def add_report(self, conversation_id: str, message_id: int, participant_id: str, reason: str = "harmful") -> int:
         """Record a participant's report of a model reply (once per reply and participant)."""
