@@ -105,12 +105,12 @@ def votes_sentence(wtl) -> str:
 
 
 def wtl_caption(wtl) -> str:
-    from extes.analysis.pairwise import CORRECTION_NAMES
+    from extes.analysis.corrections import CORRECTIONS
     from extes.analysis.shares import RULE
 
     return (
         f"{wtl.reference} against each arm: win / tie / loss (%) from {wtl.reference}'s side; "
-        f"* = two-sided sign test (ties excluded) p < 0.05 after {CORRECTION_NAMES[wtl.correction]} "
+        f"* = two-sided sign test (ties excluded) p < 0.05 after {CORRECTIONS[wtl.correction]} "
         f"over the {wtl.tests} tests in this table; {RULE}"
     )
 

@@ -34,7 +34,6 @@ from typing import Any
 from extes.analysis.shares import RULE, percentages
 from extes.stats import DatasetStats, transition_lines
 
-METRIC_COLUMNS = ("PPL", "METEOR", "B-2", "B-4", "R-L", "Extrema", "D-1", "D-2", "D-3")
 LATEX_PREAMBLE = "\\documentclass{article}\n\\usepackage{booktabs}\n"
 MAX_LATEX_COLUMNS = 13  # wider tables are set as stacked blocks of column groups
 
@@ -185,19 +184,21 @@ def table4_quality(quality, agreements: Mapping[str, Any], names: Mapping[str, s
 # ----------------------------------------------------------------------------------- automatic metrics
 
 
-def tables_automatic(results: Sequence[Mapping[str, Any]], names: Mapping[str, str] = {}) -> list[Table]:
-    """One table per test set from `extes evaluate` ``results.json`` payloads (Tables 6 and 8)."""
+def tables_automatic(results: Sequence[Mapping[str, Any]], columns: Sequence[str],
+                     names: Mapping[str, str] = {}) -> list[Table]:
+    """One table per test set from `extes evaluate` ``results.json`` payloads (Tables 6 and 8); ``columns``:
+    the metric names, `extes.metrics.registry.TABLE_COLUMNS` (the metrics layer is this one's sibling)."""
     by_set: dict[str, list[Mapping[str, Any]]] = {}
     for r in results:
         by_set.setdefault(r["data"]["label"], []).append(r)
     out = []
     for i, (label, rows) in enumerate(by_set.items()):
-        body = [[name_of(names, r["arm"]["name"]), *[_fmt(r["metrics"].get(c), ".2f") for c in METRIC_COLUMNS]]
+        body = [[name_of(names, r["arm"]["name"]), *[_fmt(r["metrics"].get(c), ".2f") for c in columns]]
                 for r in rows]
         number = "6" if i == 0 else "8" if i == 1 else f"8{chr(ord('a') + i - 1)}"  # 6, 8, 8b, 8c: never twice
         out.append(Table(f"table{number}-{label}",
                          f"Table {number}: automatic metrics on {name_of(names, label)}",
-                         ["Model", *METRIC_COLUMNS], body,
+                         ["Model", *columns], body,
                          notes=["All but PPL x100; D-n corpus-level; '-' = not computed (see results.json)."]))
     return out
 
@@ -220,8 +221,8 @@ def table7_toxicity(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str] 
 def table9_pairwise(wtl, names: Mapping[str, str] = {}, significance: float = 0.05) -> Table:
     """Win / tie / loss (%) per aspect in separate columns plus n; "*" after the win share marks a
     corrected p < ``significance``."""
+    from extes.analysis.corrections import CORRECTIONS
     from extes.analysis.io import aspect_order
-    from extes.analysis.pairwise import CORRECTION_NAMES
 
     aspects = aspect_order(wtl.rows["aspect"])
     cells = {(r.opponent, r.aspect): r for r in wtl.rows.itertuples(index=False)}
@@ -240,7 +241,7 @@ def table9_pairwise(wtl, names: Mapping[str, str] = {}, significance: float = 0.
     groups = [(name_of(names, wtl.reference), 1), *[(a.capitalize(), 4) for a in aspects]]
     notes = [
         f"{name_of(names, wtl.reference)} against each arm, from its side; W/T/L: {RULE}; n = votes in the cell.",
-        f"* = two-sided sign test (ties excluded) p < {significance:g} after {CORRECTION_NAMES[wtl.correction]} "
+        f"* = two-sided sign test (ties excluded) p < {significance:g} after {CORRECTIONS[wtl.correction]} "
         f"over the {wtl.tests} tests of this table.",
         *_table9_gaps(wtl, names),
     ]

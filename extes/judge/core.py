@@ -30,27 +30,14 @@ from typing import Any, Protocol
 
 from extes.selfchat.budget import Budget, BudgetExceeded
 from extes.selfchat.journal import Journal, now_iso, read_journal
+from extes.taxonomy import ASPECTS, Aspect
 
 PROMPT_VERSION = "pairwise-v1"
 VERDICTS = ("A", "B", "tie")
 
 
-@dataclass(frozen=True)
-class Aspect:
-    key: str
-    label: str
-    question: str
-
-
-# The ExTES human-evaluation aspects, worded as the study protocol asks participants.
-DEFAULT_ASPECTS: tuple[Aspect, ...] = (
-    Aspect("fluency", "Fluency", "Which chatbot's replies are more fluent and easier to understand?"),
-    Aspect("identification", "Identification",
-           "Which chatbot better understood the person's situation and feelings?"),
-    Aspect("comforting", "Comforting", "Which chatbot was more comforting?"),
-    Aspect("suggestion", "Suggestion", "Which chatbot gave more helpful suggestions?"),
-    Aspect("overall", "Overall", "Overall, which chatbot would the person rather talk to?"),
-)
+# The ExTES human-evaluation aspects, worded for a judge reading two transcripts (defined in taxonomy).
+DEFAULT_ASPECTS: tuple[Aspect, ...] = ASPECTS
 
 
 @dataclass(frozen=True)

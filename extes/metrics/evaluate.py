@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from extes.dialogue import Dialogue, atomic_write, file_sha256, load_dialogues
+from extes.metrics.overlap import bleu_detail
+from extes.metrics.registry import EXTRA_COLUMNS, TABLE_COLUMNS, Scoring, score_texts
+from extes.metrics.text import tokenize
+from extes.selfchat.journal import Journal, read_journal
 
-COLUMNS = ("PPL", "METEOR", "B-2", "B-4", "R-L", "Extrema", "D-1", "D-2", "D-3")
-AVG_COLUMNS = ("D-1 avg", "D-2 avg", "D-3 avg")
 RESULTS_VERSION = 1
 log = logging.getLogger(__name__)
 
@@ -184,35 +185,8 @@ def cache_path(cache_dir: str | Path, arm, data_sha: str, settings: dict[str, An
 
 
 def read_cache(path: Path) -> dict[str, dict[str, Any]]:
-    """Cached replies by item key. A torn last line (a crash mid-write) is ignored, never fatal."""
-    out: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return out
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-                out[rec["key"]] = rec
-            except (ValueError, KeyError, TypeError):
-                continue
-    return out
-
-
-def _append(path: Path, records: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _repair_tail(path: Path) -> None:
-    """Drop a torn last line left by a crash so appends start on a fresh line."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        atomic_write(path, data[: data.rfind(b"\n") + 1].decode("utf-8", errors="replace"))
+    """Cached replies by item key (records of the cache's `Journal`)."""
+    return {rec["key"]: rec for rec in read_journal(path, required="key")}
 
 
 def generate(pool, arm, items: Sequence[Item], settings: dict[str, Any], cache: Path, batch_size: int = 8,
@@ -220,7 +194,7 @@ def generate(pool, arm, items: Sequence[Item], settings: dict[str, Any], cache: 
     """Replies for `items` (cached ones reused), and timing of the new generation.
 
     Turns are generated in order of history length, so each batch pads its prompts to similar lengths."""
-    _repair_tail(cache)
+    journal = Journal(cache, torn="drop")  # a torn last line (a crash mid-write) is dropped
     done = read_cache(cache)
     todo = sorted((it for it in items if it.key not in done),
                   key=lambda it: sum(len(m["content"]) for m in it.messages))
@@ -248,10 +222,11 @@ def generate(pool, arm, items: Sequence[Item], settings: dict[str, Any], cache: 
                 records.append(rec)
                 done[it.key] = rec
                 n_tokens += r.n_tokens
-            _append(cache, records)
+            journal.append_records(records)
             if bar:
                 bar.update(len(chunk))
     finally:
+        journal.close()
         if bar:
             bar.close()
     elapsed = time.perf_counter() - t0
@@ -311,32 +286,16 @@ class ModelCache:
 
 def text_metrics(hyps: Sequence[str], refs: Sequence[str], embeddings, wordnet) -> dict[str, Any]:
     """All reference/diversity metrics on raw texts; returns {"metrics": ..., "details": ...}."""
-    from extes.metrics.distinct import distinct
-    from extes.metrics.extrema import vector_extrema
-    from extes.metrics.overlap import bleu, bleu_detail, meteor, rouge_l
-    from extes.metrics.text import tokenize
-
     h = [tokenize(x) for x in hyps]
     r = [tokenize(x) for x in refs]
     warnings = empty_reply_warnings(h, r)
     for w in warnings:
         log.warning(w)
-    metrics: dict[str, Any] = {
-        "METEOR": meteor(h, r, wordnet.reader),
-        "B-2": bleu(h, r, 2),
-        "B-4": bleu(h, r, 4),
-        "R-L": rouge_l(h, r),
-    }
-    if embeddings is not None:
-        extrema, n_empty = vector_extrema(h, r, embeddings)
-    else:  # `--predictions` without --glove or --arm: no word vectors without loading a model
-        extrema, n_empty = None, None
-    metrics["Extrema"] = extrema
-    dist = {n: distinct(h, n) for n in (1, 2, 3)}
-    for n, d in dist.items():
-        metrics[f"D-{n}"] = d.corpus
-    for n, d in dist.items():
-        metrics[f"D-{n} avg"] = d.per_response
+    # `--predictions` without --glove or --arm: no word vectors without loading a model (Extrema is None)
+    scoring = Scoring(h, r, wordnet.reader, embeddings)
+    metrics: dict[str, Any] = score_texts(scoring)
+    n_empty = scoring.extrema[1]
+    dist = {n: scoring.distinct(n) for n in (1, 2, 3)}
     details = {
         "tokenizer": "lower-cased; rule-based sentence split + NLTK NLTKWordTokenizer (extes.metrics.text)",
         "meteor": {"implementation": "nltk.translate.meteor_score, mean over replies", "wordnet": wordnet.source,
@@ -547,10 +506,10 @@ def _fmt(v) -> str:
 
 def markdown_table(results: Sequence[EvalResult], group_by_data: bool = False) -> str:
     """The paper's columns; D-n is corpus-level, D-n avg the per-response mean (both labelled below)."""
-    head = (["Test set"] if group_by_data else []) + ["Model", *COLUMNS, *AVG_COLUMNS]
+    head = (["Test set"] if group_by_data else []) + ["Model", *TABLE_COLUMNS, *EXTRA_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in results:
-        cells = ([r.data] if group_by_data else []) + [r.arm] + [_fmt(r.metrics.get(c)) for c in COLUMNS + AVG_COLUMNS]
+        cells = ([r.data] if group_by_data else []) + [r.arm] + [_fmt(r.metrics.get(c)) for c in TABLE_COLUMNS + EXTRA_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     first = results[0].payload if results else {}

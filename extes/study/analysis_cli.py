@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from extes.analysis.corrections import CORRECTIONS
 from extes.analysis.io import (
     RATING_COLUMNS,
     RATING_OPTIONAL,
@@ -217,7 +218,7 @@ def add_stat_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by `analyze` and `report`: correction, Bradley-Terry prior, minimum sessions."""
     from extes.analysis.pairwise import DEFAULT_PRIOR, MIN_SESSIONS
 
-    parser.add_argument("--correction", choices=("holm", "bh", "none"), default="holm",
+    parser.add_argument("--correction", choices=tuple(CORRECTIONS), default="holm",
                         help="multiple-comparison correction over the table's sign tests: holm (default), "
                              "bh (Benjamini-Hochberg) or none")
     parser.add_argument("--bt-prior", type=float, default=DEFAULT_PRIOR,
@@ -405,7 +406,7 @@ def configure_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", help="with --votes: the arm whose cells are planned")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     parser.add_argument("--power", type=float, default=0.8, help="target power (default 0.8)")
-    parser.add_argument("--correction", choices=("holm", "bh", "bonferroni", "none"), default="holm",
+    parser.add_argument("--correction", choices=tuple(CORRECTIONS), default="holm",
                         help="multiple-comparison correction (default holm, as extes analyze)")
     parser.add_argument("--n-sim", type=int, default=2000, help="simulated studies per point (default 2000)")
     parser.add_argument("--n-refine", type=int, default=10_000,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from extes.config import ConfigModel, load_config
+from extes.metrics.registry import TABLE_COLUMNS
 
 
 class DisplayNames(ConfigModel):
@@ -197,7 +198,7 @@ def build_tables(args) -> tuple[list, dict[str, Any]]:
     if args.results:
         results = load_results(args.results)
         objects["results"] = results
-        out += T.tables_automatic(results, {**names.datasets, **names.arms})
+        out += T.tables_automatic(results, TABLE_COLUMNS, {**names.datasets, **names.arms})
     if args.toxicity:
         tox = load_toxicity(args.toxicity)
         objects["toxicity"] = tox
