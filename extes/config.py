@@ -14,6 +14,7 @@ wording; that wording is kept as it is, prefixed with the key path.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,29 +65,72 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _reason(err: dict[str, Any]) -> str:
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
+           "less_than": ("<", "lt")}
+
+
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> tuple[str, ...]:
+    """The field names of the (nested) model that ``loc`` points into; () when that is not a model."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "__pydantic_fields__", None) or {}
+        if part not in fields:
+            return ()
+        model = _inner_model(fields[part].annotation)
+    return tuple(getattr(model, "__pydantic_fields__", None) or ())
+
+
+def _inner_model(annotation: Any) -> Any:
+    """``X``, ``X | None``, ``tuple[X, ...]``, ``list[X]`` -> X where X is a pydantic model or dataclass."""
+    if getattr(annotation, "__pydantic_fields__", None) is not None:
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        inner = _inner_model(arg)
+        if inner is not None:
+            return inner
+    return None
+
+
+def _reason(err: dict[str, Any], model: Any = None) -> str:
+    """One problem in the project's wording (the one place pydantic's error types are worded)."""
     kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    got = err.get("input")
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        return f"unknown key {err['loc'][-1]!r}" if err.get("loc") else "unknown key"
-    if kind == "missing":
+        if not err.get("loc"):
+            return "unknown key"
+        allowed = _fields_at(model, tuple(err["loc"][:-1])) if model is not None else ()
+        return f"unknown key {err['loc'][-1]!r}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    if kind in ("missing", "missing_argument"):
         return "is required"
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        return f"{got!r} is not one of {', '.join(choices)}"
+    if kind in _BOUNDS:
+        sign, key = _BOUNDS[kind]
+        bound = ctx.get(key)
+        return f"must be {sign} {bound:g}, got {got!r}" if isinstance(bound, float) else \
+            f"must be {sign} {bound}, got {got!r}"
     msg = str(err.get("msg", "invalid value"))
     # Messages of our own validators come as "Value error, <our text>": keep only our text.
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             return msg[len(prefix):]
-    if "input" in err and kind not in ("extra_forbidden",):
-        return f"{msg} (got {err['input']!r})"
+    if "input" in err:
+        return f"{msg} (got {got!r})"
     return msg
 
 
-def format_errors(exc: ValidationError, where: str) -> str:
-    """All problems of a validation, one per line, each ``<where>: <key path>: <reason>``."""
+def format_errors(exc: ValidationError, where: str, model: Any = None) -> str:
+    """All problems of a validation, one per line, each ``<where>: <key path>: <reason>``; with ``model``
+    an unknown key's message lists the keys allowed there."""
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err.get("loc", ()) if p != "__root__")
         path = format_loc(loc)
-        lines.append(f"{where}: {path}: {_reason(err)}" if path else f"{where}: {_reason(err)}")
+        reason = _reason(err, model)
+        lines.append(f"{where}: {path}: {reason}" if path else f"{where}: {reason}")
     return "\n".join(lines)
 
 
@@ -100,7 +144,7 @@ def validate_config(data: Any, model: type[M], where: str, *, error: type[Except
             return model.model_validate(data, context=context)
         return _adapter(model).validate_python(data, context=context)
     except ValidationError as exc:
-        raise error(format_errors(exc, where)) from None
+        raise error(format_errors(exc, where, model)) from None
 
 
 def read_yaml(path: str | Path, what: str = "configuration", *, error: type[Exception] = ConfigError) -> Any:

@@ -96,14 +96,7 @@ def train_run(cfg: TrainConfig) -> Path:
         if cfg.overwrite and not cfg.resume and ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)
     dist.barrier()
-    opts = LoopOptions(
-        epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate, batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, group_by_length=cfg.group_by_length,
-        eval_every=cfg.eval_every, early_stopping=cfg.early_stopping, keep_best=cfg.keep_best,
-        save_every=cfg.save_every, checkpoint_dir=ckpt_dir, resume=cfg.resume, progress=cfg.progress,
-        precision=cfg.precision,
-    )
+    opts = LoopOptions.from_config(cfg, checkpoint_dir=ckpt_dir)
     result = train(model, train_set, valid_set, tok.pad_token_id, opts, device=device, dist=dist)
     if not dist.is_main:
         dist.barrier()  # rank 0 writes the run
