@@ -65,6 +65,10 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+_EXPECTED = {"dict_type": "a mapping", "list_type": "a list", "tuple_type": "a list", "string_type": "a text",
+             "bool_type": "true or false", "bool_parsing": "true or false", "int_type": "a whole number",
+             "int_parsing": "a whole number", "int_from_float": "a whole number", "float_type": "a number",
+             "float_parsing": "a number"}
 _BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
            "less_than": ("<", "lt")}
 
@@ -107,6 +111,10 @@ def _reason(err: dict[str, Any], model: Any = None) -> str:
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         return f"{got!r} is not one of {', '.join(choices)}"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {got!r}"
+    if kind == "too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"needs at least {ctx.get('min_length')} items"
     if kind in _BOUNDS:
         sign, key = _BOUNDS[kind]
         bound = ctx.get(key)
