@@ -176,7 +176,7 @@ def _setting_param(message: str) -> str | None:
     names = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed",
              "repetition_penalty": "repetition_penalty"}
     for setting, param in names.items():
-        if f"{setting}=" in message:
+        if f": {setting}: " in message:  # "<where>: <key>: <reason>" (extes.config)
             return param
     return None
 
