@@ -14,6 +14,7 @@ wording; that wording is kept as it is, prefixed with the key path.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,8 +22,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
-__all__ = ["ConfigError", "ConfigModel", "config_dataclass", "format_loc", "read_yaml", "validate_config",
-           "load_config"]
+__all__ = ["ConfigError", "ConfigModel", "config_dataclass", "format_loc", "read_yaml", "read_mapping",
+           "validate_config", "load_config"]
 
 
 class ConfigError(ValueError):
@@ -178,3 +179,17 @@ def load_config(path: str | Path, model: type[M], what: str = "configuration", *
     path = Path(path)
     ctx = {"base_dir": path.parent, **(context or {})}
     return validate_config(read_yaml(path, what, error=error), model, str(path), error=error, context=ctx)
+
+
+def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping in a small JSON or YAML settings file (by suffix: prices, scenario quotas); errors name
+    the file and what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what} file")
+    if path.suffix in (".yaml", ".yml"):
+        return read_yaml(path, what, error=ValueError)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None

@@ -37,6 +37,7 @@ import numpy as np
 from scipy.stats import binom
 
 from extes.analysis.corrections import adjust_p_values, check_correction
+from extes.analysis.pairwise import win_tie_loss
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,6 @@ def plan(cells: Sequence[Cell], tests: int | None = None, alpha: float = 0.05, c
 
 def cells_from_votes(votes, reference: str) -> list[Cell]:
     """Observed shares of every (opponent, aspect) cell of a votes table, from ``reference``'s side."""
-    from extes.analysis.pairwise import win_tie_loss
 
     rows = win_tie_loss(votes, reference, n_boot=0).rows
     return [Cell(f"vs {r.opponent} / {r.aspect}", r.win, r.tie, r.loss) for r in rows.itertuples(index=False)

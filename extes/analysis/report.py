@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from extes.analysis.corrections import CORRECTIONS
 from extes.analysis.io import AnalysisInputError
+from extes.analysis.shares import RULE
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -105,9 +107,6 @@ def votes_sentence(wtl) -> str:
 
 
 def wtl_caption(wtl) -> str:
-    from extes.analysis.corrections import CORRECTIONS
-    from extes.analysis.shares import RULE
-
     return (
         f"{wtl.reference} against each arm: win / tie / loss (%) from {wtl.reference}'s side; "
         f"* = two-sided sign test (ties excluded) p < 0.05 after {CORRECTIONS[wtl.correction]} "

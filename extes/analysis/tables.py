@@ -31,8 +31,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from extes.analysis.corrections import CORRECTIONS
+from extes.analysis.io import aspect_order
 from extes.analysis.shares import RULE, percentages
-from extes.stats import DatasetStats, transition_lines
+from extes.stats import DatasetStats, strategy_abbreviation, transition_lines
 
 LATEX_PREAMBLE = "\\documentclass{article}\n\\usepackage{booktabs}\n"
 MAX_LATEX_COLUMNS = 13  # wider tables are set as stacked blocks of column groups
@@ -87,8 +89,6 @@ def table3_overview(stats: Mapping[str, DatasetStats], names: Mapping[str, str] 
 
 def _side_by_side_counts(stats: Mapping[str, DatasetStats], attr: str, names: Mapping[str, str],
                          abbr: bool) -> tuple[list[str], list[list[str]], list[tuple[str, int]]]:
-    from extes.stats import strategy_abbreviation
-
     labels = list(stats)
     keys: list[str] = []
     for k in labels:
@@ -221,8 +221,6 @@ def table7_toxicity(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str] 
 def table9_pairwise(wtl, names: Mapping[str, str] = {}, significance: float = 0.05) -> Table:
     """Win / tie / loss (%) per aspect in separate columns plus n; "*" after the win share marks a
     corrected p < ``significance``."""
-    from extes.analysis.corrections import CORRECTIONS
-    from extes.analysis.io import aspect_order
 
     aspects = aspect_order(wtl.rows["aspect"])
     cells = {(r.opponent, r.aspect): r for r in wtl.rows.itertuples(index=False)}

@@ -18,16 +18,25 @@ import hashlib
 import json
 import logging
 import math
+import re
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from extes.base.embedded import EMBEDDED_NAME
+from extes.base.loading import load_base
 from extes.dialogue import Dialogue, atomic_write, file_sha256, load_dialogues
+from extes.metrics.extrema import GloveEmbeddings, ModelEmbeddings
 from extes.metrics.overlap import bleu_detail
+from extes.metrics.perplexity import perplexity
 from extes.metrics.registry import EXTRA_COLUMNS, TABLE_COLUMNS, Scoring, score_texts
 from extes.metrics.text import tokenize
+from extes.metrics.wordnet import find_wordnet
+from extes.models import arms_from_config, load_arms
+from extes.models.arms import read_adapter_info
 from extes.selfchat.journal import Journal, read_journal
 
 RESULTS_VERSION = 1
@@ -70,9 +79,6 @@ class Item:
 def resolve_arm(spec: str, arms_file: str | Path | None = None):
     """An Arm from a name in `arms_file`, a `results/runs/<name>` / `results/adapters/<name>` folder (or
     any PEFT adapter folder), a checkpoint folder, or the embedded model's name."""
-    from extes.base.embedded import EMBEDDED_NAME
-    from extes.models import arms_from_config, load_arms
-    from extes.models.arms import read_adapter_info
 
     if arms_file:
         arms = load_arms(arms_file)
@@ -114,8 +120,6 @@ def resolve_arm(spec: str, arms_file: str | Path | None = None):
 
 
 def _arm_name(path: Path) -> str:
-    import re
-
     name = re.sub(r"[^A-Za-z0-9_.:\-]", "-", path.resolve().name)[:64]
     return name if name and name[0].isalnum() else f"arm-{name}"[:64]
 
@@ -249,14 +253,10 @@ class ModelCache:
 
     def base(self, base: str):
         if base not in self._bases:
-            from extes.base.loading import load_base
-
             self._bases[base] = load_base(base)
         return self._bases[base]
 
     def embeddings(self, base: str):
-        from extes.metrics.extrema import ModelEmbeddings
-
         if base not in self._embeddings:
             model, tok = self.base(base)
             name = base if not Path(base).exists() else Path(base).name
@@ -266,7 +266,6 @@ class ModelCache:
     def arm_ppl(self, arm, dialogues, options: EvalOptions):
         """Gold-reply perplexity of a local arm. An adapter is put on the cached base for the computation
         and taken off again (PEFT `unload`), so one base copy serves every arm."""
-        from extes.metrics.perplexity import perplexity
 
         model, tok = self.base(arm.base)
         wrapped = None
@@ -334,15 +333,13 @@ def empty_reply_warnings(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[
     return out
 
 
-def _load_embeddings(options: EvalOptions, base: str, models: ModelCache, vocabulary: set[str]):
-    from extes.metrics.extrema import GloveEmbeddings
-
+def load_embeddings(options: EvalOptions, base: str, models: ModelCache, vocabulary: set[str]):
     if options.glove:
         return GloveEmbeddings(options.glove, vocabulary=vocabulary)
     return models.embeddings(base)
 
 
-def _finite(x):
+def finite_or_none(x):
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
@@ -399,7 +396,6 @@ def prepare_job(arm, data_path: str | Path, options: EvalOptions, dialogues: lis
 def run_generation(pool, jobs: Sequence[Job], options: EvalOptions) -> None:
     """Generate every job's missing replies. Jobs run in parallel threads, so arms on one base share the
     engine's forward passes (PEFT mixes adapters in one batch); the first error is raised."""
-    import threading
 
     errors: list[BaseException] = []
 
@@ -424,8 +420,6 @@ def run_generation(pool, jobs: Sequence[Job], options: EvalOptions) -> None:
 
 def score_job(job: Job, options: EvalOptions, models: ModelCache | None = None, embeddings=None) -> EvalResult:
     """Score a job whose replies are generated."""
-    from extes.metrics.text import tokenize
-    from extes.metrics.wordnet import find_wordnet
 
     models = models or ModelCache()
     arm = job.arm
@@ -439,7 +433,7 @@ def score_job(job: Job, options: EvalOptions, models: ModelCache | None = None, 
     refs = [r["gold"] for r in replies]
     if embeddings is None:
         vocab = {w for t in hyps + refs for w in tokenize(t)} if options.glove else set()
-        embeddings = _load_embeddings(options, arm.base, models, vocab)
+        embeddings = load_embeddings(options, arm.base, models, vocab)
     wordnet = find_wordnet(options.wordnet)
     scored = text_metrics(hyps, refs, embeddings, wordnet)
     metrics = scored["metrics"]
@@ -469,7 +463,7 @@ def score_job(job: Job, options: EvalOptions, models: ModelCache | None = None, 
                  "n_dialogues": len(job.chosen), "n_dialogues_in_file": len(job.all_dialogues),
                  "limit": options.limit, "n_turns": len(job.items), "skipped_opening_turns": job.skipped},
         "generation": {"settings": job.settings, "greedy": options.greedy, "cache": str(job.cache), **job.timing},
-        "metrics": {k: _finite(v) for k, v in metrics.items()},
+        "metrics": {k: finite_or_none(v) for k, v in metrics.items()},
         "details": details,
     }
     return EvalResult(arm.name, job.data_label, payload["metrics"], payload, replies)

@@ -21,6 +21,7 @@ arm (a shared base is loaded once), and every row uses the same Extrema embeddin
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,9 +35,13 @@ from extes.metrics.evaluate import (
     EvalResult,
     ModelCache,
     evaluate_many,
+    load_embeddings,
     markdown_table,
+    resolve_arm,
     write_outputs,
 )
+from extes.metrics.text import tokenize
+from extes.models import ArmPool, arms_from_config
 
 
 class MatrixSpecError(ValueError):
@@ -106,9 +111,6 @@ def load_spec(path: str | Path) -> MatrixSpec:
 
 
 def resolve_arms(entries: list[Any], arms_file: Path | None, where: str) -> list:
-    from extes.metrics.evaluate import resolve_arm
-    from extes.models import arms_from_config
-
     arms = []
     for i, entry in enumerate(entries):
         if isinstance(entry, dict):
@@ -126,15 +128,11 @@ def resolve_arms(entries: list[Any], arms_file: Path | None, where: str) -> list
 
 def run_matrix(spec: MatrixSpec, pool=None, progress: bool = True) -> list[EvalResult]:
     """Evaluate every arm on every test set; writes per-cell outputs and the combined table."""
-    from extes.metrics.evaluate import _load_embeddings
-    from extes.metrics.text import tokenize
 
     arms = resolve_arms(spec.arms, spec.arms_file, spec.where)
     spec.options.progress = progress
     own_pool = pool is None
     if own_pool:
-        from extes.models import ArmPool
-
         pool = ArmPool(arms)
     models = ModelCache()
     results: list[EvalResult] = []
@@ -150,7 +148,7 @@ def run_matrix(spec: MatrixSpec, pool=None, progress: bool = True) -> list[EvalR
         emb_base = local[0].base if local else None
         embeddings = None
         if spec.options.glove or emb_base:
-            embeddings = _load_embeddings(spec.options, emb_base, models, vocab)
+            embeddings = load_embeddings(spec.options, emb_base, models, vocab)
         results = evaluate_many(pool, arms, {label: (spec.test_sets[label], ds) for label, ds in data.items()},
                                 spec.options, models=models, embeddings=embeddings)
         for r in results:
@@ -163,8 +161,6 @@ def run_matrix(spec: MatrixSpec, pool=None, progress: bool = True) -> list[EvalR
 
 
 def _safe(label: str) -> str:
-    import re
-
     return re.sub(r"[^A-Za-z0-9_.\-]", "-", label) or "test"
 
 

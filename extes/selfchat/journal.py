@@ -14,6 +14,7 @@ written with `append_records`, a torn last line dropped: ``torn="drop"``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -133,7 +134,6 @@ class Journal:
         """Make every record written so far durable. The fsync runs in a worker thread, so the event
         loop keeps serving other requests meanwhile, and concurrent callers share one fsync (group
         commit) instead of queueing one each."""
-        import asyncio
 
         if not self.fsync or self._fh is None:
             return
@@ -145,8 +145,6 @@ class Journal:
             await asyncio.shield(task)
 
     async def _fsync_once(self) -> None:
-        import asyncio
-
         upto = self._written
         try:
             await asyncio.to_thread(os.fsync, self._fh.fileno())

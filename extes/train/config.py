@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from extes.base.embedded import EMBEDDED_NAME
+from extes.base.loading import checkpoint_source
 from extes.config import config_dataclass, read_yaml, validate_config
 from extes.dialogue import DEFAULT_SYSTEM_PROMPT
 
@@ -206,7 +207,6 @@ def base_model_config(base: str):
     """The base model's transformers config (reads config.json only, no weights)."""
     from transformers import AutoConfig
 
-    from extes.base.loading import checkpoint_source
 
     return AutoConfig.from_pretrained(checkpoint_source(base))
 
