@@ -6,12 +6,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.extes-installed
 
-.PHONY: run test test-fast setup lint layers system-deps demo-adapters bench clean-venv
+.PHONY: run test test-fast setup lint layers system-deps axe demo-adapters bench clean-venv
 
 run: setup
 	$(PY) app.py
 
-test: setup system-deps layers
+test: setup system-deps axe layers
 	$(PY) -m pytest --durations=15
 
 # The edit loop: everything but the real embedded model and the real browser (under a minute).
@@ -49,6 +49,15 @@ system-deps:
 	  || apt-get install -y -qq --no-install-recommends texlive-latex-base texlive-latex-recommended >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq --no-install-recommends texlive-latex-base texlive-latex-recommended >/dev/null) \
 	  || echo "warning: could not install LaTeX; the report's compile test will be skipped"
+
+# axe-core (npm) for the accessibility checks in the browser tests, installed beside the venv's packages.
+AXE := $(VENV)/node/node_modules/axe-core/axe.min.js
+axe: $(AXE)
+
+$(AXE):
+	@command -v npm >/dev/null 2>&1 \
+	  && npm install --prefix $(VENV)/node --no-save --no-audit --no-fund --silent axe-core@4.14.1 \
+	  || echo "warning: could not install axe-core with npm; the accessibility tests will be skipped"
 
 lint: setup
 	$(VENV)/bin/ruff check .

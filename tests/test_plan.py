@@ -69,7 +69,7 @@ def test_vectorised_corrections_equal_statsmodels(ours, theirs):
 
 
 def test_required_n_agrees_with_a_high_precision_simulation():
-    """The README's example: 2,000 studies per n picked 444, where the power is 0.790 (about 452 are needed).
+    """The worked example (docs/commands.md): 2,000 studies per n picked 444, where the power is 0.790 (about 452 are needed).
     Checked with 200,000 simulated studies per n (standard error 0.0009)."""
     result = plan([CELL], tests=10)
     req = result.required[0]
