@@ -89,8 +89,8 @@ class _NoWordnet:
 
 def test_one_crash_safe_journal_for_the_build_and_the_evaluate_cache(tmp_path):
     from extes.judge import core
+    from extes.llm import journal
     from extes.metrics import evaluate
-    from extes.selfchat import journal
 
     assert evaluate.Journal is journal.Journal and core.Journal is journal.Journal
     assert not {"_append", "_repair_tail"} & set(vars(evaluate))

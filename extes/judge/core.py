@@ -11,7 +11,7 @@ Why each piece is here:
 - **Never re-pay.** Every answer goes into an append-only journal (the self-chat builder's `Journal`,
   fsynced) before it is used, keyed by the prompt version, model, item, arms, order and a hash of the
   prompt. A rerun reads the journal and asks only what has no final answer yet.
-- **The builder's client.** Requests go through `extes.selfchat.client.LLMClient` (rate limits, retries
+- **The builder's client.** Requests go through `extes.llm.client.LLMClient` (rate limits, retries
   with backoff, Retry-After) and `Budget` (a request is sent only if its worst case fits the budget).
 """
 
@@ -28,8 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from extes.selfchat.budget import Budget, BudgetExceeded
-from extes.selfchat.journal import Journal, now_iso, read_journal
+from extes.llm.budget import Budget, BudgetExceeded
+from extes.llm.journal import Journal, now_iso, read_journal
 from extes.taxonomy import ASPECTS, Aspect
 
 PROMPT_VERSION = "pairwise-v1"
@@ -62,7 +62,7 @@ class PairItem:
 
 
 class ChatClient(Protocol):
-    """What the judge needs from a client: `extes.selfchat.client.LLMClient` has it."""
+    """What the judge needs from a client: `extes.llm.client.LLMClient` has it."""
 
     model: str
 

@@ -29,6 +29,7 @@ from typing import Any
 from extes.base.embedded import EMBEDDED_NAME
 from extes.base.loading import load_base
 from extes.dialogue import Dialogue, atomic_write, file_sha256, load_dialogues
+from extes.llm.journal import Journal, read_journal
 from extes.metrics.extrema import GloveEmbeddings, ModelEmbeddings
 from extes.metrics.overlap import bleu_detail
 from extes.metrics.perplexity import perplexity
@@ -37,7 +38,6 @@ from extes.metrics.text import tokenize
 from extes.metrics.wordnet import find_wordnet
 from extes.models import arms_from_config, load_arms
 from extes.models.arms import read_adapter_info
-from extes.selfchat.journal import Journal, read_journal
 
 RESULTS_VERSION = 1
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from extes.errors import CLIError
-from extes.selfchat.budget import load_prices, price_for
+from extes.llm.budget import load_prices, price_for
 from extes.selfchat.pipeline import BuildConfig, Builder, FatalRequestError
 from extes.selfchat.quota import load_proportions
 from extes.selfchat.review import adjustment_rates, build_review_app, load_queue

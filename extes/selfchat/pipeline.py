@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from extes.dialogue import Dialogue, load_dialogues
-from extes.selfchat.budget import Budget, Price, estimate_run
-from extes.selfchat.client import LLMClient, RequestFailed
+from extes.llm.budget import Budget, Price, estimate_run
+from extes.llm.client import LLMClient, RequestFailed
+from extes.llm.journal import JOURNAL_NAME, Journal
 from extes.selfchat.dedup import NearDupIndex, TurnIndex, dialogue_text
 from extes.selfchat.export import export_run
-from extes.selfchat.journal import JOURNAL_NAME, Journal
 from extes.selfchat.prompt import (
     TEMPLATE_VERSION,
     build_messages,

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from extes.dialogue import Dialogue, Turn, load_dialogues
+from extes.llm.journal import JOURNAL_NAME, Journal
 from extes.selfchat.export import export_run, round_stats
-from extes.selfchat.journal import JOURNAL_NAME, Journal
 from extes.selfchat.state import RunState, round_of
 from extes.selfchat.validate import Rules, check_structure
 from extes.taxonomy import STRATEGY_NAMES, UnknownLabelError, normalize_strategy
