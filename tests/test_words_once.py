@@ -63,8 +63,8 @@ def test_one_metric_registry_read_by_evaluate_tables_and_report():
     import inspect
 
     from extes.analysis import tables
+    from extes.commands import report_cli
     from extes.metrics import evaluate, registry
-    from extes.study import report_cli
 
     assert registry.TABLE_COLUMNS == ("PPL", "METEOR", "B-2", "B-4", "R-L", "Extrema", "D-1", "D-2", "D-3")
     assert registry.EXTRA_COLUMNS == ("D-1 avg", "D-2 avg", "D-3 avg")

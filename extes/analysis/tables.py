@@ -3,7 +3,7 @@
 Every builder takes results that other parts of extes computed (`extes.stats.DatasetStats`,
 `AgreementResult`, `WinTieLossResult`, the ``results.json`` of `extes evaluate`, the ``toxicity.json`` of
 `extes toxicity`) and lays them out; no statistic is computed twice. `extes report`
-(`extes/study/report_cli.py`) gathers the inputs and writes ``report.md`` and ``tables.tex``.
+(`extes/commands/report_cli.py`) gathers the inputs and writes ``report.md`` and ``tables.tex``.
 
 Layouts (numbers as in the paper):
 - Table 1: dialogues per scenario; Table 2: strategy counts; Table 3: overview; Table 5: top strategy

@@ -35,7 +35,7 @@ class DisplayNames(ConfigModel):
 
 
 def configure_report(parser: argparse.ArgumentParser) -> None:
-    from extes.study.analysis_cli import add_stat_options
+    from extes.commands.analysis_cli import add_stat_options
 
     parser.add_argument("--data", action="append", default=[], metavar="[LABEL=]PATH",
                         help="dataset: ExTES JSON, ESConv JSON, our JSONL, a folder, or a build run (repeatable)")
@@ -124,7 +124,7 @@ def load_toxicity(paths: list[str]) -> list[dict[str, Any]]:
 
 def _votes_and_ratings(args):
     from extes.analysis.io import load_ratings, load_votes
-    from extes.study.analysis_cli import open_store
+    from extes.commands.analysis_cli import open_store
 
     if args.db:
         store = open_store(args.db)

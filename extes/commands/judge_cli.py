@@ -80,10 +80,10 @@ def pair_items(store: Any, limit: int | None = None) -> list[Any]:
 def run_judge(args: argparse.Namespace) -> int:
     from extes.analysis.rater_agreement import people_agreement_sections
     from extes.analysis.report import write_csv_atomic
+    from extes.commands.analysis_cli import fmt_number, open_store
     from extes.judge import PROMPT_VERSION, Judge
     from extes.llm.budget import Budget, price_for
     from extes.llm.client import LLMClient
-    from extes.study.analysis_cli import fmt_number, open_store
 
     arm = _judge_arm(args)
     store = open_store(args.db)
