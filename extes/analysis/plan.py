@@ -298,7 +298,7 @@ def cells_from_votes(votes, reference: str) -> list[Cell]:
 
 def plot_power(result: PlanResult):
     """Simulated power against conversations, one line per cell, the target dashed."""
-    from extes.analysis.plots import new_figure
+    from extes.analysis.plots import new_figure  # lazy: matplotlib, only when a figure is drawn
 
     fig = new_figure(6.0, 4.0)
     ax = fig.subplots()
