@@ -169,7 +169,8 @@ def write_analysis_report(out_dir: str | os.PathLike, wtl, bt, matrices: list) -
 
     ``wtl``: `WinTieLossResult`; ``bt``: `BradleyTerryResult`; ``matrices``: `WinRateMatrix` list.
     """
-    from extes.analysis.plots import plot_bradley_terry, plot_win_rate_heatmap, plot_win_tie_loss  # lazy: matplotlib
+    # lazy: matplotlib loads only when figures are drawn
+    from extes.analysis.plots import plot_bradley_terry, plot_win_rate_heatmap, plot_win_tie_loss
 
     writers: dict[str, Callable[[Path], None]] = {
         "win_tie_loss.csv": _csv(wtl.rows),
