@@ -25,7 +25,7 @@ from pathlib import Path
 
 import openai  # noqa: F401  (imported up front: its ~0.5 s import is process start-up, not throughput)
 
-from extes.selfchat.budget import Price
+from extes.llm.budget import Price
 from extes.selfchat.pipeline import BuildConfig, Builder
 from extes.taxonomy import SCENARIO_NAMES
 from extes.testing.scripted import write_seed_file

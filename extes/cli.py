@@ -27,12 +27,12 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "chat": ("extes.models.chat_cli", "chat", "chat with one arm in the terminal"),
     "evaluate": ("extes.metrics.cli", "evaluate", "automatic metrics: PPL, METEOR, BLEU, ROUGE-L, Extrema, Distinct"),
     "toxicity": ("extes.metrics.cli", "toxicity", "toxicity of a dataset or of model replies"),
-    "export": ("extes.study.analysis_cli", "export", "export votes and ratings CSVs from a study database"),
-    "analyze": ("extes.study.analysis_cli", "analyze", "win/tie/loss with significance, Bradley-Terry"),
-    "agreement": ("extes.study.analysis_cli", "agreement", "Fleiss' kappa, Krippendorff's alpha"),
-    "report": ("extes.study.report_cli", "report", "the paper's tables in one folder: report.md, tables.tex, figures"),
-    "plan": ("extes.study.analysis_cli", "plan", "conversations needed for a powered sign test after correction"),
-    "judge": ("extes.study.judge_cli", "judge", "an LLM judges rated conversations pairwise; agreement with people"),
+    "export": ("extes.commands.analysis_cli", "export", "export votes and ratings CSVs from a study database"),
+    "analyze": ("extes.commands.analysis_cli", "analyze", "win/tie/loss with significance, Bradley-Terry"),
+    "agreement": ("extes.commands.analysis_cli", "agreement", "Fleiss' kappa, Krippendorff's alpha"),
+    "report": ("extes.commands.report_cli", "report", "the paper's tables in one folder: report.md, tables.tex, figures"),
+    "plan": ("extes.commands.analysis_cli", "plan", "conversations needed for a powered sign test after correction"),
+    "judge": ("extes.commands.judge_cli", "judge", "an LLM judges rated conversations pairwise; agreement with people"),
     "app": ("extes.study.app_cli", "app", "run the study app (same as python app.py)"),
 }
 

@@ -14,14 +14,16 @@ wording; that wording is kept as it is, prefixed with the key path.
 from __future__ import annotations
 
 import functools
+import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
-__all__ = ["ConfigError", "ConfigModel", "config_dataclass", "format_loc", "read_yaml", "validate_config",
-           "load_config"]
+__all__ = ["ConfigError", "ConfigModel", "config_dataclass", "format_loc", "read_yaml", "read_mapping",
+           "validate_config", "load_config"]
 
 
 class ConfigError(ValueError):
@@ -64,29 +66,80 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _reason(err: dict[str, Any]) -> str:
+_EXPECTED = {"dict_type": "a mapping", "list_type": "a list", "tuple_type": "a list", "string_type": "a text",
+             "bool_type": "true or false", "bool_parsing": "true or false", "int_type": "a whole number",
+             "int_parsing": "a whole number", "int_from_float": "a whole number", "float_type": "a number",
+             "float_parsing": "a number"}
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
+           "less_than": ("<", "lt")}
+
+
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> tuple[str, ...]:
+    """The field names of the (nested) model that ``loc`` points into; () when that is not a model."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "__pydantic_fields__", None) or {}
+        if part not in fields:
+            return ()
+        model = _inner_model(fields[part].annotation)
+    return tuple(getattr(model, "__pydantic_fields__", None) or ())
+
+
+def _inner_model(annotation: Any) -> Any:
+    """``X``, ``X | None``, ``tuple[X, ...]``, ``list[X]`` -> X where X is a pydantic model or dataclass."""
+    if getattr(annotation, "__pydantic_fields__", None) is not None:
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        inner = _inner_model(arg)
+        if inner is not None:
+            return inner
+    return None
+
+
+def _reason(err: dict[str, Any], model: Any = None) -> str:
+    """One problem in the project's wording (the one place pydantic's error types are worded)."""
     kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    got = err.get("input")
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        return f"unknown key {err['loc'][-1]!r}" if err.get("loc") else "unknown key"
-    if kind == "missing":
+        if not err.get("loc"):
+            return "unknown key"
+        allowed = _fields_at(model, tuple(err["loc"][:-1])) if model is not None else ()
+        return f"unknown key {err['loc'][-1]!r}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    if kind in ("missing", "missing_argument"):
         return "is required"
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        return f"{got!r} is not one of {', '.join(choices)}"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {got!r}"
+    if kind == "too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"needs at least {ctx.get('min_length')} items"
+    if kind in _BOUNDS:
+        sign, key = _BOUNDS[kind]
+        bound = ctx.get(key)
+        return f"must be {sign} {bound:g}, got {got!r}" if isinstance(bound, float) else \
+            f"must be {sign} {bound}, got {got!r}"
     msg = str(err.get("msg", "invalid value"))
     # Messages of our own validators come as "Value error, <our text>": keep only our text.
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             return msg[len(prefix):]
-    if "input" in err and kind not in ("extra_forbidden",):
-        return f"{msg} (got {err['input']!r})"
+    if "input" in err:
+        return f"{msg} (got {got!r})"
     return msg
 
 
-def format_errors(exc: ValidationError, where: str) -> str:
-    """All problems of a validation, one per line, each ``<where>: <key path>: <reason>``."""
+def format_errors(exc: ValidationError, where: str, model: Any = None) -> str:
+    """All problems of a validation, one per line, each ``<where>: <key path>: <reason>``; with ``model``
+    an unknown key's message lists the keys allowed there."""
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err.get("loc", ()) if p != "__root__")
         path = format_loc(loc)
-        lines.append(f"{where}: {path}: {_reason(err)}" if path else f"{where}: {_reason(err)}")
+        reason = _reason(err, model)
+        lines.append(f"{where}: {path}: {reason}" if path else f"{where}: {reason}")
     return "\n".join(lines)
 
 
@@ -100,7 +153,7 @@ def validate_config(data: Any, model: type[M], where: str, *, error: type[Except
             return model.model_validate(data, context=context)
         return _adapter(model).validate_python(data, context=context)
     except ValidationError as exc:
-        raise error(format_errors(exc, where)) from None
+        raise error(format_errors(exc, where, model)) from None
 
 
 def read_yaml(path: str | Path, what: str = "configuration", *, error: type[Exception] = ConfigError) -> Any:
@@ -126,3 +179,17 @@ def load_config(path: str | Path, model: type[M], what: str = "configuration", *
     path = Path(path)
     ctx = {"base_dir": path.parent, **(context or {})}
     return validate_config(read_yaml(path, what, error=error), model, str(path), error=error, context=ctx)
+
+
+def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping in a small JSON or YAML settings file (by suffix: prices, scenario quotas); errors name
+    the file and what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what} file")
+    if path.suffix in (".yaml", ".yml"):
+        return read_yaml(path, what, error=ValueError)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None

@@ -13,6 +13,10 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ConfigDict, field_validator, model_validator
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,60 @@ class Strategy:
     name: str
     abbr: str
     definition: str
+
+
+# The ExTES human-evaluation aspects: the study asks participants about these, the LLM judge asks the
+# same questions, and the analysis accepts these keys. `Aspect` is the one type for all three.
+ASPECT_KEYS: tuple[str, ...] = ("fluency", "identification", "comforting", "suggestion", "overall")
+
+
+def _nonempty_text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty text, got {value!r}")
+    return value.strip()
+
+
+@_pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Aspect:
+    """One aspect a pair of chatbots is compared on: its key (one of `ASPECT_KEYS`), label and question.
+
+    A frozen pydantic dataclass: a protocol file's ``aspects`` entries validate into it (unknown keys are
+    errors, the label defaults to the capitalised key), and code builds it positionally.
+    """
+
+    key: str
+    label: str
+    question: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_label(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "label" not in data:
+            return {**data, "label": str(data.get("key") or "").strip().lower().capitalize()}
+        return data
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key(cls, value: Any) -> str:
+        key = str(value or "").strip().lower()
+        if key not in ASPECT_KEYS:
+            raise ValueError(f"{value!r} is not one of {', '.join(ASPECT_KEYS)}")
+        return key
+
+    @field_validator("label", "question", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> str:
+        return _nonempty_text(value)
+
+
+# The aspects worded for a judge reading two transcripts (a study protocol words its own questions).
+ASPECTS: tuple[Aspect, ...] = (
+    Aspect("fluency", "Fluency", "Which chatbot's replies are more fluent and easier to understand?"),
+    Aspect("identification", "Identification", "Which chatbot better understood the person's situation and feelings?"),
+    Aspect("comforting", "Comforting", "Which chatbot was more comforting?"),
+    Aspect("suggestion", "Suggestion", "Which chatbot gave more helpful suggestions?"),
+    Aspect("overall", "Overall", "Overall, which chatbot would the person rather talk to?"),
+)
 
 
 SCENARIOS: tuple[Scenario, ...] = (

@@ -1,8 +1,6 @@
 """`extes export / analyze / agreement` end to end: CSVs, a fake store, and a real study store."""
 
 import json
-import sys
-import types
 
 import pandas as pd
 import pytest
@@ -178,6 +176,9 @@ class FakeStore:
     def ratings_frame(self) -> pd.DataFrame:
         return self._ratings.copy()
 
+    def screening_frame(self) -> pd.DataFrame:  # no replies in this fake: nothing screened
+        return pd.DataFrame(columns=["arm", "replies", "screened_out", "share", "capped_cut"])
+
     def close(self) -> None:
         self.closed = True
 
@@ -188,9 +189,7 @@ def fake_store(monkeypatch, tmp_path):
         rater_id="p-1", conversation_id=VOTES["session_id"], created_at="2026-01-01T00:00:00"
     )
     store = FakeStore(votes, RATINGS)
-    module = types.ModuleType("extes.study.store")
-    module.Store = lambda url: store
-    monkeypatch.setitem(sys.modules, "extes.study.store", module)
+    monkeypatch.setattr("extes.commands.analysis_cli.Store", lambda url: store)
     db = tmp_path / "study.sqlite"
     db.write_bytes(b"")
     return db, store

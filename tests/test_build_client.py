@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from extes.selfchat.client import LLMClient, RequestFailed, TokenBucket, parse_retry_after
+from extes.llm.client import LLMClient, RequestFailed, TokenBucket, parse_retry_after
 from extes.testing.scripted import ScriptedServer
 
 MSGS = [{"role": "user", "content": 'scenario type "Academic Stress"'}]

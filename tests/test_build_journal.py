@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from extes.selfchat.journal import Journal, JournalError, read_journal
+from extes.llm.journal import Journal, JournalError, read_journal
 from extes.selfchat.state import RunState
 
 

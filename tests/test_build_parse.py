@@ -5,7 +5,7 @@ import json
 import pytest
 
 from extes.dialogue import Dialogue, Turn
-from extes.selfchat.budget import Budget, Price, estimate_run, load_prices, price_for
+from extes.llm.budget import Budget, Price, estimate_run, load_prices, price_for
 from extes.selfchat.dedup import NearDupIndex, TurnIndex, jaccard, shingles
 from extes.selfchat.parse import ParseError, extract_json, parse_reply
 from extes.selfchat.prompt import EXAMPLE_BEGIN, TEMPLATE_VERSION, build_messages

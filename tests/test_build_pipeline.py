@@ -13,8 +13,8 @@ import pytest
 
 from extes.cli import main
 from extes.dialogue import load_dialogues
-from extes.selfchat.budget import Price
-from extes.selfchat.journal import read_journal
+from extes.llm.budget import Price
+from extes.llm.journal import read_journal
 from extes.selfchat.pipeline import BuildConfig, Builder
 from extes.selfchat.prompt import build_messages, prompt_sha
 from extes.testing.scripted import ScriptedServer, write_seed_file

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from extes.cli import main
-from extes.selfchat.budget import Price
-from extes.selfchat.journal import read_journal
+from extes.llm.budget import Price
+from extes.llm.journal import read_journal
 from extes.selfchat.pipeline import BuildConfig, Builder
 from extes.selfchat.review import (
     ReviewError,

@@ -3,7 +3,7 @@
 from typing import Literal
 
 import pytest
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from extes.config import ConfigError, ConfigModel, format_loc, load_config
 
@@ -15,6 +15,7 @@ class Gen(ConfigModel):
 class Item(ConfigModel):
     name: str
     kind: Literal["a", "b"] = "a"
+    size: int = Field(default=1, ge=1)
     generation: Gen = Gen()
 
     @field_validator("name")
@@ -43,10 +44,13 @@ def test_valid_file_loads(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("items:\n  - name: x\n    generation: {temprature: 1}\n", r"c\.yaml: items\[0\]\.generation\.temprature: unknown key 'temprature'"),
+        ("items:\n  - name: x\n    generation: {temprature: 1}\n", r"c\.yaml: items\[0\]\.generation\.temprature: unknown key 'temprature'; allowed: temperature$"),
         ("items:\n  - name: x\n  - name: 'no good'\n", r"c\.yaml: items\[1\]\.name: name 'no good' must be an identifier"),
         ("items:\n  - kind: b\n", r"c\.yaml: items\[0\]\.name: is required"),
-        ("items:\n  - name: x\n    kind: c\n", r"c\.yaml: items\[0\]\.kind: .*'a' or 'b'"),
+        ("items:\n  - name: x\n    kind: c\n", r"c\.yaml: items\[0\]\.kind: 'c' is not one of a, b$"),
+        ("items:\n  - name: x\n    size: 0\n", r"c\.yaml: items\[0\]\.size: must be >= 1, got 0$"),
+        ("items:\n  - name: x\n    colour: red\n",
+         r"c\.yaml: items\[0\]\.colour: unknown key 'colour'; allowed: name, kind, size, generation$"),
         ("- just a list\n", r"c\.yaml: expected a mapping at the top level, got list"),
         ("items: [\n", r"c\.yaml: not valid YAML"),
     ],
@@ -87,7 +91,7 @@ def test_config_dataclass_is_a_frozen_dataclass_validated_like_a_model(tmp_path)
     assert validate_config({"x": 3}, Point, "pts.yaml") == Point(3)
     with pytest.raises(ConfigError, match=r"^pts\.yaml: x: x=-1 must be >= 0$"):
         validate_config({"x": -1}, Point, "pts.yaml")
-    with pytest.raises(ConfigError, match=r"^pts\.yaml: y: unknown key 'y'$"):
+    with pytest.raises(ConfigError, match=r"^pts\.yaml: y: unknown key 'y'; allowed: x, label$"):
         validate_config({"x": 1, "y": 2}, Point, "pts.yaml")
     with pytest.raises(ValueError, match="x=-2"):  # built in code, values are checked too
         Point(-2)

@@ -8,8 +8,8 @@ import pytest
 
 from extes.analysis.rater_agreement import agreement_with, cohen_kappa
 from extes.judge import DEFAULT_ASPECTS, PairItem, combine_orders, judge_pairs, load_prompt, parse_verdict
-from extes.selfchat.budget import Budget, Price
-from extes.selfchat.client import LLMClient
+from extes.llm.budget import Budget, Price
+from extes.llm.client import LLMClient
 from extes.study.records import PaneVote
 from extes.testing.chat_server import FunctionChatServer
 

@@ -269,6 +269,7 @@ def test_predictions_are_scored_like_generated_replies_without_a_model(test_file
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr("extes.base.loading.load_base", no_model)
+    monkeypatch.setattr("extes.metrics.evaluate.load_base", no_model)  # imported at module level there
     gold = {(d.id, i): t.text for d in DIALOGUES for i, t in enumerate(d.turns)}
     replies = {k: f"I hear you. {gold[k].split()[0]} friend" for k in GOLD_KEYS}
     preds = _write_predictions(tmp_path / "vllm.jsonl", [

@@ -25,13 +25,15 @@ def test_valid_spec_resolves_paths_next_to_the_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("arms: [a]\ntest_sets: {T: t.jsonl}\ncolour: red\n", r"unknown key\(s\) \['colour'\]; expected some of"),
-    ("arms: []\ntest_sets: {T: t.jsonl}\n", r"`arms` must be a non-empty list"),
-    ("test_sets: {T: t.jsonl}\n", r"`arms` must be a non-empty list"),
-    ("arms: [a]\ntest_sets: [t.jsonl]\n", r"`test_sets` must be a mapping of label: path"),
-    ("arms: [a]\ntest_sets: {T: 3}\n", r"test_sets.T: expected a path, got 3"),
-    ("arms: [a]\ntest_sets: {T: t.jsonl}\nlimit: 0\n", r"limit: limit must be a positive integer, got 0"),
-    ("arms: [a]\ntest_sets: {T: t.jsonl}\nsettings: [1]\n", r"settings must be a mapping of generation settings"),
+    ("arms: [a]\ntest_sets: {T: t.jsonl}\ncolour: red\n", r"colour: unknown key 'colour'; allowed: arms, test_sets, arms_file, "),
+    ("arms: []\ntest_sets: {T: t.jsonl}\n", r"arms: must not be empty$"),
+    ("test_sets: {T: t.jsonl}\n", r"arms: is required$"),
+    ("arms: [a]\ntest_sets: [t.jsonl]\n", r"test_sets: expected a mapping, got \['t.jsonl'\]$"),
+    ("arms: [a]\ntest_sets: {T: 3}\n", r"test_sets.T: expected a text, got 3$"),
+    ("arms: [a]\ntest_sets: {T: t.jsonl}\nlimit: 0\n", r"limit: must be >= 1, got 0$"),
+    ("arms: [a]\ntest_sets: {T: t.jsonl}\nlimit: true\n", r"limit: expected a whole number, got True$"),
+    ("arms: [a]\ntest_sets: {T: t.jsonl}\nppl_tag: all\n", r"ppl_tag: 'all' is not one of context, scored$"),
+    ("arms: [a]\ntest_sets: {T: t.jsonl}\nsettings: [1]\n", r"settings: expected a mapping, got \[1\]$"),
     ("- a\n", r"expected a mapping with `arms` and `test_sets`"),
     ("arms: [\n", r"not valid YAML"),
 ])

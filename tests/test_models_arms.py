@@ -53,12 +53,12 @@ def test_relative_adapter_path_from_yaml_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("entry, message", [
-    ({"name": "a", "temprature": 0.5}, r"unknown key\(s\) \['temprature'\]"),
-    ({"name": "a", "generation": {"beams": 2}}, r"unknown generation setting\(s\) \['beams'\]"),
-    ({"name": "a", "generation": {"top_p": 0}}, r"top_p=0 must be in \(0, 1\]"),
-    ({"name": "a", "generation": {"max_new_tokens": 0}}, "positive integer"),
-    ({"name": "a", "generation": {"temperature": "hot"}}, "must be a number"),
-    ({"name": "a", "backend": "grpc"}, "backend 'grpc'"),
+    ({"name": "a", "temprature": 0.5}, r"temprature: unknown key 'temprature'; allowed: name, backend, "),
+    ({"name": "a", "generation": {"beams": 2}}, r"generation\.beams: unknown key 'beams'; allowed: max_new_tokens, "),
+    ({"name": "a", "generation": {"top_p": 0}}, r"generation\.top_p: must be > 0, got 0$"),
+    ({"name": "a", "generation": {"max_new_tokens": 0}}, r"generation\.max_new_tokens: must be >= 1, got 0$"),
+    ({"name": "a", "generation": {"temperature": "hot"}}, r"generation\.temperature: expected a number, got 'hot'$"),
+    ({"name": "a", "backend": "grpc"}, r"backend: 'grpc' is not one of local, openai$"),
     ({"name": "a", "adapter": "no/such/adapter"}, "adapter folder 'no/such/adapter' does not exist"),
     ({"name": "a", "backend": "openai"}, "needs `model:`"),
     ({"name": "a", "backend": "openai", "model": "m", "adapter": "x"}, "adapter is for local arms"),
@@ -172,9 +172,9 @@ def test_arms_are_frozen_hashable_dataclasses_checked_on_construction():
     # values are checked even when built in code (paths are resolved only when read from a file)
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="dtype 'fp8' must be one of"):
+    with pytest.raises(ValidationError, match="dtype"):
         Arm("a", dtype="fp8")
-    with pytest.raises(ValidationError, match=r"top_p=2 must be in \(0, 1\]"):
+    with pytest.raises(ValidationError, match=r"top_p"):
         GenerationSettings(top_p=2)
     with pytest.raises(ValidationError, match="an openai arm needs `model:`"):
         Arm("a", backend="openai")
@@ -185,8 +185,8 @@ def test_errors_gain_the_key_path_and_list_every_problem(tmp_path):
     with pytest.raises(ArmConfigError) as info:
         load_arms(p)
     lines = str(info.value).splitlines()
-    assert f"{p}: arms[0] (arm 'a'): generation.top_p: top_p=0 must be in (0, 1]" in lines
-    assert f"{p}: arms[0] (arm 'a'): dtype: dtype 'fp8' must be one of ['auto', 'float32', 'bfloat16']" in lines
+    assert f"{p}: arms[0] (arm 'a'): generation.top_p: must be > 0, got 0" in lines
+    assert f"{p}: arms[0] (arm 'a'): dtype: 'fp8' is not one of auto, float32, bfloat16" in lines
     with pytest.raises(ArmConfigError, match=r"arms\[0\]: name None must be 1-64 characters"):
         load_arms(_write(tmp_path, {"arms": [{"backend": "local"}]}))
 
@@ -194,9 +194,9 @@ def test_errors_gain_the_key_path_and_list_every_problem(tmp_path):
 def test_generation_updated_keeps_wording_and_checks_values():
     g = GenerationSettings()
     assert g.updated({"max_new_tokens": 7.0}).max_new_tokens == 7 and g.updated(None) is g
-    with pytest.raises(ArmConfigError, match=r"^evaluate settings: unknown generation setting\(s\) \['beams'\]"):
+    with pytest.raises(ArmConfigError, match=r"^evaluate settings: beams: unknown key 'beams'; allowed: max_new_tokens, temperature, "):
         g.updated({"beams": 2}, "evaluate settings")
-    with pytest.raises(ArmConfigError, match=r"^evaluate settings: seed: seed=1.5 must be an integer or null"):
+    with pytest.raises(ArmConfigError, match=r"^evaluate settings: seed: expected a whole number, got 1.5$"):
         g.updated({"seed": 1.5}, "evaluate settings")
     with pytest.raises(ArmConfigError, match="expected a mapping of generation settings, got list"):
         g.updated([1], "s")

@@ -221,7 +221,7 @@ def test_generate_batch_and_settings_override(pool):
     assert len(replies) == 3
     assert all(r.n_tokens <= 4 and r.settings["max_new_tokens"] == 4 for r in replies)
     assert [r.token_ids for r in replies] == [pool.generate("lora", user(p)).token_ids[:4] for p in PROMPTS]
-    with pytest.raises(ValueError, match="unknown generation setting"):
+    with pytest.raises(ValueError, match="beams: unknown key 'beams'"):
         pool.generate_batch("lora", [user("hi")], settings_override={"beams": 2})
 
 

@@ -7,9 +7,9 @@ import pytest
 from scipy.stats import binom, binomtest
 from statsmodels.stats.multitest import multipletests
 
+from extes.analysis.corrections import adjust_p_values
 from extes.analysis.plan import (
     Cell,
-    adjust,
     exact_power,
     family,
     plan,
@@ -63,7 +63,7 @@ def test_vectorised_corrections_equal_statsmodels(ours, theirs):
     rng = np.random.default_rng(1)
     p = rng.uniform(0, 0.2, size=(50, 7))
     p[:, 3] = p[:, 1]  # ties
-    got = adjust(p, ours)
+    got = adjust_p_values(p, ours)
     for row, adj in zip(p, got):
         assert adj == pytest.approx(multipletests(row, method=theirs)[1], abs=1e-12)
 

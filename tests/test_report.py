@@ -15,6 +15,7 @@ import pytest
 
 from extes.analysis.shares import percentages
 from extes.cli import main
+from extes.metrics.registry import TABLE_COLUMNS
 from extes.study.records import PaneVote
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,7 +308,7 @@ def test_latex_document_of_a_wide_incomplete_table9_compiles_cleanly(tmp_path):
                        n_boot=0)
     results = [{"data": {"label": label}, "arm": {"name": "lora"}, "metrics": {"PPL": 1.0}}
                for label in ("test", "ood", "extra")]
-    tables = [T.table9_pairwise(wtl), *T.tables_automatic(results)]
+    tables = [T.table9_pairwise(wtl), *T.tables_automatic(results, TABLE_COLUMNS)]
     (tmp_path / "doc.tex").write_text(T.latex_document(tables))
     log, labels = compile_latex(tmp_path, "doc.tex")
     assert layout_problems(log) == []

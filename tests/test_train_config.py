@@ -21,16 +21,19 @@ def test_defaults_normalisation_and_to_dict(tmp_path):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"learning_rate": 0.1}, r"^c\.yaml: unknown setting\(s\) learning_rate; known: method, base, "),
-    ({"method": "dpo"}, r"^c\.yaml: method: method 'dpo' is not one of clm, lora, qlora, adapter$"),
-    ({"max_length": 8}, r"^c\.yaml: max_length must be >= 32, got 8$"),
-    ({"warmup_ratio": 1}, r"^c\.yaml: warmup_ratio must be in \[0, 1\), got 1"),
+    ({"learning_rate": 0.1}, r"^c\.yaml: learning_rate: unknown key 'learning_rate'; allowed: method, base, "),
+    ({"method": "dpo"}, r"^c\.yaml: method: 'dpo' is not one of clm, lora, qlora, adapter$"),
+    ({"max_length": 8}, r"^c\.yaml: max_length: must be >= 32, got 8$"),
+    ({"warmup_ratio": 1}, r"^c\.yaml: warmup_ratio: must be < 1, got 1$"),
     ({"early_stopping": 2}, r"^c\.yaml: early_stopping needs a validation set \(--valid\)$"),
-    ({"save_every": 0}, r"^c\.yaml: save_every: save_every must be a positive integer, got 0$"),
-    ({"method": "lora", "lora_dropout": 1.5}, r"lora_dropout must be in \[0, 1\), got 1.5"),
-    ({"method": "adapter", "adapter_len": 0}, r"adapter_len must be >= 1, got 0"),
+    ({"save_every": 0}, r"^c\.yaml: save_every: must be >= 1, got 0$"),
+    ({"method": "lora", "lora_dropout": 1.5}, r"lora_dropout: must be < 1, got 1.5$"),
+    ({"method": "adapter", "adapter_len": 0}, r"adapter_len: must be >= 1, got 0$"),
     ({"epochs": 0}, r"epochs must be > 0 \(or give max_steps\)"),
-    ({"batch_size": "four"}, r"^c\.yaml: batch_size: .*valid integer"),
+    ({"batch_size": "four"}, r"^c\.yaml: batch_size: expected a whole number, got 'four'$"),
+    ({"batch_size": True}, r"^c\.yaml: batch_size: expected a whole number, got True$"),
+    ({"precision": "fp8"}, r"^c\.yaml: precision: 'fp8' is not one of auto, fp32, bf16, fp16$"),
+    ({"lr": 0}, r"^c\.yaml: lr: must be > 0, got 0$"),
 ])
 def test_bad_values_name_file_key_and_reason(values, message):
     with pytest.raises(ValueError, match=message):
@@ -58,3 +61,38 @@ def test_the_repository_training_configs_are_valid(repo_root):
     for path in sorted((repo_root / "configs").glob("seeds-*.yaml")):
         cfg = config_from_dict(load_config_file(path), str(path))
         assert cfg.run_name == path.stem and cfg.method == "lora"
+
+
+def test_the_loop_takes_its_defaults_and_a_runs_settings_from_the_config():
+    """One source of defaults: every setting the YAML config shares with the loop defaults alike."""
+    from dataclasses import fields
+
+    from extes.train.config import FIELDS, TrainConfig
+    from extes.train.loop import LoopOptions
+
+    config, loop = TrainConfig(), LoopOptions()
+    shared = [f.name for f in fields(LoopOptions) if f.name in FIELDS]
+    assert len(shared) >= 10
+    for name in shared:
+        expected = config.learning_rate if name == "lr" else getattr(config, name)
+        assert getattr(loop, name) == expected, name
+    cfg = TrainConfig(method="adapter", epochs=2, batch_size=3, seed=7, precision="fp32", save_every=5)
+    opts = LoopOptions.from_config(cfg, checkpoint_dir="ck")
+    assert (opts.epochs, opts.batch_size, opts.seed, opts.precision, opts.save_every) == (2, 3, 7, "fp32", 5)
+    assert opts.lr == cfg.learning_rate and opts.checkpoint_dir == "ck"
+
+
+def test_one_max_batch_default_for_the_pool_the_engine_and_the_scheduler():
+    import inspect
+
+    from extes.models import ArmPool
+    from extes.models.engine import create_engine
+    from extes.models.scheduler import Engine
+    from extes.models.types import MAX_BATCH
+    from extes.study import app_cli
+
+    for fn in (ArmPool.__init__, create_engine, Engine.__init__, app_cli.create):
+        assert inspect.signature(fn).parameters["max_batch"].default == MAX_BATCH, fn
+    parser = __import__("argparse").ArgumentParser()
+    app_cli.configure_app(parser)
+    assert parser.parse_args([]).max_batch == MAX_BATCH

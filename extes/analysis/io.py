@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ASPECTS: tuple[str, ...] = ("fluency", "identification", "comforting", "suggestion", "overall")
+from extes.taxonomy import ASPECT_KEYS
+
+ASPECTS: tuple[str, ...] = ASPECT_KEYS  # the keys of extes.taxonomy.Aspect, defined once there
 OUTCOMES: tuple[str, ...] = ("a", "b", "tie")
 VOTE_COLUMNS: tuple[str, ...] = ("session_id", "aspect", "arm_a", "arm_b", "outcome")
 VOTE_OPTIONAL: tuple[str, ...] = ("rater_id", "conversation_id", "created_at")

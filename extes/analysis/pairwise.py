@@ -26,6 +26,7 @@ from scipy import sparse
 from scipy.special import expit
 from scipy.stats import binomtest, norm
 
+from extes.analysis.corrections import CORRECTIONS, adjust_p_values, check_correction
 from extes.analysis.io import (
     ASPECTS,
     AnalysisInputError,
@@ -42,31 +43,6 @@ ELO_BASE = 1000.0
 _CHUNK_CELLS = 500_000  # replicate x session weights held in memory at once
 MIN_SESSIONS = 10  # below this many sessions the session bootstrap is not trusted: CIs are left out
 DEFAULT_PRIOR = 1.0  # Bradley-Terry: virtual tied comparisons per pair of arms
-CORRECTIONS = {"holm": "holm", "bh": "fdr_bh", "none": None}  # --correction -> statsmodels method
-CORRECTION_NAMES = {
-    "holm": "Holm (1979) step-down, family-wise error",
-    "bh": "Benjamini-Hochberg (1995), false discovery rate",
-    "none": "no correction",
-}
-
-
-def adjust_p_values(p_values: np.ndarray, correction: str) -> np.ndarray:
-    """Adjusted p-values over one family of tests (NaN entries are not tests and stay NaN).
-
-    ``correction``: "holm" (default everywhere), "bh" (Benjamini-Hochberg) or "none"; computed by
-    ``statsmodels.stats.multitest.multipletests``.
-    """
-    if correction not in CORRECTIONS:
-        raise ValueError(f"unknown correction {correction!r}; use one of {', '.join(CORRECTIONS)}")
-    p_values = np.asarray(p_values, dtype=float)
-    out = p_values.copy()
-    tested = ~np.isnan(p_values)
-    method = CORRECTIONS[correction]
-    if method is not None and tested.any():
-        from statsmodels.stats.multitest import multipletests
-
-        out[tested] = multipletests(p_values[tested], method=method)[1]
-    return out
 
 
 def session_note(sessions: int, min_sessions: int) -> str | None:
@@ -175,7 +151,7 @@ class WinTieLossResult:
         return {
             "reference": self.reference,
             "correction": self.correction,
-            "correction_name": CORRECTION_NAMES[self.correction],
+            "correction_name": CORRECTIONS[self.correction],
             "tests": self.tests,
             "min_sessions": self.min_sessions,
             "notes": list(self.notes),
@@ -285,8 +261,7 @@ def win_tie_loss(
     shown two or three at a time) leaves some pairs rare or absent, and a table must show that.
     """
     _check_boot(n_boot, confidence)
-    if correction not in CORRECTIONS:
-        raise ValueError(f"unknown correction {correction!r}; use one of {', '.join(CORRECTIONS)}")
+    check_correction(correction)
     votes = as_votes(votes)
     side = _reference_side(votes, reference)
     aspects = study_aspects(votes, aspects)

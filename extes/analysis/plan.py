@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom
 
-CORRECTIONS = ("holm", "bh", "bonferroni", "none")
+from extes.analysis.corrections import adjust_p_values, check_correction
+from extes.analysis.pairwise import win_tie_loss
 
 
 @dataclass(frozen=True)
@@ -92,27 +93,6 @@ def exact_power(cell: Cell, n: int, alpha: float) -> float:
     return min(1.0, max(0.0, total))  # summing rounds a power of 1 to 1 + 2e-16
 
 
-def adjust(p: np.ndarray, correction: str) -> np.ndarray:
-    """Corrected p-values along the last axis (a family per row), as statsmodels' multipletests."""
-    k = p.shape[-1]
-    if correction == "none":
-        return p
-    if correction == "bonferroni":
-        return np.minimum(1.0, p * k)
-    order = np.argsort(p, axis=-1, kind="stable")
-    sorted_p = np.take_along_axis(p, order, axis=-1)
-    if correction == "holm":
-        adj = np.maximum.accumulate(np.minimum(1.0, sorted_p * (k - np.arange(k))), axis=-1)
-    elif correction == "bh":
-        adj = np.minimum.accumulate((sorted_p * k / np.arange(1, k + 1))[..., ::-1], axis=-1)[..., ::-1]
-        adj = np.minimum(1.0, adj)
-    else:
-        raise ValueError(f"unknown correction {correction!r}; use one of {', '.join(CORRECTIONS)}")
-    out = np.empty_like(adj)
-    np.put_along_axis(out, order, adj, axis=-1)
-    return out
-
-
 def simulated_power(cells: Sequence[Cell], n: int, alpha: float, correction: str, n_sim: int = 2000,
                     seed: int = 0) -> np.ndarray:
     """Per-cell share of ``n_sim`` simulated studies (n conversations each) in which the cell's corrected
@@ -123,7 +103,7 @@ def simulated_power(cells: Sequence[Cell], n: int, alpha: float, correction: str
     decided = rng.binomial(n, [1.0 - c.p_tie for c in cells], size=(n_sim, k))
     wins = rng.binomial(decided, [c.win_share for c in cells])
     p = table[decided, wins]
-    return (adjust(p, correction) < alpha).mean(axis=0)
+    return (adjust_p_values(p, correction) < alpha).mean(axis=0)
 
 
 def family(cell: Cell, tests: int) -> list[Cell]:
@@ -251,8 +231,7 @@ def plan(cells: Sequence[Cell], tests: int | None = None, alpha: float = 0.05, c
     cells. Several cells: they are the family (``tests`` must be None or their number). The simulated n
     is located with ``n_sim`` studies per n and refined with ``n_refine`` (`refine_crossing`; 0: no
     refinement, the first n whose ``n_sim`` estimate crosses the target)."""
-    if correction not in CORRECTIONS:
-        raise ValueError(f"unknown correction {correction!r}; use one of {', '.join(CORRECTIONS)}")
+    check_correction(correction)
     if not 0 < alpha < 1 or not 0 < target < 1:
         raise ValueError("alpha and the target power must lie between 0 and 1")
     cells = list(cells)
@@ -311,7 +290,6 @@ def plan(cells: Sequence[Cell], tests: int | None = None, alpha: float = 0.05, c
 
 def cells_from_votes(votes, reference: str) -> list[Cell]:
     """Observed shares of every (opponent, aspect) cell of a votes table, from ``reference``'s side."""
-    from extes.analysis.pairwise import win_tie_loss
 
     rows = win_tie_loss(votes, reference, n_boot=0).rows
     return [Cell(f"vs {r.opponent} / {r.aspect}", r.win, r.tie, r.loss) for r in rows.itertuples(index=False)
@@ -320,7 +298,7 @@ def cells_from_votes(votes, reference: str) -> list[Cell]:
 
 def plot_power(result: PlanResult):
     """Simulated power against conversations, one line per cell, the target dashed."""
-    from extes.analysis.plots import new_figure
+    from extes.analysis.plots import new_figure  # lazy: matplotlib, only when a figure is drawn
 
     fig = new_figure(6.0, 4.0)
     ax = fig.subplots()

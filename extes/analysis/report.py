@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from extes.analysis.corrections import CORRECTIONS
 from extes.analysis.io import AnalysisInputError
+from extes.analysis.shares import RULE
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -105,12 +107,9 @@ def votes_sentence(wtl) -> str:
 
 
 def wtl_caption(wtl) -> str:
-    from extes.analysis.pairwise import CORRECTION_NAMES
-    from extes.analysis.shares import RULE
-
     return (
         f"{wtl.reference} against each arm: win / tie / loss (%) from {wtl.reference}'s side; "
-        f"* = two-sided sign test (ties excluded) p < 0.05 after {CORRECTION_NAMES[wtl.correction]} "
+        f"* = two-sided sign test (ties excluded) p < 0.05 after {CORRECTIONS[wtl.correction]} "
         f"over the {wtl.tests} tests in this table; {RULE}"
     )
 
@@ -170,6 +169,7 @@ def write_analysis_report(out_dir: str | os.PathLike, wtl, bt, matrices: list) -
 
     ``wtl``: `WinTieLossResult`; ``bt``: `BradleyTerryResult`; ``matrices``: `WinRateMatrix` list.
     """
+    # lazy: matplotlib loads only when figures are drawn
     from extes.analysis.plots import plot_bradley_terry, plot_win_rate_heatmap, plot_win_tie_loss
 
     writers: dict[str, Callable[[Path], None]] = {

@@ -3,7 +3,7 @@
 Every builder takes results that other parts of extes computed (`extes.stats.DatasetStats`,
 `AgreementResult`, `WinTieLossResult`, the ``results.json`` of `extes evaluate`, the ``toxicity.json`` of
 `extes toxicity`) and lays them out; no statistic is computed twice. `extes report`
-(`extes/study/report_cli.py`) gathers the inputs and writes ``report.md`` and ``tables.tex``.
+(`extes/commands/report_cli.py`) gathers the inputs and writes ``report.md`` and ``tables.tex``.
 
 Layouts (numbers as in the paper):
 - Table 1: dialogues per scenario; Table 2: strategy counts; Table 3: overview; Table 5: top strategy
@@ -31,10 +31,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from extes.analysis.corrections import CORRECTIONS
+from extes.analysis.io import aspect_order
 from extes.analysis.shares import RULE, percentages
-from extes.stats import DatasetStats, transition_lines
+from extes.stats import DatasetStats, strategy_abbreviation, transition_lines
 
-METRIC_COLUMNS = ("PPL", "METEOR", "B-2", "B-4", "R-L", "Extrema", "D-1", "D-2", "D-3")
 LATEX_PREAMBLE = "\\documentclass{article}\n\\usepackage{booktabs}\n"
 MAX_LATEX_COLUMNS = 13  # wider tables are set as stacked blocks of column groups
 
@@ -88,8 +89,6 @@ def table3_overview(stats: Mapping[str, DatasetStats], names: Mapping[str, str] 
 
 def _side_by_side_counts(stats: Mapping[str, DatasetStats], attr: str, names: Mapping[str, str],
                          abbr: bool) -> tuple[list[str], list[list[str]], list[tuple[str, int]]]:
-    from extes.stats import strategy_abbreviation
-
     labels = list(stats)
     keys: list[str] = []
     for k in labels:
@@ -185,19 +184,21 @@ def table4_quality(quality, agreements: Mapping[str, Any], names: Mapping[str, s
 # ----------------------------------------------------------------------------------- automatic metrics
 
 
-def tables_automatic(results: Sequence[Mapping[str, Any]], names: Mapping[str, str] = {}) -> list[Table]:
-    """One table per test set from `extes evaluate` ``results.json`` payloads (Tables 6 and 8)."""
+def tables_automatic(results: Sequence[Mapping[str, Any]], columns: Sequence[str],
+                     names: Mapping[str, str] = {}) -> list[Table]:
+    """One table per test set from `extes evaluate` ``results.json`` payloads (Tables 6 and 8); ``columns``:
+    the metric names, `extes.metrics.registry.TABLE_COLUMNS` (the metrics layer is this one's sibling)."""
     by_set: dict[str, list[Mapping[str, Any]]] = {}
     for r in results:
         by_set.setdefault(r["data"]["label"], []).append(r)
     out = []
     for i, (label, rows) in enumerate(by_set.items()):
-        body = [[name_of(names, r["arm"]["name"]), *[_fmt(r["metrics"].get(c), ".2f") for c in METRIC_COLUMNS]]
+        body = [[name_of(names, r["arm"]["name"]), *[_fmt(r["metrics"].get(c), ".2f") for c in columns]]
                 for r in rows]
         number = "6" if i == 0 else "8" if i == 1 else f"8{chr(ord('a') + i - 1)}"  # 6, 8, 8b, 8c: never twice
         out.append(Table(f"table{number}-{label}",
                          f"Table {number}: automatic metrics on {name_of(names, label)}",
-                         ["Model", *METRIC_COLUMNS], body,
+                         ["Model", *columns], body,
                          notes=["All but PPL x100; D-n corpus-level; '-' = not computed (see results.json)."]))
     return out
 
@@ -232,8 +233,6 @@ def table_screened_replies(frame, names: Mapping[str, str] = {}) -> Table:
 def table9_pairwise(wtl, names: Mapping[str, str] = {}, significance: float = 0.05) -> Table:
     """Win / tie / loss (%) per aspect in separate columns plus n; "*" after the win share marks a
     corrected p < ``significance``."""
-    from extes.analysis.io import aspect_order
-    from extes.analysis.pairwise import CORRECTION_NAMES
 
     aspects = aspect_order(wtl.rows["aspect"])
     cells = {(r.opponent, r.aspect): r for r in wtl.rows.itertuples(index=False)}
@@ -252,7 +251,7 @@ def table9_pairwise(wtl, names: Mapping[str, str] = {}, significance: float = 0.
     groups = [(name_of(names, wtl.reference), 1), *[(a.capitalize(), 4) for a in aspects]]
     notes = [
         f"{name_of(names, wtl.reference)} against each arm, from its side; W/T/L: {RULE}; n = votes in the cell.",
-        f"* = two-sided sign test (ties excluded) p < {significance:g} after {CORRECTION_NAMES[wtl.correction]} "
+        f"* = two-sided sign test (ties excluded) p < {significance:g} after {CORRECTIONS[wtl.correction]} "
         f"over the {wtl.tests} tests of this table.",
         *_table9_gaps(wtl, names),
     ]

@@ -11,7 +11,7 @@ Why each piece is here:
 - **Never re-pay.** Every answer goes into an append-only journal (the self-chat builder's `Journal`,
   fsynced) before it is used, keyed by the prompt version, model, item, arms, order and a hash of the
   prompt. A rerun reads the journal and asks only what has no final answer yet.
-- **The builder's client.** Requests go through `extes.selfchat.client.LLMClient` (rate limits, retries
+- **The builder's client.** Requests go through `extes.llm.client.LLMClient` (rate limits, retries
   with backoff, Retry-After) and `Budget` (a request is sent only if its worst case fits the budget).
 """
 
@@ -28,29 +28,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from extes.selfchat.budget import Budget, BudgetExceeded
-from extes.selfchat.journal import Journal, now_iso, read_journal
+from extes.llm.budget import Budget, BudgetExceeded
+from extes.llm.journal import Journal, now_iso, read_journal
+from extes.taxonomy import ASPECTS, Aspect
 
 PROMPT_VERSION = "pairwise-v1"
 VERDICTS = ("A", "B", "tie")
 
 
-@dataclass(frozen=True)
-class Aspect:
-    key: str
-    label: str
-    question: str
-
-
-# The ExTES human-evaluation aspects, worded as the study protocol asks participants.
-DEFAULT_ASPECTS: tuple[Aspect, ...] = (
-    Aspect("fluency", "Fluency", "Which chatbot's replies are more fluent and easier to understand?"),
-    Aspect("identification", "Identification",
-           "Which chatbot better understood the person's situation and feelings?"),
-    Aspect("comforting", "Comforting", "Which chatbot was more comforting?"),
-    Aspect("suggestion", "Suggestion", "Which chatbot gave more helpful suggestions?"),
-    Aspect("overall", "Overall", "Overall, which chatbot would the person rather talk to?"),
-)
+# The ExTES human-evaluation aspects, worded for a judge reading two transcripts (defined in taxonomy).
+DEFAULT_ASPECTS: tuple[Aspect, ...] = ASPECTS
 
 
 @dataclass(frozen=True)
@@ -75,7 +62,7 @@ class PairItem:
 
 
 class ChatClient(Protocol):
-    """What the judge needs from a client: `extes.selfchat.client.LLMClient` has it."""
+    """What the judge needs from a client: `extes.llm.client.LLMClient` has it."""
 
     model: str
 

@@ -8,7 +8,22 @@ import math
 import sys
 from pathlib import Path
 
+from extes.dialogue import atomic_write, load_dialogues
 from extes.errors import CLIError
+from extes.metrics.evaluate import (
+    EvalOptions,
+    ModelCache,
+    evaluate_many,
+    load_embeddings,
+    markdown_table,
+    resolve_arm,
+    write_outputs,
+)
+from extes.metrics.matrix import load_spec, run_matrix, write_table
+from extes.metrics.predictions import score_predictions
+from extes.metrics.text import tokenize
+from extes.metrics.toxicity import ATTRIBUTES, ScoreCache, ToxicityError, make_scorer, score_texts
+from extes.models import ArmPool
 
 # ----------------------------------------------------------------------------------------------------------
 # extes evaluate
@@ -42,8 +57,6 @@ def configure_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args):
-    from extes.metrics.evaluate import EvalOptions
-
     settings = {}
     if args.max_new_tokens is not None:
         if args.max_new_tokens < 1:
@@ -65,7 +78,6 @@ def run_evaluate(args) -> int:  # noqa: C901, PLR0915 - one flag check per optio
     if args.matrix:
         if args.arm or args.data:
             raise CLIError("--matrix takes arms and test sets from the spec; do not combine it with --arm/--data")
-        from extes.metrics.matrix import load_spec, run_matrix
 
         spec = load_spec(args.matrix)
         opts = _options(args)
@@ -94,11 +106,6 @@ def run_evaluate(args) -> int:  # noqa: C901, PLR0915 - one flag check per optio
 
     if not args.arm or not args.data:
         raise CLIError("give --arm ARM (repeatable) and --data TEST_PATH, or --matrix SPEC.yaml")
-    from extes.dialogue import load_dialogues
-    from extes.metrics.evaluate import ModelCache, _load_embeddings, evaluate_many, resolve_arm, write_outputs
-    from extes.metrics.matrix import write_table
-    from extes.metrics.text import tokenize
-    from extes.models import ArmPool
 
     options = _options(args)
     arms = [resolve_arm(a, args.arms) for a in args.arm]
@@ -115,7 +122,7 @@ def run_evaluate(args) -> int:  # noqa: C901, PLR0915 - one flag check per optio
             for t in d.turns:
                 vocab.update(tokenize(t.text))
     local = [a for a in arms if a.backend == "local"]
-    embeddings = _load_embeddings(options, local[0].base if local else arms[0].base, models, vocab)
+    embeddings = load_embeddings(options, local[0].base if local else arms[0].base, models, vocab)
     with ArmPool(arms) as pool:
         results = evaluate_many(pool, arms, {data.stem or "test": (data, dialogues)}, options, models=models,
                                 embeddings=embeddings)
@@ -129,10 +136,6 @@ def run_evaluate(args) -> int:  # noqa: C901, PLR0915 - one flag check per optio
 
 
 def _run_predictions(args) -> int:
-    from extes.dialogue import load_dialogues
-    from extes.metrics.evaluate import resolve_arm, write_outputs
-    from extes.metrics.predictions import score_predictions
-
     if args.matrix:
         raise CLIError("--predictions scores one file against --data; do not combine it with --matrix")
     if not args.data:
@@ -151,8 +154,6 @@ def _run_predictions(args) -> int:
 
 
 def _print(results, as_json: bool, group_by_data: bool) -> None:
-    from extes.metrics.evaluate import markdown_table
-
     if as_json:
         payload = [r.payload for r in results]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, ensure_ascii=False))
@@ -203,8 +204,6 @@ def _texts_from_replies(path: Path) -> list[str]:
 
 
 def _sources(args) -> list[tuple[str, list[str]]]:
-    from extes.dialogue import load_dialogues
-
     out = []
     for d in args.data:
         dialogues = load_dialogues(d)
@@ -224,9 +223,6 @@ def _sources(args) -> list[tuple[str, list[str]]]:
 
 
 def run_toxicity(args) -> int:
-    from extes.dialogue import atomic_write
-    from extes.metrics.toxicity import ATTRIBUTES, ScoreCache, ToxicityError, make_scorer, score_texts
-
     label_map = {}
     for item in args.label_map:
         if "=" not in item:

@@ -18,17 +18,27 @@ import hashlib
 import json
 import logging
 import math
-import os
+import re
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from extes.base.embedded import EMBEDDED_NAME
+from extes.base.loading import load_base
 from extes.dialogue import Dialogue, atomic_write, file_sha256, load_dialogues
+from extes.llm.journal import Journal, read_journal
+from extes.metrics.extrema import GloveEmbeddings, ModelEmbeddings
+from extes.metrics.overlap import bleu_detail
+from extes.metrics.perplexity import perplexity
+from extes.metrics.registry import EXTRA_COLUMNS, TABLE_COLUMNS, Scoring, score_texts
+from extes.metrics.text import tokenize
+from extes.metrics.wordnet import find_wordnet
+from extes.models import arms_from_config, load_arms
+from extes.models.arms import read_adapter_info
 
-COLUMNS = ("PPL", "METEOR", "B-2", "B-4", "R-L", "Extrema", "D-1", "D-2", "D-3")
-AVG_COLUMNS = ("D-1 avg", "D-2 avg", "D-3 avg")
 RESULTS_VERSION = 1
 log = logging.getLogger(__name__)
 
@@ -69,9 +79,6 @@ class Item:
 def resolve_arm(spec: str, arms_file: str | Path | None = None):
     """An Arm from a name in `arms_file`, a `results/runs/<name>` / `results/adapters/<name>` folder (or
     any PEFT adapter folder), a checkpoint folder, or the embedded model's name."""
-    from extes.base.embedded import EMBEDDED_NAME
-    from extes.models import arms_from_config, load_arms
-    from extes.models.arms import read_adapter_info
 
     if arms_file:
         arms = load_arms(arms_file)
@@ -113,8 +120,6 @@ def resolve_arm(spec: str, arms_file: str | Path | None = None):
 
 
 def _arm_name(path: Path) -> str:
-    import re
-
     name = re.sub(r"[^A-Za-z0-9_.:\-]", "-", path.resolve().name)[:64]
     return name if name and name[0].isalnum() else f"arm-{name}"[:64]
 
@@ -184,35 +189,8 @@ def cache_path(cache_dir: str | Path, arm, data_sha: str, settings: dict[str, An
 
 
 def read_cache(path: Path) -> dict[str, dict[str, Any]]:
-    """Cached replies by item key. A torn last line (a crash mid-write) is ignored, never fatal."""
-    out: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return out
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-                out[rec["key"]] = rec
-            except (ValueError, KeyError, TypeError):
-                continue
-    return out
-
-
-def _append(path: Path, records: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _repair_tail(path: Path) -> None:
-    """Drop a torn last line left by a crash so appends start on a fresh line."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        atomic_write(path, data[: data.rfind(b"\n") + 1].decode("utf-8", errors="replace"))
+    """Cached replies by item key (records of the cache's `Journal`)."""
+    return {rec["key"]: rec for rec in read_journal(path, required="key")}
 
 
 def generate(pool, arm, items: Sequence[Item], settings: dict[str, Any], cache: Path, batch_size: int = 8,
@@ -220,7 +198,7 @@ def generate(pool, arm, items: Sequence[Item], settings: dict[str, Any], cache: 
     """Replies for `items` (cached ones reused), and timing of the new generation.
 
     Turns are generated in order of history length, so each batch pads its prompts to similar lengths."""
-    _repair_tail(cache)
+    journal = Journal(cache, torn="drop")  # a torn last line (a crash mid-write) is dropped
     done = read_cache(cache)
     todo = sorted((it for it in items if it.key not in done),
                   key=lambda it: sum(len(m["content"]) for m in it.messages))
@@ -248,10 +226,11 @@ def generate(pool, arm, items: Sequence[Item], settings: dict[str, Any], cache: 
                 records.append(rec)
                 done[it.key] = rec
                 n_tokens += r.n_tokens
-            _append(cache, records)
+            journal.append_records(records)
             if bar:
                 bar.update(len(chunk))
     finally:
+        journal.close()
         if bar:
             bar.close()
     elapsed = time.perf_counter() - t0
@@ -274,14 +253,10 @@ class ModelCache:
 
     def base(self, base: str):
         if base not in self._bases:
-            from extes.base.loading import load_base
-
             self._bases[base] = load_base(base)
         return self._bases[base]
 
     def embeddings(self, base: str):
-        from extes.metrics.extrema import ModelEmbeddings
-
         if base not in self._embeddings:
             model, tok = self.base(base)
             name = base if not Path(base).exists() else Path(base).name
@@ -291,7 +266,6 @@ class ModelCache:
     def arm_ppl(self, arm, dialogues, options: EvalOptions):
         """Gold-reply perplexity of a local arm. An adapter is put on the cached base for the computation
         and taken off again (PEFT `unload`), so one base copy serves every arm."""
-        from extes.metrics.perplexity import perplexity
 
         model, tok = self.base(arm.base)
         wrapped = None
@@ -311,32 +285,16 @@ class ModelCache:
 
 def text_metrics(hyps: Sequence[str], refs: Sequence[str], embeddings, wordnet) -> dict[str, Any]:
     """All reference/diversity metrics on raw texts; returns {"metrics": ..., "details": ...}."""
-    from extes.metrics.distinct import distinct
-    from extes.metrics.extrema import vector_extrema
-    from extes.metrics.overlap import bleu, bleu_detail, meteor, rouge_l
-    from extes.metrics.text import tokenize
-
     h = [tokenize(x) for x in hyps]
     r = [tokenize(x) for x in refs]
     warnings = empty_reply_warnings(h, r)
     for w in warnings:
         log.warning(w)
-    metrics: dict[str, Any] = {
-        "METEOR": meteor(h, r, wordnet.reader),
-        "B-2": bleu(h, r, 2),
-        "B-4": bleu(h, r, 4),
-        "R-L": rouge_l(h, r),
-    }
-    if embeddings is not None:
-        extrema, n_empty = vector_extrema(h, r, embeddings)
-    else:  # `--predictions` without --glove or --arm: no word vectors without loading a model
-        extrema, n_empty = None, None
-    metrics["Extrema"] = extrema
-    dist = {n: distinct(h, n) for n in (1, 2, 3)}
-    for n, d in dist.items():
-        metrics[f"D-{n}"] = d.corpus
-    for n, d in dist.items():
-        metrics[f"D-{n} avg"] = d.per_response
+    # `--predictions` without --glove or --arm: no word vectors without loading a model (Extrema is None)
+    scoring = Scoring(h, r, wordnet.reader, embeddings)
+    metrics: dict[str, Any] = score_texts(scoring)
+    n_empty = scoring.extrema[1]
+    dist = {n: scoring.distinct(n) for n in (1, 2, 3)}
     details = {
         "tokenizer": "lower-cased; rule-based sentence split + NLTK NLTKWordTokenizer (extes.metrics.text)",
         "meteor": {"implementation": "nltk.translate.meteor_score, mean over replies", "wordnet": wordnet.source,
@@ -375,15 +333,13 @@ def empty_reply_warnings(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[
     return out
 
 
-def _load_embeddings(options: EvalOptions, base: str, models: ModelCache, vocabulary: set[str]):
-    from extes.metrics.extrema import GloveEmbeddings
-
+def load_embeddings(options: EvalOptions, base: str, models: ModelCache, vocabulary: set[str]):
     if options.glove:
         return GloveEmbeddings(options.glove, vocabulary=vocabulary)
     return models.embeddings(base)
 
 
-def _finite(x):
+def finite_or_none(x):
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
@@ -440,7 +396,6 @@ def prepare_job(arm, data_path: str | Path, options: EvalOptions, dialogues: lis
 def run_generation(pool, jobs: Sequence[Job], options: EvalOptions) -> None:
     """Generate every job's missing replies. Jobs run in parallel threads, so arms on one base share the
     engine's forward passes (PEFT mixes adapters in one batch); the first error is raised."""
-    import threading
 
     errors: list[BaseException] = []
 
@@ -465,8 +420,6 @@ def run_generation(pool, jobs: Sequence[Job], options: EvalOptions) -> None:
 
 def score_job(job: Job, options: EvalOptions, models: ModelCache | None = None, embeddings=None) -> EvalResult:
     """Score a job whose replies are generated."""
-    from extes.metrics.text import tokenize
-    from extes.metrics.wordnet import find_wordnet
 
     models = models or ModelCache()
     arm = job.arm
@@ -480,7 +433,7 @@ def score_job(job: Job, options: EvalOptions, models: ModelCache | None = None, 
     refs = [r["gold"] for r in replies]
     if embeddings is None:
         vocab = {w for t in hyps + refs for w in tokenize(t)} if options.glove else set()
-        embeddings = _load_embeddings(options, arm.base, models, vocab)
+        embeddings = load_embeddings(options, arm.base, models, vocab)
     wordnet = find_wordnet(options.wordnet)
     scored = text_metrics(hyps, refs, embeddings, wordnet)
     metrics = scored["metrics"]
@@ -510,7 +463,7 @@ def score_job(job: Job, options: EvalOptions, models: ModelCache | None = None, 
                  "n_dialogues": len(job.chosen), "n_dialogues_in_file": len(job.all_dialogues),
                  "limit": options.limit, "n_turns": len(job.items), "skipped_opening_turns": job.skipped},
         "generation": {"settings": job.settings, "greedy": options.greedy, "cache": str(job.cache), **job.timing},
-        "metrics": {k: _finite(v) for k, v in metrics.items()},
+        "metrics": {k: finite_or_none(v) for k, v in metrics.items()},
         "details": details,
     }
     return EvalResult(arm.name, job.data_label, payload["metrics"], payload, replies)
@@ -547,10 +500,10 @@ def _fmt(v) -> str:
 
 def markdown_table(results: Sequence[EvalResult], group_by_data: bool = False) -> str:
     """The paper's columns; D-n is corpus-level, D-n avg the per-response mean (both labelled below)."""
-    head = (["Test set"] if group_by_data else []) + ["Model", *COLUMNS, *AVG_COLUMNS]
+    head = (["Test set"] if group_by_data else []) + ["Model", *TABLE_COLUMNS, *EXTRA_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in results:
-        cells = ([r.data] if group_by_data else []) + [r.arm] + [_fmt(r.metrics.get(c)) for c in COLUMNS + AVG_COLUMNS]
+        cells = ([r.data] if group_by_data else []) + [r.arm] + [_fmt(r.metrics.get(c)) for c in TABLE_COLUMNS + EXTRA_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     first = results[0].payload if results else {}

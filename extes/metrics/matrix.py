@@ -21,11 +21,12 @@ arm (a shared base is loaded once), and every row uses the same Extrema embeddin
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field
 
 from extes.config import ConfigModel, read_yaml, validate_config
 from extes.dialogue import atomic_write, load_dialogues
@@ -34,9 +35,13 @@ from extes.metrics.evaluate import (
     EvalResult,
     ModelCache,
     evaluate_many,
+    load_embeddings,
     markdown_table,
+    resolve_arm,
     write_outputs,
 )
+from extes.metrics.text import tokenize
+from extes.models import ArmPool, arms_from_config
 
 
 class MatrixSpecError(ValueError):
@@ -44,68 +49,22 @@ class MatrixSpecError(ValueError):
 
 
 class MatrixFile(ConfigModel):
-    """The YAML of a matrix spec, as written (paths not yet resolved)."""
+    """The YAML of a matrix spec, as written (paths not yet resolved). Types and constraints check the
+    values; extes.config words the errors (unknown keys, bounds)."""
 
-    arms: list[Any]
-    test_sets: dict[str, Any]
+    arms: Annotated[list[Any], Field(min_length=1)]
+    test_sets: Annotated[dict[str, str], Field(min_length=1)]  # label: path
     arms_file: str | None = None
-    limit: int | None = None
-    settings: dict[str, Any] | None = None
+    limit: Annotated[int, Field(strict=True, ge=1)] | None = None
+    settings: dict[str, Any] | None = None  # generation overrides, checked against the arms' settings
     greedy: bool = True
     glove: str | None = None
     wordnet: str | None = None
     out: str | None = None
-    batch_size: int = 8
+    batch_size: Annotated[int, Field(ge=1)] = 8
     ppl: bool = True
-    ppl_tag: str = "context"
+    ppl_tag: Literal["context", "scored"] = "context"
     cache_dir: str | None = None
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _known_keys(cls, data: Any, handler: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(map(str, data)) - SPEC_KEYS)
-            if unknown:
-                raise ValueError(f"unknown key(s) {unknown}; expected some of {sorted(SPEC_KEYS)}")
-            for key, message in (("arms", "`arms` must be a non-empty list"),
-                                 ("test_sets", "`test_sets` must be a mapping of label: path")):
-                if not data.get(key):  # missing or empty: the wording users already get
-                    raise ValueError(message)
-        return handler(data)
-
-    @field_validator("arms", mode="before")
-    @classmethod
-    def _arms(cls, value: Any) -> Any:
-        if not isinstance(value, list) or not value:
-            raise ValueError("`arms` must be a non-empty list")
-        return value
-
-    @field_validator("test_sets", mode="before")
-    @classmethod
-    def _test_sets(cls, value: Any) -> Any:
-        if not isinstance(value, dict) or not value:
-            raise ValueError("`test_sets` must be a mapping of label: path")
-        for label, p in value.items():
-            if not isinstance(p, str):
-                raise ValueError(f"test_sets.{label}: expected a path, got {p!r}")
-        return {str(k): v for k, v in value.items()}
-
-    @field_validator("limit", mode="before")
-    @classmethod
-    def _limit(cls, value: Any) -> Any:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"limit must be a positive integer, got {value!r}")
-        return value
-
-    @field_validator("settings", mode="before")
-    @classmethod
-    def _settings(cls, value: Any) -> Any:
-        if value is not None and not isinstance(value, dict):
-            raise ValueError("settings must be a mapping of generation settings")
-        return value
-
-
-SPEC_KEYS = set(MatrixFile.model_fields)
 
 
 @dataclass
@@ -152,9 +111,6 @@ def load_spec(path: str | Path) -> MatrixSpec:
 
 
 def resolve_arms(entries: list[Any], arms_file: Path | None, where: str) -> list:
-    from extes.metrics.evaluate import resolve_arm
-    from extes.models import arms_from_config
-
     arms = []
     for i, entry in enumerate(entries):
         if isinstance(entry, dict):
@@ -172,15 +128,11 @@ def resolve_arms(entries: list[Any], arms_file: Path | None, where: str) -> list
 
 def run_matrix(spec: MatrixSpec, pool=None, progress: bool = True) -> list[EvalResult]:
     """Evaluate every arm on every test set; writes per-cell outputs and the combined table."""
-    from extes.metrics.evaluate import _load_embeddings
-    from extes.metrics.text import tokenize
 
     arms = resolve_arms(spec.arms, spec.arms_file, spec.where)
     spec.options.progress = progress
     own_pool = pool is None
     if own_pool:
-        from extes.models import ArmPool
-
         pool = ArmPool(arms)
     models = ModelCache()
     results: list[EvalResult] = []
@@ -196,7 +148,7 @@ def run_matrix(spec: MatrixSpec, pool=None, progress: bool = True) -> list[EvalR
         emb_base = local[0].base if local else None
         embeddings = None
         if spec.options.glove or emb_base:
-            embeddings = _load_embeddings(spec.options, emb_base, models, vocab)
+            embeddings = load_embeddings(spec.options, emb_base, models, vocab)
         results = evaluate_many(pool, arms, {label: (spec.test_sets[label], ds) for label, ds in data.items()},
                                 spec.options, models=models, embeddings=embeddings)
         for r in results:
@@ -209,8 +161,6 @@ def run_matrix(spec: MatrixSpec, pool=None, progress: bool = True) -> list[EvalR
 
 
 def _safe(label: str) -> str:
-    import re
-
     return re.sub(r"[^A-Za-z0-9_.\-]", "-", label) or "test"
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from extes.dialogue import DEFAULT_SYSTEM_PROMPT, Dialogue
+from extes.train.formatting import encode_dialogue
 
 IGNORE = -100
 
@@ -57,8 +58,6 @@ def mask_tags(tokenizer, input_ids: list[int], labels: list[int]) -> list[int]:
 def encode_for_ppl(tokenizer, dialogues: Sequence[Dialogue], strategies: bool, tag: str = "context",
                    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, with_scene: bool = False,
                    max_length: int = 1024):
-    from extes.train.formatting import encode_dialogue
-
     if tag not in {"context", "scored"}:
         raise ValueError(f"tag must be 'context' or 'scored', got {tag!r}")
     examples = []

@@ -27,10 +27,13 @@ from extes.metrics.evaluate import (
     EvalOptions,
     EvalResult,
     ModelCache,
-    _finite,
     build_items,
+    finite_or_none,
     text_metrics,
 )
+from extes.metrics.extrema import GloveEmbeddings
+from extes.metrics.text import tokenize
+from extes.metrics.wordnet import find_wordnet
 
 _SHOW = 5  # keys listed in an error message
 
@@ -121,9 +124,6 @@ def score_predictions(predictions_path: str | Path, data_path: str | Path, dialo
                       options: EvalOptions, arm=None, models: ModelCache | None = None,
                       name: str | None = None) -> EvalResult:
     """Score the replies in ``predictions_path`` against the gold turns of ``dialogues``."""
-    from extes.metrics.extrema import GloveEmbeddings
-    from extes.metrics.text import tokenize
-    from extes.metrics.wordnet import find_wordnet
 
     predictions_path, data_path = Path(predictions_path), Path(data_path)
     if not dialogues:
@@ -166,7 +166,7 @@ def score_predictions(predictions_path: str | Path, data_path: str | Path, dialo
                  if data_path.is_file() else None, "n_dialogues": len(chosen),
                  "n_dialogues_in_file": len(dialogues), "limit": options.limit, "n_turns": len(pairs)},
         "generation": {"settings": {"source": "external predictions"}, "greedy": None},
-        "metrics": {k: _finite(v) for k, v in metrics.items()},
+        "metrics": {k: finite_or_none(v) for k, v in metrics.items()},
         "details": details,
     }
     return EvalResult(label, data_path.stem, payload["metrics"], payload, replies)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -96,7 +97,6 @@ def _reader(folder: Path):
 
     if str(folder) not in nltk.data.path:
         nltk.data.path.append(str(folder))  # NLTK refuses to read folders outside its data path
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

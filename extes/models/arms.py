@@ -23,16 +23,18 @@ import json
 import re
 from dataclasses import asdict, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from extes.base.embedded import EMBEDDED_NAME
 from extes.config import config_dataclass, read_yaml, validate_config
 from extes.dialogue import DEFAULT_SYSTEM_PROMPT
 
-BACKENDS = ("local", "openai")
-DTYPES = ("auto", "float32", "bfloat16")  # local arms' weight precision; auto: bf16 where safe and supported
+Backend = Literal["local", "openai"]
+Dtype = Literal["auto", "float32", "bfloat16"]  # local arms' weight precision; auto: bf16 where safe and supported
+BACKENDS: tuple[str, ...] = get_args(Backend)
+DTYPES: tuple[str, ...] = get_args(Dtype)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 
 
@@ -40,34 +42,18 @@ class ArmConfigError(ValueError):
     """An invalid arms declaration; the message names the file, the arm and the reason."""
 
 
-def _unknown_keys(data: Any, cls: type, what: str) -> None:
-    """Unknown keys, all named in one message (pydantic's `extra="forbid"` stays as the backstop)."""
-    if isinstance(data, dict):
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(map(str, data)) - set(known))
-        if unknown:
-            expected = sorted(known) if what == "generation setting" else known
-            raise ValueError(f"unknown {what}(s) {unknown}; expected some of {expected}")
+Number = Annotated[float, Field(strict=True)]  # an int or a float, not a bool or a text
 
 
 @config_dataclass
 class GenerationSettings:
-    max_new_tokens: int = 128
-    temperature: float = 0.7
-    top_p: float = 0.9
-    repetition_penalty: float = 1.1
-    seed: int | None = None
+    """Types and `Field` constraints check the values; extes.config words the errors."""
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _known_keys(cls, data: Any, handler: Any) -> Any:
-        _unknown_keys(data, cls, "generation setting")
-        return handler(data)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _setting(cls, value: Any, info: ValidationInfo) -> Any:
-        return _check_setting(info.field_name, value)
+    max_new_tokens: Annotated[int, Field(ge=1)] = 128
+    temperature: Annotated[Number, Field(ge=0)] = 0.7  # 0 means greedy
+    top_p: Annotated[Number, Field(gt=0, le=1)] = 0.9
+    repetition_penalty: Annotated[Number, Field(gt=0)] = 1.1  # 1.0 means no penalty
+    seed: Annotated[int, Field(strict=True)] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,44 +68,7 @@ class GenerationSettings:
             return self
         if not isinstance(override, dict):
             raise ArmConfigError(f"{where}: expected a mapping of generation settings, got {type(override).__name__}")
-        _check_keys_now(override, where)
         return validate_config({**self.to_dict(), **override}, GenerationSettings, where, error=ArmConfigError)
-
-
-def _check_keys_now(override: dict[str, Any], where: str) -> None:
-    try:
-        _unknown_keys(override, GenerationSettings, "generation setting")
-    except ValueError as exc:
-        raise ArmConfigError(f"{where}: {exc}") from None
-
-
-def _check_setting(key: str, value: Any) -> Any:
-    """One generation setting, checked and normalised; the wording is the one users already get."""
-    given = value
-
-    def bad(reason: str) -> ValueError:
-        return ValueError(f"{key}={given!r} {reason}")
-
-    if key == "seed":
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("must be an integer or null")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise bad("must be a number")
-    if key == "max_new_tokens":
-        if int(value) != value or value < 1:
-            raise bad("must be a positive integer")
-        return int(value)
-    value = float(value)
-    if key == "temperature" and value < 0:
-        raise bad("must be >= 0 (0 means greedy)")
-    if key == "top_p" and not 0 < value <= 1:
-        raise bad("must be in (0, 1]")
-    if key == "repetition_penalty" and value <= 0:
-        raise bad("must be > 0 (1.0 means no penalty)")
-    return value
 
 
 @config_dataclass
@@ -128,7 +77,7 @@ class Arm:
     `load_arms`), a local arm's base and adapter are also resolved on disk and checked against each other."""
 
     name: str
-    backend: str = "local"
+    backend: Backend = "local"
     base: str = EMBEDDED_NAME
     adapter: str | None = None
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
@@ -138,10 +87,10 @@ class Arm:
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     # openai backend only: seconds per request and retries (with backoff) before the first token.
-    timeout_s: float = 60.0
-    max_retries: int = 3
+    timeout_s: Annotated[Number, Field(ge=0)] = 60.0
+    max_retries: Annotated[int, Field(strict=True, ge=0)] = 3
     # local arms: precision of the base weights (the residual stream, attention, KV cache and LoRA stay fp32).
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
 
     @field_validator("name", mode="before")
     @classmethod
@@ -149,20 +98,6 @@ class Arm:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ValueError(f"name {name!r} must be 1-64 characters of letters, digits, '_', '-', '.', ':'")
         return name
-
-    @field_validator("backend", mode="before")
-    @classmethod
-    def _backend(cls, backend: Any) -> Any:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend {backend!r} must be one of {list(BACKENDS)}")
-        return backend
-
-    @field_validator("dtype", mode="before")
-    @classmethod
-    def _dtype(cls, dtype: Any) -> Any:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} must be one of {list(DTYPES)}")
-        return dtype
 
     @field_validator("generation", mode="before")
     @classmethod
@@ -188,13 +123,6 @@ class Arm:
         if not isinstance(value, bool):
             raise ValueError(f"strategies must be true or false, got {value!r}")
         return value
-
-    @field_validator("timeout_s", "max_retries", mode="before")
-    @classmethod
-    def _non_negative(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{info.field_name} must be a non-negative number, got {value!r}")
-        return int(value) if info.field_name == "max_retries" else float(value)
 
     @field_validator("base", mode="before")
     @classmethod
@@ -227,7 +155,6 @@ class Arm:
     @model_validator(mode="wrap")
     @classmethod
     def _whole_arm(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
-        _unknown_keys(data, cls, "key")
         if isinstance(data, dict) and "name" not in data:
             cls._name(None)  # the wording users already get for a missing name
         arm = handler(data)

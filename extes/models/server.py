@@ -42,6 +42,7 @@ from extes.models.openai_protocol import (
     parse_request,
 )
 from extes.models.pool import ArmPool, MessageError, UnknownArmError
+from extes.models.types import MAX_BATCH
 
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 
@@ -175,7 +176,7 @@ def _setting_param(message: str) -> str | None:
     names = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed",
              "repetition_penalty": "repetition_penalty"}
     for setting, param in names.items():
-        if f"{setting}=" in message:
+        if f": {setting}: " in message:  # "<where>: <key>: <reason>" (extes.config)
             return param
     return None
 
@@ -318,7 +319,7 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vllm-arms-out", type=Path, help="with --vllm-command: also write the arms YAML here")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-batch", type=int, default=32, help="most sequences decoded together per base")
+    parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help="most sequences decoded together per base")
     parser.add_argument("--max-context", type=int, default=None,
                         help="cap the context window (tokens); default: the model's own")
     parser.add_argument("--engine-threads", type=int, default=None, metavar="N",

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from pathlib import Path
+
+from extes.errors import CLIError
+from extes.llm.budget import load_prices, price_for
+from extes.selfchat.pipeline import BuildConfig, Builder, FatalRequestError
+from extes.selfchat.quota import load_proportions
+from extes.selfchat.review import adjustment_rates, build_review_app, load_queue
+from extes.selfchat.validate import Rules
+from extes.ui_theme import offline_theme
 
 EXIT_INCOMPLETE = 3  # stopped cleanly before the target (budget cap or attempts used up)
 
@@ -49,16 +58,9 @@ def configure_build(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from extes.selfchat.budget import load_prices, price_for
-    from extes.selfchat.pipeline import BuildConfig
-    from extes.selfchat.quota import load_proportions
-    from extes.selfchat.validate import Rules
-
     base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or None
     api_key = os.environ.get(args.api_key_env)
     if not api_key and not base_url and not args.estimate_only:
-        from extes.errors import CLIError
-
         raise CLIError(f"set ${args.api_key_env} (or pass --base-url for a server that needs no key)")
     prices = load_prices(args.prices) if args.prices else None
     price = price_for(args.model, prices, args.price_in, args.price_out)
@@ -82,10 +84,6 @@ def build_config(args: argparse.Namespace):
 
 
 def run_build(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from extes.errors import CLIError
-    from extes.selfchat.pipeline import Builder, FatalRequestError
 
     cfg = build_config(args)
     builder = Builder(cfg)
@@ -131,8 +129,6 @@ def configure_review(parser: argparse.ArgumentParser) -> None:
 
 
 def run_review(args: argparse.Namespace) -> int:
-    from extes.selfchat.review import adjustment_rates, build_review_app, load_queue
-
     if args.rates:
         for r in adjustment_rates(args.run):
             print(f"round {r['round']}: {r['by_review']}/{r['accepted']} accepted dialogues needed a human "
@@ -140,7 +136,6 @@ def run_review(args: argparse.Namespace) -> int:
         print(f"queue: {len(load_queue(args.run))} dialogues waiting")
         return 0
     app = build_review_app(args.run, args.reviewer)
-    from extes.ui_theme import offline_theme
 
     app.launch(server_name=args.host, server_port=args.port, theme=offline_theme())
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 from extes.dialogue import Dialogue, atomic_write, write_extes_json, write_jsonl
 from extes.selfchat.dedup import words
 from extes.selfchat.state import RunState, round_of
+from extes.stats import compute_stats, format_stats
 from extes.taxonomy import SCENARIO_NAMES
 
 
@@ -102,7 +103,6 @@ def export_run(run_dir: str | Path, seeds: list[Dialogue], n_rounds: int | None 
     }
     atomic_write(run_dir / "rounds.json", json.dumps({"rounds": rounds, "total": totals}, indent=2) + "\n")
     if generated:  # `extes stats` for the generated part (Tables 1-3 and 5 of the paper)
-        from extes.stats import compute_stats, format_stats
 
         st = compute_stats(generated)
         atomic_write(run_dir / "stats.txt", format_stats(st) + "\n")

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from extes.dialogue import Dialogue, load_dialogues
-from extes.selfchat.budget import Budget, Price, estimate_run
-from extes.selfchat.client import LLMClient, RequestFailed
+from extes.llm.budget import Budget, Price, estimate_run
+from extes.llm.client import LLMClient, RequestFailed
+from extes.llm.journal import JOURNAL_NAME, Journal
 from extes.selfchat.dedup import NearDupIndex, TurnIndex, dialogue_text
-from extes.selfchat.journal import JOURNAL_NAME, Journal
+from extes.selfchat.export import export_run
 from extes.selfchat.prompt import (
     TEMPLATE_VERSION,
     build_messages,
@@ -331,10 +332,8 @@ class Builder:
                                 retries=self.client.stats.retries)
             self.journal.close()
             if reason == "fatal":  # what was accepted before the server failed is still worth having
-                from extes.selfchat.export import export_run
 
                 export_run(self.out, self.seeds, len(targets))
-        from extes.selfchat.export import export_run
 
         rounds = export_run(self.out, self.seeds, len(targets))
         return BuildResult(len(self.state.accepted()), cfg.target, self.requests_sent, self.counts,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extes.selfchat.files import read_mapping
+from extes.config import read_mapping
 from extes.taxonomy import SCENARIO_NAMES, UnknownLabelError, normalize_scenario, scenario_proportions
 
 

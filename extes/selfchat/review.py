@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from extes.dialogue import Dialogue, Turn, load_dialogues
-from extes.selfchat.export import export_run
-from extes.selfchat.journal import JOURNAL_NAME, Journal
-from extes.selfchat.state import RunState
+from extes.llm.journal import JOURNAL_NAME, Journal
+from extes.selfchat.export import export_run, round_stats
+from extes.selfchat.state import RunState, round_of
 from extes.selfchat.validate import Rules, check_structure
 from extes.taxonomy import STRATEGY_NAMES, UnknownLabelError, normalize_strategy
 
@@ -141,8 +141,6 @@ def apply_review(run_dir: str | Path, dialogue_id: str, action: str, reviewer: s
 
 def adjustment_rates(run_dir: str | Path) -> list[dict[str, Any]]:
     """Per round: accepted dialogues in total, how many needed a human, and the rate (paper: < 10%)."""
-    from extes.selfchat.export import round_stats
-    from extes.selfchat.state import round_of
 
     state = _state(run_dir)
     rounds = sorted({round_of(r) for r in state.requests})

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from extes.dialogue import Dialogue
-from extes.selfchat.journal import JOURNAL_NAME, read_journal
+from extes.llm.journal import JOURNAL_NAME, read_journal
 
 
 def dialogue_id_for(request_id: str) -> str:

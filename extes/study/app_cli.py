@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from extes.models.types import MAX_BATCH
+
 DEFAULT_PROTOCOL = Path("eval_protocol") / "default.yaml"
 DEFAULT_DB = Path("results") / "study.sqlite"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -45,8 +47,8 @@ def configure_app(parser: argparse.ArgumentParser) -> None:
                         help=f"SQLite file or SQLAlchemy URL (default: {DEFAULT_DB})")
     parser.add_argument("--concurrency", type=int, default=16,
                         help="chat requests generating at once (the model pool batches them; default 16)")
-    parser.add_argument("--max-batch", type=int, default=32, metavar="N",
-                        help="most replies decoded together per base model (default 32); more wait their turn")
+    parser.add_argument("--max-batch", type=int, default=MAX_BATCH, metavar="N",
+                        help=f"most replies decoded together per base model (default {MAX_BATCH}); more wait their turn")
     parser.add_argument("--engine-threads", type=int, default=None, metavar="N",
                         help="torch threads of each model process (default: every CPU but one, which is left to "
                              "the web server)")
@@ -82,7 +84,7 @@ def resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
 
 
 def create(protocol_path: str, db: str, concurrency: int = 16, engine_threads: int | None = None,
-           engine: str = "auto", in_process: bool = False, max_batch: int = 32):
+           engine: str = "auto", in_process: bool = False, max_batch: int = MAX_BATCH):
     """(app, pool, store) for a protocol file and database; the pool loads the arms' models, each base in
     its own process with `engine_threads` torch threads (None: every CPU but one), or in this process
     with `in_process` (comparisons only)."""

@@ -43,11 +43,10 @@ from extes.config import ConfigModel, validate_config
 from extes.study.design import ASSIGNMENTS, PANE_COUNTS, Design, pane_names
 from extes.study.recruitment import RecruitmentSettings
 from extes.study.screening import DEFAULT_MESSAGE
+from extes.taxonomy import ASPECT_KEYS, Aspect  # noqa: F401 (ASPECT_KEYS re-exported: defined once there)
 
 log = logging.getLogger(__name__)
 
-# The ExTES human-evaluation aspects; the analysis layer (extes.analysis.io.ASPECTS) accepts these.
-ASPECT_KEYS: tuple[str, ...] = ("fluency", "identification", "comforting", "suggestion", "overall")
 LIKERT_ASPECTS: tuple[str, ...] = ("Informativeness", "Understanding", "Helpfulness", "Consistency", "Coherence")
 REVEAL_OPTIONS: tuple[str, ...] = ("never", "after_rating")
 PANES: tuple[str, ...] = ("A", "B", "C")
@@ -113,34 +112,6 @@ class _OptionalSection(ConfigModel):
         if not isinstance(data, dict):
             raise ValueError("expected a mapping")
         return _allowed(data, tuple(sorted(cls.model_fields)), "")
-
-
-class Aspect(ConfigModel):
-    key: str
-    label: str
-    question: Text
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shape(cls, data: Any) -> Any:
-        data = dict(_allowed(data, ("key", "label", "question"), "key, label and question"))
-        data.setdefault("key", "")
-        key = str(data["key"]).strip().lower()
-        data.setdefault("label", key.capitalize())
-        return data
-
-    @field_validator("key", mode="before")
-    @classmethod
-    def _key(cls, value: Any) -> str:
-        key = str(value or "").strip().lower()
-        if key not in ASPECT_KEYS:
-            raise ValueError(f"{value!r} is not one of {', '.join(ASPECT_KEYS)}")
-        return key
-
-    @field_validator("label", mode="before")
-    @classmethod
-    def _label(cls, value: Any) -> str:
-        return _text(value)
 
 
 def _pattern(value: Any) -> str:

@@ -125,11 +125,11 @@ def win_tie_loss_view(store: Store, reference: str | None, source: str = "partic
         rows[col] = (100 * rows[col]).round(1)
     cols = ["opponent", "aspect", "win", "tie", "loss", "n", "n_win", "n_tie", "n_loss", "p_value", "p_adjusted",
             "ci_low", "ci_high"]
-    from extes.analysis.pairwise import CORRECTION_NAMES
+    from extes.analysis.corrections import CORRECTIONS
 
     note = (f"Reference arm: {reference}; {result.sessions} rating session(s). Win / tie / loss in %; "
             "p: two-sided sign test on wins vs losses (ties left out); p_adjusted: corrected over the table's "
-            f"{result.tests} tests ({CORRECTION_NAMES[result.correction]}); * marks p_adjusted < 0.05; "
+            f"{result.tests} tests ({CORRECTIONS[result.correction]}); * marks p_adjusted < 0.05; "
             f"CI: {round(100 * result.confidence)}% session-bootstrap interval of win - loss ({n_boot} resamples).")
     if result.notes:
         note += " " + " ".join(result.notes)

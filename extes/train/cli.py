@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from extes.train.config import CHAT_FORMATS, METHODS, PRECISIONS, config_from_dict, load_config_file
@@ -73,12 +74,10 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from extes.train.runner import train_run
+    from extes.train.runner import train_run  # lazy: torch, only when training starts
 
     cfg = config_from_args(args)
     out = train_run(cfg)
-    import json
-
     m = json.loads((Path(out) / "metrics.json").read_text())
     base = m.get("base_valid_ppl")
     best = m.get("valid_ppl")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
+from extes.base.loading import hub_id, load_base
 from extes.train.config import TrainConfig
 
 
 def load_for_training(cfg: TrainConfig, device: torch.device):
     """The base model in fp32 on `device` (mixed precision on GPU comes from autocast in the loop)."""
-    from extes.base.loading import load_base
 
     model, _tok = load_base(cfg.base, dtype="float32", device=str(device))
     return model
@@ -27,7 +27,6 @@ def save_peft(model, out: Path, cfg: TrainConfig) -> None:
     """Save the adapter only; its config names the base by its hub id where there is one (the embedded
     model: HuggingFaceTB/SmolLM2-135M-Instruct), so PEFT and vLLM can resolve it; `checkpoint_source`
     maps that id back to the local checkpoint offline; training_config.json keeps the base as given."""
-    from extes.base.loading import hub_id
 
     for pc in model.peft_config.values():
         pc.base_model_name_or_path = hub_id(cfg.base)

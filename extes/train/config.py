@@ -15,25 +15,30 @@ import importlib.util
 import json
 from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from extes.base.embedded import EMBEDDED_NAME
+from extes.base.loading import checkpoint_source
 from extes.config import config_dataclass, read_yaml, validate_config
 from extes.dialogue import DEFAULT_SYSTEM_PROMPT
 
-METHODS = ("clm", "lora", "qlora", "adapter")
+Method = Literal["clm", "lora", "qlora", "adapter"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+ChatFormat = Literal["auto", "template", "dialogpt"]
+METHODS: tuple[str, ...] = get_args(Method)
 # Learning rates that work for each method when none is given (LLaMA-Adapter trains a tiny gated prompt
 # that needs a larger step; full fine-tuning a small one).
 DEFAULT_LR = {"clm": 5e-5, "lora": 2e-4, "qlora": 2e-4, "adapter": 5e-3}
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-CHAT_FORMATS = ("auto", "template", "dialogpt")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+CHAT_FORMATS: tuple[str, ...] = get_args(ChatFormat)
+Positive = Annotated[int, Field(strict=True, ge=1)]  # a count; a bool or a float is not one
 
 
 @config_dataclass
 class TrainConfig:
-    method: str = "lora"
+    method: Method = "lora"
     base: str = EMBEDDED_NAME
     data: list[str] = field(default_factory=list)
     valid: list[str] = field(default_factory=list)
@@ -43,55 +48,46 @@ class TrainConfig:
     strategies: bool = False
     with_scene: bool = False
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
-    chat_format: str | None = None  # auto | template | dialogpt; default dialogpt for clm, auto otherwise
-    max_length: int = 1024
-    limit: int | None = None  # use only the first N training dialogues (smoke runs, benchmarks)
+    chat_format: ChatFormat | None = None  # auto | template | dialogpt; default dialogpt for clm, auto otherwise
+    max_length: Annotated[int, Field(ge=32)] = 1024
+    limit: Positive | None = None  # use only the first N training dialogues (smoke runs, benchmarks)
     # optimisation
     epochs: float = 3.0
-    max_steps: int | None = None  # optimizer steps; overrides epochs
-    lr: float | None = None
-    batch_size: int = 4
-    grad_accum: int = 1
-    warmup_ratio: float = 0.05
+    max_steps: Positive | None = None  # optimizer steps; overrides epochs
+    lr: Annotated[float, Field(gt=0)] | None = None
+    batch_size: Positive = 4
+    grad_accum: Positive = 1
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
     group_by_length: bool = True
     gradient_checkpointing: bool = False
-    precision: str = "auto"  # auto = bf16 autocast on a GPU that has it, fp32 otherwise
+    precision: Precision = "auto"  # auto = bf16 autocast on a GPU that has it, fp32 otherwise
     device: str = "auto"
-    threads: int | None = None
+    threads: Positive | None = None
     # evaluation, checkpoints
-    eval_every: int | None = None  # also validate every N optimizer steps (always at each epoch's end)
-    early_stopping: int | None = None  # stop after N validations without improvement
+    eval_every: Positive | None = None  # also validate every N optimizer steps (always at each epoch's end)
+    early_stopping: Positive | None = None  # stop after N validations without improvement
     keep_best: bool = True  # with a valid set, the saved weights are those of the best validation
-    save_every: int | None = None  # checkpoint every N optimizer steps (always at each epoch's end)
+    save_every: Positive | None = None  # checkpoint every N optimizer steps (always at each epoch's end)
     resume: bool = False
     overwrite: bool = False
     fsdp: bool = False  # several processes: shard weights, gradients, optimizer state (FSDP2; method clm)
     progress: bool = True
     # LoRA / QLoRA
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    lora_r: Positive = 8
+    lora_alpha: Annotated[int, Field(gt=0)] = 16
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
     target_modules: list[str] | str | None = None  # None: PEFT's default for the model type; or "all-linear"
-    lora_layers: int | None = None  # LoRA only in the top N blocks (backward stops there: faster on CPU)
+    lora_layers: Positive | None = None  # LoRA only in the top N blocks (backward stops there: faster on CPU)
     # LLaMA-Adapter
-    adapter_len: int = 10
-    adapter_layers: int = 2
+    adapter_len: Positive = 10
+    adapter_layers: Positive = 2
 
     # ------------------------------------------------------------------------------------------------
-    # Checks of single values and of values together (the wording users already get); see `validate`
-    # for the checks that need the disk or the base model.
-    @model_validator(mode="wrap")
-    @classmethod
-    def _known_keys(cls, data: Any, handler: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(map(str, data)) - set(FIELD_NAMES))
-            if unknown:
-                raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELD_NAMES)}")
-        return handler(data)
-
+    # Types and `Field` constraints check single values (extes.config words their errors); the validators
+    # below normalise inputs and check values together. `validate` checks what needs the disk or the base.
     @field_validator("data", "valid", mode="before")
     @classmethod
     def _paths(cls, value: Any) -> Any:
@@ -108,28 +104,6 @@ class TrainConfig:
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
 
-    @field_validator("method", mode="before")
-    @classmethod
-    def _method(cls, value: Any) -> Any:
-        return _one_of(value, METHODS, "method")
-
-    @field_validator("precision", mode="before")
-    @classmethod
-    def _precision(cls, value: Any) -> Any:
-        return _one_of(value, PRECISIONS, "precision")
-
-    @field_validator("chat_format", mode="before")
-    @classmethod
-    def _chat_format(cls, value: Any) -> Any:
-        return value if value is None else _one_of(value, CHAT_FORMATS, "chat_format")
-
-    @field_validator("eval_every", "save_every", "early_stopping", "limit", "threads", "lora_layers", mode="before")
-    @classmethod
-    def _positive_or_none(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{info.field_name} must be a positive integer, got {value!r}")
-        return value
-
     @model_validator(mode="after")
     def _ranges(self) -> TrainConfig:
         for ok, msg in self._range_checks():
@@ -138,30 +112,13 @@ class TrainConfig:
         return self
 
     def _range_checks(self) -> list[tuple[bool, str]]:
-        checks = [
-            (self.max_length >= 32, f"max_length must be >= 32, got {self.max_length}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
+        """Checks of values together (single values are checked by their types)."""
+        return [
             (self.epochs > 0 or bool(self.max_steps), "epochs must be > 0 (or give max_steps)"),
-            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
-            (self.learning_rate > 0, f"lr must be > 0, got {self.learning_rate}"),
-            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.early_stopping is None or bool(self.valid), "early_stopping needs a validation set (--valid)"),
             (not self.fsdp or self.method == "clm",
              f"fsdp is for full fine-tunes (method clm); a {self.method} run trains few weights: use DDP (the default)"),
         ]
-        if self.method in ("lora", "qlora"):
-            checks += [
-                (self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}"),
-                (self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}"),
-                (0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}"),
-            ]
-        if self.method == "adapter":
-            checks += [
-                (self.adapter_len >= 1, f"adapter_len must be >= 1, got {self.adapter_len}"),
-                (self.adapter_layers >= 1, f"adapter_layers must be >= 1, got {self.adapter_layers}"),
-            ]
-        return checks
 
     @property
     def run_name(self) -> str:
@@ -194,12 +151,6 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 FIELD_NAMES = tuple(FIELDS)
-
-
-def _one_of(value: Any, allowed: tuple[str, ...], key: str) -> Any:
-    if value not in allowed:
-        raise ValueError(f"{key} {value!r} is not one of {', '.join(allowed)}")
-    return value
 
 
 def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
@@ -256,7 +207,6 @@ def base_model_config(base: str):
     """The base model's transformers config (reads config.json only, no weights)."""
     from transformers import AutoConfig
 
-    from extes.base.loading import checkpoint_source
 
     return AutoConfig.from_pretrained(checkpoint_source(base))
 

@@ -14,6 +14,10 @@ import json
 import sys
 from pathlib import Path
 
+from extes.data_cli import split_dialogues, write_split
+from extes.dialogue import load_dialogues
+from extes.train.config import config_from_dict, load_config_file
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = ("configs/seeds-lora.yaml", "configs/seeds-lora-strategies.yaml")
 SPLIT_DIR = "results/adapters/seeds-split"
@@ -21,9 +25,6 @@ RATIOS = (0.85, 0.15, 0.0)
 
 
 def make_split(seeds: Path, out: Path, seed: int = 0) -> dict:
-    from extes.data_cli import split_dialogues, write_split
-    from extes.dialogue import load_dialogues
-
     dialogues = load_dialogues(seeds)
     if not dialogues:
         raise ValueError(f"{seeds}: no seed dialogues to train on")
@@ -34,8 +35,7 @@ def make_split(seeds: Path, out: Path, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from extes.train.config import config_from_dict, load_config_file
-    from extes.train.runner import train_run
+    from extes.train.runner import train_run  # lazy: torch, only when training starts
 
     p = argparse.ArgumentParser(prog="python -m extes.train.demo", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="seeds", help="seed dialogues folder")

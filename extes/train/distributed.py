@@ -138,7 +138,7 @@ def init(device_name: str = "auto", fsdp: bool = False) -> tuple[Dist, torch.dev
     """This process's Dist and device. One process: `device_name` as given ('auto' = CUDA when there is
     one; `fsdp` changes nothing). Several: accelerate's device for this rank (cuda:LOCAL_RANK, or the CPU
     with gloo), and FSDP instead of DDP when `fsdp`."""
-    from extes.train.loop import pick_device
+    from extes.train.loop import pick_device  # lazy: extes.train.loop imports this module
 
     if launched_processes() <= 1:
         return Dist(), pick_device(device_name)

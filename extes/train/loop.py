@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from extes.train.config import FIELDS as CONFIG_FIELDS
+from extes.train.config import TrainConfig
 from extes.train.distributed import Dist
 from extes.train.formatting import IGNORE, Encoded, collate, length_grouped_batches, padding_waste
 
@@ -153,30 +155,41 @@ def evaluate(model, examples: Sequence[Encoded], batch_size: int, pad_id: int, d
 # The loop
 
 
+# The defaults of every setting the YAML config shares with the loop come from `TrainConfig`: one source.
+_CONFIG = TrainConfig()
+
+
 @dataclass
 class LoopOptions:
-    epochs: float = 1.0
-    max_steps: int | None = None
-    lr: float = 2e-4
-    batch_size: int = 4
-    grad_accum: int = 1
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    group_by_length: bool = True
+    epochs: float = _CONFIG.epochs
+    max_steps: int | None = _CONFIG.max_steps
+    lr: float = _CONFIG.learning_rate  # the default method's (lora) learning rate
+    batch_size: int = _CONFIG.batch_size
+    grad_accum: int = _CONFIG.grad_accum
+    warmup_ratio: float = _CONFIG.warmup_ratio
+    weight_decay: float = _CONFIG.weight_decay
+    max_grad_norm: float = _CONFIG.max_grad_norm
+    seed: int = _CONFIG.seed
+    group_by_length: bool = _CONFIG.group_by_length
     pad_to: int | None = None  # pad every batch to this length (the naive baseline in bench/)
     full_logits: bool = False  # compute logits on every position (the naive baseline in bench/)
-    eval_every: int | None = None
+    eval_every: int | None = _CONFIG.eval_every
     eval_at_start: bool = True
-    early_stopping: int | None = None
-    keep_best: bool = True
-    save_every: int | None = None
+    early_stopping: int | None = _CONFIG.early_stopping
+    keep_best: bool = _CONFIG.keep_best
+    save_every: int | None = _CONFIG.save_every
     checkpoint_dir: Path | None = None
-    resume: bool = False
-    progress: bool = True
-    precision: str = "auto"
+    resume: bool = _CONFIG.resume
+    progress: bool = _CONFIG.progress
+    precision: str = _CONFIG.precision
     keep_checkpoints: int = 2
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, **extra: object) -> LoopOptions:
+        """The loop's options of a run: every setting the two share taken from ``cfg`` (``lr`` resolved for
+        its method), plus ``extra`` (e.g. ``checkpoint_dir``)."""
+        shared = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name in CONFIG_FIELDS}
+        return cls(**{**shared, "lr": cfg.learning_rate, **extra})
 
 
 @dataclass

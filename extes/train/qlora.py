@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from extes.base.loading import checkpoint_source
 from extes.train import lora
 from extes.train.config import TrainConfig
 
@@ -27,7 +28,6 @@ def build_model(cfg: TrainConfig, device: torch.device):
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from extes.base.loading import checkpoint_source
 
     dtype = compute_dtype(device, cfg.precision)
     quant = BitsAndBytesConfig(

@@ -22,7 +22,13 @@ import shutil
 import time
 from pathlib import Path
 
+from extes.base.loading import load_base, load_tokenizer
+from extes.dialogue import load_dialogues
+from extes.train.card import model_card
 from extes.train.config import TrainConfig, validate
+from extes.train.distributed import init
+from extes.train.formatting import encode_dialogues, ensure_chat_template
+from extes.train.loop import LoopOptions, train
 
 METHOD_MODULES = {m: f"extes.train.{m}" for m in ("clm", "lora", "qlora", "adapter")}
 
@@ -33,7 +39,6 @@ def method_module(method: str):
 
 def load_data(cfg: TrainConfig):
     """(train dialogues, valid dialogues); errors name the path when there is nothing to train on."""
-    from extes.dialogue import load_dialogues
 
     train_d = load_dialogues(cfg.data)
     if cfg.limit:
@@ -47,17 +52,12 @@ def load_data(cfg: TrainConfig):
 
 
 def prepare_tokenizer(cfg: TrainConfig):
-    from extes.base.loading import load_tokenizer
-    from extes.train.formatting import ensure_chat_template
-
     tok = load_tokenizer(cfg.base)
     ensure_chat_template(tok, cfg.resolved_chat_format)
     return tok
 
 
 def encode(cfg: TrainConfig, tok, dialogues):
-    from extes.train.formatting import encode_dialogues
-
     return encode_dialogues(tok, dialogues, strategies=cfg.strategies, with_scene=cfg.with_scene,
                             system_prompt=cfg.system_prompt, max_length=cfg.max_length)
 
@@ -68,10 +68,8 @@ def _write_json(path: Path, data) -> None:
 
 def train_run(cfg: TrainConfig) -> Path:
     """Run one training as configured; returns the output folder."""
-    import torch
+    import torch  # lazy: torch loads when a run starts, not when the module is read
 
-    from extes.train.distributed import init
-    from extes.train.loop import LoopOptions, train
 
     t_start = time.perf_counter()
     validate(cfg)
@@ -96,14 +94,7 @@ def train_run(cfg: TrainConfig) -> Path:
         if cfg.overwrite and not cfg.resume and ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)
     dist.barrier()
-    opts = LoopOptions(
-        epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate, batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, group_by_length=cfg.group_by_length,
-        eval_every=cfg.eval_every, early_stopping=cfg.early_stopping, keep_best=cfg.keep_best,
-        save_every=cfg.save_every, checkpoint_dir=ckpt_dir, resume=cfg.resume, progress=cfg.progress,
-        precision=cfg.precision,
-    )
+    opts = LoopOptions.from_config(cfg, checkpoint_dir=ckpt_dir)
     result = train(model, train_set, valid_set, tok.pad_token_id, opts, device=device, dist=dist)
     if not dist.is_main:
         dist.barrier()  # rank 0 writes the run
@@ -125,7 +116,6 @@ def train_run(cfg: TrainConfig) -> Path:
 
 def _save_run(cfg: TrainConfig, module, model, tok, metrics: dict, full_state: dict | None) -> None:
     """The final files, written to a temporary folder and moved into `cfg.out_dir`."""
-    from extes.train.card import model_card
 
     out = cfg.out_dir
     tmp = out / f".saving-{os.getpid()}"
@@ -149,9 +139,8 @@ def _save_run(cfg: TrainConfig, module, model, tok, metrics: dict, full_state: d
 
 def load_trained(run_dir: str | Path, device: str | None = None):
     """(model, tokenizer) of a finished run: a PEFT adapter on its base, or a full clm model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: heavy, only to load a run
 
-    from extes.base.loading import load_base
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "training_config.json"
@@ -166,7 +155,7 @@ def load_trained(run_dir: str | Path, device: str | None = None):
         if device:
             model.to(device)
     else:
-        from peft import PeftModel
+        from peft import PeftModel  # lazy: heavy, only for adapter runs
 
         base, _ = load_base(info["base"], device=device)
         model = PeftModel.from_pretrained(base, str(run_dir))

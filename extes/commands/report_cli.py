@@ -23,7 +23,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from extes.analysis import tables as T
+from extes.analysis.agreement import agreement, dataset_quality
+from extes.analysis.io import load_ratings, load_votes
+from extes.analysis.pairwise import win_tie_loss
+from extes.analysis.report import png_writer, text_writer, votes_sentence, write_outputs
+from extes.commands.analysis_cli import add_stat_options, open_store, screened_replies
 from extes.config import ConfigModel, load_config
+from extes.dialogue import load_dialogues
+from extes.metrics.registry import TABLE_COLUMNS
+from extes.stats import compute_stats, largest_remainder, strategy_abbreviation
 
 
 class DisplayNames(ConfigModel):
@@ -34,8 +43,6 @@ class DisplayNames(ConfigModel):
 
 
 def configure_report(parser: argparse.ArgumentParser) -> None:
-    from extes.study.analysis_cli import add_stat_options
-
     parser.add_argument("--data", action="append", default=[], metavar="[LABEL=]PATH",
                         help="dataset: ExTES JSON, ESConv JSON, our JSONL, a folder, or a build run (repeatable)")
     parser.add_argument("--merge-consecutive", action="store_true",
@@ -67,7 +74,6 @@ def _split_label(spec: str) -> tuple[str | None, str]:
 
 def load_dataset(spec: str):
     """(label, dialogues) for one ``--data`` value; a build run folder gives its generated dialogues."""
-    from extes.dialogue import load_dialogues
 
     label, raw = _split_label(spec)
     path = Path(raw)
@@ -122,9 +128,6 @@ def load_toxicity(paths: list[str]) -> list[dict[str, Any]]:
 
 
 def _votes_and_ratings(args):
-    from extes.analysis.io import load_ratings, load_votes
-    from extes.study.analysis_cli import open_store
-
     if args.db:
         store = open_store(args.db)
         try:
@@ -164,10 +167,6 @@ def likert_sources(ratings, given: str | None = None) -> list[str]:
 def build_tables(args) -> tuple[list, dict[str, Any]]:
     """Every table the inputs allow, plus the objects behind them (for figures and JSON)."""
 
-    from extes.analysis import tables as T
-    from extes.analysis.agreement import agreement, dataset_quality
-    from extes.analysis.pairwise import win_tie_loss
-    from extes.stats import compute_stats
 
     names = load_config(args.names, DisplayNames, "display names") if args.names else DisplayNames()
     arm_names = {**names.datasets, **names.arms}
@@ -197,7 +196,7 @@ def build_tables(args) -> tuple[list, dict[str, Any]]:
     if args.results:
         results = load_results(args.results)
         objects["results"] = results
-        out += T.tables_automatic(results, {**names.datasets, **names.arms})
+        out += T.tables_automatic(results, TABLE_COLUMNS, {**names.datasets, **names.arms})
     if args.toxicity:
         tox = load_toxicity(args.toxicity)
         objects["toxicity"] = tox
@@ -209,8 +208,6 @@ def build_tables(args) -> tuple[list, dict[str, Any]]:
                            correction=args.correction, min_sessions=args.min_sessions)
         objects["wtl"] = wtl
         out.append(T.table9_pairwise(wtl, names.arms))
-    from extes.study.analysis_cli import screened_replies
-
     screened = screened_replies(args.db)
     if screened is not None and len(screened):
         objects["screened"] = screened
@@ -221,15 +218,12 @@ def build_tables(args) -> tuple[list, dict[str, Any]]:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from extes.analysis import tables as T
-    from extes.analysis.report import png_writer, text_writer, votes_sentence, write_outputs
-
     built, objects = build_tables(args)
     writers: dict[str, Any] = {}
     md = ["# Report\n", "Tables in the layout of the ExTES paper (Zheng et al.); `tables.tex` holds the same "
           "tables for LaTeX (needs `\\usepackage{booktabs}`; `preview.tex` compiles them on their own).\n"]
     if "wtl" in objects:
-        from extes.analysis.plots import plot_win_tie_loss
+        from extes.analysis.plots import plot_win_tie_loss  # lazy: matplotlib, only when a figure is drawn
 
         writers["win_tie_loss.png"] = png_writer(plot_win_tie_loss(objects["wtl"]))
         md.append(f"Votes: {votes_sentence(objects['wtl'])}\n")
@@ -251,8 +245,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 def _strategy_figure(stats):
     """Strategy shares per dataset, one panel each."""
-    from extes.analysis.plots import new_figure
-    from extes.stats import largest_remainder, strategy_abbreviation
+    from extes.analysis.plots import new_figure  # lazy: matplotlib, only when a figure is drawn
 
     fig = new_figure(4.0 * len(stats) + 1.0, 3.6)
     axes = fig.subplots(1, len(stats), squeeze=False)[0]

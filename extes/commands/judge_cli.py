@@ -11,15 +11,24 @@ and the agreement is `extes.analysis.rater_agreement`. Outputs in --out:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from extes.analysis.rater_agreement import people_agreement_sections
+from extes.analysis.report import write_csv_atomic
+from extes.commands.analysis_cli import fmt_number, open_store
 from extes.errors import CLIError
+from extes.judge import PROMPT_VERSION, Judge, PairItem
+from extes.llm.budget import Budget, price_for
+from extes.llm.client import LLMClient
+from extes.models.arms import load_arms
 
 PANES_OF_STUDY = ("A", "B", "C")
 
@@ -44,8 +53,6 @@ def configure_judge(p: argparse.ArgumentParser) -> None:
 
 
 def _judge_arm(args: argparse.Namespace) -> Any:
-    from extes.models.arms import load_arms
-
     arms = {a.name: a for a in load_arms(args.arms)}
     if args.arm not in arms:
         raise CLIError(f"{args.arms}: no arm named {args.arm!r}; arms there: {', '.join(arms)}")
@@ -58,10 +65,6 @@ def _judge_arm(args: argparse.Namespace) -> Any:
 
 def pair_items(store: Any, limit: int | None = None) -> list[Any]:
     """Every arm pair of every rated conversation, with each pane's transcript as the participant saw it."""
-    from itertools import combinations
-
-    from extes.judge import PairItem
-
     items = []
     rated = [c for c in store.all_conversations() if c.status == "rated"]
     for conv in rated[:limit] if limit else rated:
@@ -78,13 +81,6 @@ def pair_items(store: Any, limit: int | None = None) -> list[Any]:
 
 
 def run_judge(args: argparse.Namespace) -> int:
-    from extes.analysis.rater_agreement import people_agreement_sections
-    from extes.analysis.report import write_csv_atomic
-    from extes.judge import PROMPT_VERSION, Judge
-    from extes.selfchat.budget import Budget, price_for
-    from extes.selfchat.client import LLMClient
-    from extes.study.analysis_cli import fmt_number, open_store
-
     arm = _judge_arm(args)
     store = open_store(args.db)
     try:
@@ -101,7 +97,6 @@ def run_judge(args: argparse.Namespace) -> int:
     budget = Budget(price, args.max_cost) if (price is not None or args.max_cost is not None) else None
     judge = Judge(client, args.out / "journal.jsonl", budget=budget, max_tokens=args.max_tokens,
                   prompt_version=args.prompt_version or PROMPT_VERSION, concurrency=args.concurrency)
-    import asyncio
 
     async def go() -> Any:
         try:

@@ -14,30 +14,45 @@ from typing import Any
 
 import pandas as pd
 
+from extes.analysis.agreement import agreement, dataset_quality
+from extes.analysis.corrections import CORRECTIONS
+from extes.analysis.exclusions import FLAGS, apply_exclusions, parse_rule
 from extes.analysis.io import (
     RATING_COLUMNS,
     RATING_OPTIONAL,
     VOTE_COLUMNS,
     VOTE_OPTIONAL,
+    aspect_order,
     load_ratings,
     load_votes,
 )
+from extes.analysis.pairwise import DEFAULT_PRIOR, MIN_SESSIONS, bradley_terry, win_rate_matrix, win_tie_loss
+from extes.analysis.plan import Cell, cells_from_votes, per_test_alpha, plan, plot_power
+from extes.analysis.rater_agreement import people_agreement_sections
 from extes.analysis.report import (
     agreement_headline,
     agreement_notes,
     agreement_table,
+    bt_caption,
+    bt_display,
+    matrix_display,
+    matrix_sections,
+    omissions_sentence,
     quality_table,
+    votes_sentence,
     write_agreement_report,
     write_analysis_report,
     write_csv_atomic,
+    wtl_caption,
 )
+from extes.study.recruitment import payments_frame
+from extes.study.store import Store
 
 
 def open_store(db: str) -> Any:
     """The study store for ``db`` (a path or an SQLAlchemy URL); a missing file is an error, not a new DB."""
     if "://" not in db and not Path(db).is_file():
         raise FileNotFoundError(f"{db}: study database not found")
-    from extes.study.store import Store  # imported here: the analysis verbs work without the app's stack
 
     return Store(db)
 
@@ -87,7 +102,6 @@ EXCLUSIONS_HELP = ("attention-check exclusions: protocol (the rule the study's p
 
 def _load_flags(path: Path) -> pd.DataFrame:
     """A flags CSV (conversation_id, flag[, detail]) for `analyze --votes --flags`."""
-    from extes.analysis.exclusions import FLAGS
 
     if not path.is_file():
         raise FileNotFoundError(f"--flags {path}: no such file")
@@ -104,7 +118,6 @@ def _load_flags(path: Path) -> pd.DataFrame:
 def _exclusions(votes: pd.DataFrame, spec: str | None, db: str | None = None, flags_file: Path | None = None):
     """(kept votes, ExclusionReport): the rule of `--exclusions` applied with the flags of the study database
     (or a flags CSV). Votes are matched on conversation_id, or session_id where that is empty."""
-    from extes.analysis.exclusions import apply_exclusions, parse_rule
 
     protocol_rule: list[str] = []
     flags = None
@@ -175,7 +188,6 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _extra_exports(args: argparse.Namespace) -> list[tuple[Path, pd.DataFrame, str]]:
     """The flags and payments CSVs (read before anything is written)."""
-    from extes.study.recruitment import payments_frame
 
     out = []
     if args.flags_out is None and args.payments is None:
@@ -215,9 +227,8 @@ def configure_analyze(parser: argparse.ArgumentParser) -> None:
 
 def add_stat_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by `analyze` and `report`: correction, Bradley-Terry prior, minimum sessions."""
-    from extes.analysis.pairwise import DEFAULT_PRIOR, MIN_SESSIONS
 
-    parser.add_argument("--correction", choices=("holm", "bh", "none"), default="holm",
+    parser.add_argument("--correction", choices=tuple(CORRECTIONS), default="holm",
                         help="multiple-comparison correction over the table's sign tests: holm (default), "
                              "bh (Benjamini-Hochberg) or none")
     parser.add_argument("--bt-prior", type=float, default=DEFAULT_PRIOR,
@@ -236,17 +247,6 @@ def add_duplicates_option(parser: argparse.ArgumentParser) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from extes.analysis.pairwise import bradley_terry, win_tie_loss
-    from extes.analysis.report import (
-        bt_caption,
-        bt_display,
-        matrix_display,
-        matrix_sections,
-        omissions_sentence,
-        votes_sentence,
-        wtl_caption,
-    )
-
     votes = (load_votes(args.votes, duplicates=args.duplicates) if args.votes
              else _votes_from_db(args.db, who=args.voters, duplicates=args.duplicates))
     if args.flags is not None and not args.votes:
@@ -314,8 +314,6 @@ def screened_replies(db: str | None):
 
 def _matrices(votes: pd.DataFrame) -> list:
     """A win-rate matrix for every aspect that has votes."""
-    from extes.analysis.io import aspect_order
-    from extes.analysis.pairwise import win_rate_matrix
 
     return [win_rate_matrix(votes, aspect) for aspect in aspect_order(votes["aspect"])]
 
@@ -337,8 +335,6 @@ def configure_agreement(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_llm_agreement(args: argparse.Namespace) -> int:
-    from extes.analysis.rater_agreement import people_agreement_sections
-
     if not args.db:
         raise ValueError("--llm compares the LLM with the participants of a study: give --db too")
     llm = load_votes(args.llm, allow_empty=True)
@@ -364,8 +360,6 @@ def _run_llm_agreement(args: argparse.Namespace) -> int:
 
 
 def run_agreement(args: argparse.Namespace) -> int:
-    from extes.analysis.agreement import agreement, dataset_quality
-
     if args.llm:
         return _run_llm_agreement(args)
 
@@ -422,7 +416,7 @@ def configure_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", help="with --votes: the arm whose cells are planned")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     parser.add_argument("--power", type=float, default=0.8, help="target power (default 0.8)")
-    parser.add_argument("--correction", choices=("holm", "bh", "bonferroni", "none"), default="holm",
+    parser.add_argument("--correction", choices=tuple(CORRECTIONS), default="holm",
                         help="multiple-comparison correction (default holm, as extes analyze)")
     parser.add_argument("--n-sim", type=int, default=2000, help="simulated studies per point (default 2000)")
     parser.add_argument("--n-refine", type=int, default=10_000,
@@ -435,8 +429,6 @@ def configure_plan(parser: argparse.ArgumentParser) -> None:
 
 
 def _plan_cells(args: argparse.Namespace) -> list:
-    from extes.analysis.plan import Cell, cells_from_votes
-
     given = [args.win is not None or args.tie is not None or args.loss is not None, args.cells is not None,
              args.votes is not None]
     if sum(given) != 1:
@@ -470,7 +462,6 @@ def _shares_problem(win: float, tie: float, loss: float) -> str | None:
 
 def _cells_file(path: Path) -> list:
     """Cells from a CSV (name, win, tie, loss); every error names the file (and the line)."""
-    from extes.analysis.plan import Cell
 
     if not path.is_file():
         raise FileNotFoundError(f"--cells {path}: no such file")
@@ -505,8 +496,6 @@ def _cells_file(path: Path) -> list:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from extes.analysis.plan import per_test_alpha, plan, plot_power
-
     cells = _plan_cells(args)
     tests = args.tests if len(cells) == 1 else None
     result = plan(cells, tests=tests, alpha=args.alpha, correction=args.correction, target=args.power,

@@ -7,15 +7,19 @@ the review queue) is derived from it, and a re-run reads it to resume.
 Every record has "type", "ts" (UTC ISO time) and a stable id field ("id" for request-level records,
 "dialogue_id" for reviews). A torn last line (a crash mid-write) is skipped on reading; before the
 first new append a newline is written so the torn bytes stay on a line of their own.
+
+The same class is the crash-safe JSONL file of `extes evaluate`'s reply cache (records keyed by "key",
+written with `append_records`, a torn last line dropped: ``torn="drop"``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,8 +35,9 @@ class JournalError(ValueError):
     pass
 
 
-def read_journal(path: str | Path, strict: bool = False) -> list[dict[str, Any]]:
-    """All records; bad lines are skipped with a warning on stderr (strict: raise, naming the line)."""
+def read_journal(path: str | Path, strict: bool = False, required: str = "type") -> list[dict[str, Any]]:
+    """All records (JSON objects with a ``required`` field); bad lines are skipped with a warning on stderr
+    (strict: raise, naming the line)."""
     path = Path(path)
     if not path.exists():
         return []
@@ -43,7 +48,7 @@ def read_journal(path: str | Path, strict: bool = False) -> list[dict[str, Any]]
                 continue
             try:
                 rec = json.loads(line)
-                if not isinstance(rec, dict) or "type" not in rec:
+                if not isinstance(rec, dict) or required not in rec:
                     raise ValueError("not a journal record")
             except ValueError as exc:
                 msg = f"{path}: line {n}: unreadable journal record skipped ({exc})"
@@ -56,15 +61,29 @@ def read_journal(path: str | Path, strict: bool = False) -> list[dict[str, Any]]
 
 
 class Journal:
-    def __init__(self, path: str | Path, fsync: bool = True):
+    """An append-only JSONL file. ``torn``: what happens to a torn last line left by a crash: "keep" it on a
+    line of its own (a build journal keeps every byte) or "drop" it at once (a cache)."""
+
+    def __init__(self, path: str | Path, fsync: bool = True, torn: str = "keep"):
+        if torn not in ("keep", "drop"):
+            raise ValueError(f"torn={torn!r}: expected 'keep' or 'drop'")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        if torn == "drop":
+            self._drop_torn_tail()
         self._lock = threading.Lock()
         self._fh = None
         self._written = 0   # records written (flushed) by this object
         self._synced = 0    # of those, known to be on disk
         self._syncing = None  # the fsync in flight, shared by concurrent sync() callers
+
+    def _drop_torn_tail(self) -> None:
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        data = self.path.read_bytes()
+        if not data.endswith(b"\n"):
+            os.truncate(self.path, data.rfind(b"\n") + 1)
 
     def _open(self):
         if self._fh is None:
@@ -89,6 +108,19 @@ class Journal:
             self._written += 1
         return rec
 
+    def append_records(self, records: Sequence[dict[str, Any]]) -> None:
+        """Write the records as they are (no "type"/"ts" added) in one write, then flush and fsync."""
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        with self._lock:
+            fh = self._open()
+            fh.write(text)
+            fh.flush()
+            self._written += len(records)
+            n = self._written
+            if self.fsync:
+                os.fsync(fh.fileno())
+                self._synced = max(self._synced, n)
+
     def append(self, type_: str, **fields: Any) -> dict[str, Any]:
         """Write, flush and fsync one record."""
         rec = self.write(type_, **fields)
@@ -102,7 +134,6 @@ class Journal:
         """Make every record written so far durable. The fsync runs in a worker thread, so the event
         loop keeps serving other requests meanwhile, and concurrent callers share one fsync (group
         commit) instead of queueing one each."""
-        import asyncio
 
         if not self.fsync or self._fh is None:
             return
@@ -114,8 +145,6 @@ class Journal:
             await asyncio.shield(task)
 
     async def _fsync_once(self) -> None:
-        import asyncio
-
         upto = self._written
         try:
             await asyncio.to_thread(os.fsync, self._fh.fileno())

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from extes.selfchat.files import read_mapping
+from extes.config import read_mapping
 
 # USD per 1M tokens (input, output). Defaults only: providers change prices; pass --prices FILE
 # (JSON or YAML {model: {"input": x, "output": y}}) or --price-in/--price-out to be exact.

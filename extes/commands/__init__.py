@@ -1,0 +1,4 @@
+"""The offline verbs that read a study's database or CSVs: export/analyze/agreement/plan, report, judge.
+
+They sit above `extes.study` (the web app and its store) and below the dispatcher `extes.cli`.
+"""
