@@ -244,8 +244,11 @@ class EngineProcess:
         except (EOFError, OSError):
             raise RuntimeError(f"the engine process for {Path(str(self.base)).name} exited with status "
                                f"{self._proc.wait(5)} while loading") from None
-        if kind == "failed":
-            self._proc.wait(5)
+        if kind == "failed":  # the child's load error, raised here whatever its exit takes (a busy machine)
+            try:
+                self._proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
             raise payload
         return payload
 

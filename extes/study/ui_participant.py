@@ -46,7 +46,7 @@ TOPIC_PLACEHOLDER = "Choose a topic"
 # the page renders it).
 TOPIC_JS = ("() => { let n = 0; const set = () => { const el = document.querySelector('#topic input'); "
             f"if (el) {{ el.placeholder = '{TOPIC_PLACEHOLDER}'; }} if (++n < 20) {{ setTimeout(set, 150); }} }}; set(); }}")
-RETURN_NOTE = ("### Welcome back\nTo continue where you left off, enter the participant code you were given "
+RETURN_NOTE = ("## Welcome back\nTo continue where you left off, enter the participant code you were given "
                "when you started (it was shown at the top of the page). Your platform id alone does not open "
                "your conversations: others can see it.")
 # Gradio's BrowserState encrypts with a key sent to every page: a fixed, public key says so honestly (and
@@ -170,12 +170,12 @@ class ParticipantUI:
             progress = f"Conversation {view.number} of {view.total}"
         thanks = ""
         if stage == "thanks":
-            thanks = (f"### Thank you!\nYour ratings are saved. The study asks for {view.total} conversations; "
+            thanks = (f"## Thank you!\nYour ratings are saved. The study asks for {view.total} conversations; "
                       "press \"Start the next conversation\" below (you can also come back later with your code).")
         elif stage == "done" and view.completion_url:
             thanks = self._completion_md(view)
         elif stage == "done":
-            thanks = "### Thank you!\nYou have completed the study. You can close this page now."
+            thanks = "## Thank you!\nYou have completed the study. You can close this page now."
         elif stage == "screened_out":
             thanks = self._completion_md(view)
         if view is not None and view.revealed and stage in ("thanks", "done"):
@@ -208,9 +208,9 @@ class ParticipantUI:
     def _completion_md(self, view: SessionView) -> str:
         """The end of the study for a participant from a recruitment platform: the code and the link back."""
         if view.stage == "screened_out":
-            head = "### Thank you\nYou did not agree to take part, so the study ends here."
+            head = "## Thank you\nYou did not agree to take part, so the study ends here."
         else:
-            head = "### Thank you!\nYou have completed the study."
+            head = "## Thank you!\nYou have completed the study."
         if not view.completion_url:
             return head + " Please return to the recruitment platform."
         code = safe_text(view.completion_code)
