@@ -160,8 +160,9 @@ NAMELESS = """() => [...document.querySelectorAll('""" + CONTROLS + """')].filte
 FOCUSED = """() => { const el = document.activeElement; if (!el) return '';
     return el.getAttribute('aria-label') || (el.labels && el.labels[0] && el.labels[0].innerText.trim())
         || el.placeholder || el.innerText.trim().slice(0, 40) || el.tagName; }"""
-TOP_OF = """(label) => { const el = [...document.querySelectorAll('textarea, input')]
+TOP_OF = """(label) => { const el = [...document.querySelectorAll('textarea, input, [role="tab"]')]
     .find(e => e.placeholder === label || e.getAttribute('aria-label') === label
+               || (e.getAttribute('role') === 'tab' && e.innerText.trim() === label)
                || (e.labels && e.labels[0] && e.labels[0].innerText.trim() === label));
     return el ? el.getBoundingClientRect().top + window.scrollY : null; }"""
 
@@ -183,9 +184,16 @@ def test_chat_controls_are_named_and_tab_follows_the_page(browser, served, viewp
     for _ in range(60):
         page.keyboard.press("Tab")
         reached.append(page.evaluate(FOCUSED))
-    fields = ["Message to Model A", "Message to Model B", "Message to Model C", SEND_LABEL]
+    if viewport == "phone":
+        # One pane at a time behind tabs (the ARIA tabs pattern: only the selected tab is in the Tab order,
+        # arrow keys move between tabs); the hidden panes' boxes must not take focus.
+        fields = ["Model A", "Message to Model A", SEND_LABEL]
+        hidden = {"Message to Model B", "Message to Model C"}
+        assert not hidden & set(reached), reached
+    else:
+        fields = ["Message to Model A", "Message to Model B", "Message to Model C", SEND_LABEL]
     firsts = [reached.index(f) for f in fields if f in reached]
-    assert len(firsts) == len(fields), reached  # every message box is reachable by Tab
+    assert len(firsts) == len(fields), reached  # every shown message box is reachable by Tab
     tops = [page.evaluate(TOP_OF, f) for f in fields]
     drawn = sorted(fields, key=lambda f: (round(tops[fields.index(f)]), fields.index(f)))
     assert sorted(fields, key=lambda f: reached.index(f)) == drawn, (reached, tops)

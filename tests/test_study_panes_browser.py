@@ -33,15 +33,20 @@ def participant_run(page, url: str, tmp_path: Path, size: str) -> None:
     page.get_by_role("option", name="Academic Stress", exact=True).click()
     page.get_by_role("button", name="Start the conversation").click()
     page.get_by_placeholder("Message to Model A").wait_for()
+    if size == "phone":  # one pane at a time behind tabs: exactly two tabs, and B's box behind the second
+        assert page.get_by_role("tab").filter(visible=True).count() == 2
+        page.get_by_role("tab", name="Model B").click()
     page.get_by_placeholder("Message to Model B").wait_for()
     assert page.get_by_placeholder("Message to Model C").count() == 0
     assert page.get_by_role("button", name="Send to all", exact=True).count() == 0
     box = page.get_by_label("Send the same message to both models")
     box.fill("I am worried about my exams next week.")
     page.get_by_role("button", name="Send to both", exact=True).click()
-    expected = ["Model A: minimum reached (1 replies)", "Model B: minimum reached (1 replies)"]
-    page.wait_for_function("(texts) => texts.every(t => document.body.innerText.includes(t))", arg=expected,
-                           timeout=TIMEOUT_MS)
+    for pane in ("A", "B"):
+        if size == "phone":  # innerText skips the hidden pane, so look at each pane in turn
+            page.get_by_role("tab", name=f"Model {pane}", exact=False).click()
+        page.wait_for_function("(t) => document.body.innerText.includes(t)",
+                               arg=f"Model {pane}: minimum reached (1 replies)", timeout=TIMEOUT_MS)
     shot(page, tmp_path, f"{size}-01-two-panes")
     form = page.locator("div").filter(has=page.get_by_role("heading", name="Your ratings")).filter(
         has=page.get_by_role("button", name="Submit ratings")).last

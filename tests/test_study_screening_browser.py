@@ -51,7 +51,8 @@ def test_the_replacement_is_shown_and_the_harmful_words_never_are(tmp_path, devi
             page.get_by_role("button", name="Send to all", exact=True).click()
             seen_harmful = False
             for _ in range(200):  # poll the page while the replies stream
-                body = page.inner_text("body")
+                # textContent, not innerText: a pane hidden behind the phone's tabs counts too
+                body = page.evaluate("() => document.body.textContent")
                 seen_harmful |= "dying" in body
                 conv = _only_conversation(store)
                 if DEFAULT_MESSAGE in body and conv is not None and not store.is_streaming(conv.id):
@@ -61,9 +62,12 @@ def test_the_replacement_is_shown_and_the_harmful_words_never_are(tmp_path, devi
                 raise AssertionError("the replacement never appeared")
             assert not seen_harmful
             pane = "ABC"[conv.arm_order.index(ARM_NAMES[1])]
-            replacement = page.get_by_text(DEFAULT_MESSAGE).first
+            if device == "phone":  # the crisis dialog is modal; then the screened pane's tab
+                page.get_by_role("button", name="I have read this").click()
+                page.get_by_role("tab", name=f"Model {pane}", exact=False).click()
+            replacement = page.get_by_text(DEFAULT_MESSAGE).filter(visible=True).first
             replacement.scroll_into_view_if_needed()
-            assert replacement.is_visible() and "dying" not in page.inner_text("body")
+            assert replacement.is_visible() and "dying" not in page.evaluate("() => document.body.textContent")
             assert page.get_by_text("988 Suicide & Crisis Lifeline").first.is_visible()
             if SHOTS.parent.is_dir():
                 SHOTS.mkdir(exist_ok=True)
