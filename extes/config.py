@@ -110,7 +110,8 @@ def _reason(err: dict[str, Any], model: Any = None) -> str:
     if kind in ("missing", "missing_argument"):
         return "is required"
     if kind == "literal_error":
-        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        expected = str(ctx.get("expected", ""))  # "'a', 'b' or 'c'", or "2 or 3" for numbers
+        choices = re.findall(r"'([^']*)'", expected) or re.split(r", | or ", expected)
         return f"{got!r} is not one of {', '.join(choices)}"
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {got!r}"

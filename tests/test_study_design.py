@@ -139,11 +139,11 @@ def test_pair_interval_widths_match_a_statsmodels_logit():
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"panes": 4}, "study.yaml: panes: expected 2 or 3"),
+    ({"panes": 4}, "study.yaml: panes: 4 is not one of 2, 3"),
     ({"panes": 3, "arms": [{"name": "a"}, {"name": "b"}]}, "study.yaml: panes: 3 panes need at least 3 arms, got 2"),
     ({"arms": [{"name": "a"}, {"name": "b"}]}, "study.yaml: panes: 3 panes need at least 3 arms"),
-    ({"assignment": "greedy"}, "study.yaml: assignment: expected one of balanced, adaptive, got 'greedy'"),
-    ({"arms": [{"name": "a"}]}, "study.yaml: arms: expected a list of at least 2 arms"),
+    ({"assignment": "greedy"}, "study.yaml: assignment: 'greedy' is not one of balanced, adaptive"),
+    ({"arms": [{"name": "a"}]}, "study.yaml: arms: needs at least 2 items"),
 ])
 def test_protocol_errors_name_the_key(change, expected):
     data = protocol_dict()

@@ -33,9 +33,9 @@ def test_protocol_recruitment_and_attention_are_validated():
 @pytest.mark.parametrize("extra, message", [
     ({"recruitment": {"completion_code": "bad code!"}}, r"p.yaml: recruitment: .*must be 1-128 letters"),
     ({"recruitment": {"platform": "mturk", "completion_code": "X1"}}, r"p.yaml: recruitment.*completion_url is required"),
-    ({"attention": {"exclude": ["lazy"]}}, r"p.yaml: attention.*unknown flag\(s\) lazy"),
+    ({"attention": {"exclude": ["lazy"]}}, r"p.yaml: attention.exclude\[0\]: 'lazy' is not one of failed_attention"),
     ({"attention": {"exclude": ["fast_rating"]}}, r"p.yaml: attention.*fast_rating needs min_rating_seconds"),
-    ({"attention": {"min_rating_seconds": -1}}, r"p.yaml: attention.min_rating_seconds: expected a whole number"),
+    ({"attention": {"min_rating_seconds": -1}}, r"p.yaml: attention.min_rating_seconds: must be >= 0, got -1"),
     ({"attention": {"instructed_response": "yes"}}, r"p.yaml: attention.instructed_response: expected true or false"),
     ({"attention": {"captcha": True}}, r"p.yaml: attention.*unknown key"),
 ])

@@ -41,7 +41,7 @@ def test_missing_adapter_names_file_and_arm(tmp_path):
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"colour": "blue"}, "unknown key(s) colour"),
+    ({"colour": "blue"}, "colour: unknown key 'colour'"),
     ({"arms": [{"name": "a"}, {"name": "b"}]}, "exactly 3 arms"),
     ({"arms": [{"name": "a"}, {"name": "a"}, {"name": "b"}]}, "distinct"),
     ({"min_user_turns": 0}, "min_user_turns"),
@@ -66,7 +66,7 @@ def test_bad_protocols_fail_clearly(change, expected):
 def test_missing_required_key_and_bad_yaml(tmp_path):
     data = protocol_dict()
     del data["consent"]
-    with pytest.raises(ProtocolError, match="missing required key"):
+    with pytest.raises(ProtocolError, match="x.yaml: consent: is required"):
         protocol_from_dict(data, where="x.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("title: [unclosed\n")
