@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extes.taxonomy import UnknownLabelError, detect_taxonomy, normalize_strategy
+from extes.taxonomy import UnknownLabelError, detect_taxonomy, format_strategy_tag, normalize_strategy
 
 ROLES = ("user", "assistant")
 
@@ -114,8 +114,6 @@ def to_chat_messages(
     """OpenAI-style messages for a dialogue. With `strategies`, each assistant message starts with
     its strategy tag (`[Emotional Validation] ...`, see extes.taxonomy.format_strategy_tag); with
     `with_scene`, the scene and description are appended to the system prompt."""
-    from extes.taxonomy import format_strategy_tag
-
     messages: list[dict[str, str]] = []
     system = system_prompt or ""
     if with_scene and (dialogue.scene or dialogue.description):

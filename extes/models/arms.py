@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from extes.base.embedded import EMBEDDED_NAME
+from extes.base.embedded import EMBEDDED_NAME, checkpoint_dir
 from extes.config import config_dataclass, read_yaml, validate_config
 from extes.dialogue import DEFAULT_SYSTEM_PROMPT
 
@@ -218,7 +218,6 @@ def _same_base(a: str, b: str) -> bool:
     if na == nb:
         return True
     # The embedded model's converted checkpoint folder is the embedded model.
-    from extes.base.embedded import checkpoint_dir
 
     emb = str(checkpoint_dir().resolve()) if checkpoint_dir().exists() else None
     return emb is not None and {na, nb} <= {EMBEDDED_NAME, emb}

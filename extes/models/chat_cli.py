@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from extes.models.arms import load_arms
+from extes.models.pool import ArmPool
 
 
 def configure_chat(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +66,6 @@ def chat_loop(pool, arm_name: str, read=input, write=None) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from extes.models.pool import ArmPool
 
     arms = load_arms(args.arms)
     names = [a.name for a in arms]

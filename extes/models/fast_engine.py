@@ -26,7 +26,6 @@ from extes.models.fastllama import FastLlama, adapter_unsupported_reason, load_l
 from extes.models.kvcache import PrefixCache, default_budget_bytes
 from extes.models.precision import Precision, resolve_precision
 from extes.models.text import end_of_turn_ids
-from extes.models.types import ENGINE_KINDS  # noqa: F401 - where extes.study.app_cli reads it
 
 log = logging.getLogger(__name__)
 
@@ -207,4 +206,4 @@ class FastRunner:
                 dst[:, :have_s, :, :have_c] = src
 
 
-__all__ = ["ENGINE_KINDS", "ENGINE_VERSION", "FastRunner", "FastSequence", "fast_path_reason"]
+__all__ = ["ENGINE_VERSION", "FastRunner", "FastSequence", "fast_path_reason"]

@@ -18,6 +18,7 @@ strategy is an extra `strategy` field on the choice (and its message). Message c
 
 import argparse
 import json
+import sys
 import threading
 import time
 import uuid
@@ -25,7 +26,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from extes.models.arms import ArmConfigError
+import uvicorn
+
+from extes.errors import CLIError
+from extes.models.arms import ArmConfigError, load_arms
 from extes.models.engine import ContextTooLongError, Event, Reply
 from extes.models.openai_protocol import (
     AssistantMessage,
@@ -43,6 +47,7 @@ from extes.models.openai_protocol import (
 )
 from extes.models.pool import ArmPool, MessageError, UnknownArmError
 from extes.models.types import MAX_BATCH
+from extes.models.vllm import print_vllm_plan, vllm_plan
 
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 
@@ -328,29 +333,17 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import sys
-
-    import uvicorn
-
-    from extes.models.arms import load_arms
-
     if args.vllm_command:
-        from extes.models.vllm import print_vllm_plan
-
         host = args.host if args.host not in {"127.0.0.1", "localhost", "::1"} else "127.0.0.1"
         arms = load_arms(args.vllm_command)
         print(print_vllm_plan(arms, host=host, port=args.port, tensor_parallel=args.tensor_parallel,
                               local_weights=args.vllm_local_weights), end="")
         if args.vllm_arms_out:
-            from extes.models.vllm import vllm_plan
-
             plan = vllm_plan(arms, host=host, port=args.port, tensor_parallel=args.tensor_parallel,
                              local_weights=args.vllm_local_weights)
             args.vllm_arms_out.write_text(plan.arms_yaml(), encoding="utf-8")
         return 0
     if not args.arms:
-        from extes.errors import CLIError
-
         raise CLIError("extes serve needs --arms (or --vllm-command PROTOCOL)")
     arms = load_arms(args.arms)
     local = [a for a in arms if a.backend == "local"]

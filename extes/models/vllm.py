@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from extes.base.loading import checkpoint_source, hub_id, is_embedded
 from extes.errors import CLIError
 from extes.models.arms import Arm
 
@@ -40,7 +41,6 @@ class VLLMPlan:
 
 
 def _vllm_base(base: str) -> str:
-    from extes.base.loading import hub_id, is_embedded
 
     if is_embedded(base):
         return hub_id(base)
@@ -59,7 +59,7 @@ def vllm_plan(arms: list[Arm], host: str = "127.0.0.1", port: int = 8000, tensor
 
     local_weights: serve the local checkpoint folder (for a machine without access to the hub) under the
     hub id as its served model name."""
-    from extes.models.fastllama import adapter_unsupported_reason
+    from extes.models.fastllama import adapter_unsupported_reason  # lazy: torch, not needed to plan
 
     groups: dict[str, list[Arm]] = {}
     out_arms: list[dict] = []
@@ -79,8 +79,6 @@ def vllm_plan(arms: list[Arm], host: str = "127.0.0.1", port: int = 8000, tensor
         endpoint_of[base] = f"http://{host}:{p}/v1"
         cmd = ["vllm", "serve", base, "--host", host, "--port", str(p), "--dtype", dtype]
         if local_weights and not Path(base).exists():
-            from extes.base.loading import checkpoint_source
-
             cmd[2:3] = [checkpoint_source(base), "--served-model-name", base]
         if max_model_len:
             cmd += ["--max-model-len", str(max_model_len)]

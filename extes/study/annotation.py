@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from extes.dialogue import load_dialogues
 from extes.study.protocol import PANES, Protocol
 from extes.study.records import AnnotationItem, Assignment, Participant, Role
 from extes.study.store import DuplicateError, LimitError, Store
@@ -117,7 +118,6 @@ def sync_items(store: Store, protocol: Protocol) -> dict[str, int]:
             if conv.status == "rated" and conv.id not in known:
                 new["conversation"] += store.add_annotation_item(conv.id, "conversation", source="study")
     if settings.dataset:
-        from extes.dialogue import load_dialogues
 
         path = _resolve_dataset(settings.dataset, protocol)
         stamp = (store.url, str(path.resolve()), path.stat().st_mtime_ns)

@@ -12,7 +12,11 @@ import os
 import sys
 from pathlib import Path
 
-from extes.models.types import MAX_BATCH
+from extes.models import ArmPool
+from extes.models.types import ENGINE_KINDS, MAX_BATCH
+from extes.study.protocol import load_protocol
+from extes.study.research_flags import resolve_flag
+from extes.study.store import Store, StoreError
 
 DEFAULT_PROTOCOL = Path("eval_protocol") / "default.yaml"
 DEFAULT_DB = Path("results") / "study.sqlite"
@@ -36,8 +40,6 @@ def _port(value: str) -> int:
 
 
 def configure_app(parser: argparse.ArgumentParser) -> None:
-    from extes.models.fast_engine import ENGINE_KINDS
-
     parser.add_argument("--host", default=None,
                         help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=None,
@@ -88,10 +90,7 @@ def create(protocol_path: str, db: str, concurrency: int = 16, engine_threads: i
     """(app, pool, store) for a protocol file and database; the pool loads the arms' models, each base in
     its own process with `engine_threads` torch threads (None: every CPU but one), or in this process
     with `in_process` (comparisons only)."""
-    from extes.models import ArmPool
-    from extes.study.app import build_app
-    from extes.study.protocol import load_protocol
-    from extes.study.store import Store, StoreError
+    from extes.study.app import build_app  # lazy: gradio loads only to serve, not for --invite-judges
 
     protocol = load_protocol(protocol_path)
     try:
@@ -106,9 +105,6 @@ def create(protocol_path: str, db: str, concurrency: int = 16, engine_threads: i
 def manage_judges(args: argparse.Namespace) -> int:
     """--invite-judges / --revoke-judge / --resolve-flag / --open-flags: work on the database only (no
     models are loaded)."""
-    from extes.study.protocol import load_protocol
-    from extes.study.store import Store, StoreError
-
     try:
         store = Store(args.db)
     except StoreError as exc:
@@ -122,8 +118,6 @@ def manage_judges(args: argparse.Namespace) -> int:
             freed = store.revoke_judge(args.revoke_judge)
             print(f"revoked; {freed} unfinished item(s) freed")
         if getattr(args, "resolve_flag", None) is not None:
-            from extes.study.research_flags import resolve_flag
-
             print(resolve_flag(store, args.resolve_flag, args.note))
         if getattr(args, "open_flags", False):
             open_flags = [f for f in store.flags() if f.resolved_at is None]
@@ -138,7 +132,7 @@ def manage_judges(args: argparse.Namespace) -> int:
 def startup_lines(host: str, port: int, protocol) -> list[str]:
     """What the app prints once it is ready: where participants go, and whether the researcher's and the
     judges' pages are on (and how to turn them on)."""
-    from extes.study.ui_research import PASSWORD_ENV, research_password
+    from extes.study.ui_research import PASSWORD_ENV, research_password  # lazy: gradio, as build_app above
 
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     base = f"http://{shown}:{port}"

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from extes.analysis.report import write_csv_atomic
 from extes.study import transcripts
+from extes.study.recruitment import payments_frame
 from extes.study.store import Store
 
 EXPORTS = ("votes.csv", "judge_votes.csv", "ratings.csv")
@@ -29,8 +31,6 @@ TRANSCRIPT_EXPORTS = transcripts.EXPORTS
 def export_csvs(store: Store, out_dir: str | Path) -> list[Path]:
     """votes.csv (participants' votes), judge_votes.csv (judges'), ratings.csv, in the formats the analysis
     commands read (`extes analyze --votes`, `extes agreement --ratings`); returns the paths."""
-    from extes.analysis.report import write_csv_atomic
-
     out_dir = Path(out_dir)
     frames = (store.votes_frame("participant"), store.votes_frame("judge"), store.ratings_frame())
     return [write_csv_atomic(frame, out_dir / name) for name, frame in zip(EXPORTS, frames)]
@@ -82,7 +82,5 @@ def export_zip(store: Store) -> bytes:
 def _platform_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
     """payments.csv (as `extes export --payments`: what the platform needs to approve payments, no chat
     text) and attention_flags.csv."""
-    from extes.study.recruitment import payments_frame
-
     codes = json.loads(store.get_meta("completion_codes") or "{}")
     return payments_frame(store.platform_sessions(), codes), store.flags_frame()

@@ -138,6 +138,7 @@ class ReplyScreen:
         s = protocol.screening
         scorer = None
         if s.toxicity_classifier:
+            # lazy: transformers loads only when the protocol names a classifier
             from extes.metrics.toxicity import LocalClassifierScorer
 
             scorer = LocalClassifierScorer(s.toxicity_classifier, label_map=dict(s.toxicity_label_map) or None)

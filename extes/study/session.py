@@ -19,6 +19,7 @@ import time
 from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
+from extes.analysis.pairwise import pair_interval_widths
 from extes.models.types import Event, Reply
 from extes.study.arrivals import PlatformArrivals
 from extes.study.blinding import strip_tags
@@ -245,7 +246,6 @@ class Study:
         which pair is widest."""
         if self.protocol.assignment != "adaptive":
             return self._chooser
-        from extes.analysis.pairwise import pair_interval_widths
 
         names = list(self.protocol.arm_names)
         votes = self.store.votes_frame("participant")

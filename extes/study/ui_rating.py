@@ -53,7 +53,7 @@ class RatingForm:
 
     def build(self) -> None:
         """Draw the form inside the current column (the questions, the comment and the submit button)."""
-        from extes.study.ui_participant import StrictTextbox, safe_text
+        from extes.study.ui_participant import StrictTextbox, safe_text  # lazy: that module imports this one
 
         p = self.protocol
         which = "each pair of models" if p.panes == 3 else "the two models"

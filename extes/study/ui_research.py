@@ -29,11 +29,16 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from extes.analysis import AnalysisInputError, agreement, dataset_quality, plot_win_tie_loss, win_tie_loss
+from extes.analysis import report as analysis_report
+from extes.analysis.corrections import CORRECTIONS
+from extes.study import annotation as ann
 from extes.study.limits import Limiter, RateLimited, client_of
 from extes.study.protocol import Protocol
+from extes.study.recruitment import payment_status, session_minutes
 from extes.study.research_exports import EXPORTS, OneTimeDownloads, export_csvs, export_zip  # noqa: F401 - re-exported
 from extes.study.research_flags import open_flag_choices, resolve_flag
-from extes.study.store import VOTE_SOURCES, Store
+from extes.study.store import VOTE_SOURCES, Store, ago
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +76,8 @@ def live_counts(store: Store, protocol: Protocol | None = None) -> dict[str, int
     (rated conversations plus judges' submitted items)."""
     out = dict(store.counts())
     if protocol is not None:
-        from extes.study.annotation import coverage
 
-        cov = coverage(store, protocol)
+        cov = ann.coverage(store, protocol)
         out["annotation_items"] = cov["items"]
         out["annotation_items_complete"] = cov["complete_items"]
         out["annotation_judgments"] = cov["judgments"]
@@ -107,7 +111,6 @@ def win_tie_loss_view(store: Store, reference: str | None, source: str = "partic
                       n_boot: int = N_BOOT, seed: int = 0) -> WinTieLossView:
     """Win/tie/loss of `reference` per aspect (extes.analysis.win_tie_loss), or a note saying why
     there is nothing to show yet."""
-    from extes.analysis import AnalysisInputError, plot_win_tie_loss, win_tie_loss
 
     if source not in VOTE_SOURCES:
         raise ValueError(f"votes source must be one of {', '.join(VOTE_SOURCES)}, got {source!r}")
@@ -125,7 +128,6 @@ def win_tie_loss_view(store: Store, reference: str | None, source: str = "partic
         rows[col] = (100 * rows[col]).round(1)
     cols = ["opponent", "aspect", "win", "tie", "loss", "n", "n_win", "n_tie", "n_loss", "p_value", "p_adjusted",
             "ci_low", "ci_high"]
-    from extes.analysis.corrections import CORRECTIONS
 
     note = (f"Reference arm: {reference}; {result.sessions} rating session(s). Win / tie / loss in %; "
             "p: two-sided sign test on wins vs losses (ties left out); p_adjusted: corrected over the table's "
@@ -146,8 +148,6 @@ class AgreementView:
 def agreement_view(store: Store) -> AgreementView:
     """Agreement of all ratings in the store (extes.analysis.agreement: overall, per source -
     pairwise votes and Likert scores - and per aspect), plus the Likert means (dataset_quality)."""
-    from extes.analysis import AnalysisInputError, agreement, dataset_quality
-    from extes.analysis import report as analysis_report
 
     view = AgreementView()
     ratings = store.ratings_frame()
@@ -200,7 +200,6 @@ class Overview:
 
 def judging_status(store: Store, protocol: Protocol) -> str:
     """A sentence for the Judges section when invited judges would get nothing to judge, and why."""
-    from extes.study import annotation as ann
 
     if protocol.annotation.enabled:
         ann.sync_items(store, protocol)
@@ -270,8 +269,6 @@ DROPOUT_AFTER_S = 30 * 60  # a platform session not seen for this long (and not 
 def platform_sessions_view(store: Store) -> pd.DataFrame:
     """Per platform session: started, completed, screened out or dropped out (and at which stage), minutes.
     The platform id shows as the first characters of its keyed hash (never the raw id)."""
-    from extes.study.recruitment import payment_status, session_minutes
-    from extes.study.store import ago
 
     stale = ago(DROPOUT_AFTER_S)
     rows = []
@@ -368,9 +365,8 @@ class Dashboard:
             count = int(n)
         except (TypeError, ValueError):
             raise ValueError("number of judge invitations must be a whole number") from None
-        from extes.study.annotation import invite_judges
 
-        return invite_judges(self.store, self.protocol, count)
+        return ann.invite_judges(self.store, self.protocol, count)
 
     def revoke(self, ok: bool, code: str) -> int:
         """Revoke a judge code; returns how many unfinished items were freed."""

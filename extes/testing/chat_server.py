@@ -13,7 +13,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from extes.testing.scripted import _QuietServer
+from extes.testing.scripted import QuietServer
 
 Answer = str | tuple[int, str]
 
@@ -61,7 +61,7 @@ class FunctionChatServer:
                     "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
                 })
 
-        self.httpd = _QuietServer((host, 0), Handler)
+        self.httpd = QuietServer((host, 0), Handler)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

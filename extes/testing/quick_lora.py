@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from extes.base.loading import hub_id, load_base
 from extes.taxonomy import format_strategy_tag
 
 
@@ -18,10 +19,9 @@ def quick_lora(base: str, out_dir: str | Path, replies: list[tuple[str, str, str
                steps: int = 30, lr: float = 1e-2, r: int = 8, seed: int = 0, strategies: bool = False,
                system_prompt: str | None = None, target_modules: str | list[str] = "all-linear") -> Path:
     """Fit a LoRA adapter on (user message, assistant reply, strategy) triples and save it to `out_dir`."""
-    import torch
+    import torch  # lazy, as the two below: torch and peft load only when an adapter is fitted
     from peft import LoraConfig, get_peft_model
 
-    from extes.base.loading import load_base
     from extes.models.engine import render_prompt
 
     torch.manual_seed(seed)
@@ -49,8 +49,6 @@ def quick_lora(base: str, out_dir: str | Path, replies: list[tuple[str, str, str
         opt.zero_grad()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from extes.base.loading import hub_id
-
     peft_model.peft_config["default"].base_model_name_or_path = hub_id(base)
     peft_model.save_pretrained(out, save_embedding_layers=False)
     (out / "training_config.json").write_text(json.dumps({

@@ -58,7 +58,7 @@ def make_dialogue(scene: str, index: int, utterances: int = 12) -> dict[str, Any
     return {"scene": scene, "description": desc, "content": content}
 
 
-class _QuietServer(ThreadingHTTPServer):
+class QuietServer(ThreadingHTTPServer):
     request_queue_size = 128  # the default backlog of 5 drops bursts of connections (1 s SYN retry)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -115,7 +115,7 @@ class ScriptedServer:
                     return
                 self._send(status, payload, headers)
 
-        self.httpd = _QuietServer((host, port), Handler)
+        self.httpd = QuietServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

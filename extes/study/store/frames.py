@@ -65,6 +65,7 @@ class FramesStore(StoreBase):
         - source "pairwise": every pairwise vote on a conversation, by its participant and by judges,
           labelled by `extes.analysis.agreement.pairwise_rating_rows`.
         """
+        # lazy, as pandas: the store itself runs without the analysis stack
         import pandas as pd
 
         from extes.analysis.agreement import pairwise_rating_rows

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from extes.study.store import schema_v1
+
 metadata = sa.MetaData()
 
 schema_version = sa.Table(
@@ -254,8 +256,6 @@ rating_drafts = sa.Table(
 def _migration_1(conn: Connection) -> None:
     """Initial schema (frozen in extes.study.store.schema_v1: creating today's tables here would make every
     later migration fail on a fresh database with "duplicate column")."""
-    from extes.study.store import schema_v1
-
     schema_v1.metadata.create_all(conn, tables=[t for t in schema_v1.metadata.sorted_tables
                                                 if t.name != "schema_version"])
 
