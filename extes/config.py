@@ -17,13 +17,21 @@ import functools
 import json
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
-__all__ = ["ConfigError", "ConfigModel", "config_dataclass", "format_loc", "read_yaml", "read_mapping",
-           "validate_config", "load_config"]
+__all__ = ["ConfigError", "ConfigModel", "Flag", "Text", "config_dataclass", "format_loc", "load_config", "null_is",
+           "read_mapping", "read_yaml", "validate_config", "whole"]
 
 
 class ConfigError(ValueError):
@@ -34,6 +42,22 @@ class ConfigModel(BaseModel):
     """Base of every configuration model: unknown keys are errors, instances are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+# The value types configuration files share: pydantic's own checks, strict (`true` is not 1, "3" is not 3),
+# worded by `format_errors` below.
+Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1)]  # a non-empty text
+Flag = Annotated[bool, Field(strict=True)]  # true or false
+
+
+def whole(lo: int, hi: int) -> Any:
+    """A whole number from `lo` to `hi` (the type of a field: ``judges: whole(1, 50) = 3``)."""
+    return Annotated[int, Field(strict=True, ge=lo, le=hi)]
+
+
+def null_is(default: Any) -> BeforeValidator:
+    """YAML's null (``key:`` with no value) read as `default`: the one shape rule a type cannot say."""
+    return BeforeValidator(lambda value: default if value is None else value)
 
 
 M = TypeVar("M")
@@ -69,7 +93,7 @@ def format_loc(loc: tuple[Any, ...]) -> str:
 _EXPECTED = {"dict_type": "a mapping", "list_type": "a list", "tuple_type": "a list", "string_type": "a text",
              "bool_type": "true or false", "bool_parsing": "true or false", "int_type": "a whole number",
              "int_parsing": "a whole number", "int_from_float": "a whole number", "float_type": "a number",
-             "float_parsing": "a number"}
+             "float_parsing": "a number", "model_type": "a mapping", "dataclass_type": "a mapping"}
 _BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
            "less_than": ("<", "lt")}
 
@@ -115,6 +139,8 @@ def _reason(err: dict[str, Any], model: Any = None) -> str:
         return f"{got!r} is not one of {', '.join(choices)}"
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {got!r}"
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return f"expected a non-empty text, got {got!r}"
     if kind == "too_short":
         return "must not be empty" if ctx.get("min_length") == 1 else f"needs at least {ctx.get('min_length')} items"
     if kind in _BOUNDS:

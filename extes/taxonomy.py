@@ -13,9 +13,9 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, field_validator, model_validator
+from pydantic import ConfigDict, StringConstraints, field_validator, model_validator
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 
@@ -38,10 +38,7 @@ class Strategy:
 ASPECT_KEYS: tuple[str, ...] = ("fluency", "identification", "comforting", "suggestion", "overall")
 
 
-def _nonempty_text(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty text, got {value!r}")
-    return value.strip()
+_Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1)]  # as extes.config.Text
 
 
 @_pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -53,8 +50,8 @@ class Aspect:
     """
 
     key: str
-    label: str
-    question: str
+    label: _Text
+    question: _Text
 
     @model_validator(mode="before")
     @classmethod
@@ -71,10 +68,6 @@ class Aspect:
             raise ValueError(f"{value!r} is not one of {', '.join(ASPECT_KEYS)}")
         return key
 
-    @field_validator("label", "question", mode="before")
-    @classmethod
-    def _text(cls, value: Any) -> str:
-        return _nonempty_text(value)
 
 
 # The aspects worded for a judge reading two transcripts (a study protocol words its own questions).

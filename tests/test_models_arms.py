@@ -64,7 +64,7 @@ def test_relative_adapter_path_from_yaml_folder(tmp_path, monkeypatch):
     ({"name": "a", "backend": "openai", "model": "m", "adapter": "x"}, "adapter is for local arms"),
     ({"name": "a", "model": "m"}, "model is only for backend: openai"),
     ({"name": "a b"}, "name 'a b'"),
-    ({"name": "a", "strategies": "yes"}, "strategies must be true or false"),
+    ({"name": "a", "strategies": "yes"}, "strategies: expected true or false, got .yes."),
     ({"name": "a", "base": "./not-here"}, "neither the embedded model"),
     ("just-a-string", "expected a mapping"),
 ])

@@ -92,3 +92,38 @@ def test_default_protocol_validates_once_the_demo_adapters_exist(repo_root, tmp_
     assert [a.strategies for a in p.arms] == [False, False, True]
     assert p.arms[2].adapter == str((tmp_path / "results/adapters/seeds-lora-strategies").resolve())
     assert all(a.generation.max_new_tokens <= p.max_reply_tokens for a in p.arms)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"min_user_turns": True}, "study.yaml: min_user_turns: expected a whole number, got True"),
+    ({"min_user_turns": "3"}, "study.yaml: min_user_turns: expected a whole number, got '3'"),
+    ({"min_user_turns": 201}, "study.yaml: min_user_turns: must be <= 200, got 201"),
+    ({"scenario_to_models": "yes"}, "study.yaml: scenario_to_models: expected true or false, got 'yes'"),
+    ({"title": "   "}, "study.yaml: title: expected a non-empty text, got '   '"),
+    ({"reveal_identities": "sometimes"}, "study.yaml: reveal_identities: 'sometimes' is not one of never, after_rating"),
+    ({"annotation": {"likert_scale": [3, 0]}}, "study.yaml: annotation.likert_scale: expected [low, high] with low < high"),
+    ({"screening": {"toxicity_threshold": 0}}, "study.yaml: screening.toxicity_threshold: must be > 0, got 0"),
+    ({"screening": {"toxicity_threshold": True}}, "study.yaml: screening.toxicity_threshold: expected a number"),
+    ({"crisis": ["help"]}, "study.yaml: crisis: expected a mapping"),
+    ({"crisis": {"banner": "help", "patterns": {}}}, "study.yaml: crisis.patterns: must not be empty"),
+    ({"arms": [{"name": "a"}, "b"]}, "study.yaml: arms[1]: expected a mapping"),
+])
+def test_protocol_types_carry_the_checks(change, expected):
+    """Strict types and constraints, worded once by extes.config: `true` is not a number, "yes" is not a flag."""
+    data = protocol_dict()
+    data.update(change)
+    with pytest.raises(ProtocolError) as err:
+        protocol_from_dict(data, where="study.yaml", build_arms=False)
+    assert expected in str(err.value), str(err.value)
+
+
+def test_null_sections_and_one_pattern_take_their_defaults():
+    data = protocol_dict()
+    data.update(annotation=None, attention={"exclude": None}, screening=None, instructions=None,
+                crisis={"banner": " Help is here. ", "patterns": {"suicide": "kill myself"}})
+    p = protocol_from_dict(data, where="study.yaml", build_arms=False)
+    assert p.annotation.judges_per_item == 3 and p.attention.exclude == () and p.screening.toxicity_threshold == 0.5
+    assert p.instructions == "" and p.crisis.banner == "Help is here." and p.crisis.patterns == {"suicide": ("kill myself",)}
+    assert p.source == "study.yaml"
+    with pytest.raises(ProtocolError, match="source: unknown key 'source'"):
+        protocol_from_dict({**protocol_dict(), "source": "forged"}, where="study.yaml", build_arms=False)

@@ -25,10 +25,10 @@ from dataclasses import asdict, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
 from extes.base.embedded import EMBEDDED_NAME, checkpoint_dir
-from extes.config import config_dataclass, read_yaml, validate_config
+from extes.config import Flag, Text, config_dataclass, null_is, read_yaml, validate_config
 from extes.dialogue import DEFAULT_SYSTEM_PROMPT
 
 Backend = Literal["local", "openai"]
@@ -71,92 +71,45 @@ class GenerationSettings:
         return validate_config({**self.to_dict(), **override}, GenerationSettings, where, error=ArmConfigError)
 
 
+def _name(name: str | None) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"name {name!r} must be 1-64 characters of letters, digits, '_', '-', '.', ':'")
+    return name
+
+
+def _http_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
+    return url
+
+
 @config_dataclass
 class Arm:
     """One arm. Constructed in code, only types and values are checked; read from YAML (`arms_from_config`,
     `load_arms`), a local arm's base and adapter are also resolved on disk and checked against each other."""
 
-    name: str
+    name: Annotated[str, Field(strict=True), AfterValidator(_name)]
     backend: Backend = "local"
-    base: str = EMBEDDED_NAME
-    adapter: str | None = None
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
-    strategies: bool = False
-    base_url: str | None = None
+    base: Text = EMBEDDED_NAME  # the embedded model, a hub id or a checkpoint folder
+    adapter: Text | None = None  # an adapter folder
+    system_prompt: Annotated[str, Field(strict=True)] | None = DEFAULT_SYSTEM_PROMPT
+    generation: Annotated[GenerationSettings, null_is({})] = field(default_factory=GenerationSettings)
+    # not given (or null): a local arm takes it from its adapter's training config, else false
+    strategies: Annotated[Flag, null_is(False)] = False
+    base_url: Annotated[str, Field(strict=True), AfterValidator(_http_url)] | None = None
     model: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: Text = "OPENAI_API_KEY"  # the environment variable holding the key
     # openai backend only: seconds per request and retries (with backoff) before the first token.
     timeout_s: Annotated[Number, Field(ge=0)] = 60.0
     max_retries: Annotated[int, Field(strict=True, ge=0)] = 3
     # local arms: precision of the base weights (the residual stream, attention, KV cache and LoRA stay fp32).
     dtype: Dtype = "auto"
 
-    @field_validator("name", mode="before")
-    @classmethod
-    def _name(cls, name: Any) -> Any:
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ValueError(f"name {name!r} must be 1-64 characters of letters, digits, '_', '-', '.', ':'")
-        return name
-
-    @field_validator("generation", mode="before")
-    @classmethod
-    def _generation(cls, value: Any) -> Any:
-        if value is None:
-            return GenerationSettings()
-        if not isinstance(value, (dict, GenerationSettings)):
-            raise ValueError(f"expected a mapping of generation settings, got {type(value).__name__}")
-        return value
-
-    @field_validator("system_prompt", mode="before")
-    @classmethod
-    def _system_prompt(cls, value: Any) -> Any:
-        if value is not None and not isinstance(value, str):
-            raise ValueError("system_prompt must be a string or null")
-        return value
-
-    @field_validator("strategies", mode="before")
-    @classmethod
-    def _strategies(cls, value: Any) -> Any:
-        if value is None:  # not given: a local arm inherits it from its adapter's training config
-            return False
-        if not isinstance(value, bool):
-            raise ValueError(f"strategies must be true or false, got {value!r}")
-        return value
-
-    @field_validator("base", mode="before")
-    @classmethod
-    def _base(cls, base: Any) -> Any:
-        if not isinstance(base, str) or not base.strip():
-            raise ValueError(f"base must be a non-empty string, got {base!r}")
-        return base
-
-    @field_validator("adapter", mode="before")
-    @classmethod
-    def _adapter(cls, adapter: Any) -> Any:
-        if adapter is not None and (not isinstance(adapter, str) or not adapter.strip()):
-            raise ValueError(f"adapter must be a path, got {adapter!r}")
-        return adapter
-
-    @field_validator("base_url", mode="before")
-    @classmethod
-    def _base_url(cls, url: Any) -> Any:
-        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
-            raise ValueError(f"base_url must be an http(s) URL, got {url!r}")
-        return url
-
-    @field_validator("api_key_env", mode="before")
-    @classmethod
-    def _api_key_env(cls, value: Any) -> Any:
-        if not isinstance(value, str) or not value:
-            raise ValueError("api_key_env must name an environment variable")
-        return value
-
     @model_validator(mode="wrap")
     @classmethod
     def _whole_arm(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
         if isinstance(data, dict) and "name" not in data:
-            cls._name(None)  # the wording users already get for a missing name
+            _name(None)  # the wording users already get for a missing name
         arm = handler(data)
         arm._check_backend_keys()
         if info.context is None or not isinstance(data, dict):

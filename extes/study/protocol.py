@@ -49,7 +49,7 @@ from pydantic import (
 )
 
 from extes.analysis.exclusions import FLAGS
-from extes.config import ConfigModel, validate_config
+from extes.config import ConfigModel, Flag, Text, null_is, validate_config, whole
 from extes.models.arms import arms_from_config
 from extes.study.design import Design, pane_names
 from extes.study.recruitment import RecruitmentSettings
@@ -68,20 +68,6 @@ class ProtocolError(ValueError):
 
 class _ArmsError(Exception):
     """An arm error whose message already names the file (passed through pydantic untouched)."""
-
-
-# The value types of a protocol: pydantic's own checks (strict: `true` is not 1, "3" is not 3), worded by
-# extes.config. The only before-validators left turn a YAML null into the default ("key:" with no value).
-Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1)]
-Flag = Annotated[bool, Field(strict=True)]
-
-
-def Whole(lo: int, hi: int) -> Any:  # noqa: N802 - a type, read as one in the fields below
-    return Annotated[int, Field(strict=True, ge=lo, le=hi)]
-
-
-def _null_is(default: Any) -> BeforeValidator:
-    return BeforeValidator(lambda value: default if value is None else value)
 
 
 def _compiles(pattern: str) -> str:
@@ -110,15 +96,15 @@ def _ordered(scale: tuple[int, int]) -> tuple[int, int]:
 
 
 class AnnotationSettings(ConfigModel):
-    judges_per_item: Whole(1, 50) = 3
+    judges_per_item: whole(1, 50) = 3
     pairwise: Flag = True
     likert_aspects: Annotated[tuple[Text, ...], Field(min_length=1)] = LIKERT_ASPECTS
-    likert_scale: Annotated[tuple[Whole(-1000, 1000), Whole(-1000, 1000)], AfterValidator(_ordered)] = (0, 3)
+    likert_scale: Annotated[tuple[whole(-1000, 1000), whole(-1000, 1000)], AfterValidator(_ordered)] = (0, 3)
     dataset: Text | None = None  # a dataset file of items to judge
     enabled: Flag = True  # false: /annotate is off entirely
     judges_see_conversations: Flag = False  # true: judges may read participants' conversations
-    max_open_per_judge: Whole(1, 100) = 1  # items one judge may have in progress
-    max_open_total: Whole(1, 100_000) = 100  # items in progress across all judges
+    max_open_per_judge: whole(1, 100) = 1  # items one judge may have in progress
+    max_open_total: whole(1, 100_000) = 100  # items in progress across all judges
 
 
 INSTRUCTED_LABEL = "For this row, please choose Tie"  # the attention row of the rating form
@@ -137,12 +123,12 @@ class AttentionSettings(ConfigModel):
     default) and the exclusion rule applied at analysis (`extes export/analyze --exclusions protocol`)."""
 
     instructed_response: Flag = False  # a row "For this row, please choose Tie" in the rating form
-    min_message_chars: Whole(0, 100_000) = 0  # flag short_messages below this (0: off)
-    min_rating_seconds: Whole(0, 86_400) = 0  # flag fast_rating below this (0: off)
+    min_message_chars: whole(0, 100_000) = 0  # flag short_messages below this (0: off)
+    min_rating_seconds: whole(0, 86_400) = 0  # flag fast_rating below this (0: off)
     flag_repeated_messages: Flag = False  # flag repeated_message: the same text in every turn
     flag_straight_lining: Flag = False  # flag straight_lined: every answer the same option
     # flags whose conversations the analysis leaves out (each once)
-    exclude: Annotated[tuple[Flagname, ...], _null_is(()), AfterValidator(lambda v: tuple(dict.fromkeys(v)))] = ()
+    exclude: Annotated[tuple[Flagname, ...], null_is(()), AfterValidator(lambda v: tuple(dict.fromkeys(v)))] = ()
 
     @model_validator(mode="after")
     def _rule_needs_checks(self) -> AttentionSettings:
@@ -170,23 +156,23 @@ class ScreeningSettings(ConfigModel):
 class Protocol(ConfigModel):
     title: Text
     consent: Text
-    instructions: Annotated[str, StringConstraints(strict=True, strip_whitespace=True), _null_is("")] = ""
-    max_reply_tokens: Whole(1, 8192) = 256  # before arms: every arm's max_new_tokens
+    instructions: Annotated[str, StringConstraints(strict=True, strip_whitespace=True), null_is("")] = ""
+    max_reply_tokens: whole(1, 8192) = 256  # before arms: every arm's max_new_tokens
     # k >= 2 arms: extes.models.Arm once built (the mappings as given when built without arms)
     arms: Annotated[tuple[dict[str, Any], ...], Field(min_length=2)]
     panes: Literal[2, 3] = 3  # arms side by side; at most as many as arms (extes.study.design)
     assignment: Literal["balanced", "adaptive"] = "balanced"  # extes.study.design
     aspects: Annotated[tuple[Aspect, ...], Field(min_length=1)]
     crisis: Crisis
-    min_user_turns: Whole(1, 200) = 10
-    conversations_per_participant: Whole(1, 50) = 2
-    max_message_chars: Whole(1, 100_000) = 4000
+    min_user_turns: whole(1, 200) = 10
+    conversations_per_participant: whole(1, 50) = 2
+    max_message_chars: whole(1, 100_000) = 4000
     scenario_to_models: Flag = False
     reveal_identities: Literal["never", "after_rating"] = "never"
-    annotation: Annotated[AnnotationSettings, _null_is({})] = AnnotationSettings()
+    annotation: Annotated[AnnotationSettings, null_is({})] = AnnotationSettings()
     recruitment: RecruitmentSettings | None = None  # a recruitment platform (Prolific, MTurk-style links)
-    attention: Annotated[AttentionSettings, _null_is({})] = AttentionSettings()
-    screening: Annotated[ScreeningSettings, _null_is({})] = ScreeningSettings()
+    attention: Annotated[AttentionSettings, null_is({})] = AttentionSettings()
+    screening: Annotated[ScreeningSettings, null_is({})] = ScreeningSettings()
     description: Any = None  # accepted and ignored (a note for the researchers)
     _source: str = PrivateAttr("<memory>")
 
