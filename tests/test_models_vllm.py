@@ -102,9 +102,9 @@ def test_serve_vllm_command_cli_prints_command_and_yaml():
 
 
 def test_vllm_plan_with_local_weights_serves_the_folder_under_the_hub_id(monkeypatch, tmp_path):
-    import extes.base.loading as loading
+    import extes.models.vllm as vllm
 
-    monkeypatch.setattr(loading, "checkpoint_source", lambda base: str(tmp_path / "ckpt"))
+    monkeypatch.setattr(vllm, "checkpoint_source", lambda base: str(tmp_path / "ckpt"))  # where vllm looks it up
     (cmd,) = vllm_plan(load_arms(PROTOCOL), local_weights=True).commands
     assert cmd[2] == str(tmp_path / "ckpt") and cmd[cmd.index("--served-model-name") + 1] == EMBEDDED_HUB_ID
 
