@@ -340,6 +340,10 @@ class ParticipantUI:
             return {**self._full(arrival), self.platform_params: json.dumps(params)}
         return {**self._on_load(saved_code, client_of(request)), self.platform_params: ""}
 
+    def _ready(self) -> Updates:
+        """After the load event, whether it succeeded or not: the first buttons may be pressed."""
+        return {self.agree_btn: gr.update(interactive=True), self.resume_btn: gr.update(interactive=True)}
+
     def _on_load(self, saved_code: str | None, client: str | None = None):
         if saved_code:
             try:
@@ -466,13 +470,15 @@ class ParticipantUI:
                 gr.Markdown(p.consent)
                 if p.instructions:
                     gr.Markdown("**How it works.** " + p.instructions)
-                agree_btn = gr.Button("I agree", variant="primary")
+                # Off until the page has loaded: a click before the load event returns would be undone by it
+                # (the consent page drawn again over the new code, and a second code on the next click).
+                self.agree_btn = gr.Button("I agree", variant="primary", interactive=False)
                 self.decline_btn = gr.Button("I do not agree", visible=False, elem_id="decline")
             with gr.Column(visible=True) as self.resume_col:
                 self.return_md = gr.Markdown(RETURN_NOTE, visible=False, elem_id="return-note")
                 with gr.Accordion("Coming back? Enter your participant code", open=False) as self.resume_acc:
                     resume_code = StrictTextbox(label="Participant code", max_lines=1, placeholder="XXXX-XXXX-XXXX")
-                    resume_btn = gr.Button("Continue with this code")
+                    self.resume_btn = gr.Button("Continue with this code", interactive=False)  # as agree_btn
             self.progress_md = gr.Markdown(visible=False)
             with gr.Column(visible=False) as self.setup_col:
                 self.scenario = gr.Dropdown(choices=list(SCENARIO_CHOICES), value=None, elem_id="topic",
@@ -544,12 +550,14 @@ class ParticipantUI:
             forgotten = dict(fn=None, inputs=None, outputs=None, js=f"() => {{ ({KEEP_FORGOTTEN_JS})(); ({TOPIC_JS})(); }}")
             load_outputs = [*self.full_outputs, self.platform_params]
             demo.load(self._guard(load_outputs, self.on_load), inputs=[self.saved_code], api_visibility="private",
-                      outputs=load_outputs, concurrency_limit=None).then(**redirect).then(**forgotten)
-            agree_btn.click(self._guard(self.full_outputs, self.on_consent), inputs=[self.platform_params],
+                      outputs=load_outputs, concurrency_limit=None).then(
+                self._ready, outputs=[self.agree_btn, self.resume_btn], api_visibility="private",
+                concurrency_limit=None).then(**redirect).then(**forgotten)
+            self.agree_btn.click(self._guard(self.full_outputs, self.on_consent), inputs=[self.platform_params],
                             api_name="consent", **full).then(**forgotten)
             self.decline_btn.click(self._guard(self.full_outputs, self.on_decline), inputs=[self.platform_params],
                                    api_visibility="private", **full).then(**redirect)
-            resume_btn.click(self._guard(self.full_outputs, self.on_resume), inputs=[resume_code], api_name="resume",
+            self.resume_btn.click(self._guard(self.full_outputs, self.on_resume), inputs=[resume_code], api_name="resume",
                              **full).then(**forgotten)
             start_btn.click(self._guard(self.full_outputs, self.on_start),
                             inputs=[self.code_box, self.scenario, self.description], api_name="start",
