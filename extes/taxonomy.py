@@ -491,9 +491,16 @@ def _ungrouped(pattern: str) -> str:
     return re.sub(r"\(\?P<\w+>", "(?:", pattern)
 
 
+def prepare_tag_grammar() -> None:
+    """Compile the tag patterns now. They take about a second, so importing the taxonomy does not do it;
+    an engine or a study app calls this at start-up, so that the first reply does not wait for it (in the
+    engine's thread, that second held every pane's first turn)."""
+    _tag_grammar()
+
+
 @functools.cache
 def _tag_grammar() -> _TagGrammar:
-    """Compiled on first use (about a second), so importing the taxonomy stays cheap."""
+    """Compiled once, on first use or by `prepare_tag_grammar`."""
     forms = {**_FORMS, **_LEFTOVERS}
     return _TagGrammar(
         tags=re.compile("|".join(g.full for g in _FORMS.values())),

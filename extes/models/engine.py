@@ -34,6 +34,7 @@ from extes.models.types import (
     Reply,
     Request,
 )
+from extes.taxonomy import prepare_tag_grammar
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def create_engine(base: str, adapters=(), dtype: str | None = "auto", engine: st
                         name, ", ".join(unused))
         runner = TransformersRunner(base, adapters, dtype=None if dtype in (None, "auto") else dtype,
                                     max_context=max_context, model=model, tokenizer=tokenizer)
+    prepare_tag_grammar()  # at load, not in the first turn (replies are read for tags as they stream)
     return Engine(runner, max_batch=max_batch, gather_s=gather_s, prefill_chunk=prefill_chunk, name=str(base))
 
 

@@ -25,6 +25,7 @@ from extes.study.protocol import Protocol
 from extes.study.session import Study
 from extes.study.store import Store
 from extes.study.ui_participant import CSS, build_participant_ui
+from extes.taxonomy import prepare_tag_grammar
 from extes.ui_theme import offline_theme
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def build_app(protocol: Protocol, store: Store, pool: Any, concurrency: int = 16
               study: Study | None = None) -> FastAPI:
     """The whole app. `pool` follows extes.models.ArmPool (stream_many etc.)."""
     study = study or Study(protocol, store, pool)
+    prepare_tag_grammar()  # the panes strip tags from the first reply on: compile the patterns now
     quiet_gradio_tracebacks()
     app = FastAPI(title="Study", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.study = study
