@@ -74,6 +74,6 @@ def install() -> None:
 
 if __name__ == "__main__":
     install()
-    from extes.study.app_cli import main
+    from extes.commands.app_cli import main
 
     sys.exit(main())

@@ -33,7 +33,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "report": ("extes.commands.report_cli", "report", "the paper's tables in one folder: report.md, tables.tex, figures"),
     "plan": ("extes.commands.analysis_cli", "plan", "conversations needed for a powered sign test after correction"),
     "judge": ("extes.commands.judge_cli", "judge", "an LLM judges rated conversations pairwise; agreement with people"),
-    "app": ("extes.study.app_cli", "app", "run the study app (same as python app.py)"),
+    "app": ("extes.commands.app_cli", "app", "run the study app (same as python app.py)"),
 }
 
 

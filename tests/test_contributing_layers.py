@@ -29,12 +29,15 @@ def test_diagram_matches_the_contract():
 
 
 def test_the_study_package_holds_the_web_app_not_the_offline_verbs():
-    """`extes/study` is the web app and its store: the only verb it serves is `app`; the offline verbs
-    (export, analyze, agreement, plan, report, judge) live in `extes.commands`."""
+    """`extes/study` is the web app and its store and holds no verb: `app` (which serves it) and the offline
+    verbs (export, analyze, agreement, plan, report, judge) live in `extes.commands`."""
     from extes.cli import VERBS
 
     in_study = {verb for verb, (module, _, _) in VERBS.items() if module.startswith("extes.study")}
-    assert in_study == {"app"}
-    assert [p.name for p in (ROOT / "extes" / "study").glob("*_cli.py")] == ["app_cli.py"]
-    for verb in ("export", "analyze", "agreement", "plan", "report", "judge"):
+    assert in_study == set()
+    assert list((ROOT / "extes" / "study").rglob("*_cli.py")) == []
+    for path in (ROOT / "extes" / "study").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "argparse" not in text, f"{path.name} parses a command line"
+    for verb in ("app", "export", "analyze", "agreement", "plan", "report", "judge"):
         assert VERBS[verb][0].startswith("extes.commands."), verb

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from study_helpers import ARM_NAMES, ServerThread, call, free_port, protocol_dict, tiny_arm_dicts
 
-from extes.study.app_cli import resolve_address
+from extes.commands.app_cli import resolve_address
 from extes.study.store import STREAM_STALE_S, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -287,7 +287,7 @@ def test_pages_open_with_or_without_the_trailing_slash(served):
 
 
 def test_app_refuses_bad_engine_options_before_loading(capsys):
-    from extes.study.app_cli import main
+    from extes.commands.app_cli import main
 
     assert main(["--engine-in-process", "--engine-threads", "2", "--db", ":memory:"]) == 2
     assert "--engine-threads applies to engines in their own process" in capsys.readouterr().err

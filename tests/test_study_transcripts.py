@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from study_helpers import ARM_NAMES, FakePool, full_answers, make_protocol
 
-from extes.study import app_cli
+from extes.commands import app_cli
 from extes.study import ui_research as ui
 from extes.study.session import Study
 from extes.study.store import Store

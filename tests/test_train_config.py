@@ -85,11 +85,11 @@ def test_the_loop_takes_its_defaults_and_a_runs_settings_from_the_config():
 def test_one_max_batch_default_for_the_pool_the_engine_and_the_scheduler():
     import inspect
 
+    from extes.commands import app_cli
     from extes.models import ArmPool
     from extes.models.engine import create_engine
     from extes.models.scheduler import Engine
     from extes.models.types import MAX_BATCH
-    from extes.study import app_cli
 
     for fn in (ArmPool.__init__, create_engine, Engine.__init__, app_cli.create):
         assert inspect.signature(fn).parameters["max_batch"].default == MAX_BATCH, fn

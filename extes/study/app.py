@@ -1,7 +1,7 @@
 """The study web app: one FastAPI app serving the participant page at `/`, with mounting points for the
 annotation page (`/annotate`) and the researcher dashboard (`/research`).
 
-    app = build_app(protocol, store, pool)     # FastAPI; run with uvicorn (see app_cli.run_app)
+    app = build_app(protocol, store, pool)     # FastAPI; run with uvicorn (see extes.commands.app_cli.run_app)
 
 Extension hook for /annotate and /research: `MOUNTS` lists (path, module, function). Each function is
 called as `fn(protocol, store, pool)` and returns a `gradio.Blocks` to mount at that path, or None while

@@ -50,7 +50,7 @@ from pydantic import (
 
 from extes.analysis.exclusions import FLAGS
 from extes.config import ConfigModel, Flag, Text, null_is, validate_config, whole
-from extes.models.arms import arms_from_config
+from extes.models.arms import Arm, arms_from_config
 from extes.study.design import Design, pane_names
 from extes.study.recruitment import RecruitmentSettings
 from extes.study.screening import DEFAULT_MESSAGE
@@ -195,9 +195,10 @@ class Protocol(ConfigModel):
     def arm_names(self) -> tuple[str, ...]:
         return tuple(a.name if not isinstance(a, dict) else str(a["name"]).strip() for a in self.arms)
 
-    def arm(self, name: str):
+    def arm(self, name: str) -> Arm:
+        """The built arm called `name` (the study loads its protocol with the arms built)."""
         for a in self.arms:
-            if (a.name if not isinstance(a, dict) else a.get("name")) == name:
+            if isinstance(a, Arm) and a.name == name:
                 return a
         raise KeyError(name)
 
@@ -246,12 +247,11 @@ class Protocol(ConfigModel):
         return self
 
 
-def _reply_length(arm: Any, length: int) -> Any:
+def _reply_length(arm: Arm, length: int) -> Arm:
     """Every arm of a study writes at most the protocol's `max_reply_tokens`, the same for all: a pane whose
     replies are cut shorter (or never cut) would be easy to recognise."""
-    gen = getattr(arm, "generation", None)
-    if gen is not None and getattr(gen, "max_new_tokens", None) != length:
-        return replace(arm, generation=replace(gen, max_new_tokens=length))
+    if arm.generation.max_new_tokens != length:
+        return replace(arm, generation=replace(arm.generation, max_new_tokens=length))
     return arm
 
 

@@ -20,6 +20,7 @@ from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 from extes.analysis.pairwise import pair_interval_widths
+from extes.models.arms import Arm
 from extes.models.types import Event, Reply
 from extes.study.arrivals import PlatformArrivals
 from extes.study.blinding import strip_tags
@@ -135,7 +136,7 @@ class Study:
             raise UnknownCode("This conversation does not belong to this participant code.")
         return p, conv
 
-    def _arm(self, conv: Conversation, pane: str):
+    def _arm(self, conv: Conversation, pane: str) -> Arm:
         return self.protocol.arm(conv.arm(pane))
 
     # ---------------------------------------------------------------------------------- views

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
+from extes.models.arms import Arm
 from extes.models.types import Event, Reply
 from extes.study.blinding import strip_tags
 from extes.study.records import Message
@@ -46,7 +47,8 @@ def final_text(reply: Reply | None, streamed: str) -> str:
     return text if text.strip() else ""
 
 
-def pane_context(conv: Conversation, pane: str, arm, rows: list[Message], scenario_to_models: bool) -> list[ChatMessage]:
+def pane_context(conv: Conversation, pane: str, arm: Arm, rows: list[Message],
+                 scenario_to_models: bool) -> list[ChatMessage]:
     """The model's view of one pane: its own history (consecutive same-role turns merged, e.g. after an
     interrupted reply), with the scenario in the system prompt only when the protocol says so."""
     out: list[ChatMessage] = []
@@ -62,7 +64,7 @@ def pane_context(conv: Conversation, pane: str, arm, rows: list[Message], scenar
             out[-1]["content"] += "\n\n" + r.text
             continue
         m: ChatMessage = {"role": r.role, "content": r.text}
-        if r.is_reply and getattr(arm, "strategies", False) and r.strategy:
+        if r.is_reply and arm.strategies and r.strategy:
             m["strategy"] = r.strategy
         out.append(m)
     return out

@@ -117,9 +117,9 @@ def manage_judges(args: argparse.Namespace) -> int:
         if args.revoke_judge is not None:
             freed = store.revoke_judge(args.revoke_judge)
             print(f"revoked; {freed} unfinished item(s) freed")
-        if getattr(args, "resolve_flag", None) is not None:
+        if args.resolve_flag is not None:
             print(resolve_flag(store, args.resolve_flag, args.note))
-        if getattr(args, "open_flags", False):
+        if args.open_flags:
             open_flags = [f for f in store.flags() if f.resolved_at is None]
             for f in open_flags:
                 print(f"{f.id}\t{f.category}\t{f.conversation_id}\t{f.created_at}")
@@ -148,8 +148,8 @@ def startup_lines(host: str, port: int, protocol) -> list[str]:
 def run_app(args: argparse.Namespace) -> int:
     import uvicorn
 
-    if any(getattr(args, name, None) not in (None, False)
-           for name in ("invite_judges", "revoke_judge", "resolve_flag", "open_flags")):
+    if args.invite_judges is not None or args.revoke_judge is not None or args.resolve_flag is not None \
+            or args.open_flags:
         return manage_judges(args)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
