@@ -37,7 +37,7 @@ from pathlib import Path
 
 from extes.base.embedded import EMBEDDED_NAME
 from extes.models import Arm, ArmPool, GenerationSettings
-from extes.models.fast_engine import FastRunner
+from extes.models.fast_runner import FastRunner
 from extes.models.sampling import draw, sample_rows
 from extes.models.scheduler import Engine
 from extes.models.text import render_prompt

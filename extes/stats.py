@@ -29,29 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from extes.dialogue import Dialogue, load_dialogues
+from extes.shares import percentages
 from extes.taxonomy import ESCONV_STRATEGIES, STRATEGIES
 
 HOPS = (3, 4, 5)
 N_PHASES = 4
-
-
-def largest_remainder(counts: Sequence[float], decimals: int = 1, total: float = 100.0) -> list[float]:
-    """Shares of ``counts`` scaled to ``total`` and rounded to ``decimals`` so that they sum to exactly
-    ``total`` (largest-remainder / Hamilton method: floor every share, then hand the missing units to the
-    largest remainders; ties go to the earlier entry). All zeros give zeros."""
-    s = float(sum(counts))
-    if s <= 0:
-        return [0.0 for _ in counts]
-    unit = 10.0 ** -decimals
-    n_units = round(total / unit)
-    exact = [c / s * n_units for c in counts]
-    floors = [math.floor(x + 1e-9) for x in exact]
-    missing = n_units - sum(floors)
-    order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - floors[i]), i))
-    for i in order[:missing]:
-        floors[i] += 1
-    return [round(f * unit, decimals) for f in floors]
-
 
 @dataclass(frozen=True)
 class StatTurn:
@@ -162,7 +144,7 @@ def compute_stats(dialogues: list[Dialogue], top_k: int = 5, merge_consecutive: 
     phases = {}
     for i, c in enumerate(phase_counts, 1):
         ordered = sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))
-        shares = largest_remainder([v for _, v in ordered], decimals=4, total=1.0)
+        shares = percentages([v for _, v in ordered], decimals=4, total=1.0)
         phases[str(i)] = {s: share for (s, _), share in zip(ordered, shares)}
 
     transitions: dict[str, list[dict[str, Any]]] = {}
@@ -222,11 +204,11 @@ def format_stats(st: DatasetStats) -> str:
         lines.append(f"  assistant turns w/o strategy   {st.unlabelled_assistant_turns}")
     if st.merged:
         lines.append("  consecutive same-speaker utterances merged; a merged turn keeps every strategy label")
-    lines += ["", "Scenarios (Table 1; % by largest remainder, sums to 100)"]
-    for (name, cnt), pct in zip(st.scenes.items(), largest_remainder(list(st.scenes.values()))):
+    lines += ["", "Scenarios (Table 1; % by largest remainder, equal counts equal)"]
+    for (name, cnt), pct in zip(st.scenes.items(), percentages(list(st.scenes.values()))):
         lines.append(f"  {name:<58} {cnt:>6}  {pct:5.1f}%")
     lines += ["", f"Strategies (Table 2; {sum(st.strategies.values())} labels)"]
-    for (name, cnt), pct in zip(st.strategies.items(), largest_remainder(list(st.strategies.values()))):
+    for (name, cnt), pct in zip(st.strategies.items(), percentages(list(st.strategies.values()))):
         lines.append(f"  {name + ' (' + strategy_abbreviation(name) + ')':<42} {cnt:>6}  {pct:5.1f}%")
     lines += ["", "Strategy share per conversation phase (top 5 each)"]
     for phase, dist in st.phases.items():

@@ -337,11 +337,11 @@ def test_the_scheduler_knows_runners_only_by_their_protocol(repo_root):
     models = repo_root / "extes" / "models"
     imported = _imported_modules(models / "scheduler.py")
     assert "extes.models.runner" in imported
-    forbidden = {"extes.models.fast_engine", "extes.models.transformers_runner", "extes.models.fastllama",
+    forbidden = {"extes.models.fast_runner", "extes.models.transformers_runner", "extes.models.fastllama",
                  "transformers", "peft"}
     assert not {m for m in imported if m.split(".")[0] in forbidden or m in forbidden or
                 any(m.startswith(f + ".") for f in forbidden)}
-    for name in ("scheduler.py", "pool.py", "engine.py", "engine_process.py", "fast_engine.py", "types.py"):
+    for name in ("scheduler.py", "pool.py", "engine.py", "engine_process.py", "fast_runner.py", "types.py"):
         text = (models / name).read_text()
         assert "getattr(" not in text and "hasattr(" not in text, name
 

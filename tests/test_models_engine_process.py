@@ -159,7 +159,7 @@ def test_close_summary_counts_batches_without_text(base, adapters):
 def test_the_transformers_path_can_be_forced_for_comparisons(base, adapters):
     """`engine="transformers"` (app.py --engine transformers, bench/load.py --baseline) runs the reference
     path even where the fast engine could; unknown kinds are refused before anything loads."""
-    from extes.models.fast_engine import FastRunner
+    from extes.models.fast_runner import FastRunner
     from extes.models.transformers_runner import TransformersRunner
 
     arms = tiny_arms(base, adapters)

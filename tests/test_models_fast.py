@@ -8,7 +8,7 @@ from models_helpers import GREEDY, SYSTEM, tiny_arms, user
 
 from extes.models import ArmPool, GenerationSettings
 from extes.models.engine import create_engine
-from extes.models.fast_engine import FastRunner
+from extes.models.fast_runner import FastRunner
 from extes.models.fastllama import (
     Block,
     FastLlama,

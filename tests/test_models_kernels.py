@@ -175,7 +175,7 @@ def test_kernels_compile_uncached_where_numba_cannot_cache(monkeypatch, caplog):
 
 def test_the_engine_records_which_attention_computed_a_reply(monkeypatch, base):
     from extes.models.engine import create_engine
-    from extes.models.fast_engine import ENGINE_VERSION
+    from extes.models.fast_runner import ENGINE_VERSION
 
     for kernel_there, version in ((True, ENGINE_VERSION), (False, f"{ENGINE_VERSION}/torch-attention")):
         if not kernel_there:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from extes.analysis.shares import percentages
 from extes.cli import main
 from extes.metrics.registry import TABLE_COLUMNS
+from extes.shares import percentages
 from extes.study.records import PaneVote
 
 ROOT = Path(__file__).resolve().parents[1]

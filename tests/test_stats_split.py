@@ -167,12 +167,18 @@ def test_top_transitions_show_counts_mark_ties_and_break_them_alphabetically(cap
     assert "and 3 more with count 1" in text
 
 
-def test_percentages_sum_to_100_by_largest_remainder(capsys):
-    from extes.stats import largest_remainder
-    assert largest_remainder([1, 1, 1]) == [33.4, 33.3, 33.3]
-    assert sum(largest_remainder([1, 1, 1])) == pytest.approx(100.0)
-    ds = [_d(i, s, ["Emotional Validation"]) for i, s in enumerate("ABCABCA")]  # 3/7, 2/7, 2/7
+def test_percentages_sum_to_100_by_largest_remainder_and_equal_counts_print_equal(capsys):
+    import extes.stats
+    from extes.shares import percentages
+    assert extes.stats.percentages is percentages  # the one rounding rule of the project (extes.shares)
+    assert not hasattr(extes.stats, "largest_remainder")
+    # equal counts print equal: 33.4/33.3/33.3 would tell three equal scenarios apart
+    tied = [_d(i, s, ["Emotional Validation"]) for i, s in enumerate("ABC")]
     from extes.stats import format_stats
+    lines = [line.split() for line in format_stats(compute_stats(tied)).splitlines()
+             if line.strip()[:1] in "ABC" and line.strip().endswith("%") and len(line.split()) == 3]
+    assert [float(w[-1].rstrip("%")) for w in lines] == [33.3, 33.3, 33.3]
+    ds = [_d(i, s, ["Emotional Validation"]) for i, s in enumerate("ABCABCA")]  # 3/7, 2/7, 2/7
     text = format_stats(compute_stats(ds))
     shares = [float(line.split()[-1].rstrip("%")) for line in text.splitlines()
               if line.strip()[:1] in "ABC" and line.strip().endswith("%") and len(line.split()) == 3]

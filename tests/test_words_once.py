@@ -1,5 +1,5 @@
-"""Each word of the field is defined once: the aspects, the p-value corrections, the metric registry and
-the crash-safe journal. Every other module uses that one definition (the same objects, not copies)."""
+"""Each word of the field is defined once: the aspects, the p-value corrections, the metric registry, the
+crash-safe journal and the rounding of percentages. Every other module uses that one definition (the same objects, not copies)."""
 
 import numpy as np
 import pytest
@@ -40,6 +40,17 @@ def test_one_correction_function_for_analysis_and_planner():
     assert pairwise.CORRECTIONS is corrections.CORRECTIONS
     assert "CORRECTIONS" not in vars(plan) or plan.CORRECTIONS is corrections.CORRECTIONS
     assert report.__name__ and tables.__name__  # they caption with corrections.CORRECTIONS (imported lazily)
+
+
+def test_one_rounding_of_percentages_for_analysis_dataset_statistics_and_the_report():
+    from extes import shares, stats
+    from extes.analysis import pairwise, report, tables
+    from extes.commands import report_cli
+
+    for module in (pairwise, tables, stats, report_cli):
+        assert module.percentages is shares.percentages, module.__name__
+    assert report.RULE is shares.RULE and tables.RULE is shares.RULE
+    assert not hasattr(stats, "largest_remainder")
 
 
 @pytest.mark.parametrize(("ours", "theirs"), [("holm", "holm"), ("bh", "fdr_bh"), ("bonferroni", "bonferroni")])

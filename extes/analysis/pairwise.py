@@ -36,7 +36,7 @@ from extes.analysis.io import (
     none_if_nan,
     records,
 )
-from extes.analysis.shares import percentages
+from extes.shares import percentages
 
 ELO_SCALE = 400.0 / math.log(10.0)  # rating points per unit of log-strength
 ELO_BASE = 1000.0
@@ -159,7 +159,7 @@ class WinTieLossResult:
         }
 
     def percent(self, row: Any) -> tuple[float, float, float]:
-        """Win/tie/loss of one row in percent, 1 decimal, by `extes.analysis.shares.percentages` (largest
+        """Win/tie/loss of one row in percent, 1 decimal, by `extes.shares.percentages` (largest
         remainder; equal counts print equal, so 4/4/4 is 33.3/33.3/33.3)."""
         w, t, lo = percentages([row.n_win, row.n_tie, row.n_loss], decimals=1)
         return w, t, lo

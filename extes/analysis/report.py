@@ -16,7 +16,7 @@ import pandas as pd
 
 from extes.analysis.corrections import CORRECTIONS
 from extes.analysis.io import AnalysisInputError
-from extes.analysis.shares import RULE
+from extes.shares import RULE
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -14,7 +14,7 @@ Layouts (numbers as in the paper):
 - Table 9: win / tie / loss (%) per aspect in separate columns, with n per cell, significance marks
   after the stated multiple-comparison correction.
 Percentages use largest-remainder rounding with equal counts always printed equal
-(`extes.analysis.shares.percentages`), so every column or cell of shares adds up to 100, or falls short by
+(`extes.shares.percentages`), so every column or cell of shares adds up to 100, or falls short by
 a few tenths where the last 0.1s cannot go to every one of a group of equal counts (the notes say so).
 
 LaTeX: each table's caption carries the paper's number (``\\thetable`` is set to it inside the float, so
@@ -33,7 +33,7 @@ from typing import Any
 
 from extes.analysis.corrections import CORRECTIONS
 from extes.analysis.io import aspect_order
-from extes.analysis.shares import RULE, percentages
+from extes.shares import RULE, percentages
 from extes.stats import DatasetStats, strategy_abbreviation, transition_lines
 
 LATEX_PREAMBLE = "\\documentclass{article}\n\\usepackage{booktabs}\n"

@@ -32,7 +32,8 @@ from extes.commands.analysis_cli import add_stat_options, open_store, screened_r
 from extes.config import ConfigModel, load_config
 from extes.dialogue import load_dialogues
 from extes.metrics.registry import TABLE_COLUMNS
-from extes.stats import compute_stats, largest_remainder, strategy_abbreviation
+from extes.shares import percentages
+from extes.stats import compute_stats, strategy_abbreviation
 
 
 class DisplayNames(ConfigModel):
@@ -251,7 +252,7 @@ def _strategy_figure(stats):
     axes = fig.subplots(1, len(stats), squeeze=False)[0]
     for ax, (label, st) in zip(axes, stats.items()):
         names = list(st.strategies)
-        ax.bar([strategy_abbreviation(n) for n in names], largest_remainder(list(st.strategies.values())), color="#55A868")
+        ax.bar([strategy_abbreviation(n) for n in names], percentages(list(st.strategies.values())), color="#55A868")
         ax.set_title(label)
         ax.set_ylabel("% of strategy labels")
         ax.tick_params(axis="x", labelrotation=90)

@@ -1,7 +1,7 @@
 """The local generation engine, composed: `create_engine` puts one scheduler (`extes.models.scheduler.Engine`:
 admission, chunked prefill, batching, sampling, cancellation, events) over the runner that can serve the
 base (`extes.models.runner.ModelRunner`):
-- `FastRunner` (extes.models.fast_engine) for LLaMA-family bases (LLaMA, Qwen2, Mistral without sliding
+- `FastRunner` (extes.models.fast_runner) for LLaMA-family bases (LLaMA, Qwen2, Mistral without sliding
   window) whose adapters are plain LoRA: the compact forward with gathered LoRA and a kept KV cache;
 - `TransformersRunner` (extes.models.transformers_runner) for everything else, and on request: the
   reference the fast runner is tested against, and what `bench/load.py --baseline` measures.
@@ -18,7 +18,7 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from extes.base.loading import checkpoint_source
-from extes.models.fast_engine import FastRunner, fast_path_reason
+from extes.models.fast_runner import FastRunner, fast_path_reason
 from extes.models.sampling import sample_rows
 from extes.models.scheduler import Engine
 from extes.models.text import fit_messages, render_prompt, split_reply, visible_text

@@ -1,5 +1,5 @@
 """What the scheduler needs from a model: the `ModelRunner` Protocol, and the `KVHandle` each sequence
-holds. Two implementations: `extes.models.fast_engine.FastRunner` (the compact LLaMA forward with gathered
+holds. Two implementations: `extes.models.fast_runner.FastRunner` (the compact LLaMA forward with gathered
 LoRA and a kept KV cache) and `extes.models.transformers_runner.TransformersRunner` (transformers + PEFT,
 for every other base). The scheduler (`extes.models.scheduler.Engine`) imports neither.
 
