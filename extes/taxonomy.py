@@ -69,7 +69,6 @@ class Aspect:
         return key
 
 
-
 # The aspects worded for a judge reading two transcripts (a study protocol words its own questions).
 ASPECTS: tuple[Aspect, ...] = (
     Aspect("fluency", "Fluency", "Which chatbot's replies are more fluent and easier to understand?"),

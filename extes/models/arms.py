@@ -171,7 +171,6 @@ def _same_base(a: str, b: str) -> bool:
     if na == nb:
         return True
     # The embedded model's converted checkpoint folder is the embedded model.
-
     emb = str(checkpoint_dir().resolve()) if checkpoint_dir().exists() else None
     return emb is not None and {na, nb} <= {EMBEDDED_NAME, emb}
 

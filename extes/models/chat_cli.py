@@ -66,7 +66,6 @@ def chat_loop(pool, arm_name: str, read=input, write=None) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-
     arms = load_arms(args.arms)
     names = [a.name for a in arms]
     name = args.arm or names[0]

@@ -41,7 +41,6 @@ class VLLMPlan:
 
 
 def _vllm_base(base: str) -> str:
-
     if is_embedded(base):
         return hub_id(base)
     p = Path(base).expanduser()

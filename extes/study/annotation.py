@@ -118,7 +118,6 @@ def sync_items(store: Store, protocol: Protocol) -> dict[str, int]:
             if conv.status == "rated" and conv.id not in known:
                 new["conversation"] += store.add_annotation_item(conv.id, "conversation", source="study")
     if settings.dataset:
-
         path = _resolve_dataset(settings.dataset, protocol)
         stamp = (store.url, str(path.resolve()), path.stat().st_mtime_ns)
         if stamp in _synced_datasets:  # the page calls this on every "next item": read the file once

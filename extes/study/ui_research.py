@@ -76,7 +76,6 @@ def live_counts(store: Store, protocol: Protocol | None = None) -> dict[str, int
     (rated conversations plus judges' submitted items)."""
     out = dict(store.counts())
     if protocol is not None:
-
         cov = ann.coverage(store, protocol)
         out["annotation_items"] = cov["items"]
         out["annotation_items_complete"] = cov["complete_items"]
@@ -111,7 +110,6 @@ def win_tie_loss_view(store: Store, reference: str | None, source: str = "partic
                       n_boot: int = N_BOOT, seed: int = 0) -> WinTieLossView:
     """Win/tie/loss of `reference` per aspect (extes.analysis.win_tie_loss), or a note saying why
     there is nothing to show yet."""
-
     if source not in VOTE_SOURCES:
         raise ValueError(f"votes source must be one of {', '.join(VOTE_SOURCES)}, got {source!r}")
     votes = store.votes_frame(source)
@@ -148,7 +146,6 @@ class AgreementView:
 def agreement_view(store: Store) -> AgreementView:
     """Agreement of all ratings in the store (extes.analysis.agreement: overall, per source -
     pairwise votes and Likert scores - and per aspect), plus the Likert means (dataset_quality)."""
-
     view = AgreementView()
     ratings = store.ratings_frame()
     if ratings.empty:
@@ -200,7 +197,6 @@ class Overview:
 
 def judging_status(store: Store, protocol: Protocol) -> str:
     """A sentence for the Judges section when invited judges would get nothing to judge, and why."""
-
     if protocol.annotation.enabled:
         ann.sync_items(store, protocol)
     reason = ann.idle_reason(store, protocol)
@@ -269,7 +265,6 @@ DROPOUT_AFTER_S = 30 * 60  # a platform session not seen for this long (and not 
 def platform_sessions_view(store: Store) -> pd.DataFrame:
     """Per platform session: started, completed, screened out or dropped out (and at which stage), minutes.
     The platform id shows as the first characters of its keyed hash (never the raw id)."""
-
     stale = ago(DROPOUT_AFTER_S)
     rows = []
     for s in store.platform_sessions():
