@@ -52,16 +52,17 @@ def _config(tmp_path: Path, name: str, base: Path, data: Path, **kw) -> Path:
     return path
 
 
-def _launch(launcher: str, config: Path, *extra: str, crash_at: int = 0) -> subprocess.CompletedProcess:
-    """Two processes, as a lab would start them. (`accelerate launch --cpu` wants MPI for several
-    processes; `--multi_gpu` on a machine without GPUs runs torch's launcher, and the CPU with gloo.)"""
+def _launch(launcher: str, config: Path, *extra: str, crash_at: int | None = None) -> subprocess.CompletedProcess:
+    """Two processes, as a lab would start them: `extes` itself, or with `crash_at` (0: no crash)
+    tests/train_crash.py, which also reports a process group left open. (`accelerate launch --cpu`
+    wants MPI for several processes; `--multi_gpu` on a machine without GPUs runs torch's launcher, and the CPU with gloo.)"""
     port = str(_port())
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     else:
         cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
-    script = ["tests/train_crash.py", str(crash_at)] if crash_at else ["-m", "extes.cli"]
+    script = ["-m", "extes.cli"] if crash_at is None else ["tests/train_crash.py", str(crash_at)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
            "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([*cmd, *script, "train", "--config", str(config), *extra], cwd=ROOT, env=env,
@@ -144,9 +145,11 @@ def test_fsdp_full_fine_tune_crashed_and_resumed_learns_what_one_process_learns(
     cfg = _config(tmp_path, "fsdp", tiny_llama, data, method="clm", fsdp=True, lr=1e-3)
     crashed = _launch("torchrun", cfg, crash_at=5)
     assert crashed.returncode != 0 and "simulated crash" in crashed.stderr
+    assert "process group open" not in crashed.stderr
     assert sorted(p.name for p in (tmp_path / "fsdp" / "checkpoints").iterdir())[-1] == "step-0000004"
-    resumed = _launch("torchrun", cfg, "--resume")
+    resumed = _launch("torchrun", cfg, "--resume", crash_at=0)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "process group open" not in resumed.stderr  # left open, gloo's threads could abort a rank at exit
     one = train_run(config_from_dict({**load_config_file(cfg), "fsdp": False, "batch_size": 4,
                                       "out": str(tmp_path / "one")}))
     m2, m1 = _metrics(tmp_path / "fsdp"), _metrics(one)

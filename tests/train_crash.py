@@ -3,7 +3,9 @@
     python tests/train_crash.py N train --config run.yaml      (N = 0: no crash)
 
 Launched under torchrun by tests/test_train_distributed.py to interrupt a multi-process run after a
-checkpoint, the way a killed job would be; every process crashes at the same step."""
+checkpoint, the way a killed job would be; every process crashes at the same step. After `extes`
+returns or raises, it says on stderr if the process group was left open: exiting with gloo's threads
+alive can abort a process whose run succeeded."""
 
 import sys
 
@@ -23,4 +25,9 @@ if __name__ == "__main__":
         return real_step(self, *a, **k)
 
     torch.optim.AdamW.step = flaky_step
-    sys.exit(main(sys.argv[2:]))
+    try:
+        code = main(sys.argv[2:])
+    finally:
+        if torch.distributed.is_initialized():
+            print("extes left the process group open", file=sys.stderr)
+    sys.exit(code)

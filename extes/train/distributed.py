@@ -56,6 +56,13 @@ class Dist:
         if self.active:
             self.accelerator.wait_for_everyone()
 
+    def close(self) -> None:
+        """Tear the process group down before the interpreter exits. Left to exit, gloo's threads can
+        be destroyed while still joinable, and the process aborts ("terminate called without an active
+        exception") after a run that succeeded."""
+        if self.active and torch.distributed.is_initialized():
+            self.accelerator.end_training()
+
     def sum(self, *values: float) -> list[float]:
         """Each value summed over the processes (float64)."""
         if not self.active:

@@ -70,7 +70,6 @@ def train_run(cfg: TrainConfig) -> Path:
     """Run one training as configured; returns the output folder."""
     import torch  # lazy: torch loads when a run starts, not when the module is read
 
-
     t_start = time.perf_counter()
     validate(cfg)
     out = cfg.out_dir
@@ -86,32 +85,35 @@ def train_run(cfg: TrainConfig) -> Path:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     dist, device = init(cfg.device, fsdp=cfg.fsdp)
-    module = method_module(cfg.method)
-    model = module.build_model(cfg, device)
-    ckpt_dir = out / "checkpoints"
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.overwrite and not cfg.resume and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)
-    dist.barrier()
-    opts = LoopOptions.from_config(cfg, checkpoint_dir=ckpt_dir)
-    result = train(model, train_set, valid_set, tok.pad_token_id, opts, device=device, dist=dist)
-    if not dist.is_main:
-        dist.barrier()  # rank 0 writes the run
+    try:
+        module = method_module(cfg.method)
+        model = module.build_model(cfg, device)
+        ckpt_dir = out / "checkpoints"
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if cfg.overwrite and not cfg.resume and ckpt_dir.exists():
+                shutil.rmtree(ckpt_dir)
+        dist.barrier()
+        opts = LoopOptions.from_config(cfg, checkpoint_dir=ckpt_dir)
+        result = train(model, train_set, valid_set, tok.pad_token_id, opts, device=device, dist=dist)
+        if not dist.is_main:
+            dist.barrier()  # rank 0 writes the run
+            return out
+        metrics = {
+            "run": cfg.run_name, "method": cfg.method, "base": cfg.base, "strategies": cfg.strategies,
+            "n_train_dialogues": len(train_d), "n_valid_dialogues": len(valid_d),
+            "max_length": cfg.max_length, **result.metrics,
+            "wall_time_s": round(time.perf_counter() - t_start, 1),
+        }
+        if metrics["best"]:
+            metrics["valid_ppl"] = metrics["best"]["valid_ppl"]
+            metrics["valid_loss"] = metrics["best"]["valid_loss"]
+        _save_run(cfg, module, model, tok, metrics, result.full_state)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        dist.barrier()
         return out
-    metrics = {
-        "run": cfg.run_name, "method": cfg.method, "base": cfg.base, "strategies": cfg.strategies,
-        "n_train_dialogues": len(train_d), "n_valid_dialogues": len(valid_d),
-        "max_length": cfg.max_length, **result.metrics,
-        "wall_time_s": round(time.perf_counter() - t_start, 1),
-    }
-    if metrics["best"]:
-        metrics["valid_ppl"] = metrics["best"]["valid_ppl"]
-        metrics["valid_loss"] = metrics["best"]["valid_loss"]
-    _save_run(cfg, module, model, tok, metrics, result.full_state)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    dist.barrier()
-    return out
+    finally:
+        dist.close()  # every process, on success and on error
 
 
 def _save_run(cfg: TrainConfig, module, model, tok, metrics: dict, full_state: dict | None) -> None:
